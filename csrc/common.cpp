@@ -1,0 +1,68 @@
+#include "common.h"
+
+namespace gated_kernels {
+
+at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B) {
+  if (!lengths.has_value()) return at::Tensor();
+  const at::Tensor& len = *lengths;
+  GK_CHECK_CPU(len);
+  TORCH_CHECK(len.scalar_type() == at::kLong, "lengths must have dtype int64, got ",
+              len.scalar_type());
+  GK_CHECK_DIM(len, 1, "[B]");
+  GK_CHECK_SIZE(len, 0, B, "B (the batch size of xg)");
+  at::Tensor out = len.contiguous();
+  const int64_t* p = out.data_ptr<int64_t>();
+  for (const auto b : c10::irange(B)) {
+    TORCH_CHECK(p[b] >= 1 && p[b] <= T, "lengths[", b, "] must be in [1, T] = [1, ", T,
+                "], got ", p[b]);
+  }
+  return out;
+}
+
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
+  static const bool poison = [] {
+    const char* v = std::getenv("GATED_KERNELS_POISON_OUTPUTS");
+    return v != nullptr && std::strcmp(v, "1") == 0;
+  }();
+  at::Tensor out = at::empty(sizes, options);
+  if (poison) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  return out;
+}
+
+at::Tensor to_acc(const at::Tensor& t, bool copy) {
+  return t.to(t.options().dtype(at::toOpMathType(t.scalar_type())), /*non_blocking=*/false, copy,
+              at::MemoryFormat::Contiguous);
+}
+
+void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
+                 at::ScalarType dtype) {
+  TORCH_CHECK(t.sizes() == sizes, name, " must have shape ", sizes, ", got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == dtype, name, " must have dtype ", dtype, ", got ",
+              t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+}
+
+at::Tensor previous_hidden(const at::Tensor& y, const at::Tensor& h0, const at::Tensor& lengths,
+                           bool reverse) {
+  const int64_t T = y.size(0);
+  const int64_t B = y.size(1);
+  at::Tensor hprev = at::empty_like(y);
+  if (!reverse) {
+    // Forward: step t reads y[t-1], step 0 reads h0. Past a row's length y is 0, and so is dG.
+    hprev[0].copy_(h0);
+    if (T > 1) hprev.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
+    return hprev;
+  }
+  // Reverse: step t reads y[t+1]; a row starts at t = lengths[b]-1 from h0.
+  if (T > 1) hprev.narrow(0, 0, T - 1).copy_(y.narrow(0, 1, T - 1));
+  hprev[T - 1].copy_(h0);
+  if (lengths.defined()) {
+    const int64_t* len = lengths.data_ptr<int64_t>();
+    for (const auto b : c10::irange(B)) {
+      hprev[len[b] - 1][b].copy_(h0[b]);
+    }
+  }
+  return hprev;
+}
+
+}  // namespace gated_kernels

@@ -1,0 +1,152 @@
+// Shared pieces of the CPU recurrence kernels: argument checks, the row-major GEMM helpers over
+// ATen's BLAS, vectorised activations and the per-step parallel loop.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+#include <ATen/OpMathType.h>
+#include <c10/util/irange.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+
+namespace gated_kernels {
+
+// ---- argument checks: every message names the argument and gives expected vs got ----
+
+#define GK_CHECK_DIM(t, n, shape)                                                            \
+  TORCH_CHECK((t).dim() == (n), #t " must be " #n "-D " shape ", got ", (t).dim(), "-D ",     \
+              (t).sizes())
+
+#define GK_CHECK_SIZE(t, d, expected, what)                                                  \
+  TORCH_CHECK((t).size(d) == (expected), #t ".size(" #d ") must be " what " = ", (expected), \
+              ", got ", (t).size(d), " (shape ", (t).sizes(), ")")
+
+#define GK_CHECK_DTYPE(t, dtype)                                                             \
+  TORCH_CHECK((t).scalar_type() == (dtype), #t " must have dtype ", (dtype),                  \
+              " (the dtype of the input gates), got ", (t).scalar_type())
+
+#define GK_CHECK_CPU(t) \
+  TORCH_CHECK((t).device().is_cpu(), #t " must be a CPU tensor, got device ", (t).device())
+
+#define GK_CHECK_FLOAT_DTYPE(t)                                                              \
+  TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble ||         \
+                  (t).scalar_type() == at::kBFloat16,                                        \
+              #t " must be float32, float64 or bfloat16, got ", (t).scalar_type())
+
+// Checks `lengths` (int64 [B], every value in [1, T]) and returns it contiguous, or an undefined
+// tensor when no lengths were given.
+at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B);
+
+// Row b takes part in step t when t < lengths[b]; with no lengths every row always does.
+inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// The step a row starts from: its first step in processing order.
+inline int64_t first_step(const int64_t* lengths, int64_t b, int64_t T, bool reverse) {
+  if (!reverse) return 0;
+  return lengths == nullptr ? T - 1 : lengths[b] - 1;
+}
+
+// Outputs come from here. With GATED_KERNELS_POISON_OUTPUTS=1 they start as NaN, so that a test
+// catches any element a kernel forgets to write (at::empty would hide it behind stale memory).
+at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
+
+// t as a contiguous tensor in the accumulation type (float32 for bfloat16); `copy` forces a
+// fresh buffer, for state the kernel updates in place.
+at::Tensor to_acc(const at::Tensor& t, bool copy = false);
+
+// A tensor handed back to a backward op (saved by forward or an incoming gradient): shape and
+// dtype as expected.
+void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
+                 at::ScalarType dtype);
+
+// h_prev for every step, [T, B, P]: the input of step t's recurrent product, rebuilt from y and
+// h0 for the weight gradient dW_hh = dG^T h_prev. Rows past their length get zeros (their dG is 0).
+at::Tensor previous_hidden(const at::Tensor& y, const at::Tensor& h0, const at::Tensor& lengths,
+                           bool reverse);
+
+// ---- the recurrent products ----
+// at::cpu::mm_out / addmm_ call the BLAS torch was built with (MKL in the x86 wheels) without a
+// trip through the dispatcher, into buffers and step views made before the time loop. Every
+// product runs in the accumulation type: float32 for bfloat16 inputs, so the recurrent sum is
+// never rounded to 8 bits.
+
+// c = a @ b
+inline void matmul(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  if (c.numel() != 0) at::cpu::mm_out(c, a, b);
+}
+
+// c += a @ b
+inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
+  if (c.numel() != 0) at::cpu::addmm_(c, a, b);
+}
+
+// ---- vectorised activations in the accumulation type ----
+
+template <typename acc_t>
+using Vec = at::vec::Vectorized<acc_t>;
+
+template <typename acc_t>
+inline Vec<acc_t> vsigmoid(Vec<acc_t> x) {
+  // 1 / (1 + exp(-x)): exp overflows to inf for x < -88 (float), and 1 / inf = 0 is the limit.
+  return (Vec<acc_t>(acc_t(1)) + x.neg().exp()).reciprocal();
+}
+
+template <typename acc_t>
+inline Vec<acc_t> vtanh(Vec<acc_t> x) {
+  return x.tanh();
+}
+
+// Loads n <= Vec::size() values of storage type scalar_t as the accumulation type.
+template <typename acc_t, typename scalar_t>
+inline Vec<acc_t> load(const scalar_t* p, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return Vec<acc_t>::loadu(p, n);
+  } else {
+    acc_t tmp[Vec<acc_t>::size()];
+    for (int64_t k = 0; k < n; ++k) tmp[k] = static_cast<acc_t>(p[k]);
+    return Vec<acc_t>::loadu(tmp, n);
+  }
+}
+
+template <typename acc_t, typename scalar_t>
+inline void store(scalar_t* p, Vec<acc_t> v, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    v.store(p, n);
+  } else {
+    acc_t tmp[Vec<acc_t>::size()];
+    v.store(tmp, n);
+    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<scalar_t>(tmp[k]);
+  }
+}
+
+// ---- the per-step pointwise pass ----
+// Calls fn(b, j0, j1) over segments of rows covering [0, B) x [0, H). Work is split over the flat
+// B*H range, so B=1 still spreads over hidden units. Below kPointwiseGrain elements a step runs
+// on the calling thread: waking the pool costs a few microseconds, more than a small step's work.
+constexpr int64_t kPointwiseGrain = 16384;
+
+template <typename F>
+void for_each_row_segment(int64_t B, int64_t H, const F& fn) {
+  at::parallel_for(0, B * H, kPointwiseGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t idx = begin; idx < end;) {
+      const int64_t b = idx / H;
+      const int64_t j0 = idx - b * H;
+      const int64_t j1 = std::min(H, j0 + (end - idx));
+      fn(b, j0, j1);
+      idx += j1 - j0;
+    }
+  });
+}
+
+// Processing order: step s of the loop handles time index t.
+inline int64_t time_index(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
+
+}  // namespace gated_kernels

@@ -1,0 +1,321 @@
+// LSTM recurrence on the CPU: one layer, one direction, the whole sequence.
+//
+// lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n, gates, c_all)
+//   xg      [T, B, 4H]  input gates x W_ih^T + b_ih + b_hh, gate order i, f, g, o
+//   w_hh    [4H, P]     recurrent weight (P = proj_size if w_hr is given, else H)
+//   w_hr    [P, H]      optional projection, h = W_hr (o * tanh(c))
+//   h0      [B, P], c0 [B, H]
+//   lengths [B] int64   optional, each in [1, T]: row b runs steps t < lengths[b] and carries its
+//                       state through the rest; y is 0 there
+//   reverse             run t = T-1 .. 0 (a row starts at lengths[b]-1)
+//   y       [T, B, P], h_n [B, P], c_n [B, H]
+//   gates   [T, B, 4H]  post-activation i, f, g, o, saved for backward (0 past a row's length)
+//   c_all   [T, B, H]   cell state after each step (carried past a row's length)
+//   gates and c_all are in the accumulation type (float for bfloat16 inputs). No output aliases
+//   an input.
+//
+// lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all)
+//   -> (dxg [T, B, 4H], dw_hh [4H, P], dw_hr [P, H] or [0], dh0 [B, P], dc0 [B, H])
+//   dxg is dG, the gradient of the pre-activation gates; the caller turns it into dx, dW_ih and
+//   the bias gradients with matrix products.
+#include "common.h"
+
+#include <torch/library.h>
+
+namespace gated_kernels {
+namespace {
+
+struct LstmSizes {
+  int64_t T, B, H, P;
+};
+
+// Checks the weights and initial states against T, B, H (taken from xg or the saved gates) and
+// the dtype of xg; returns the sizes with P.
+LstmSizes check_lstm_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
+                          const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+                          const at::Tensor& h0, const at::Tensor& c0) {
+  int64_t P = H;
+  if (w_hr.has_value()) {
+    const at::Tensor& w = *w_hr;
+    GK_CHECK_DIM(w, 2, "[P, H]");
+    GK_CHECK_SIZE(w, 1, H, "H (xg.size(2) / 4)");
+    GK_CHECK_DTYPE(w, dtype);
+    GK_CHECK_CPU(w);
+    P = w.size(0);
+  }
+  GK_CHECK_DIM(w_hh, 2, "[4H, P]");
+  GK_CHECK_SIZE(w_hh, 0, 4 * H, "4H (xg.size(2))");
+  GK_CHECK_SIZE(w_hh, 1, P, "P (w_hr.size(0), or H without projection)");
+  GK_CHECK_DIM(h0, 2, "[B, P]");
+  GK_CHECK_SIZE(h0, 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(h0, 1, P, "P (w_hr.size(0), or H without projection)");
+  GK_CHECK_DIM(c0, 2, "[B, H]");
+  GK_CHECK_SIZE(c0, 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(c0, 1, H, "H (xg.size(2) / 4)");
+  GK_CHECK_DTYPE(w_hh, dtype);
+  GK_CHECK_DTYPE(h0, dtype);
+  GK_CHECK_DTYPE(c0, dtype);
+  GK_CHECK_CPU(w_hh);
+  GK_CHECK_CPU(h0);
+  GK_CHECK_CPU(c0);
+  return {T, B, H, P};
+}
+
+template <typename scalar_t>
+void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tensor& w_hh,
+                       const at::Tensor& w_hr, const at::Tensor& lengths, bool reverse,
+                       at::Tensor& y, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& gates,
+                       at::Tensor& c_all) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
+  const bool proj = w_hr.defined();
+  const auto acc_opts = h_state.options();
+  // Scratch, allocated once: the recurrent product and, with projection, its input and output.
+  at::Tensor gh = at::empty({B, G}, acc_opts);
+  at::Tensor m = proj ? at::zeros({B, H}, acc_opts) : at::Tensor();
+  at::Tensor hp = proj ? at::empty({B, P}, acc_opts) : at::Tensor();
+  const at::Tensor w_hh_t = w_hh.t();  // [P, 4H] view: BLAS reads it transposed, no copy
+  const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
+
+  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
+  const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  scalar_t* y_p = y.data_ptr<scalar_t>();
+  acc_t* h_p = h_state.data_ptr<acc_t>();
+  acc_t* c_p = c_state.data_ptr<acc_t>();
+  acc_t* gates_p = gates.data_ptr<acc_t>();
+  acc_t* c_all_p = c_all.data_ptr<acc_t>();
+  const acc_t* gh_p = gh.data_ptr<acc_t>();
+  acc_t* m_p = proj ? m.data_ptr<acc_t>() : nullptr;
+
+  for (const auto s : c10::irange(T)) {
+    const int64_t t = time_index(s, T, reverse);
+    // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
+    matmul(gh, h_state, w_hh_t);
+
+    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const int64_t row = t * B + b;
+      acc_t* c_row = c_p + b * H;
+      acc_t* c_all_row = c_all_p + row * H;
+      acc_t* gates_row = gates_p + row * G;
+      scalar_t* y_row = y_p + row * P;
+      if (!row_active(len, b, t)) {
+        // Past the row's length: state carried, gates 0, y 0 (with projection, y is written
+        // after the projection product).
+        std::copy(c_row + j0, c_row + j1, c_all_row + j0);
+        for (int64_t k = 0; k < 4; ++k) {
+          std::fill(gates_row + k * H + j0, gates_row + k * H + j1, acc_t(0));
+        }
+        if (proj) std::fill(m_p + b * H + j0, m_p + b * H + j1, acc_t(0));
+        else std::fill(y_row + j0, y_row + j1, scalar_t(0));
+        return;
+      }
+      const scalar_t* xg_row = xg_p + row * G;
+      const acc_t* gh_row = gh_p + b * G;
+      // o * tanh(c) is h itself, or the input of the projection.
+      acc_t* m_row = proj ? m_p + b * H : h_p + b * H;
+      for (int64_t j = j0; j < j1; j += V::size()) {
+        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+        const V i = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w));
+        const V f = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w));
+        const V g = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + V::loadu(gh_row + 2 * H + j, w));
+        const V o = vsigmoid(load<acc_t>(xg_row + 3 * H + j, w) + V::loadu(gh_row + 3 * H + j, w));
+        const V c = f * V::loadu(c_row + j, w) + i * g;
+        const V h = o * vtanh(c);
+        c.store(c_row + j, w);
+        c.store(c_all_row + j, w);
+        i.store(gates_row + j, w);
+        f.store(gates_row + H + j, w);
+        g.store(gates_row + 2 * H + j, w);
+        o.store(gates_row + 3 * H + j, w);
+        h.store(m_row + j, w);
+        if (!proj) store<acc_t>(y_row + j, h, w);
+      }
+    });
+
+    if (proj) {
+      // h_t = (o * tanh(c)) W_hr^T for the whole batch; only active rows take it.
+      matmul(hp, m, w_hr_t);
+      const acc_t* hp_p = hp.data_ptr<acc_t>();
+      for (const auto b : c10::irange(B)) {
+        scalar_t* y_row = y_p + (t * B + b) * P;
+        if (row_active(len, b, t)) {
+          std::copy(hp_p + b * P, hp_p + (b + 1) * P, h_p + b * P);
+          for (const auto k : c10::irange(P)) y_row[k] = static_cast<scalar_t>(hp_p[b * P + k]);
+        } else {
+          std::fill(y_row, y_row + P, scalar_t(0));
+        }
+      }
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+    const at::Tensor& xg_in, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
+    bool reverse) {
+  GK_CHECK_DIM(xg_in, 3, "[T, B, 4H]");
+  GK_CHECK_FLOAT_DTYPE(xg_in);
+  GK_CHECK_CPU(xg_in);
+  TORCH_CHECK(xg_in.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ",
+              xg_in.size(0));
+  TORCH_CHECK(xg_in.size(2) % 4 == 0, "xg.size(2) must be 4H (gates i, f, g, o), got ",
+              xg_in.size(2));
+  const LstmSizes n = check_lstm_args(xg_in.size(0), xg_in.size(1), xg_in.size(2) / 4,
+                                      xg_in.scalar_type(), w_hh, w_hr, h0, c0);
+  const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
+  const at::Tensor xg = xg_in.contiguous();
+  const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
+
+  at::Tensor y = new_output({n.T, n.B, n.P}, xg.options());
+  at::Tensor gates = new_output({n.T, n.B, 4 * n.H}, acc_opts);
+  at::Tensor c_all = new_output({n.T, n.B, n.H}, acc_opts);
+  // The running state in the accumulation type; it becomes h_n and c_n.
+  at::Tensor h_state = to_acc(h0, /*copy=*/true);
+  at::Tensor c_state = to_acc(c0, /*copy=*/true);
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xg.scalar_type(), "lstm_forward_cpu", [&] {
+    lstm_forward_loop<scalar_t>(n, xg, to_acc(w_hh), w_hr ? to_acc(*w_hr) : at::Tensor(), lengths,
+                                reverse, y, h_state, c_state, gates, c_all);
+  });
+  return {y, h_state.to(xg.scalar_type()), c_state.to(xg.scalar_type()), gates, c_all};
+}
+
+template <typename scalar_t>
+void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tensor& w_hh,
+                        const at::Tensor& w_hr, const at::Tensor& c0, const at::Tensor& lengths,
+                        bool reverse, const at::Tensor& gates, const at::Tensor& c_all,
+                        at::Tensor& dh, at::Tensor& dc, at::Tensor& dG, at::Tensor& dh_all,
+                        at::Tensor& m_all) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
+  const bool proj = w_hr.defined();
+  at::Tensor dm = proj ? at::empty({B, H}, dh.options()) : at::Tensor();  // dh W_hr
+  const std::vector<at::Tensor> dG_steps = dG.unbind(0);
+  const std::vector<at::Tensor> dh_steps = proj ? dh_all.unbind(0) : std::vector<at::Tensor>();
+
+  const scalar_t* dy_p = dy.data_ptr<scalar_t>();
+  const acc_t* c0_p = c0.data_ptr<acc_t>();
+  const acc_t* gates_p = gates.data_ptr<acc_t>();
+  const acc_t* c_all_p = c_all.data_ptr<acc_t>();
+  const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  acc_t* dh_p = dh.data_ptr<acc_t>();
+  acc_t* dc_p = dc.data_ptr<acc_t>();
+  acc_t* dG_p = dG.data_ptr<acc_t>();
+  const acc_t* dm_p = proj ? dm.data_ptr<acc_t>() : dh_p;
+  acc_t* m_all_p = proj ? m_all.data_ptr<acc_t>() : nullptr;
+
+  for (int64_t s = T - 1; s >= 0; --s) {
+    const int64_t t = time_index(s, T, reverse);
+    const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran just before t
+    // dh += dy_t on active rows (y is a constant 0 past a row's length).
+    for (const auto b : c10::irange(B)) {
+      if (!row_active(len, b, t)) continue;
+      const scalar_t* dy_row = dy_p + (t * B + b) * P;
+      for (const auto k : c10::irange(P)) dh_p[b * P + k] += static_cast<acc_t>(dy_row[k]);
+    }
+    if (proj) {
+      // dm = dh W_hr; dW_hr = sum_t dh_t^T m_t needs dh_t, kept per step.
+      dh_steps[t].copy_(dh);
+      matmul(dm, dh, w_hr);
+    }
+
+    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
+      const int64_t row = t * B + b;
+      acc_t* dG_row = dG_p + row * G;
+      if (!row_active(len, b, t)) {
+        // Carried state: dh and dc pass through unchanged, no gate gradient.
+        for (int64_t k = 0; k < 4; ++k) {
+          std::fill(dG_row + k * H + j0, dG_row + k * H + j1, acc_t(0));
+        }
+        if (proj) std::fill(m_all_p + row * H + j0, m_all_p + row * H + j1, acc_t(0));
+        return;
+      }
+      const acc_t* gates_row = gates_p + row * G;
+      const acc_t* c_row = c_all_p + row * H;
+      const acc_t* c_prev_row =
+          t == first_step(len, b, T, reverse) ? c0_p + b * H : c_all_p + (t_prev * B + b) * H;
+      const V one(acc_t(1));
+      for (int64_t j = j0; j < j1; j += V::size()) {
+        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+        const V i = V::loadu(gates_row + j, w);
+        const V f = V::loadu(gates_row + H + j, w);
+        const V g = V::loadu(gates_row + 2 * H + j, w);
+        const V o = V::loadu(gates_row + 3 * H + j, w);
+        const V tc = vtanh(V::loadu(c_row + j, w));
+        const V dmv = V::loadu(dm_p + b * H + j, w);
+        const V dcv = V::loadu(dc_p + b * H + j, w) + dmv * o * (one - tc * tc);
+        (dcv * g * i * (one - i)).store(dG_row + j, w);
+        (dcv * V::loadu(c_prev_row + j, w) * f * (one - f)).store(dG_row + H + j, w);
+        (dcv * i * (one - g * g)).store(dG_row + 2 * H + j, w);
+        (dmv * tc * o * (one - o)).store(dG_row + 3 * H + j, w);
+        (dcv * f).store(dc_p + b * H + j, w);
+        if (proj) (o * tc).store(m_all_p + row * H + j, w);
+      }
+    });
+
+    // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0 and the
+    // product is added onto the buffer, so active rows are cleared first).
+    for (const auto b : c10::irange(B)) {
+      if (row_active(len, b, t)) std::fill(dh_p + b * P, dh_p + (b + 1) * P, acc_t(0));
+    }
+    matmul_add(dh, dG_steps[t], w_hh);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(
+    const at::Tensor& dy_in, const at::Tensor& dh_n, const at::Tensor& dc_n,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in, bool reverse,
+    const at::Tensor& y, const at::Tensor& gates_in, const at::Tensor& c_all_in) {
+  GK_CHECK_DIM(gates_in, 3, "[T, B, 4H]");
+  GK_CHECK_FLOAT_DTYPE(h0);
+  const LstmSizes n = check_lstm_args(gates_in.size(0), gates_in.size(1), gates_in.size(2) / 4,
+                                      h0.scalar_type(), w_hh, w_hr, h0, c0);
+  const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
+  const auto dtype = h0.scalar_type();
+  const auto acc_type = at::toOpMathType(dtype);
+  check_saved("dy", dy_in, {n.T, n.B, n.P}, dtype);
+  check_saved("y", y, {n.T, n.B, n.P}, dtype);
+  check_saved("gates", gates_in, {n.T, n.B, 4 * n.H}, acc_type);
+  check_saved("c_all", c_all_in, {n.T, n.B, n.H}, acc_type);
+  check_saved("dh_n", dh_n, {n.B, n.P}, dtype);
+  check_saved("dc_n", dc_n, {n.B, n.H}, dtype);
+
+  const bool proj = w_hr.has_value();
+  const auto acc_opts = h0.options().dtype(acc_type);
+  // dG in the accumulation type; for float and double it is the output itself.
+  at::Tensor dxg = new_output({n.T, n.B, 4 * n.H}, h0.options());
+  at::Tensor dG = acc_type == dtype ? dxg : at::empty({n.T, n.B, 4 * n.H}, acc_opts);
+  at::Tensor dh = to_acc(dh_n, /*copy=*/true);
+  at::Tensor dc = to_acc(dc_n, /*copy=*/true);
+  at::Tensor dh_all = proj ? at::empty({n.T, n.B, n.P}, acc_opts) : at::Tensor();
+  at::Tensor m_all = proj ? at::empty({n.T, n.B, n.H}, acc_opts) : at::Tensor();
+  const at::Tensor w_hh_acc = to_acc(w_hh);
+  const at::Tensor w_hr_acc = proj ? to_acc(*w_hr) : at::Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "lstm_backward_cpu", [&] {
+    lstm_backward_loop<scalar_t>(n, dy_in.contiguous(), w_hh_acc, w_hr_acc, to_acc(c0), lengths,
+                                 reverse, gates_in.contiguous(), c_all_in.contiguous(), dh, dc,
+                                 dG, dh_all, m_all);
+  });
+  if (!dG.is_same(dxg)) dxg.copy_(dG);
+
+  // The weight gradients as one product each over all T*B rows, after the loop.
+  const int64_t TB = n.T * n.B;
+  const at::Tensor hprev = to_acc(previous_hidden(y, h0, lengths, reverse));
+  at::Tensor dw_hh = at::mm(dG.view({TB, 4 * n.H}).t(), hprev.view({TB, n.P})).to(dtype);
+  at::Tensor dw_hr = proj ? at::mm(dh_all.view({TB, n.P}).t(), m_all.view({TB, n.H})).to(dtype)
+                          : at::empty({0}, h0.options());
+  return {dxg, dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
+  m.impl("lstm_forward", &lstm_forward_cpu);
+  m.impl("lstm_backward", &lstm_backward_cpu);
+}
+
+}  // namespace gated_kernels

@@ -1,0 +1,53 @@
+"""The autograd layer: one torch.autograd.Function per cell over the recurrence operators.
+
+The functions take the precomputed input gates `xg`; the input projection and its gradients stay
+in ordinary PyTorch above them. Gradients are first order only (`once_differentiable`): the
+backward operators are not themselves differentiated.
+"""
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from gated_kernels import ops  # noqa: F401  (declares the torch.ops.gated_kernels operators)
+
+
+class LSTMFunction(torch.autograd.Function):
+    """(xg, w_hh, w_hr or None, h0, c0, lengths or None, reverse) -> (y, h_n, c_n)"""
+
+    @staticmethod
+    def forward(ctx, xg, w_hh, w_hr, h0, c0, lengths, reverse):
+        y, h_n, c_n, gates, c_all = torch.ops.gated_kernels.lstm_forward(
+            xg, w_hh, w_hr, h0, c0, lengths, reverse
+        )
+        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
+        ctx.reverse = reverse
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
+        dxg, dw_hh, dw_hr, dh0, dc0 = torch.ops.gated_kernels.lstm_backward(
+            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all
+        )
+        return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None
+
+
+class GRUFunction(torch.autograd.Function):
+    """(xg, w_hh, b_hh, h0, lengths or None, reverse) -> (y, h_n)"""
+
+    @staticmethod
+    def forward(ctx, xg, w_hh, b_hh, h0, lengths, reverse):
+        y, h_n, gates = torch.ops.gated_kernels.gru_forward(xg, w_hh, b_hh, h0, lengths, reverse)
+        ctx.save_for_backward(w_hh, h0, lengths, y, gates)
+        ctx.reverse = reverse
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n):
+        w_hh, h0, lengths, y, gates = ctx.saved_tensors
+        dxg, dw_hh, db_hh, dh0 = torch.ops.gated_kernels.gru_backward(
+            dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
+        )
+        return dxg, dw_hh, db_hh, dh0, None, None

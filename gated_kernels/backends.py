@@ -1,0 +1,54 @@
+"""Which implementation runs the recurrence: `cpp`, `triton` or `reference`.
+
+`auto` picks by device (C++ for CPU tensors); the environment variable GATED_KERNELS_BACKEND
+overrides `auto`. A backend that cannot run raises a clear error: nothing falls back silently.
+"""
+
+import os
+
+BACKENDS = ("auto", "cpp", "triton", "reference")
+
+try:
+    from gated_kernels import _C  # noqa: F401  (importing it registers the CPU kernels)
+
+    CPP_IMPORT_ERROR = None
+except ImportError as error:  # a source tree that was never built, or a wheel for another torch
+    CPP_IMPORT_ERROR = error
+
+
+def cpp_available():
+    return CPP_IMPORT_ERROR is None
+
+
+def require_cpp():
+    if CPP_IMPORT_ERROR is not None:
+        raise RuntimeError(
+            "the C++ backend of gated_kernels is not available: gated_kernels._C could not be "
+            f"imported ({CPP_IMPORT_ERROR}). Build it against the installed torch with "
+            "`pip install --no-build-isolation .` in the source tree (needs a C++ compiler), "
+            "or choose backend='reference'."
+        )
+
+
+def resolve_backend(name, device):
+    """The backend that will run for tensors on `device`, given the requested `name`."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}")
+    if name == "auto":
+        name = os.environ.get("GATED_KERNELS_BACKEND", "auto")
+        if name not in BACKENDS:
+            raise ValueError(
+                f"GATED_KERNELS_BACKEND must be one of {BACKENDS}, got {name!r}"
+            )
+    if name == "auto":
+        name = "cpp" if device.type == "cpu" else "triton"
+    if name == "cpp":
+        require_cpp()
+        if device.type != "cpu":
+            raise ValueError(f"backend 'cpp' runs on CPU tensors only, got device {device}")
+    if name == "triton":
+        raise RuntimeError(
+            f"backend 'triton' is not implemented in this version (tensors on {device}); "
+            "use backend='reference'"
+        )
+    return name

@@ -1,0 +1,183 @@
+"""The recurrence operators: schemas, argument checks and fake (meta) implementations.
+
+One forward and one backward operator per cell, each over one layer, one direction and the whole
+sequence (DESIGN.md: the op boundary). The schemas are declared here, once, so that the operators
+exist wherever the package imports; device kernels register against them: the C++ extension
+`gated_kernels._C` for CPU tensors.
+
+Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
+  lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
+      -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], c_all [T,B,H]
+  lstm_backward(dy, dh_n, dc_n, w_hh, w_hr?, h0, c0, lengths?, reverse, y, gates, c_all)
+      -> dxg [T,B,4H], dw_hh [4H,P], dw_hr [P,H] (or [0] without w_hr), dh0 [B,P], dc0 [B,H]
+  gru_forward(xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H], lengths [B]?, reverse)
+      -> y [T,B,H], h_n [B,H], gates [T,B,4H]
+  gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
+      -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
+`gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
+"""
+
+import torch
+
+LIBRARY = torch.library.Library("gated_kernels", "DEF")
+LIBRARY.define(
+    "lstm_forward(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
+    "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
+)
+LIBRARY.define(
+    "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
+    "Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor c_all) "
+    "-> (Tensor dxg, Tensor dw_hh, Tensor dw_hr, Tensor dh0, Tensor dc0)"
+)
+LIBRARY.define(
+    "gru_forward(Tensor xg, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n, Tensor gates)"
+)
+LIBRARY.define(
+    "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
+    "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
+)
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _expect(cond, exc, message):
+    if not cond:
+        raise exc(message)
+
+
+def _check_tensor(name, t, shape, dtype, device):
+    """One argument against its expected shape (None entries are free), dtype and device."""
+    _expect(
+        isinstance(t, torch.Tensor),
+        TypeError,
+        f"{name} must be a Tensor, got {type(t).__name__}",
+    )
+    _expect(
+        t.dim() == len(shape),
+        ValueError,
+        f"{name} must be {len(shape)}-D, got {t.dim()}-D with shape {tuple(t.shape)}",
+    )
+    expected = tuple(t.shape[k] if s is None else s for k, s in enumerate(shape))
+    _expect(
+        tuple(t.shape) == expected,
+        ValueError,
+        f"{name} must have shape {expected}, got {tuple(t.shape)}",
+    )
+    _expect(
+        t.dtype == dtype,
+        ValueError,
+        f"{name} must have dtype {dtype} (the dtype of xg), got {t.dtype}",
+    )
+    _expect(
+        t.device == device,
+        ValueError,
+        f"{name} must be on {device} (the device of xg), got {t.device}",
+    )
+
+
+def _check_xg(xg, cell, gates):
+    _check_tensor("xg", xg, (None, None, None), xg.dtype, xg.device)
+    _expect(
+        xg.dtype in FLOAT_DTYPES,
+        ValueError,
+        f"xg must have a floating dtype {FLOAT_DTYPES}, got {xg.dtype}",
+    )
+    T, B, G = xg.shape
+    _expect(T >= 1, ValueError, f"xg must have at least one step (T >= 1), got T = {T}")
+    _expect(
+        G % gates == 0,
+        ValueError,
+        f"xg.size(2) must be {gates}H for {cell}, got {G}",
+    )
+    return T, B, G // gates
+
+
+def _check_lengths(lengths, T, B, device):
+    """Shape, dtype and device only: checking values in [1, T] would read device memory (a host
+    sync on CUDA), so value checks belong to the CPU kernel and the module layer."""
+    if lengths is None:
+        return
+    _expect(
+        lengths.dtype == torch.int64,
+        ValueError,
+        f"lengths must have dtype torch.int64, got {lengths.dtype}",
+    )
+    _check_tensor("lengths", lengths, (B,), torch.int64, device)
+
+
+def check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths):
+    """Validates lstm_forward's arguments; returns (T, B, H, P)."""
+    T, B, H = _check_xg(xg, "LSTM", 4)
+    P = H
+    if w_hr is not None:
+        _check_tensor("w_hr", w_hr, (None, H), xg.dtype, xg.device)
+        P = w_hr.shape[0]
+    _check_tensor("w_hh", w_hh, (4 * H, P), xg.dtype, xg.device)
+    _check_tensor("h0", h0, (B, P), xg.dtype, xg.device)
+    _check_tensor("c0", c0, (B, H), xg.dtype, xg.device)
+    _check_lengths(lengths, T, B, xg.device)
+    return T, B, H, P
+
+
+def check_gru_args(xg, w_hh, b_hh, h0, lengths):
+    """Validates gru_forward's arguments; returns (T, B, H)."""
+    T, B, H = _check_xg(xg, "GRU", 3)
+    _check_tensor("w_hh", w_hh, (3 * H, H), xg.dtype, xg.device)
+    _check_tensor("b_hh", b_hh, (3 * H,), xg.dtype, xg.device)
+    _check_tensor("h0", h0, (B, H), xg.dtype, xg.device)
+    _check_lengths(lengths, T, B, xg.device)
+    return T, B, H
+
+
+def saved_dtype(dtype):
+    """dtype of the saved gates and cell states: float32 for half types, else the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+@torch.library.register_fake("gated_kernels::lstm_forward")
+def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    acc = saved_dtype(xg.dtype)
+    return (
+        xg.new_empty(T, B, P),
+        xg.new_empty(B, P),
+        xg.new_empty(B, H),
+        xg.new_empty(T, B, 4 * H, dtype=acc),
+        xg.new_empty(T, B, H, dtype=acc),
+    )
+
+
+@torch.library.register_fake("gated_kernels::lstm_backward")
+def _lstm_backward_fake(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
+    T, B, G = gates.shape
+    H, P = G // 4, h0.shape[1]
+    dw_hr = h0.new_empty(P, H) if w_hr is not None else h0.new_empty(0)
+    return (
+        h0.new_empty(T, B, G),
+        h0.new_empty(G, P),
+        dw_hr,
+        h0.new_empty(B, P),
+        h0.new_empty(B, H),
+    )
+
+
+@torch.library.register_fake("gated_kernels::gru_forward")
+def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
+    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
+    return (
+        xg.new_empty(T, B, H),
+        xg.new_empty(B, H),
+        xg.new_empty(T, B, 4 * H, dtype=saved_dtype(xg.dtype)),
+    )
+
+
+@torch.library.register_fake("gated_kernels::gru_backward")
+def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
+    T, B, H = y.shape
+    return (
+        h0.new_empty(T, B, 3 * H),
+        h0.new_empty(3 * H, H),
+        h0.new_empty(3 * H),
+        h0.new_empty(B, H),
+    )
