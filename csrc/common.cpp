@@ -5,11 +5,11 @@ namespace gated_kernels {
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B) {
   if (!lengths.has_value()) return at::Tensor();
   const at::Tensor& len = *lengths;
-  GK_CHECK_CPU(len);
+  GK_CHECK_CPU(len, "lengths");
   TORCH_CHECK(len.scalar_type() == at::kLong, "lengths must have dtype int64, got ",
               len.scalar_type());
-  GK_CHECK_DIM(len, 1, "[B]");
-  GK_CHECK_SIZE(len, 0, B, "B (the batch size of xg)");
+  GK_CHECK_DIM(len, "lengths", 1, "[B]");
+  GK_CHECK_SIZE(len, "lengths", 0, B, "B (the batch size of xg)");
   at::Tensor out = len.contiguous();
   const int64_t* p = out.data_ptr<int64_t>();
   for (const auto b : c10::irange(B)) {
@@ -20,18 +20,20 @@ at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, in
 }
 
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options) {
-  static const bool poison = [] {
-    const char* v = std::getenv("GATED_KERNELS_POISON_OUTPUTS");
-    return v != nullptr && std::strcmp(v, "1") == 0;
-  }();
   at::Tensor out = at::empty(sizes, options);
-  if (poison) out.fill_(std::numeric_limits<double>::quiet_NaN());
+  // Read on every call (a getenv costs well under a microsecond) so a test can switch it on.
+  const char* poison = std::getenv("GATED_KERNELS_POISON_OUTPUTS");
+  if (poison != nullptr && std::strcmp(poison, "1") == 0) {
+    out.fill_(std::numeric_limits<double>::quiet_NaN());
+  }
   return out;
 }
 
 at::Tensor to_acc(const at::Tensor& t, bool copy) {
-  return t.to(t.options().dtype(at::toOpMathType(t.scalar_type())), /*non_blocking=*/false, copy,
-              at::MemoryFormat::Contiguous);
+  // .contiguous() separately: to() with MemoryFormat::Contiguous keeps a transposed or strided
+  // view whose suggested format is already "contiguous".
+  const at::Tensor out = t.to(at::toOpMathType(t.scalar_type()), /*non_blocking=*/false, copy);
+  return out.contiguous();
 }
 
 void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,

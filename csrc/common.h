@@ -19,25 +19,29 @@ namespace gated_kernels {
 
 // ---- argument checks: every message names the argument and gives expected vs got ----
 
-#define GK_CHECK_DIM(t, n, shape)                                                            \
-  TORCH_CHECK((t).dim() == (n), #t " must be " #n "-D " shape ", got ", (t).dim(), "-D ",     \
+#define GK_CHECK_DIM(t, name, n, shape)                                                      \
+  TORCH_CHECK((t).dim() == (n), name " must be " #n "-D " shape ", got ", (t).dim(), "-D ",   \
               (t).sizes())
 
-#define GK_CHECK_SIZE(t, d, expected, what)                                                  \
-  TORCH_CHECK((t).size(d) == (expected), #t ".size(" #d ") must be " what " = ", (expected), \
+#define GK_CHECK_SIZE(t, name, d, expected, what)                                            \
+  TORCH_CHECK((t).size(d) == (expected), name ".size(" #d ") must be " what " = ", (expected), \
               ", got ", (t).size(d), " (shape ", (t).sizes(), ")")
 
-#define GK_CHECK_DTYPE(t, dtype)                                                             \
-  TORCH_CHECK((t).scalar_type() == (dtype), #t " must have dtype ", (dtype),                  \
+#define GK_CHECK_DTYPE(t, name, dtype)                                                       \
+  TORCH_CHECK((t).scalar_type() == (dtype), name " must have dtype ", (dtype),                \
               " (the dtype of the input gates), got ", (t).scalar_type())
 
-#define GK_CHECK_CPU(t) \
-  TORCH_CHECK((t).device().is_cpu(), #t " must be a CPU tensor, got device ", (t).device())
+#define GK_CHECK_CPU(t, name) \
+  TORCH_CHECK((t).device().is_cpu(), name " must be a CPU tensor, got device ", (t).device())
 
-#define GK_CHECK_FLOAT_DTYPE(t)                                                              \
+#define GK_CHECK_FLOAT_DTYPE(t, name)                                                        \
   TORCH_CHECK((t).scalar_type() == at::kFloat || (t).scalar_type() == at::kDouble ||         \
                   (t).scalar_type() == at::kBFloat16,                                        \
-              #t " must be float32, float64 or bfloat16, got ", (t).scalar_type())
+              name " must be float32, float64 or bfloat16, got ", (t).scalar_type())
+
+// Every op body runs under this guard: the kernel's internal ATen calls must not be recorded by
+// autograd (the autograd layer is LSTMFunction / GRUFunction, above the operators).
+using KernelGuard = at::AutoDispatchBelowADInplaceOrView;
 
 // Checks `lengths` (int64 [B], every value in [1, T]) and returns it contiguous, or an undefined
 // tensor when no lengths were given.

@@ -31,16 +31,16 @@ struct GruSizes {
 
 GruSizes check_gru_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
                         const at::Tensor& w_hh, const at::Tensor& h0) {
-  GK_CHECK_DIM(w_hh, 2, "[3H, H]");
-  GK_CHECK_SIZE(w_hh, 0, 3 * H, "3H (xg.size(2))");
-  GK_CHECK_SIZE(w_hh, 1, H, "H (xg.size(2) / 3)");
-  GK_CHECK_DIM(h0, 2, "[B, H]");
-  GK_CHECK_SIZE(h0, 0, B, "B (xg.size(1))");
-  GK_CHECK_SIZE(h0, 1, H, "H (xg.size(2) / 3)");
-  GK_CHECK_DTYPE(w_hh, dtype);
-  GK_CHECK_DTYPE(h0, dtype);
-  GK_CHECK_CPU(w_hh);
-  GK_CHECK_CPU(h0);
+  GK_CHECK_DIM(w_hh, "w_hh", 2, "[3H, H]");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, 3 * H, "3H (xg.size(2))");
+  GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H (xg.size(2) / 3)");
+  GK_CHECK_DIM(h0, "h0", 2, "[B, H]");
+  GK_CHECK_SIZE(h0, "h0", 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(h0, "h0", 1, H, "H (xg.size(2) / 3)");
+  GK_CHECK_DTYPE(w_hh, "w_hh", dtype);
+  GK_CHECK_DTYPE(h0, "h0", dtype);
+  GK_CHECK_CPU(w_hh, "w_hh");
+  GK_CHECK_CPU(h0, "h0");
   return {T, B, H};
 }
 
@@ -105,19 +105,20 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& xg_in, const at::Tensor& w_hh, const at::Tensor& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& lengths_in, bool reverse) {
-  GK_CHECK_DIM(xg_in, 3, "[T, B, 3H]");
-  GK_CHECK_FLOAT_DTYPE(xg_in);
-  GK_CHECK_CPU(xg_in);
+  const KernelGuard guard;
+  GK_CHECK_DIM(xg_in, "xg", 3, "[T, B, 3H]");
+  GK_CHECK_FLOAT_DTYPE(xg_in, "xg");
+  GK_CHECK_CPU(xg_in, "xg");
   TORCH_CHECK(xg_in.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ",
               xg_in.size(0));
   TORCH_CHECK(xg_in.size(2) % 3 == 0, "xg.size(2) must be 3H (gates r, z, n), got ",
               xg_in.size(2));
   const GruSizes n = check_gru_args(xg_in.size(0), xg_in.size(1), xg_in.size(2) / 3,
                                     xg_in.scalar_type(), w_hh, h0);
-  GK_CHECK_DIM(b_hh, 1, "[3H]");
-  GK_CHECK_SIZE(b_hh, 0, 3 * n.H, "3H (xg.size(2))");
-  GK_CHECK_DTYPE(b_hh, xg_in.scalar_type());
-  GK_CHECK_CPU(b_hh);
+  GK_CHECK_DIM(b_hh, "b_hh", 1, "[3H]");
+  GK_CHECK_SIZE(b_hh, "b_hh", 0, 3 * n.H, "3H (xg.size(2))");
+  GK_CHECK_DTYPE(b_hh, "b_hh", xg_in.scalar_type());
+  GK_CHECK_CPU(b_hh, "b_hh");
   const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
   const at::Tensor xg = xg_in.contiguous();
   const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
@@ -199,8 +200,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse, const at::Tensor& y,
     const at::Tensor& gates) {
-  GK_CHECK_DIM(gates, 3, "[T, B, 4H]");
-  GK_CHECK_FLOAT_DTYPE(h0);
+  const KernelGuard guard;
+  GK_CHECK_DIM(gates, "gates", 3, "[T, B, 4H]");
+  GK_CHECK_FLOAT_DTYPE(h0, "h0");
   const GruSizes n = check_gru_args(gates.size(0), gates.size(1), gates.size(2) / 4,
                                     h0.scalar_type(), w_hh, h0);
   const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);

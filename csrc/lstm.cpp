@@ -37,27 +37,27 @@ LstmSizes check_lstm_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
   int64_t P = H;
   if (w_hr.has_value()) {
     const at::Tensor& w = *w_hr;
-    GK_CHECK_DIM(w, 2, "[P, H]");
-    GK_CHECK_SIZE(w, 1, H, "H (xg.size(2) / 4)");
-    GK_CHECK_DTYPE(w, dtype);
-    GK_CHECK_CPU(w);
+    GK_CHECK_DIM(w, "w_hr", 2, "[P, H]");
+    GK_CHECK_SIZE(w, "w_hr", 1, H, "H (xg.size(2) / 4)");
+    GK_CHECK_DTYPE(w, "w_hr", dtype);
+    GK_CHECK_CPU(w, "w_hr");
     P = w.size(0);
   }
-  GK_CHECK_DIM(w_hh, 2, "[4H, P]");
-  GK_CHECK_SIZE(w_hh, 0, 4 * H, "4H (xg.size(2))");
-  GK_CHECK_SIZE(w_hh, 1, P, "P (w_hr.size(0), or H without projection)");
-  GK_CHECK_DIM(h0, 2, "[B, P]");
-  GK_CHECK_SIZE(h0, 0, B, "B (xg.size(1))");
-  GK_CHECK_SIZE(h0, 1, P, "P (w_hr.size(0), or H without projection)");
-  GK_CHECK_DIM(c0, 2, "[B, H]");
-  GK_CHECK_SIZE(c0, 0, B, "B (xg.size(1))");
-  GK_CHECK_SIZE(c0, 1, H, "H (xg.size(2) / 4)");
-  GK_CHECK_DTYPE(w_hh, dtype);
-  GK_CHECK_DTYPE(h0, dtype);
-  GK_CHECK_DTYPE(c0, dtype);
-  GK_CHECK_CPU(w_hh);
-  GK_CHECK_CPU(h0);
-  GK_CHECK_CPU(c0);
+  GK_CHECK_DIM(w_hh, "w_hh", 2, "[4H, P]");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, 4 * H, "4H (xg.size(2))");
+  GK_CHECK_SIZE(w_hh, "w_hh", 1, P, "P (w_hr.size(0), or H without projection)");
+  GK_CHECK_DIM(h0, "h0", 2, "[B, P]");
+  GK_CHECK_SIZE(h0, "h0", 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(h0, "h0", 1, P, "P (w_hr.size(0), or H without projection)");
+  GK_CHECK_DIM(c0, "c0", 2, "[B, H]");
+  GK_CHECK_SIZE(c0, "c0", 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(c0, "c0", 1, H, "H (xg.size(2) / 4)");
+  GK_CHECK_DTYPE(w_hh, "w_hh", dtype);
+  GK_CHECK_DTYPE(h0, "h0", dtype);
+  GK_CHECK_DTYPE(c0, "c0", dtype);
+  GK_CHECK_CPU(w_hh, "w_hh");
+  GK_CHECK_CPU(h0, "h0");
+  GK_CHECK_CPU(c0, "c0");
   return {T, B, H, P};
 }
 
@@ -154,9 +154,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     const at::Tensor& xg_in, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
     bool reverse) {
-  GK_CHECK_DIM(xg_in, 3, "[T, B, 4H]");
-  GK_CHECK_FLOAT_DTYPE(xg_in);
-  GK_CHECK_CPU(xg_in);
+  const KernelGuard guard;
+  GK_CHECK_DIM(xg_in, "xg", 3, "[T, B, 4H]");
+  GK_CHECK_FLOAT_DTYPE(xg_in, "xg");
+  GK_CHECK_CPU(xg_in, "xg");
   TORCH_CHECK(xg_in.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ",
               xg_in.size(0));
   TORCH_CHECK(xg_in.size(2) % 4 == 0, "xg.size(2) must be 4H (gates i, f, g, o), got ",
@@ -269,8 +270,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
     const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in, bool reverse,
     const at::Tensor& y, const at::Tensor& gates_in, const at::Tensor& c_all_in) {
-  GK_CHECK_DIM(gates_in, 3, "[T, B, 4H]");
-  GK_CHECK_FLOAT_DTYPE(h0);
+  const KernelGuard guard;
+  GK_CHECK_DIM(gates_in, "gates", 3, "[T, B, 4H]");
+  GK_CHECK_FLOAT_DTYPE(h0, "h0");
   const LstmSizes n = check_lstm_args(gates_in.size(0), gates_in.size(1), gates_in.size(2) / 4,
                                       h0.scalar_type(), w_hh, w_hr, h0, c0);
   const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);

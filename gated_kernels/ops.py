@@ -38,6 +38,12 @@ LIBRARY.define(
     "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
 )
 
+# The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
+# which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
+# so a direct call returns tensors that do not require grad instead of a silently wrong graph.
+for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -1,0 +1,139 @@
+"""Shared test helpers: the tolerances (derived once, here) and input builders for the ops.
+
+Tolerances
+- float64 against float64: the two sides differ only in summation order, which moves results
+  by a few ulp (about 1e-15 at these sizes); 1e-10 leaves room for error growth over T steps
+  and still fails on any real mistake (a wrong gate or a missing term is O(1e-2) or larger).
+- float32: relative to the largest magnitude of the expected tensor, 1e-5 for outputs and
+  1e-4 for gradients, which sum T*B products (about sqrt(T*B) * 6e-8 per element).
+- bfloat16 (flash-attention's rule): against a float64 reference, our error may be at most
+  2x (forward) / 3x (backward) the error of PyTorch's own bfloat16 computation of the same
+  thing, plus a float32-sized floor.
+"""
+
+import torch
+
+FP64_ATOL = 1e-10
+FP32_REL_OUT = 1e-5
+FP32_REL_GRAD = 1e-4
+LOW_PRECISION_FACTOR = {"out": 2.0, "grad": 3.0}
+
+
+def max_abs_error(actual, expected):
+    return (actual.double() - expected.double()).abs().max().item()
+
+
+def max_rel_error(actual, expected):
+    scale = expected.double().abs().max().item()
+    return max_abs_error(actual, expected) / max(scale, 1e-30)
+
+
+def assert_close(actual, expected, dtype, kind, name, low_precision_error=None):
+    """actual vs expected (float64) for a tensor of `kind` "out" or "grad" computed in `dtype`.
+    For bfloat16, `low_precision_error` is PyTorch's own error on the same tensor."""
+    assert actual.shape == expected.shape, f"{name}: shape {actual.shape} vs {expected.shape}"
+    assert torch.isfinite(actual).all(), f"{name}: non-finite values"
+    if dtype == torch.float64:
+        err, tol = max_abs_error(actual, expected), FP64_ATOL
+    elif dtype == torch.float32:
+        err = max_rel_error(actual, expected)
+        tol = FP32_REL_OUT if kind == "out" else FP32_REL_GRAD
+    else:
+        err = max_rel_error(actual, expected)
+        tol = LOW_PRECISION_FACTOR[kind] * low_precision_error + FP32_REL_GRAD
+    assert err <= tol, f"{name}: error {err:.3e} > tolerance {tol:.3e} ({dtype})"
+
+
+def lstm_inputs(T, B, H, P=None, lengths=None, dtype=torch.float64, seed=0):
+    """Op arguments (xg, w_hh, w_hr, h0, c0, lengths) with nn.LSTM-like scales: weights
+    U(-1/sqrt(H), 1/sqrt(H)), pre-activations of order one."""
+    g = torch.Generator().manual_seed(seed)
+    P_ = P or H
+    bound = H**-0.5
+
+    def uniform(*shape):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
+
+    xg = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64).to(dtype)
+    w_hh = uniform(4 * H, P_)
+    w_hr = uniform(P_, H) if P else None
+    h0 = torch.randn(B, P_, generator=g, dtype=torch.float64).to(dtype) * 0.5
+    c0 = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype) * 0.5
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    return xg, w_hh, w_hr, h0, c0, lens
+
+
+def gru_inputs(T, B, H, lengths=None, dtype=torch.float64, seed=0):
+    """Op arguments (xg, w_hh, b_hh, h0, lengths) with nn.GRU-like scales."""
+    g = torch.Generator().manual_seed(seed)
+    bound = H**-0.5
+
+    def uniform(*shape):
+        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
+
+    xg = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64).to(dtype)
+    w_hh = uniform(3 * H, H)
+    b_hh = uniform(3 * H)
+    h0 = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype) * 0.5
+    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
+    return xg, w_hh, b_hh, h0, lens
+
+
+def grads(outputs, inputs, seed=1):
+    """Gradients of sum(out * random weight) over all outputs, w.r.t. every input."""
+    g = torch.Generator().manual_seed(seed)
+    weights = [torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype) for o in outputs]
+    return torch.autograd.grad(outputs, inputs, weights)
+
+
+def leaves(tensors, dtype=None):
+    """Detached copies (optionally cast) that require grad; None stays None."""
+    out = []
+    for t in tensors:
+        if t is None:
+            out.append(None)
+        else:
+            out.append((t.to(dtype) if dtype else t).detach().clone().requires_grad_())
+    return out
+
+
+def run_with_grads(fn, inputs, lengths, reverse):
+    """fn(*inputs, lengths, reverse) and the gradients of every non-None input."""
+    outs = fn(*inputs, lengths, reverse)
+    return outs, grads(outs, [t for t in inputs if t is not None])
+
+
+def check_against_reference(fn, ref_fn, args, lengths, reverse, dtype, output_names, input_names):
+    """fn in `dtype` vs ref_fn in float64 on every output and every gradient. In low precision,
+    the bound comes from ref_fn run in that dtype (PyTorch's own low-precision error)."""
+    expected, expected_grads = run_with_grads(ref_fn, leaves(args), lengths, reverse)
+    actual, actual_grads = run_with_grads(fn, leaves(args, dtype), lengths, reverse)
+    low, low_grads = None, None
+    if dtype not in (torch.float32, torch.float64):
+        low, low_grads = run_with_grads(ref_fn, leaves(args, dtype), lengths, reverse)
+    for k, name in enumerate(output_names):
+        ref_err = max_rel_error(low[k], expected[k]) if low else None
+        assert actual[k].dtype == dtype, f"{name}: dtype {actual[k].dtype}"
+        assert_close(actual[k], expected[k], dtype, "out", name, ref_err)
+    names = [n for n, t in zip(input_names, args) if t is not None]
+    for k, name in enumerate(names):
+        ref_err = max_rel_error(low_grads[k], expected_grads[k]) if low else None
+        assert_close(actual_grads[k], expected_grads[k], dtype, "grad", f"d{name}", ref_err)
+
+
+def strided_copy(t):
+    """The same values as t behind a non-contiguous layout (every other column of a wider
+    tensor); lengths and other integer tensors too."""
+    wide = torch.stack([t, torch.zeros_like(t)], dim=-1)
+    return wide[..., 0]
+
+
+def check_layout_independent(fn, args, lengths, reverse):
+    """fn gives bitwise the same outputs and gradients for non-contiguous inputs."""
+    inputs = leaves(args)
+    strided = [None if t is None else strided_copy(t.detach()).requires_grad_() for t in args]
+    assert not any(t.is_contiguous() for t in strided if t is not None)
+    outs, grads_ = run_with_grads(fn, inputs, lengths, reverse)
+    outs_s, grads_s = run_with_grads(fn, strided, strided_copy(lengths), reverse)
+    for a, b in zip(list(outs_s) + list(grads_s), list(outs) + list(grads_)):
+        assert torch.equal(a, b)

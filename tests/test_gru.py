@@ -1,0 +1,107 @@
+"""The C++ GRU recurrence (gated_kernels::gru_forward / gru_backward) against the reference."""
+
+import re
+
+import pytest
+import torch
+
+from common import check_against_reference, check_layout_independent, grads, gru_inputs, leaves
+from gated_kernels import GRUFunction, reference
+
+# (T, B, H, lengths, reverse)
+CASES = {
+    "T1-B3-H8": (1, 3, 8, None, False),
+    "T63-B4-H100": (63, 4, 100, None, False),
+    "T9-B1-H16": (9, 1, 16, None, False),
+    "T6-B3-H10-reverse": (6, 3, 10, None, True),
+    "T11-B5-H12-lengths": (11, 5, 12, [11, 1, 6, 11, 3], False),
+    "T11-B5-H12-lengths-reverse": (11, 5, 12, [11, 1, 6, 11, 3], True),
+    "T33-B16-H64-lengths": (33, 16, 64, list(range(33, 17, -1)), False),
+}
+OUTPUTS = ("y", "h_n")
+INPUTS = ("xg", "w_hh", "b_hh", "h0")
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gru_cpp_matches_reference(case, dtype):
+    T, B, H, lengths, reverse = case
+    *args, lens = gru_inputs(T, B, H, lengths)
+    check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens, reverse,
+                            dtype, OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 2, 1], True)],
+                         ids=["plain", "lengths-reverse"])
+def test_gru_gradcheck(lengths, reverse):
+    *args, lens = gru_inputs(4, 3, 3, lengths)
+    inputs = leaves(args)
+    assert torch.autograd.gradcheck(lambda *a: GRUFunction.apply(*a, lens, reverse), inputs)
+
+
+def test_gru_opcheck():
+    *args, lens = gru_inputs(4, 3, 5, [4, 2, 1])
+    inputs = leaves(args)
+    fwd_args = (*inputs, lens, True)
+    torch.library.opcheck(torch.ops.gated_kernels.gru_forward.default, fwd_args)
+    y, h_n, gates = torch.ops.gated_kernels.gru_forward(*fwd_args)
+    dy, dh_n = leaves([torch.randn_like(y), torch.randn_like(h_n)])
+    xg, w_hh, b_hh, h0 = inputs
+    bwd_args = (dy, dh_n, w_hh, h0, lens, True, y, gates)
+    torch.library.opcheck(torch.ops.gated_kernels.gru_backward.default, bwd_args)
+
+
+def test_gru_poisoned_outputs_are_all_written(monkeypatch):
+    """Outputs start as NaN: every element of every output and gradient must be written,
+    including the rows past their length."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = gru_inputs(7, 4, 9, [7, 1, 3, 5])
+    inputs = leaves(args)
+    outs = torch.ops.gated_kernels.gru_forward(*inputs, lens, True)
+    for name, t in zip(("y", "h_n", "gates"), outs):
+        assert torch.isfinite(t).all(), name
+    for name, g in zip(INPUTS, grads(GRUFunction.apply(*inputs, lens, True), inputs)):
+        assert torch.isfinite(g).all(), f"d{name}"
+
+
+def test_gru_non_contiguous_inputs_give_the_same_result():
+    *args, lens = gru_inputs(6, 4, 8, [6, 2, 5, 1])
+    check_layout_independent(GRUFunction.apply, args, lens, False)
+
+
+def _bad(**changes):
+    """Valid gru_forward arguments (T=5, B=3, H=4) with some replaced."""
+    xg, w_hh, b_hh, h0, lens = gru_inputs(5, 3, 4, [5, 2, 1])
+    args = dict(xg=xg, w_hh=w_hh, b_hh=b_hh, h0=h0, lengths=lens, reverse=False)
+    args.update(changes)
+    return args
+
+
+BAD_INPUTS = {
+    "xg-rank": (_bad(xg=torch.randn(5, 12, dtype=torch.float64)), "xg must be 3-D"),
+    "xg-gate-width": (_bad(xg=torch.randn(5, 3, 13, dtype=torch.float64)), "xg.size(2) must be 3H"),
+    "w_hh-rows": (_bad(w_hh=torch.randn(9, 4, dtype=torch.float64)), "w_hh.size(0) must be 3H"),
+    "w_hh-cols": (_bad(w_hh=torch.randn(12, 3, dtype=torch.float64)), "w_hh.size(1) must be H"),
+    "b_hh-size": (_bad(b_hh=torch.randn(9, dtype=torch.float64)), "b_hh.size(0) must be 3H"),
+    "h0-batch": (_bad(h0=torch.randn(2, 4, dtype=torch.float64)), "h0.size(0) must be B"),
+    "h0-rank": (_bad(h0=torch.randn(1, 3, 4, dtype=torch.float64)), "h0 must be 2-D"),
+    "mixed-dtype": (_bad(h0=torch.randn(3, 4)), "h0 must have dtype Double"),
+    "lengths-zero": (_bad(lengths=torch.tensor([0, 2, 1])), "lengths[0] must be in [1, T] = [1, 5], got 0"),
+    "lengths-above-T": (_bad(lengths=torch.tensor([5, 2, 9])), "lengths[2] must be in [1, T] = [1, 5], got 9"),
+    "T-zero": (_bad(xg=torch.randn(0, 3, 12, dtype=torch.float64)), "T >= 1"),
+}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_gru_forward_rejects_bad_input(args, message):
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.ops.gated_kernels.gru_forward(**args)
+
+
+@pytest.mark.parametrize("name", ["w_hh", "b_hh", "h0"])
+def test_gru_forward_rejects_tensors_on_another_device(name):
+    args = _bad()
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"{name} must be on cpu .* got meta"):
+        torch.ops.gated_kernels.gru_forward(**args)

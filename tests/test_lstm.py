@@ -1,0 +1,117 @@
+"""The C++ LSTM recurrence (gated_kernels::lstm_forward / lstm_backward) against the reference."""
+
+import re
+
+import pytest
+import torch
+
+from common import check_against_reference, check_layout_independent, grads, leaves, lstm_inputs
+from gated_kernels import LSTMFunction, reference
+
+# (T, B, H, P, lengths, reverse)
+CASES = {
+    "T1-B3-H8": (1, 3, 8, None, None, False),
+    "T63-B4-H100": (63, 4, 100, None, None, False),
+    "T9-B1-H16": (9, 1, 16, None, None, False),
+    "T6-B3-H10-reverse": (6, 3, 10, None, None, True),
+    "T11-B5-H12-lengths": (11, 5, 12, None, [11, 1, 6, 11, 3], False),
+    "T11-B5-H12-lengths-reverse": (11, 5, 12, None, [11, 1, 6, 11, 3], True),
+    "T10-B3-H20-P7": (10, 3, 20, 7, None, False),
+    "T10-B4-H20-P7-lengths-reverse": (10, 4, 20, 7, [10, 1, 4, 7], True),
+    "T33-B16-H64-P16-lengths": (33, 16, 64, 16, list(range(33, 17, -1)), False),
+}
+OUTPUTS = ("y", "h_n", "c_n")
+INPUTS = ("xg", "w_hh", "w_hr", "h0", "c0")
+
+
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_lstm_cpp_matches_reference(case, dtype):
+    T, B, H, P, lengths, reverse = case
+    *args, lens = lstm_inputs(T, B, H, P, lengths)
+    check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens, reverse,
+                            dtype, OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("P,lengths,reverse", [(None, [4, 1, 3], False), (2, [4, 2, 1], True)],
+                         ids=["lengths", "P2-lengths-reverse"])
+def test_lstm_gradcheck(P, lengths, reverse):
+    *args, lens = lstm_inputs(4, 3, 3, P, lengths)
+    inputs = leaves(args)
+    assert torch.autograd.gradcheck(lambda *a: LSTMFunction.apply(*a, lens, reverse), inputs)
+
+
+@pytest.mark.parametrize("P", [None, 3], ids=["H5", "H5-P3"])
+def test_lstm_opcheck(P):
+    *args, lens = lstm_inputs(4, 3, 5, P, [4, 2, 1])
+    inputs = leaves(args)
+    fwd_args = (*inputs, lens, True)
+    torch.library.opcheck(torch.ops.gated_kernels.lstm_forward.default, fwd_args)
+    y, h_n, c_n, gates, c_all = torch.ops.gated_kernels.lstm_forward(*fwd_args)
+    dy, dh_n, dc_n = leaves([torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n)])
+    xg, w_hh, w_hr, h0, c0 = inputs
+    bwd_args = (dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lens, True, y, gates, c_all)
+    torch.library.opcheck(torch.ops.gated_kernels.lstm_backward.default, bwd_args)
+
+
+def test_lstm_poisoned_outputs_are_all_written(monkeypatch):
+    """Outputs start as NaN: every element of every output and gradient must be written,
+    including the rows past their length."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = lstm_inputs(7, 4, 9, 5, [7, 1, 3, 5])
+    inputs = leaves(args)
+    outs = torch.ops.gated_kernels.lstm_forward(*inputs, lens, False)
+    for name, t in zip(("y", "h_n", "c_n", "gates", "c_all"), outs):
+        assert torch.isfinite(t).all(), name
+    for name, g in zip(INPUTS, grads(LSTMFunction.apply(*inputs, lens, False), inputs)):
+        assert torch.isfinite(g).all(), f"d{name}"
+
+
+def test_lstm_non_contiguous_inputs_give_the_same_result():
+    *args, lens = lstm_inputs(6, 4, 8, 5, [6, 2, 5, 1])
+    check_layout_independent(LSTMFunction.apply, args, lens, True)
+
+
+def _bad(**changes):
+    """Valid lstm_forward arguments (T=5, B=3, H=4, P=2) with some replaced."""
+    xg, w_hh, w_hr, h0, c0, lens = lstm_inputs(5, 3, 4, 2, [5, 2, 1])
+    args = dict(xg=xg, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, lengths=lens, reverse=False)
+    args.update(changes)
+    return args
+
+
+BAD_INPUTS = {
+    "xg-rank": (_bad(xg=torch.randn(5, 16)), "xg must be 3-D"),
+    "xg-gate-width": (_bad(xg=torch.randn(5, 3, 15, dtype=torch.float64)), "xg.size(2) must be 4H"),
+    "w_hh-rows": (_bad(w_hh=torch.randn(12, 2, dtype=torch.float64)), "w_hh.size(0) must be 4H"),
+    "w_hh-cols": (_bad(w_hh=torch.randn(16, 3, dtype=torch.float64)), "w_hh.size(1) must be P"),
+    "w_hr-cols": (_bad(w_hr=torch.randn(2, 5, dtype=torch.float64)), "w_hr.size(1) must be H"),
+    "h0-batch": (_bad(h0=torch.randn(4, 2, dtype=torch.float64)), "h0.size(0) must be B"),
+    "h0-size": (_bad(h0=torch.randn(3, 4, dtype=torch.float64)), "h0.size(1) must be P"),
+    "c0-size": (_bad(c0=torch.randn(3, 2, dtype=torch.float64)), "c0.size(1) must be H"),
+    "c0-rank": (_bad(c0=torch.randn(3, dtype=torch.float64)), "c0 must be 2-D"),
+    "mixed-dtype": (_bad(w_hh=torch.randn(16, 2)), "w_hh must have dtype Double"),
+    "int-dtype": (_bad(xg=torch.ones(5, 3, 16, dtype=torch.int64)), "xg must be float32, float64 or bfloat16"),
+    "lengths-zero": (_bad(lengths=torch.tensor([5, 0, 1])), "lengths[1] must be in [1, T] = [1, 5], got 0"),
+    "lengths-above-T": (_bad(lengths=torch.tensor([5, 6, 1])), "lengths[1] must be in [1, T] = [1, 5], got 6"),
+    "lengths-dtype": (_bad(lengths=torch.tensor([5.0, 2.0, 1.0])), "lengths must have dtype int64"),
+    "lengths-size": (_bad(lengths=torch.tensor([5, 2])), "lengths.size(0) must be B"),
+    "T-zero": (_bad(xg=torch.randn(0, 3, 16, dtype=torch.float64)), "T >= 1"),
+}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_lstm_forward_rejects_bad_input(args, message):
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.ops.gated_kernels.lstm_forward(**args)
+
+
+@pytest.mark.parametrize("name", ["w_hh", "h0", "c0", "w_hr"])
+def test_lstm_forward_rejects_tensors_on_another_device(name):
+    args = _bad()
+    args[name] = args[name].to("meta")
+    with pytest.raises(ValueError, match=f"{name} must be on cpu .* got meta"):
+        torch.ops.gated_kernels.lstm_forward(**args)
