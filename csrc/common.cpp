@@ -2,6 +2,17 @@
 
 namespace gated_kernels {
 
+int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* gate_order) {
+  TORCH_CHECK(xg.dim() == 3, "xg must be 3-D [T, B, ", num_gates, "H], got ", xg.dim(), "-D ",
+              xg.sizes());
+  GK_CHECK_FLOAT_DTYPE(xg, "xg");
+  GK_CHECK_CPU(xg, "xg");
+  TORCH_CHECK(xg.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ", xg.size(0));
+  TORCH_CHECK(xg.size(2) % num_gates == 0, "xg.size(2) must be ", num_gates, "H (gates ",
+              gate_order, "), got ", xg.size(2));
+  return xg.size(2) / num_gates;
+}
+
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B) {
   if (!lengths.has_value()) return at::Tensor();
   const at::Tensor& len = *lengths;

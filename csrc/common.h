@@ -43,6 +43,9 @@ namespace gated_kernels {
 // autograd (the autograd layer is LSTMFunction / GRUFunction, above the operators).
 using KernelGuard = at::AutoDispatchBelowADInplaceOrView;
 
+// Checks the input gates xg [T, B, num_gates * H] (rank, float dtype, CPU, T >= 1) and returns H.
+int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* gate_order);
+
 // Checks `lengths` (int64 [B], every value in [1, T]) and returns it contiguous, or an undefined
 // tensor when no lengths were given.
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B);

@@ -106,14 +106,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& xg_in, const at::Tensor& w_hh, const at::Tensor& b_hh,
     const at::Tensor& h0, const std::optional<at::Tensor>& lengths_in, bool reverse) {
   const KernelGuard guard;
-  GK_CHECK_DIM(xg_in, "xg", 3, "[T, B, 3H]");
-  GK_CHECK_FLOAT_DTYPE(xg_in, "xg");
-  GK_CHECK_CPU(xg_in, "xg");
-  TORCH_CHECK(xg_in.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ",
-              xg_in.size(0));
-  TORCH_CHECK(xg_in.size(2) % 3 == 0, "xg.size(2) must be 3H (gates r, z, n), got ",
-              xg_in.size(2));
-  const GruSizes n = check_gru_args(xg_in.size(0), xg_in.size(1), xg_in.size(2) / 3,
+  const int64_t H = check_input_gates(xg_in, 3, "r, z, n");
+  const GruSizes n = check_gru_args(xg_in.size(0), xg_in.size(1), H,
                                     xg_in.scalar_type(), w_hh, h0);
   GK_CHECK_DIM(b_hh, "b_hh", 1, "[3H]");
   GK_CHECK_SIZE(b_hh, "b_hh", 0, 3 * n.H, "3H (xg.size(2))");

@@ -155,14 +155,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
     bool reverse) {
   const KernelGuard guard;
-  GK_CHECK_DIM(xg_in, "xg", 3, "[T, B, 4H]");
-  GK_CHECK_FLOAT_DTYPE(xg_in, "xg");
-  GK_CHECK_CPU(xg_in, "xg");
-  TORCH_CHECK(xg_in.size(0) >= 1, "xg must have at least one step (T >= 1), got T = ",
-              xg_in.size(0));
-  TORCH_CHECK(xg_in.size(2) % 4 == 0, "xg.size(2) must be 4H (gates i, f, g, o), got ",
-              xg_in.size(2));
-  const LstmSizes n = check_lstm_args(xg_in.size(0), xg_in.size(1), xg_in.size(2) / 4,
+  const int64_t H = check_input_gates(xg_in, 4, "i, f, g, o");
+  const LstmSizes n = check_lstm_args(xg_in.size(0), xg_in.size(1), H,
                                       xg_in.scalar_type(), w_hh, w_hr, h0, c0);
   const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
   const at::Tensor xg = xg_in.contiguous();
