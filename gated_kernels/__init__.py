@@ -7,14 +7,22 @@ and registers the C++ CPU kernels when the extension is built; nothing else.
 from gated_kernels import ops  # noqa: F401  (declares the operators first)
 from gated_kernels.autograd import GRUFunction, LSTMFunction
 from gated_kernels.backends import BACKENDS, cpp_available, resolve_backend
+from gated_kernels.cells import GRUCell, LSTMCell
+from gated_kernels.convert import convert
 from gated_kernels.functional import gru_layer, lstm_layer
+from gated_kernels.rnn import GRU, LSTM
 from gated_kernels.version import __version__
 
 __all__ = [
     "BACKENDS",
+    "GRU",
+    "GRUCell",
     "GRUFunction",
+    "LSTM",
+    "LSTMCell",
     "LSTMFunction",
     "__version__",
+    "convert",
     "cpp_available",
     "gru_layer",
     "lstm_layer",

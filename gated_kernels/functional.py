@@ -1,8 +1,9 @@
-"""One recurrent layer in one direction, as functions: the input projection plus the recurrence.
+"""LSTM and GRU as functions: one layer in one direction (the input projection plus the
+recurrence), and stacks of layers and directions built from it.
 
 Shapes: x [T, B, I]; LSTM weights w_ih [4H, I], w_hh [4H, P], b_ih / b_hh [4H], w_hr [P, H];
 GRU weights w_ih [3H, I], w_hh [3H, H], b_ih / b_hh [3H]; h0 [B, P], c0 [B, H]; lengths [B]
-int64 (each in [1, T]) or None. The modules build layers, directions and batching from these.
+int64 (each in [1, T]) or None. The modules add batch_first, unbatched and packed input.
 """
 
 import torch
@@ -28,6 +29,10 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     xg = F.linear(x, w_ih, bias)
     if resolve_backend(backend, x.device) == "reference":
         return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+    if c0 is h0:
+        # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
+        # refuses an autograd.Function that gets the same tensor as two inputs.
+        c0 = c0.clone()
     return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse)
 
 
@@ -48,3 +53,65 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     if resolve_backend(backend, x.device) == "reference":
         return reference.gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse)
     return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse)
+
+
+def _split_weights(weights, has_bias, has_proj):
+    """One (layer, direction)'s parameters in torch.nn order -> (w_ih, w_hh, b_ih, b_hh, w_hr)."""
+    w_ih, w_hh = weights[0], weights[1]
+    b_ih, b_hh = (weights[2], weights[3]) if has_bias else (None, None)
+    w_hr = weights[-1] if has_proj else None
+    return w_ih, w_hh, b_ih, b_hh, w_hr
+
+
+def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
+    """Layers and directions as torch.nn runs them: directions concatenated on the feature dim,
+    dropout on the output of every layer but the last, in training only. `states` holds the
+    initial state tensors [L*D, B, *]; run_layer(x, k, reverse) runs layer-direction k."""
+    D = 2 if bidirectional else 1
+    finals = [[] for _ in states]
+    layer_input = x
+    for layer in range(num_layers):
+        outputs = []
+        for d in range(D):
+            y, *final = run_layer(layer_input, layer * D + d, d == 1)
+            outputs.append(y)
+            for store, f in zip(finals, final):
+                store.append(f)
+        layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
+        if dropout > 0 and training and layer < num_layers - 1:
+            layer_input = F.dropout(layer_input, dropout, training=True)
+    return (layer_input, *(torch.stack(f) for f in finals))
+
+
+def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
+         has_bias=True, has_proj=False, lengths=None, backend="auto"):
+    """A stacked, optionally bidirectional LSTM over a time-major sequence.
+
+    x [T, B, I]; h0 [L*D, B, P]; c0 [L*D, B, H]; weights: the flat parameter list in torch.nn
+    order (`module._flat_weights`). Returns y [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H].
+    """
+    n = len(weights) // (num_layers * (2 if bidirectional else 1))
+
+    def run_layer(layer_input, k, reverse):
+        w = _split_weights(weights[k * n:(k + 1) * n], has_bias, has_proj)
+        return lstm_layer(layer_input, h0[k], c0[k], *w, lengths=lengths, reverse=reverse,
+                          backend=backend)
+
+    return _stack(run_layer, x, (h0, c0), num_layers, bidirectional, dropout, training)
+
+
+def gru(x, h0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
+        has_bias=True, lengths=None, backend="auto"):
+    """A stacked, optionally bidirectional GRU over a time-major sequence.
+
+    x [T, B, I]; h0 [L*D, B, H]; weights: the flat parameter list in torch.nn order.
+    Returns y [T, B, D*H], h_n [L*D, B, H].
+    """
+    n = len(weights) // (num_layers * (2 if bidirectional else 1))
+
+    def run_layer(layer_input, k, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
+        return gru_layer(layer_input, h0[k], w_ih, w_hh, b_ih, b_hh, lengths=lengths,
+                         reverse=reverse, backend=backend)
+
+    return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)

@@ -1,0 +1,127 @@
+"""Drop-in torch.nn.LSTMCell and torch.nn.GRUCell: one step of the recurrence operators (T=1).
+
+They derive from the torch.nn cells (Dynamo traces those), so isinstance checks still hold and
+parameters, initialisation and state_dict are torch.nn's own.
+"""
+
+import warnings
+
+import torch
+from torch import nn
+
+from gated_kernels.functional import gru_layer, lstm_layer
+from gated_kernels.rnn import check_backend_name
+
+
+def _check_cell_state(input, state, index, hidden_size):
+    """ATen's checks for a cell's state, with its messages."""
+    if input.size(0) != state.size(0):
+        raise RuntimeError(f"Input batch size {input.size(0)} doesn't match hidden{index} "
+                           f"batch size {state.size(0)}")
+    if state.size(1) != hidden_size:
+        raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, "
+                           f"expected {hidden_size}")
+
+
+class _CellBase:
+    """What both cells share: the backend, conversion from torch.nn, input checks."""
+
+    def _init_backend(self, backend):
+        check_backend_name(backend)
+        self.backend = backend
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    @classmethod
+    def from_torch(cls, module, *, backend="auto"):
+        """An equivalent cell: same sizes, parameter values, device, dtype and training mode."""
+        weight = module.weight_ih
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            new = cls(module.input_size, module.hidden_size, module.bias, device="meta",
+                      dtype=weight.dtype, backend=backend)
+        new = new.to_empty(device=weight.device)
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    def _check_rank(self, input):
+        if input.dim() not in (1, 2):
+            raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
+                             f"{input.dim()}D instead")
+
+    def _check_input_size(self, input):
+        if input.size(-1) != self.input_size:
+            raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} "
+                               f"expected {self.input_size}")
+
+
+class LSTMCell(_CellBase, nn.LSTMCell):
+    """Drop-in torch.nn.LSTMCell, plus the keyword `backend`.
+
+    >>> cell = LSTMCell(10, 20)
+    >>> h, c = cell(torch.randn(3, 10))
+    >>> tuple(h.shape)
+    (3, 20)
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        self._check_rank(input)
+        if isinstance(hx, torch.Tensor):
+            raise TypeError("LSTMCell: hx must be a tuple of two Tensors (h_0, c_0), not Tensor")
+        if hx is not None:
+            for index, value in enumerate(hx):
+                if value.dim() not in (1, 2):
+                    raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got "
+                                     f"{value.dim()}D instead")
+        self._check_input_size(input)
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            zeros = input.new_zeros(input.size(0), self.hidden_size)
+            hx = (zeros, zeros)
+        elif not is_batched:
+            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
+        for index, state in enumerate(hx):
+            _check_cell_state(input, state, index, self.hidden_size)
+        _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh,
+                             self.bias_ih, self.bias_hh, backend=self.backend)
+        return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
+
+
+class GRUCell(_CellBase, nn.GRUCell):
+    """Drop-in torch.nn.GRUCell, plus the keyword `backend`.
+
+    >>> cell = GRUCell(10, 20)
+    >>> tuple(cell(torch.randn(3, 10)).shape)
+    (3, 20)
+    """
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
+        super().__init__(input_size, hidden_size, bias, device, dtype)
+        self._init_backend(backend)
+
+    def forward(self, input, hx=None):
+        self._check_rank(input)
+        if hx is not None and hx.dim() not in (1, 2):
+            raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
+        self._check_input_size(input)
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if hx is None:
+            hx = input.new_zeros(input.size(0), self.hidden_size)
+        elif not is_batched:
+            hx = hx.unsqueeze(0)
+        _check_cell_state(input, hx, 0, self.hidden_size)
+        _, h = gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
+                         self.bias_hh, backend=self.backend)
+        return h if is_batched else h.squeeze(0)

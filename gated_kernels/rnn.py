@@ -1,0 +1,211 @@
+"""Drop-in torch.nn.LSTM and torch.nn.GRU.
+
+Same constructor, parameters (names, shapes, order, initialisation), state_dict, forward
+signature, outputs and errors as torch.nn; the recurrence runs in gated_kernels' operators.
+The classes derive from nn.RNNBase, which builds the parameters exactly as torch.nn does, and not
+from nn.LSTM / nn.GRU: Dynamo refuses to trace those and their subclasses, while a model using
+these compiles with torch.compile(fullgraph=True).
+"""
+
+import warnings
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import PackedSequence
+
+from gated_kernels import functional
+from gated_kernels.backends import BACKENDS
+
+
+def check_backend_name(backend):
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+
+def _pad(data, batch_sizes):
+    """Packed data [sum(lengths), I] -> time-major padded [T, B, I] in sorted batch order, and
+    lengths [B] (int64, CPU, decreasing)."""
+    return torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.size(0))
+
+
+def _pack(y, lengths):
+    """The inverse of _pad: time-major [T, B, F] in sorted order -> packed data [sum, F]."""
+    return torch._VF._pack_padded_sequence(y, lengths, False)[0]
+
+
+class _RecurrentBase(nn.RNNBase):
+    """What LSTM and GRU share: the backend, conversion from torch.nn, input plumbing."""
+
+    _CONFIG = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
+
+    def __init__(self, mode, *args, backend="auto", **kwargs):
+        check_backend_name(backend)
+        super().__init__(mode, *args, **kwargs)
+        self.backend = backend
+
+    def flatten_parameters(self):
+        """No-op: the kernels read the parameters as they are. (torch.nn rewrites CUDA
+        parameters into one cuDNN buffer here; our kernels have no use for it.)"""
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
+
+    @classmethod
+    def from_torch(cls, module, *, backend="auto"):
+        """An equivalent module: same configuration, parameter values, device, dtype and
+        training mode. Builds on the meta device first, so no random init is drawn."""
+        weight = module.weight_ih_l0
+        config = {name: getattr(module, name) for name in cls._CONFIG}
+        with warnings.catch_warnings():  # torch.nn already warned about dropout with 1 layer
+            warnings.simplefilter("ignore", UserWarning)
+            new = cls(module.input_size, module.hidden_size, **config, device="meta",
+                      dtype=weight.dtype, backend=backend)
+        new = new.to_empty(device=weight.device)
+        new.load_state_dict(module.state_dict())
+        return new.train(module.training)
+
+    def _zeros(self, input, batch_sizes, size):
+        D = 2 if self.bidirectional else 1
+        if batch_sizes is not None:
+            B = int(batch_sizes[0])
+        else:
+            B = input.size(0) if self.batch_first else input.size(1)
+        return torch.zeros(self.num_layers * D, B, size, dtype=input.dtype, device=input.device)
+
+    def _run(self, input, hx, run):
+        """The forward every cell type shares. hx: the state tuple (or None); run(x, states,
+        lengths) -> (y, *final_states)."""
+        self._update_flat_weights()
+        name = type(self).__name__
+        packed = isinstance(input, PackedSequence)
+        sizes = self._state_sizes()
+        if packed:
+            input, batch_sizes, sorted_indices, unsorted_indices = input
+            is_batched = True
+        else:
+            batch_sizes = sorted_indices = unsorted_indices = None
+            if input.dim() not in (2, 3):
+                raise ValueError(f"{name}: Expected input to be 2D or 3D, got {input.dim()}D instead")
+            is_batched = input.dim() == 3
+            batch_dim = 0 if self.batch_first else 1
+            if not is_batched:
+                input = input.unsqueeze(batch_dim)
+        if hx is None:
+            states = tuple(self._zeros(input, batch_sizes, size) for size in sizes)
+        else:
+            states = self._check_state_ranks(hx, is_batched)
+            if not is_batched:
+                states = tuple(s.unsqueeze(1) for s in states)
+        self._check_forward(input, states, batch_sizes)
+        states = tuple(self._permute(s, sorted_indices) for s in states)
+
+        # Time-major [T, B, I]; packed data comes padded in sorted batch order, with lengths.
+        if packed:
+            x, lengths_cpu = _pad(input, batch_sizes)
+            lengths = lengths_cpu.to(x.device)
+        else:
+            x, lengths = (input.transpose(0, 1) if self.batch_first else input), None
+            if x.size(0) == 0:
+                raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
+        y, *final = run(x, states, lengths)
+        final = tuple(self._permute(s, unsorted_indices) for s in final)
+        if packed:
+            output = PackedSequence(_pack(y, lengths_cpu), batch_sizes, sorted_indices,
+                                    unsorted_indices)
+        else:
+            output = y.transpose(0, 1) if self.batch_first else y
+            if not is_batched:
+                output = output.squeeze(batch_dim)
+                final = tuple(s.squeeze(1) for s in final)
+        return output, final
+
+    @staticmethod
+    def _permute(state, permutation):
+        return state if permutation is None else state.index_select(1, permutation)
+
+
+class LSTM(_RecurrentBase):
+    """Drop-in torch.nn.LSTM: the same arguments, plus the keyword `backend` ("auto", "cpp",
+    "triton", "reference").
+
+    >>> lstm = LSTM(10, 20, num_layers=2)
+    >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
+    >>> tuple(output.shape), tuple(h_n.shape)
+    ((5, 3, 20), (2, 3, 20))
+    """
+
+    _CONFIG = _RecurrentBase._CONFIG + ("proj_size",)
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        super().__init__("LSTM", *args, backend=backend, **kwargs)
+
+    # torch.nn.LSTM's own checks, so the errors are the same.
+    get_expected_cell_size = nn.LSTM.get_expected_cell_size
+    check_forward_args = nn.LSTM.check_forward_args
+
+    def _check_forward(self, input, states, batch_sizes):
+        self.check_forward_args(input, states, batch_sizes)
+
+    def _state_sizes(self):
+        return (self.proj_size or self.hidden_size, self.hidden_size)
+
+    @staticmethod
+    def _check_state_ranks(hx, is_batched):
+        if not isinstance(hx, torch.Tensor) and len(hx) != 2:
+            raise RuntimeError("lstm expects two hidden states")
+        h, c = hx[0], hx[1]
+        rank = 3 if is_batched else 2
+        if h.dim() != rank or c.dim() != rank:
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx and cx should also be {rank}-D but got "
+                               f"({h.dim()}-D, {c.dim()}-D) tensors")
+        return h, c
+
+    def forward(self, input, hx=None):
+        def run(x, states, lengths):
+            return functional.lstm(
+                x, *states, self._flat_weights, self.num_layers, self.bidirectional,
+                self.dropout, self.training, self.bias, self.proj_size > 0, lengths, self.backend)
+
+        output, (h_n, c_n) = self._run(input, hx, run)
+        return output, (h_n, c_n)
+
+
+class GRU(_RecurrentBase):
+    """Drop-in torch.nn.GRU: the same arguments, plus the keyword `backend`.
+
+    >>> gru = GRU(10, 20, bidirectional=True)
+    >>> output, h_n = gru(torch.randn(5, 3, 10))
+    >>> tuple(output.shape), tuple(h_n.shape)
+    ((5, 3, 40), (2, 3, 20))
+    """
+
+    def __init__(self, *args, backend="auto", **kwargs):
+        if "proj_size" in kwargs:
+            raise ValueError("proj_size argument is only supported for LSTM, not RNN or GRU")
+        super().__init__("GRU", *args, backend=backend, **kwargs)
+
+    def _state_sizes(self):
+        return (self.hidden_size,)
+
+    def _check_forward(self, input, states, batch_sizes):
+        self.check_forward_args(input, states[0], batch_sizes)
+
+    @staticmethod
+    def _check_state_ranks(hx, is_batched):
+        rank = 3 if is_batched else 2
+        if hx.dim() != rank:
+            kind = "batched 3-D" if is_batched else "unbatched 2-D"
+            raise RuntimeError(f"For {kind} input, hx should also be {rank}-D but got "
+                               f"{hx.dim()}-D tensor")
+        return (hx,)
+
+    def forward(self, input, hx=None):
+        def run(x, states, lengths):
+            return functional.gru(
+                x, states[0], self._flat_weights, self.num_layers, self.bidirectional,
+                self.dropout, self.training, self.bias, lengths, self.backend)
+
+        output, (h_n,) = self._run(input, hx, run)
+        return output, h_n
