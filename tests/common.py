@@ -1,48 +1,26 @@
-"""Shared test helpers: the tolerances (derived once, here) and input builders for the ops.
-
-Tolerances
-- float64 against float64: the two sides differ only in summation order, which moves results
-  by a few ulp (about 1e-15 at these sizes); 1e-10 leaves room for error growth over T steps
-  and still fails on any real mistake (a wrong gate or a missing term is O(1e-2) or larger).
-- float32: relative to the largest magnitude of the expected tensor, 1e-5 for outputs and
-  1e-4 for gradients, which sum T*B products (about sqrt(T*B) * 6e-8 per element).
-- bfloat16 (flash-attention's rule): against a float64 reference, our error may be at most
-  2x (forward) / 3x (backward) the error of PyTorch's own bfloat16 computation of the same
-  thing, plus a float32-sized floor.
-"""
+"""Shared test helpers: the error assertion (the rule itself lives in gated_kernels.tolerance)
+and input builders for the ops."""
 
 import torch
 
-FP64_ATOL = 1e-10
-FP32_REL_OUT = 1e-5
-FP32_REL_GRAD = 1e-4
-LOW_PRECISION_FACTOR = {"out": 2.0, "grad": 3.0}
+from gated_kernels.tolerance import FP64_TOLERANCE, allowed_error, max_abs_error, max_rel_error
 
-
-def max_abs_error(actual, expected):
-    if expected.numel() == 0:  # batch size 0: nothing can differ
-        return 0.0
-    return (actual.double() - expected.double()).abs().max().item()
-
-
-def max_rel_error(actual, expected):
-    scale = expected.double().abs().max().item() if expected.numel() else 0.0
-    return max_abs_error(actual, expected) / max(scale, 1e-30)
+FP64_ATOL = FP64_TOLERANCE
 
 
 def assert_close(actual, expected, dtype, kind, name, low_precision_error=None):
     """actual vs expected (float64) for a tensor of `kind` "out" or "grad" computed in `dtype`.
-    For bfloat16, `low_precision_error` is PyTorch's own error on the same tensor."""
+    Float64 is judged by absolute error, the rest by gated_kernels.tolerance's relative rule;
+    for half types `low_precision_error` is PyTorch's own error on the same tensor."""
     assert actual.shape == expected.shape, f"{name}: shape {actual.shape} vs {expected.shape}"
     assert torch.isfinite(actual).all(), f"{name}: non-finite values"
     if dtype == torch.float64:
         err, tol = max_abs_error(actual, expected), FP64_ATOL
     elif dtype == torch.float32:
-        err = max_rel_error(actual, expected)
-        tol = FP32_REL_OUT if kind == "out" else FP32_REL_GRAD
+        err, tol = max_rel_error(actual, expected), allowed_error(dtype, kind)
     else:
         err = max_rel_error(actual, expected)
-        tol = LOW_PRECISION_FACTOR[kind] * low_precision_error + FP32_REL_GRAD
+        tol = allowed_error(dtype, kind, low_precision_error)
     assert err <= tol, f"{name}: error {err:.3e} > tolerance {tol:.3e} ({dtype})"
 
 

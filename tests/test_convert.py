@@ -1,6 +1,7 @@
 """from_torch, convert(), torch.compile of a converted model, and DistributedDataParallel."""
 
 import copy
+import os
 
 import pytest
 import torch
@@ -82,6 +83,7 @@ def test_compile_fullgraph_on_converted_model_matches_eager():
 
 
 def _ddp_worker(rank, world_size, init_file, tokens, targets, result_file):
+    os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # the two ranks talk over loopback only
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
                             world_size=world_size)
     model = nn.parallel.DistributedDataParallel(gk.convert(_model()))
@@ -92,6 +94,9 @@ def _ddp_worker(rank, world_size, init_file, tokens, targets, result_file):
     optimizer.step()
     if rank == 0:
         torch.save([p.detach() for p in model.module.parameters()], result_file)
+    # Both ranks finish talking before either tears gloo down: a rank that exits while its peer
+    # still holds the connection can abort ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

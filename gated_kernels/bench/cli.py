@@ -1,0 +1,140 @@
+"""Command line of the benchmark runner: pick cases, run them, print and write the results."""
+
+import argparse
+import sys
+from dataclasses import asdict, replace
+
+import torch
+
+from gated_kernels.bench import measure, report
+from gated_kernels.bench.suites import CELLS, DTYPES, MODES, SUITES, Case, suite
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, no traceback
+        sys.stderr.write(f"gated-kernels-bench: error: {message}\n")
+        sys.exit(2)
+
+
+def _shape(text):
+    try:
+        T, B, I, H = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected T,B,I,H (four integers), got {text!r}")
+    if min(T, B, I, H) <= 0:
+        raise argparse.ArgumentTypeError(f"T, B, I and H must be positive, got {text!r}")
+    return T, B, I, H
+
+
+def _positive(text):
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def parse_args(argv):
+    p = _Parser(prog="gated-kernels-bench",
+                description="Correctness-gated speed of gated_kernels against torch.nn.")
+    p.add_argument("--suite", choices=SUITES, default="quick")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="auto: cuda when a GPU is present, else cpu")
+    p.add_argument("--cell", choices=CELLS, help="only this cell")
+    p.add_argument("--mode", choices=MODES, help="fwd: inference under no_grad; fwdbwd: training step")
+    p.add_argument("--dtype", choices=tuple(DTYPES), help="replace the suite's dtypes")
+    p.add_argument("--layers", type=_positive, help="replace the number of layers")
+    p.add_argument("--bidirectional", action="store_true", help="make every case bidirectional")
+    p.add_argument("--shape", type=_shape, action="append", metavar="T,B,I,H",
+                   help="custom shapes instead of the suite's (repeatable)")
+    p.add_argument("--backend", default="auto", choices=("auto", "cpp", "triton", "reference"),
+                   help="gated_kernels backend under test")
+    p.add_argument("--threads", type=_positive, help="torch.set_num_threads")
+    p.add_argument("--min-seconds", type=float, default=1.0,
+                   help="timed runs per case: at least this long per implementation")
+    p.add_argument("--json", metavar="PATH")
+    p.add_argument("--markdown", metavar="PATH")
+    p.add_argument("--plot", metavar="PATH", help="PNG of speedup against H (needs matplotlib)")
+    args = p.parse_args(argv)
+    if args.device == "auto":
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda was requested but no CUDA GPU is available")
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib: pip install 'gated-kernels[bench]'")
+    return args
+
+
+def select_cases(args):
+    cases = suite(args.suite, args.device)
+    if args.shape:
+        dtype = args.dtype or "fp32"
+        cases = [Case(cell, mode, T, B, I, H, dtype, device=args.device)
+                 for T, B, I, H in args.shape for cell in CELLS for mode in MODES]
+    changes = {k: v for k, v in (("dtype", args.dtype), ("layers", args.layers)) if v}
+    if args.bidirectional:
+        changes["bidirectional"] = True
+    cases = [replace(c, **changes) for c in cases]
+    cases = [c for c in cases if (args.cell in (None, c.cell)) and (args.mode in (None, c.mode))]
+    return list(dict.fromkeys(cases))  # overrides can make cases equal
+
+
+def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1.0):
+    """One record: the gate (shared by the fwd and fwdbwd case of a shape), then, if it
+    passed, interleaved timing and peak memory of gated_kernels and torch.nn."""
+    theirs = measure.torch_module(case)
+    ours = (ours_factory or measure.ours_module)(theirs, backend=backend)
+    x = measure.make_input(case)
+    key = case.shape_key()
+    if key not in gates:
+        gates[key] = measure.gate(case, theirs, ours, x)
+    errors = gates[key]
+    record = {"case": case.name, **asdict(case), **errors, **prov}
+    record["gate"] = "PASS" if measure.gate_passed(case, errors) else "FAIL"
+    record.update({f"{n}_{k}": None for n in ("ours", "torch") for k in
+                   ("median_s", "p20_s", "p80_s", "runs", "peak_bytes")}, speedup=None)
+    if record["gate"] == "FAIL":
+        return record
+    steps = {"ours": measure.step_fn(case, ours, x), "torch": measure.step_fn(case, theirs, x)}
+    timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
+    for name, t in timing.items():
+        record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
+                       f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
+                       f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name], case.device)})
+    record["speedup"] = timing["torch"]["median"] / timing["ours"]["median"]
+    return record
+
+
+def _progress(items):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # the bench extra brings tqdm; without it, no bar
+        return items
+    return tqdm(items, unit="case", leave=False, file=sys.stderr)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cases = select_cases(args)
+    if not cases:
+        _Parser().error("no case matches the options")
+    prov = report.provenance(args.device)
+    name = "custom" if args.shape else args.suite
+    print(f"suite {name}: {len(cases)} cases on {report.header(prov)}", flush=True)
+    gates, records = {}, []
+    for case in _progress(cases):
+        records.append(run_case(case, prov, gates, args.backend, min_seconds=args.min_seconds))
+    print(report.table(records))
+    print(report.summary(name, records))
+    if args.json:
+        report.write_json(args.json, records)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(name, records, prov))
+    if args.plot:
+        report.plot(args.plot, name, records, prov)
+    return records

@@ -1,0 +1,166 @@
+"""What a run reports: provenance, the terminal table, markdown, JSON and the plot."""
+
+import datetime
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import subprocess
+
+import torch
+
+import gated_kernels
+
+COLUMNS = ("case", "gate", "ours ms", "torch ms", "speedup", "ours err", "torch err",
+           "ours MB", "torch MB")
+
+
+def _cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _git_commit():
+    source = os.path.dirname(os.path.dirname(os.path.abspath(gated_kernels.__file__)))
+    try:
+        out = subprocess.run(["git", "-C", source, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None
+
+
+def provenance(device):
+    cuda = device.startswith("cuda")
+    return {
+        "machine": torch.cuda.get_device_name() if cuda else _cpu_model(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "triton": _version("triton"),
+        "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "gated_kernels": gated_kernels.__version__,
+        "git_commit": _git_commit(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+    }
+
+
+def header(prov):
+    return (f"{prov['machine']} ({prov['device']}, {prov['threads']} threads); "
+            f"torch {prov['torch']}, triton {prov['triton']}, cudnn {prov['cudnn']}; "
+            f"gated_kernels {prov['gated_kernels']} ({prov['git_commit']}); {prov['timestamp']}")
+
+
+def _ms(seconds):
+    return "-" if seconds is None else f"{seconds * 1e3:.2f}"
+
+
+def _mb(nbytes):
+    return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
+
+
+def row(record):
+    """One table row; a case that failed the gate shows no speedup."""
+    passed = record["gate"] == "PASS"
+    speedup = f"{record['speedup']:.2f}x" if passed else "-"
+    error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
+    return (record["case"], record["gate"], _ms(record["ours_median_s"]),
+            _ms(record["torch_median_s"]), speedup, f"{record['ours_' + error_key]:.1e}",
+            f"{record['torch_' + error_key]:.1e}", _mb(record["ours_peak_bytes"]),
+            _mb(record["torch_peak_bytes"]))
+
+
+def table(records):
+    rows = [COLUMNS] + [row(r) for r in records]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(COLUMNS))]
+    lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
+                       enumerate(zip(r, widths))) for r in rows]
+    return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
+
+
+def _geomean(values):
+    return math.exp(sum(map(math.log, values)) / len(values)) if values else float("nan")
+
+
+def summary(suite, records):
+    """One line: cases, gate failures, geometric-mean speedup per mode, the range."""
+    passed = [r for r in records if r["gate"] == "PASS"]
+    parts = [f"{suite}: {len(records)} cases, {len(records) - len(passed)} failed the gate"]
+    for mode in ("fwd", "fwdbwd"):
+        speedups = [r["speedup"] for r in passed if r["mode"] == mode]
+        if speedups:
+            parts.append(f"{mode} speedup geomean {_geomean(speedups):.2f}x "
+                         f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    return "; ".join(parts)
+
+
+def markdown(suite, records, prov):
+    lines = [f"# gated_kernels benchmark: suite `{suite}`", "", f"Machine: {header(prov)}", "",
+             f"Summary: {summary(suite, records)}", "",
+             "Times are medians (20th-80th percentile in the JSON) of interleaved runs in one "
+             "process; speedup = torch.nn time / gated_kernels time; errors are the largest "
+             "relative error against a float64 reference (gradients for fwdbwd, outputs for "
+             "fwd); MB is peak memory allocated during one call.", "",
+             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(row(r)) + " |" for r in records]
+    return "\n".join(lines) + "\n"
+
+
+def write_json(path, records):
+    with open(path, "w") as f:
+        json.dump(records, f, indent=1)
+
+
+def plot(path, suite, records, prov):
+    """Speedup against H, one line per batch size (and line style per T), one panel per cell and
+    mode. Cases that failed the gate are left out."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    simple = [r for r in records if r["gate"] == "PASS" and r["layers"] == 1
+              and not r["bidirectional"]]
+    cells = sorted({r["cell"] for r in simple}) or ["LSTM"]
+    modes = ("fwd", "fwdbwd")
+    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.8 * len(cells)), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for i, cell in enumerate(cells):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            points = [r for r in simple if r["cell"] == cell and r["mode"] == mode]
+            Ts = sorted({r["T"] for r in points})
+            for b_index, B in enumerate(sorted({r["B"] for r in points})):
+                for t_index, T in enumerate(Ts):
+                    line = sorted((r["H"], r["speedup"]) for r in points
+                                  if r["B"] == B and r["T"] == T)
+                    ax.plot([h for h, _ in line], [s for _, s in line], marker="o",
+                            linestyle=styles[t_index % len(styles)], color=f"C{b_index}",
+                            label=f"B={B}, T={T}")
+            ax.axhline(1.0, color="gray", linewidth=0.8)
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("hidden size H")
+            ax.set_ylabel("speedup vs torch.nn")
+            ax.set_title(f"{cell} {'inference' if mode == 'fwd' else 'training step'}")
+            if points:
+                ax.legend(fontsize=7)
+    fig.suptitle(f"gated_kernels suite '{suite}': {prov['machine']}, {prov['threads']} threads, "
+                 f"torch {prov['torch']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

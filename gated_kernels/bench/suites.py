@@ -1,0 +1,63 @@
+"""The registry of benchmark cases: one Case per measured point, suites as lists of them."""
+
+import itertools
+from dataclasses import asdict, dataclass
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
+          "fp64": torch.float64}
+MODES = ("fwd", "fwdbwd")  # inference under no_grad; a training step (forward + backward)
+CELLS = ("LSTM", "GRU")
+
+
+@dataclass(frozen=True)
+class Case:
+    cell: str  # "LSTM" or "GRU"
+    mode: str  # "fwd" or "fwdbwd"
+    T: int
+    B: int
+    I: int
+    H: int
+    dtype: str = "fp32"
+    layers: int = 1
+    bidirectional: bool = False
+    device: str = "cpu"
+
+    @property
+    def name(self):
+        extra = f"-L{self.layers}" if self.layers > 1 else ""
+        extra += "-bi" if self.bidirectional else ""
+        return (f"{self.cell}-{self.mode}-T{self.T}-B{self.B}-I{self.I}-H{self.H}"
+                f"{extra}-{self.dtype}")
+
+    def shape_key(self):
+        """Cases that differ only in mode share inputs and the correctness gate."""
+        fields = asdict(self)
+        del fields["mode"]
+        return tuple(fields.items())
+
+
+def _grid(cells, Ts, Bs, Hs, dtypes, device, layers=1, bidirectional=False):
+    return [Case(cell, mode, T, B, H, H, dtype, layers, bidirectional, device)
+            for cell, dtype, T, H, B, mode in itertools.product(cells, dtypes, Ts, Hs, Bs, MODES)]
+
+
+def suite(name, device):
+    """The cases of a named suite on `device` ("cpu" or "cuda")."""
+    if name == "quick":
+        return (_grid(CELLS, [100], [1, 32], [256], ["fp32"], device)
+                + _grid(CELLS, [50], [16], [128], ["fp32"], device, layers=2, bidirectional=True))
+    if name == "cpu":
+        return (_grid(CELLS, [100, 500], [1, 16, 64], [128, 256, 512], ["fp32"], device)
+                + _grid(CELLS, [100], [16], [256], ["fp32"], device, layers=2, bidirectional=True))
+    if name == "gpu":
+        return _grid(CELLS, [256], [1, 16, 64, 256], [256, 512, 1024], ["bf16", "fp32"], device)
+    if name == "fastrnns":  # PyTorch's fastrnns benchmark default
+        return _grid(CELLS, [100], [64], [512], ["fp32"], device)
+    if name == "flashrnn":  # the FlashRNN paper's setting (Pöppel et al., 2024)
+        return _grid(["LSTM"], [1024], [16], [768], ["bf16"], device)
+    raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
+
+
+SUITES = ("quick", "cpu", "gpu", "fastrnns", "flashrnn")

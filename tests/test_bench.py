@@ -1,0 +1,87 @@
+"""The benchmark runner: its correctness gate, its outputs and its argument errors (no timing is
+asserted here)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from gated_kernels.bench import cli, measure, report
+from gated_kernels.bench.suites import Case
+
+TINY = ["--shape", "6,3,5,4", "--min-seconds", "0.01"]
+
+
+def _perturbed(theirs, backend="auto"):
+    """A wrong implementation: gated_kernels with one recurrent weight nudged by 1e-3."""
+    ours = measure.ours_module(theirs, backend=backend)
+    with torch.no_grad():
+        ours.weight_hh_l0[0, 0] += 1e-3
+    return ours
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+def test_gate_fails_a_wrong_implementation_and_reports_no_speedup(mode):
+    case = Case("GRU", mode, T=6, B=3, I=5, H=4)
+    prov = report.provenance("cpu")
+    record = cli.run_case(case, prov, {}, ours_factory=_perturbed, min_seconds=0.01)
+    assert record["gate"] == "FAIL"
+    assert record["speedup"] is None and record["ours_median_s"] is None
+    assert record["ours_out_error"] > record["allowed_out_error"]
+    row = report.row(record)
+    assert row[1] == "FAIL" and row[4] == "-"
+    assert "1 failed the gate" in report.summary("custom", [record])
+
+
+def test_gate_passes_the_real_implementation():
+    case = Case("LSTM", "fwdbwd", T=6, B=3, I=5, H=4)
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0
+    assert record["ours_grad_error"] <= record["allowed_grad_error"]
+
+
+def test_outputs_json_markdown_and_plot(tmp_path, capsys):
+    paths = {k: tmp_path / f"out.{k}" for k in ("json", "md", "png")}
+    cli.main(TINY + ["--json", str(paths["json"]), "--markdown", str(paths["md"]),
+                     "--plot", str(paths["png"])])
+    records = json.loads(paths["json"].read_text())
+    assert len(records) == 4  # LSTM and GRU, fwd and fwdbwd
+    required = {
+        "case", "cell", "mode", "T", "B", "I", "H", "dtype", "layers", "bidirectional", "device",
+        "gate", "ours_out_error", "torch_out_error", "ours_grad_error", "torch_grad_error",
+        "allowed_out_error", "allowed_grad_error", "ours_median_s", "ours_p20_s", "ours_p80_s",
+        "torch_median_s", "torch_p20_s", "torch_p80_s", "ours_runs", "torch_runs",
+        "ours_peak_bytes", "torch_peak_bytes", "speedup", "machine", "threads", "torch",
+        "triton", "cudnn", "gated_kernels", "git_commit", "timestamp",
+    }
+    for record in records:
+        assert required <= set(record), required - set(record)
+        assert record["gate"] == "PASS"
+        assert record["ours_p20_s"] <= record["ours_median_s"] <= record["ours_p80_s"]
+    markdown = paths["md"].read_text()
+    assert "Machine:" in markdown and "| LSTM-fwd-T6-B3-I5-H4-fp32 | PASS |" in markdown
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "custom: 4 cases, 0 failed the gate" in capsys.readouterr().out
+
+
+BAD_ARGUMENTS = {
+    "unknown-suite": ["--suite", "huge"],
+    "negative-size": ["--shape", "10,-1,4,4"],
+    "malformed-shape": ["--shape", "10,4,4"],
+    "zero-layers": ["--layers", "0"],
+    "cuda-without-gpu": ["--device", "cuda"],
+}
+
+
+@pytest.mark.parametrize("argv", BAD_ARGUMENTS.values(), ids=BAD_ARGUMENTS.keys())
+def test_bad_arguments_exit_with_one_line(argv):
+    if argv == ["--device", "cuda"] and torch.cuda.is_available():
+        argv = ["--device", "cuda", "--dtype", "int8"]  # still a bad argument with a GPU
+    result = subprocess.run([sys.executable, "-m", "gated_kernels.bench", *argv],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gated-kernels-bench: error:"), result.stderr
+    assert "Traceback" not in result.stderr
