@@ -1,0 +1,86 @@
+"""What the LSTM and GRU Triton kernels share: activations, the grid barrier, the path heuristic
+and launch settings."""
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+# Batch rows per program: the smallest M of an mma tile.
+BLOCK_B = 16
+# Hidden units per program in the persistent path: the 4 LSTM gates of 8 units make the N=32 of
+# one tl.dot, and H=1024 then needs 128 programs, within the 132 SMs of an H100 (one each).
+PERSISTENT_BLOCK_H = 8
+# Largest H whose whole W_hh fits one program's shared memory (164 KB at H=128 in bf16, see
+# shared/reference/kernel_design.md section 5); the `small` path needs no barrier.
+SMALL_MAX_H = {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128}
+# Largest H whose W_hh slices stay in shared memory across steps (98 KB per program at H=1024
+# in bf16, 194 KB in fp32).
+PERSISTENT_MAX_H = 1024
+PATHS = ("small", "persistent", "per_step")
+
+
+def interpreting():
+    """Triton's interpreter runs programs one after another on the CPU."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def input_precision(dtype):
+    """tl.dot precision: fp32 follows PyTorch's TF32 setting for cuDNN RNNs, like torch.nn."""
+    if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def sm_count(device):
+    if device.type != "cuda":
+        return 1 << 30  # the interpreter has no SM limit
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def choose_path(H, B, dtype, num_sms):
+    """Which forward/backward kernel runs (GATED_KERNELS_TRITON_PATH forces one):
+    - small: H within SMALL_MAX_H; one program per batch tile holds all of W_hh, no barrier;
+    - persistent: H up to 1024 when (H / 8 unit blocks) x (batch tiles) programs fit one per SM;
+      W_hh slices stay on chip, programs meet at a grid barrier each step;
+    - per_step: otherwise (H=2048, large batches); one fused launch per step.
+    """
+    forced = os.environ.get("GATED_KERNELS_TRITON_PATH")
+    if forced:
+        if forced not in PATHS:
+            raise ValueError(f"GATED_KERNELS_TRITON_PATH must be one of {PATHS}, got {forced!r}")
+        return forced
+    if H <= SMALL_MAX_H.get(dtype, 64):
+        return "small"
+    programs = triton.cdiv(H, PERSISTENT_BLOCK_H) * triton.cdiv(B, BLOCK_B)
+    if H <= PERSISTENT_MAX_H and programs <= num_sms:
+        return "persistent"
+    return "per_step"
+
+
+@triton.jit
+def sigmoid(x):
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def tanh(x):
+    # Overflow-safe: exp of a non-positive argument only.
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(x < 0, -t, t)
+
+
+@triton.jit
+def grid_barrier(counter_ptr, expected):
+    """All `expected` programs that share `counter_ptr` (a zeroed int32, one per step and batch
+    tile, so no reset is needed) wait here until each has arrived. Triton 3.6 has no
+    tl.atomic_load / tl.atomic_poll: the wait spins on an acquire atomic add of 0. The CTA
+    barrier first makes every warp's stores part of the release."""
+    tl.debug_barrier()
+    tl.atomic_add(counter_ptr, 1, sem="release", scope="gpu")
+    arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    while arrived < expected:
+        arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
+    tl.debug_barrier()
