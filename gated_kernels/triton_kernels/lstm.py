@@ -275,6 +275,12 @@ def _check_device_and_dtype(t):
                          f"TRITON_INTERPRET=1), got device {t.device}")
 
 
+def _fp32_copy(t):
+    """A contiguous float32 copy: the kernels update their running state in place."""
+    out = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+    return out.copy_(t)
+
+
 def _lengths(lengths, T, B, device):
     if lengths is None:
         return torch.full((B,), T, dtype=torch.int64, device=device)
@@ -325,8 +331,7 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
         w = (w_hh.float() @ w_hr.float()).to(dtype)
         g0 = h0.float() @ w_hh.float().T
         h[0] = 0
-    c = torch.empty(B, H, dtype=torch.float32, device=device)
-    c.copy_(c0)
+    c = _fp32_copy(c0)
     m = _new_output((T, B, H), dtype, device)  # y itself without projection
     saved = ops.saved_dtype(dtype)
     gates = _new_output((T, B, 4 * H), saved, device)
@@ -345,3 +350,83 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     h_n = y[torch.zeros_like(lens) if reverse else lens - 1, batch]
     c_n = c_all[0 if reverse else T - 1].to(dtype, copy=True)
     return y, h_n, c_n, gates, c_all
+
+
+def _check_saved(name, t, shape, dtype):
+    if tuple(t.shape) != shape or t.dtype != dtype:
+        raise ValueError(f"{name} must have shape {shape} and dtype {dtype}, "
+                         f"got {tuple(t.shape)} and {t.dtype}")
+
+
+def _previous_hidden(y, h0, lens, reverse):
+    """h_{t-1} of every step, like previous_hidden in csrc/common.cpp: y shifted by one step,
+    h0 at a row's first step (0, or lengths[b]-1 in reverse). Past a row's length dG is 0, so
+    what stands there does not matter."""
+    hprev = torch.empty_like(y)
+    T = y.shape[0]
+    if not reverse:
+        hprev[0] = h0
+        hprev[1:] = y[:-1]
+        return hprev
+    hprev[:-1] = y[1:]
+    hprev[T - 1] = h0
+    hprev[lens - 1, torch.arange(y.shape[1], device=y.device)] = h0
+    return hprev
+
+
+def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
+    """gated_kernels::lstm_backward: gradients of lstm_forward_triton's y, h_n, c_n (dy, dh_n,
+    dc_n) -> dxg [T,B,4H] (dG, the gradient of the pre-activation gates), dw_hh [4H,P], dw_hr
+    [P,H] (an empty [0] tensor without w_hr), dh0 [B,P], dc0 [B,H], all in h0's dtype. The
+    sequential dG loop runs in Triton; dw_hh = dG^T h_prev and dw_hr are GEMMs after it."""
+    T, B, G = gates.shape
+    H = G // 4
+    xg_shape = h0.new_empty(1, 1, 1).expand(T, B, G)  # the checks read only shape and dtype
+    _, _, _, P = ops.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
+    _check_device_and_dtype(h0)
+    dtype, device = h0.dtype, h0.device
+    saved = ops.saved_dtype(dtype)
+    _check_saved("dy", dy, (T, B, P), dtype)
+    _check_saved("y", y, (T, B, P), dtype)
+    _check_saved("dh_n", dh_n, (B, P), dtype)
+    _check_saved("dc_n", dc_n, (B, H), dtype)
+    _check_saved("gates", gates, (T, B, G), saved)
+    _check_saved("c_all", c_all, (T, B, H), saved)
+    path = backward_path(H, B, dtype, common.sm_count(device))
+    lens = _lengths(lengths, T, B, device)
+    if w_hr is None:
+        w, dm_in = w_hh.contiguous(), dy.contiguous()
+        dm = _fp32_copy(dh_n)
+    else:
+        # dm = dh W_hr: the loop runs on dm with W = W_hh W_hr, like the forward on m.
+        w = (w_hh.float() @ w_hr.float()).to(dtype)
+        dm_in = (dy @ w_hr).contiguous()
+        dm = dh_n.float() @ w_hr.float()
+    dc = _fp32_copy(dc_n)
+    dg = _new_output((T, B, G), torch.float32, device)
+    args = (dm_in, w, lens, dm, dc, c0.contiguous(), gates.contiguous(), c_all.contiguous(), dg)
+    constexprs = dict(PRECISION=common.input_precision(dtype))
+    _launch(_lstm_bwd_kernel, path, backward_config(path, H), T, B, H, reverse, args, constexprs)
+
+    batch = torch.arange(B, device=device)
+    first = lens - 1 if reverse else torch.zeros_like(lens)
+    w32 = w_hh.float()
+    dh0 = (dg[first, batch] @ w32).to(dtype)
+    hprev = _previous_hidden(y, h0, lens, reverse).float()
+    dw_hh = (dg.view(T * B, G).T @ hprev.view(T * B, P)).to(dtype)
+    if w_hr is None:
+        dw_hr = h0.new_empty(0)
+    else:
+        # dh_t = dy_t + dG_{t'} W_hh (t' the step after t in the forward, 0 past a row's
+        # length), and dh_n on the row's last step. m = 0 past a row's length (o = 0 there).
+        nxt = torch.zeros_like(dg)
+        if reverse:
+            nxt[1:] = dg[:-1]
+        else:
+            nxt[:-1] = dg[1:]
+        dh = dy.float() + nxt @ w32
+        dh[torch.zeros_like(lens) if reverse else lens - 1, batch] += dh_n.float()
+        m = gates[..., 3 * H:].float() * torch.tanh(c_all.float())
+        dw_hr = (dh.view(T * B, P).T @ m.view(T * B, H)).to(dtype)
+    dxg = dg.to(dtype, copy=dtype != torch.float32)
+    return dxg, dw_hh, dw_hr, dh0, dc.to(dtype, copy=True)
