@@ -430,3 +430,56 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
         dw_hr = (dh.view(T * B, P).T @ m.view(T * B, H)).to(dtype)
     dxg = dg.to(dtype, copy=dtype != torch.float32)
     return dxg, dw_hh, dw_hr, dh0, dc.to(dtype, copy=True)
+
+
+def _aot_entry(kernel, path, dtype, cfg, pointers, constexprs):
+    """One aot_configs() row: the signature as the launcher's tensors produce it."""
+    cfg = dict(cfg)
+    options = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+    if path == "persistent":
+        options.update(_cooperative_options())
+    scalars = ("T", "B", "H", "s0", "n_steps", "reverse")
+    constexprs = dict(BLOCK_B=common.BLOCK_B, PATH=path, **cfg, **constexprs)
+    signature = dict(pointers, **{n: "i32" for n in scalars}, **{n: "constexpr" for n in constexprs})
+    flags = "-".join(f"{k}{v}" for k, v in constexprs.items() if k not in ("BLOCK_B", "PATH"))
+    name = f"{kernel.__name__}-{path}-{TL_DTYPES[dtype]}-{flags}"
+    return name, kernel, signature, constexprs, options
+
+
+def aot_configs(hidden_sizes=(64, 128, 256, 512, 768, 1024, 2048), dtypes=DTYPES):
+    """(name, kernel, signature, constexprs, options) for every kernel configuration the
+    launchers can pick at these hidden sizes (any batch size, SM count, projection and
+    input_precision), for triton.compile(ASTSource(kernel, signature, constexprs), target,
+    options) ahead of time. Sizes that only change runtime arguments give one entry."""
+    entries = {}
+    for dtype in dtypes:
+        dt = TL_DTYPES[dtype]
+        precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+        for H in hidden_sizes:
+            small = H <= common.SMALL_MAX_H[dtype]
+            fwd_paths = ["small"] if small else ["per_step"]
+            if not small and H <= common.PERSISTENT_MAX_H:
+                fwd_paths.append("persistent")
+            bwd_paths = {"small" if small else "per_step"}
+            bwd_paths |= {backward_path(H, 1, dtype, 1 << 30)} - {"small"}
+            for precision in precisions:
+                for path in fwd_paths:
+                    counter = "*i32" if path == "persistent" else f"*{dt}"
+                    for has_g0 in (False, True):
+                        pointers = dict(
+                            xg_ptr=f"*{dt}", w_ptr=f"*{dt}", g0_ptr="*fp32" if has_g0 else f"*{dt}",
+                            len_ptr="*i64", h_ptr=f"*{dt}", c_ptr="*fp32", y_ptr=f"*{dt}",
+                            gates_ptr="*fp32", c_all_ptr="*fp32", counter_ptr=counter)
+                        e = _aot_entry(_lstm_fwd_kernel, path, dtype, forward_config(path, H),
+                                       pointers, dict(HAS_G0=has_g0, PRECISION=precision))
+                        entries[e[0]] = e
+                for path in bwd_paths:
+                    counter = "*i32" if path == "persistent" else f"*{dt}"
+                    pointers = dict(
+                        dm_ptr=f"*{dt}", w_ptr=f"*{dt}", len_ptr="*i64", dmc_ptr="*fp32",
+                        dc_ptr="*fp32", c0_ptr=f"*{dt}", gates_ptr="*fp32", c_all_ptr="*fp32",
+                        dg_ptr="*fp32", counter_ptr=counter)
+                    e = _aot_entry(_lstm_bwd_kernel, path, dtype, backward_config(path, H),
+                                   pointers, dict(PRECISION=precision))
+                    entries[e[0]] = e
+    return list(entries.values())
