@@ -48,54 +48,57 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
                      PATH: tl.constexpr, HAS_G0: tl.constexpr, PRECISION: tl.constexpr):
     """Steps s0 .. s0+n_steps-1 of G_t = xg_t + h_{t-1} W^T, then the gates and the state.
     h_ptr: [2, B, H] ping-pong state in the input dtype (step s reads s % 2); c_ptr: [B, H] fp32
-    cell state, read at the start and written at the end of the launch."""
-    pid_h = tl.program_id(0).to(tl.int64)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = offs_b < B
-    offs_u = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    unit_ok = offs_u < H
-    tile_ok = row_ok[:, None] & unit_ok[None, :]
+    cell state, read at the start and written at the end of the launch.
+    Addresses: int64 scalar bases per step plus int32 tile offsets, which stay live across the
+    loop at one register per element instead of two."""
+    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+    u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
+    lb = tl.arange(0, BLOCK_B)
+    lu = tl.arange(0, BLOCK_H)
+    row_ok = row0 + lb < B
+    tile_ok = row_ok[:, None] & (u0 + lu < H)[None, :]
     # Gate columns interleaved: column 4u + k of the dot is gate k (i, f, g, o) of unit u, so
     # one dot of N = 4*BLOCK_H yields every gate of the program's units.
     offs_n = tl.arange(0, 4 * BLOCK_H)
-    unit_n = pid_h * BLOCK_H + offs_n // 4
-    col_n = (offs_n % 4) * H + unit_n
-    col_ok = unit_n < H
-    length = tl.load(len_ptr + offs_b, mask=row_ok, other=0)
+    col_n = (offs_n % 4) * H + offs_n // 4  # relative to unit u0
+    col_ok = u0 + offs_n // 4 < H
+    length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
     first_t = reverse * (length - 1)  # a row's first step: 0, or lengths[b]-1 in reverse
     offs_k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + u0 * H
     if PATH != "per_step":
         # W slice [H, 4*BLOCK_H], loaded once; Triton keeps it in shared memory for the loop.
-        w = tl.load(w_ptr + col_n[None, :] * H + offs_k[:, None],
+        w = tl.load(w_base + col_n[None, :] * H + offs_k[:, None],
                     mask=col_ok[None, :] & (offs_k[:, None] < H), other=0.0)
-    state = offs_b[:, None] * H + offs_u[None, :]
-    c = tl.load(c_ptr + state, mask=tile_ok, other=0.0)
+    unit_tile = lb[:, None] * H + lu[None, :]  # [b, u] in a [., H] tensor
+    gate_tile = lb[:, None] * 4 * H + lu[None, :]  # [b, u] of gate i in a [., 4H] tensor
+    xg_tile = lb[:, None] * 4 * H + col_n[None, :]
+    xg_ok = row_ok[:, None] & col_ok[None, :]
+    state = row0 * H + u0
+    c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
     for s in range(s0, s0 + n_steps):
         t = s + reverse * (T - 1 - 2 * s)
-        h_cur = h_ptr + (s % 2) * B * H
-        h_nxt = h_ptr + ((s + 1) % 2) * B * H
+        h_cur = h_ptr + (s % 2) * B * H + row0 * H
+        h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
         if PATH == "per_step":
             acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
             for k0 in range(0, H, BLOCK_K):
                 k = k0 + offs_k
-                h_k = tl.load(h_cur + offs_b[:, None] * H + k[None, :],
+                h_k = tl.load(h_cur + lb[:, None] * H + k[None, :],
                               mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
-                w_k = tl.load(w_ptr + col_n[None, :] * H + k[:, None],
+                w_k = tl.load(w_base + col_n[None, :] * H + k[:, None],
                               mask=col_ok[None, :] & (k[:, None] < H), other=0.0)
                 acc = tl.dot(h_k, w_k, acc, input_precision=PRECISION)
         else:
-            h_prev = tl.load(h_cur + offs_b[:, None] * H + offs_k[None, :],
+            h_prev = tl.load(h_cur + lb[:, None] * H + offs_k[None, :],
                              mask=row_ok[:, None] & (offs_k[None, :] < H), other=0.0)
             acc = tl.dot(h_prev, w, input_precision=PRECISION)
-        rows = t.to(tl.int64) * B + offs_b
-        acc += tl.load(xg_ptr + rows[:, None] * 4 * H + col_n[None, :],
-                       mask=row_ok[:, None] & col_ok[None, :], other=0.0).to(tl.float32)
+        rows = t.to(tl.int64) * B + row0
+        acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok, other=0.0).to(tl.float32)
         active = (t < length) & row_ok
         if HAS_G0:
-            g0_ok = (active & (t == first_t))[:, None] & col_ok[None, :]
-            acc += tl.load(g0_ptr + offs_b[:, None] * 4 * H + col_n[None, :], mask=g0_ok,
-                           other=0.0)
+            g0_ok = xg_ok & (active & (t == first_t))[:, None]
+            acc += tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile, mask=g0_ok, other=0.0)
         ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
         i, g = tl.split(ig)
         f, o = tl.split(fo)
@@ -107,23 +110,23 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
         h_new = o * common.tanh(c_new)
         on = active[:, None]
         c = tl.where(on, c_new, c)
-        h_old = tl.load(h_cur + state, mask=tile_ok, other=0.0)
-        tl.store(h_nxt + state, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
-        out = rows[:, None] * H + offs_u[None, :]
+        h_old = tl.load(h_cur + u0 + unit_tile, mask=tile_ok, other=0.0)
+        tl.store(h_nxt + unit_tile, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
+        out = rows * H + u0 + unit_tile
         tl.store(y_ptr + out, tl.where(on, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
         tl.store(c_all_ptr + out, c, mask=tile_ok)
-        gate = rows[:, None] * 4 * H + offs_u[None, :]
-        tl.store(gates_ptr + gate, tl.where(on, i, 0.0), mask=tile_ok)
-        tl.store(gates_ptr + gate + H, tl.where(on, f, 0.0), mask=tile_ok)
-        tl.store(gates_ptr + gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
-        tl.store(gates_ptr + gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
+        gate = gates_ptr + rows * 4 * H + u0 + gate_tile
+        tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
+        tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
+        tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
+        tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
         if PATH == "persistent":
-            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b,
+            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
                                 tl.num_programs(0))
         elif PATH == "small":
             # The next step reads h columns that other warps of this program wrote.
             tl.debug_barrier()
-    tl.store(c_ptr + state, c, mask=tile_ok)
+    tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
 
 
 @triton.jit
@@ -135,50 +138,53 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
     dm = dG_{t'} W[:, units] on rows active at the previously processed step t' (else carried),
     plus dm_ptr[t] (dy, or dy W_hr) on active rows; then the pointwise gate gradients into
     dg_ptr [T, B, 4H] fp32. dmc_ptr / dc_ptr: [B, H] fp32 running dm and dc, read at the start
-    and written at the end of the launch."""
-    pid_h = tl.program_id(0).to(tl.int64)
-    pid_b = tl.program_id(1).to(tl.int64)
-    offs_b = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = offs_b < B
-    offs_u = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    unit_ok = offs_u < H
+    and written at the end of the launch. Addresses as in _lstm_fwd_kernel."""
+    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+    u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
+    lb = tl.arange(0, BLOCK_B)
+    lu = tl.arange(0, BLOCK_H)
+    row_ok = row0 + lb < B
+    unit_ok = u0 + lu < H
     tile_ok = row_ok[:, None] & unit_ok[None, :]
-    length = tl.load(len_ptr + offs_b, mask=row_ok, other=0)
+    length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
     first_t = reverse * (length - 1)
     offs_k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + u0
     if PATH != "per_step":
         # W[:, units] over all 4H gate rows, loaded once.
-        w = tl.load(w_ptr + offs_k[:, None] * H + offs_u[None, :],
+        w = tl.load(w_base + offs_k[:, None] * H + lu[None, :],
                     mask=(offs_k[:, None] < 4 * H) & unit_ok[None, :], other=0.0)
-    state = offs_b[:, None] * H + offs_u[None, :]
-    dm = tl.load(dmc_ptr + state, mask=tile_ok, other=0.0)
-    dc = tl.load(dc_ptr + state, mask=tile_ok, other=0.0)
+    unit_tile = lb[:, None] * H + lu[None, :]
+    gate_tile = lb[:, None] * 4 * H + lu[None, :]
+    state = row0 * H + u0
+    dm = tl.load(dmc_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+    dc = tl.load(dc_ptr + state + unit_tile, mask=tile_ok, other=0.0)
     for s in range(s0, s0 + n_steps):
         t = T - 1 - s + reverse * (2 * s - T + 1)
         t_pp = t + 1 - 2 * reverse  # processed just before t; its dG is complete
-        rows_pp = t_pp.to(tl.int64) * B + offs_b
+        dg_pp = dg_ptr + (t_pp.to(tl.int64) * B + row0) * 4 * H
         pp_ok = row_ok & (s > 0)
         if PATH == "per_step":
             acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
             for k0 in range(0, 4 * H, BLOCK_K):
                 k = k0 + offs_k
-                dg_k = tl.load(dg_ptr + rows_pp[:, None] * 4 * H + k[None, :],
+                dg_k = tl.load(dg_pp + lb[:, None] * 4 * H + k[None, :],
                                mask=pp_ok[:, None] & (k[None, :] < 4 * H), other=0.0)
-                w_k = tl.load(w_ptr + k[:, None] * H + offs_u[None, :],
+                w_k = tl.load(w_base + k[:, None] * H + lu[None, :],
                               mask=(k[:, None] < 4 * H) & unit_ok[None, :], other=0.0)
                 acc = tl.dot(dg_k.to(w_k.dtype), w_k, acc, input_precision=PRECISION)
         else:
-            dg_pp = tl.load(dg_ptr + rows_pp[:, None] * 4 * H + offs_k[None, :],
-                            mask=pp_ok[:, None] & (offs_k[None, :] < 4 * H), other=0.0)
-            acc = tl.dot(dg_pp.to(w.dtype), w, input_precision=PRECISION)
+            dg_all = tl.load(dg_pp + lb[:, None] * 4 * H + offs_k[None, :],
+                             mask=pp_ok[:, None] & (offs_k[None, :] < 4 * H), other=0.0)
+            acc = tl.dot(dg_all.to(w.dtype), w, input_precision=PRECISION)
         dm = tl.where((pp_ok & (t_pp < length))[:, None], acc, dm)
         active = (t < length) & row_ok
         on = active[:, None]
         ld_ok = on & unit_ok[None, :]
-        rows = t.to(tl.int64) * B + offs_b
-        out = rows[:, None] * H + offs_u[None, :]
+        rows = t.to(tl.int64) * B + row0
+        out = rows * H + u0 + unit_tile
         dm_t = dm + tl.load(dm_ptr + out, mask=ld_ok, other=0.0).to(tl.float32)
-        gate = rows[:, None] * 4 * H + offs_u[None, :]
+        gate = rows * 4 * H + u0 + gate_tile
         i = tl.load(gates_ptr + gate, mask=ld_ok, other=0.0)
         f = tl.load(gates_ptr + gate + H, mask=ld_ok, other=0.0)
         g = tl.load(gates_ptr + gate + 2 * H, mask=ld_ok, other=0.0)
@@ -186,10 +192,11 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
         tc = common.tanh(tl.load(c_all_ptr + out, mask=ld_ok, other=0.0))
         # c_{t-1}: c0 on the row's first step, else the saved state of the step before t.
         is_first = (t == first_t)[:, None]
-        rows_prev = (t - 1 + 2 * reverse).to(tl.int64) * B + offs_b
-        c_prev = tl.load(c_all_ptr + rows_prev[:, None] * H + offs_u[None, :],
-                         mask=ld_ok & ~is_first, other=0.0)
-        c_prev += tl.load(c0_ptr + state, mask=ld_ok & is_first, other=0.0).to(tl.float32)
+        rows_prev = (t - 1 + 2 * reverse).to(tl.int64) * B + row0
+        c_prev = tl.load(c_all_ptr + rows_prev * H + u0 + unit_tile, mask=ld_ok & ~is_first,
+                         other=0.0)
+        c_prev += tl.load(c0_ptr + state + unit_tile, mask=ld_ok & is_first,
+                          other=0.0).to(tl.float32)
         dcv = dc + dm_t * o * (1.0 - tc * tc)
         tl.store(dg_ptr + gate, tl.where(on, dcv * g * i * (1.0 - i), 0.0), mask=tile_ok)
         tl.store(dg_ptr + gate + H, tl.where(on, dcv * c_prev * f * (1.0 - f), 0.0),
@@ -199,14 +206,13 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
                  mask=tile_ok)
         dc = tl.where(on, dcv * f, dc)
         if PATH == "persistent":
-            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b,
+            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
                                 tl.num_programs(0))
         elif PATH == "small":
             # The next step reads dG columns that other warps of this program wrote.
             tl.debug_barrier()
-    tl.store(dmc_ptr + state, dm, mask=tile_ok)
-    tl.store(dc_ptr + state, dc, mask=tile_ok)
-
+    tl.store(dmc_ptr + state + unit_tile, dm, mask=tile_ok)
+    tl.store(dc_ptr + state + unit_tile, dc, mask=tile_ok)
 
 def _block(n):
     """A dot dimension covering n: a power of 2, at least tl.dot's minimum of 16."""
@@ -217,13 +223,16 @@ def forward_config(path, H):
     """Block sizes and launch options of the forward kernel on `path`."""
     full = _block(H)
     if path == "small":
-        # All of W (H x 4H) in one program: 8 warps from H=128 (164 KB, no spills in bf16).
-        return dict(BLOCK_H=full, BLOCK_K=full, num_warps=4 if full <= 64 else 8, num_stages=1)
+        # All of W (H x 4H) in one program; 16 warps: with 4 or 8 the fp16 H=64 kernel spills
+        # (255 registers, 408 / 16 bytes of stack on sm_90).
+        return dict(BLOCK_H=full, BLOCK_K=full, num_warps=16, num_stages=1)
     if path == "persistent":
         # The interpreter runs programs one after another: one program per barrier group.
+        # 8 warps: with 4, H=1024 spills (255 registers, 48 bytes of stack in fp16 on sm_90).
         block_h = full if common.interpreting() else common.PERSISTENT_BLOCK_H
-        return dict(BLOCK_H=block_h, BLOCK_K=full, num_warps=4, num_stages=1)
-    return dict(BLOCK_H=PER_STEP_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=4, num_stages=3)
+        return dict(BLOCK_H=block_h, BLOCK_K=full, num_warps=8, num_stages=1)
+    # 8 warps: with 4, fp32 spills (64 bytes of stack on sm_90).
+    return dict(BLOCK_H=PER_STEP_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
 
 
 def backward_path(H, B, dtype, num_sms):
@@ -239,12 +248,11 @@ def backward_config(path, H):
     """Block sizes and launch options of the backward kernel on `path`."""
     full = _block(H)
     if path == "small":
-        return dict(BLOCK_H=full, BLOCK_K=4 * full, num_warps=4 if full <= 64 else 8,
-                    num_stages=1)
+        return dict(BLOCK_H=full, BLOCK_K=4 * full, num_warps=16, num_stages=1)
     if path == "persistent":
         block_h = full if common.interpreting() else BWD_BLOCK_H
-        return dict(BLOCK_H=block_h, BLOCK_K=4 * full, num_warps=4, num_stages=1)
-    return dict(BLOCK_H=BWD_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=4, num_stages=3)
+        return dict(BLOCK_H=block_h, BLOCK_K=4 * full, num_warps=8, num_stages=1)
+    return dict(BLOCK_H=BWD_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
 
 
 def _cooperative_options():
