@@ -35,10 +35,10 @@ PER_STEP_BLOCK_H = 16
 PER_STEP_BLOCK_K = 64
 # Backward: the dh product is (BLOCK_B x 4H) @ (4H x BLOCK_H) and tl.dot needs N >= 16, so a
 # backward program owns 16 units. Its W slice (4H x 16) and the dG operand (16 x 4H) both sit in
-# shared memory: 128 KB at H=512 in fp16 and at H=256 in fp32, within the A100's 163 KB. Above
-# that the backward runs per_step.
+# shared memory: 96 KB at H=256 in fp16, 128 KB in fp32, but 192 KB at H=512 in fp16, over the
+# A100's 163 KB. Above H=256 the backward runs per_step.
 BWD_BLOCK_H = 16
-BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 512, torch.bfloat16: 512}
+BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 256, torch.bfloat16: 256}
 
 
 @triton.jit
@@ -228,9 +228,11 @@ def forward_config(path, H):
         return dict(BLOCK_H=full, BLOCK_K=full, num_warps=16, num_stages=1)
     if path == "persistent":
         # The interpreter runs programs one after another: one program per barrier group.
-        # 8 warps: with 4, H=1024 spills (255 registers, 48 bytes of stack in fp16 on sm_90).
+        # 8 warps from H=1024, where 4 spill (255 registers, 48 bytes of stack in fp16 on
+        # sm_90); below, 8 warps spill 8 bytes at H=256 in fp16 where 4 do not.
         block_h = full if common.interpreting() else common.PERSISTENT_BLOCK_H
-        return dict(BLOCK_H=block_h, BLOCK_K=full, num_warps=8, num_stages=1)
+        return dict(BLOCK_H=block_h, BLOCK_K=full, num_warps=4 if full <= 512 else 8,
+                    num_stages=1)
     # 8 warps: with 4, fp32 spills (64 bytes of stack on sm_90).
     return dict(BLOCK_H=PER_STEP_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
 
