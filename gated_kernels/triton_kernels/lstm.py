@@ -1,0 +1,495 @@
+"""LSTM recurrence in Triton: the kernels and launchers behind gated_kernels::lstm_forward and
+lstm_backward (contract: ops.py and the header of csrc/lstm.cpp).
+
+One forward kernel and one backward kernel, each serving the three paths of common.choose_path:
+- small: one program per batch tile owns all H units; the time loop runs inside the kernel and a
+  CTA barrier orders the steps;
+- persistent: program (p, q) owns units [p*BLOCK_H, (p+1)*BLOCK_H) of batch tile q, keeps its
+  W_hh slice on chip across steps and meets the other programs of tile q at a grid barrier;
+- per_step: the same kernel launched once per step (n_steps=1), W_hh streamed from L2 in
+  BLOCK_K chunks; the state waits in global memory between launches.
+
+Projection (w_hr, P < H) never enters a kernel. With m_t = o_t * tanh(c_t) and h_t = m_t W_hr^T,
+the recurrent product is h_{t-1} W_hh^T = m_{t-1} (W_hh W_hr)^T, so the kernels run the plain
+recurrence on m with W = W_hh W_hr [4H, H]; h0 enters once, as h0 W_hh^T added to a row's first
+step. y = m W_hr^T is then one GEMM over all steps, and the backward maps dy through W_hr before
+its loop. That keeps one grid barrier per step instead of two (write m, barrier, project,
+barrier).
+"""
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+from gated_kernels import ops
+from gated_kernels.triton_kernels import common
+
+DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+# per_step: W_hh streams from L2 in K chunks of 64 rows (8 KB per chunk at 16 units in fp16),
+# pipelined over 3 stages.
+PER_STEP_BLOCK_H = 16
+PER_STEP_BLOCK_K = 64
+# Backward: the dh product is (BLOCK_B x 4H) @ (4H x BLOCK_H) and tl.dot needs N >= 16, so a
+# backward program owns 16 units. Its W slice (4H x 16) and the dG operand (16 x 4H) both sit in
+# shared memory: 96 KB at H=256 in fp16, 128 KB in fp32, but 192 KB at H=512 in fp16, over the
+# A100's 163 KB. Above H=256 the backward runs per_step.
+BWD_BLOCK_H = 16
+BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 256, torch.bfloat16: 256}
+
+
+@triton.jit
+def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_ptr, c_all_ptr,
+                     counter_ptr, T, B, H, s0, n_steps, reverse,
+                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PATH: tl.constexpr, HAS_G0: tl.constexpr, PRECISION: tl.constexpr):
+    """Steps s0 .. s0+n_steps-1 of G_t = xg_t + h_{t-1} W^T, then the gates and the state.
+    h_ptr: [2, B, H] ping-pong state in the input dtype (step s reads s % 2); c_ptr: [B, H] fp32
+    cell state, read at the start and written at the end of the launch.
+    Addresses: int64 scalar bases per step plus int32 tile offsets, which stay live across the
+    loop at one register per element instead of two."""
+    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+    u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
+    lb = tl.arange(0, BLOCK_B)
+    lu = tl.arange(0, BLOCK_H)
+    row_ok = row0 + lb < B
+    tile_ok = row_ok[:, None] & (u0 + lu < H)[None, :]
+    # Gate columns interleaved: column 4u + k of the dot is gate k (i, f, g, o) of unit u, so
+    # one dot of N = 4*BLOCK_H yields every gate of the program's units.
+    offs_n = tl.arange(0, 4 * BLOCK_H)
+    col_n = (offs_n % 4) * H + offs_n // 4  # relative to unit u0
+    col_ok = u0 + offs_n // 4 < H
+    length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
+    first_t = reverse * (length - 1)  # a row's first step: 0, or lengths[b]-1 in reverse
+    offs_k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + u0 * H
+    if PATH != "per_step":
+        # W slice [H, 4*BLOCK_H], loaded once; Triton keeps it in shared memory for the loop.
+        w = tl.load(w_base + col_n[None, :] * H + offs_k[:, None],
+                    mask=col_ok[None, :] & (offs_k[:, None] < H), other=0.0)
+    unit_tile = lb[:, None] * H + lu[None, :]  # [b, u] in a [., H] tensor
+    gate_tile = lb[:, None] * 4 * H + lu[None, :]  # [b, u] of gate i in a [., 4H] tensor
+    xg_tile = lb[:, None] * 4 * H + col_n[None, :]
+    xg_ok = row_ok[:, None] & col_ok[None, :]
+    state = row0 * H + u0
+    c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+    for s in range(s0, s0 + n_steps):
+        t = s + reverse * (T - 1 - 2 * s)
+        h_cur = h_ptr + (s % 2) * B * H + row0 * H
+        h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
+        if PATH == "per_step":
+            acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
+            for k0 in range(0, H, BLOCK_K):
+                k = k0 + offs_k
+                h_k = tl.load(h_cur + lb[:, None] * H + k[None, :],
+                              mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
+                w_k = tl.load(w_base + col_n[None, :] * H + k[:, None],
+                              mask=col_ok[None, :] & (k[:, None] < H), other=0.0)
+                acc = tl.dot(h_k, w_k, acc, input_precision=PRECISION)
+        else:
+            h_prev = tl.load(h_cur + lb[:, None] * H + offs_k[None, :],
+                             mask=row_ok[:, None] & (offs_k[None, :] < H), other=0.0)
+            acc = tl.dot(h_prev, w, input_precision=PRECISION)
+        rows = t.to(tl.int64) * B + row0
+        acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok, other=0.0).to(tl.float32)
+        active = (t < length) & row_ok
+        if HAS_G0:
+            g0_ok = xg_ok & (active & (t == first_t))[:, None]
+            acc += tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile, mask=g0_ok, other=0.0)
+        ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
+        i, g = tl.split(ig)
+        f, o = tl.split(fo)
+        i = common.sigmoid(i)
+        f = common.sigmoid(f)
+        g = common.tanh(g)
+        o = common.sigmoid(o)
+        c_new = f * c + i * g
+        h_new = o * common.tanh(c_new)
+        on = active[:, None]
+        c = tl.where(on, c_new, c)
+        h_old = tl.load(h_cur + u0 + unit_tile, mask=tile_ok, other=0.0)
+        tl.store(h_nxt + unit_tile, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
+        out = rows * H + u0 + unit_tile
+        tl.store(y_ptr + out, tl.where(on, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
+        tl.store(c_all_ptr + out, c, mask=tile_ok)
+        gate = gates_ptr + rows * 4 * H + u0 + gate_tile
+        tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
+        tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
+        tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
+        tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
+        if PATH == "persistent":
+            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
+                                tl.num_programs(0))
+        elif PATH == "small":
+            # The next step reads h columns that other warps of this program wrote.
+            tl.debug_barrier()
+    tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
+
+
+@triton.jit
+def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr, c_all_ptr,
+                     dg_ptr, counter_ptr, T, B, H, s0, n_steps, reverse,
+                     BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                     PATH: tl.constexpr, PRECISION: tl.constexpr):
+    """Backward steps s0 .. s0+n_steps-1 (step s processes t = T-1-s, or t = s in reverse):
+    dm = dG_{t'} W[:, units] on rows active at the previously processed step t' (else carried),
+    plus dm_ptr[t] (dy, or dy W_hr) on active rows; then the pointwise gate gradients into
+    dg_ptr [T, B, 4H] fp32. dmc_ptr / dc_ptr: [B, H] fp32 running dm and dc, read at the start
+    and written at the end of the launch. Addresses as in _lstm_fwd_kernel."""
+    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+    u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
+    lb = tl.arange(0, BLOCK_B)
+    lu = tl.arange(0, BLOCK_H)
+    row_ok = row0 + lb < B
+    unit_ok = u0 + lu < H
+    tile_ok = row_ok[:, None] & unit_ok[None, :]
+    length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
+    first_t = reverse * (length - 1)
+    offs_k = tl.arange(0, BLOCK_K)
+    w_base = w_ptr + u0
+    if PATH != "per_step":
+        # W[:, units] over all 4H gate rows, loaded once.
+        w = tl.load(w_base + offs_k[:, None] * H + lu[None, :],
+                    mask=(offs_k[:, None] < 4 * H) & unit_ok[None, :], other=0.0)
+    unit_tile = lb[:, None] * H + lu[None, :]
+    gate_tile = lb[:, None] * 4 * H + lu[None, :]
+    state = row0 * H + u0
+    dm = tl.load(dmc_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+    dc = tl.load(dc_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+    for s in range(s0, s0 + n_steps):
+        t = T - 1 - s + reverse * (2 * s - T + 1)
+        t_pp = t + 1 - 2 * reverse  # processed just before t; its dG is complete
+        dg_pp = dg_ptr + (t_pp.to(tl.int64) * B + row0) * 4 * H
+        pp_ok = row_ok & (s > 0)
+        if PATH == "per_step":
+            acc = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+            for k0 in range(0, 4 * H, BLOCK_K):
+                k = k0 + offs_k
+                dg_k = tl.load(dg_pp + lb[:, None] * 4 * H + k[None, :],
+                               mask=pp_ok[:, None] & (k[None, :] < 4 * H), other=0.0)
+                w_k = tl.load(w_base + k[:, None] * H + lu[None, :],
+                              mask=(k[:, None] < 4 * H) & unit_ok[None, :], other=0.0)
+                acc = tl.dot(dg_k.to(w_k.dtype), w_k, acc, input_precision=PRECISION)
+        else:
+            dg_all = tl.load(dg_pp + lb[:, None] * 4 * H + offs_k[None, :],
+                             mask=pp_ok[:, None] & (offs_k[None, :] < 4 * H), other=0.0)
+            acc = tl.dot(dg_all.to(w.dtype), w, input_precision=PRECISION)
+        dm = tl.where((pp_ok & (t_pp < length))[:, None], acc, dm)
+        active = (t < length) & row_ok
+        on = active[:, None]
+        ld_ok = on & unit_ok[None, :]
+        rows = t.to(tl.int64) * B + row0
+        out = rows * H + u0 + unit_tile
+        dm_t = dm + tl.load(dm_ptr + out, mask=ld_ok, other=0.0).to(tl.float32)
+        gate = rows * 4 * H + u0 + gate_tile
+        i = tl.load(gates_ptr + gate, mask=ld_ok, other=0.0)
+        f = tl.load(gates_ptr + gate + H, mask=ld_ok, other=0.0)
+        g = tl.load(gates_ptr + gate + 2 * H, mask=ld_ok, other=0.0)
+        o = tl.load(gates_ptr + gate + 3 * H, mask=ld_ok, other=0.0)
+        tc = common.tanh(tl.load(c_all_ptr + out, mask=ld_ok, other=0.0))
+        # c_{t-1}: c0 on the row's first step, else the saved state of the step before t.
+        is_first = (t == first_t)[:, None]
+        rows_prev = (t - 1 + 2 * reverse).to(tl.int64) * B + row0
+        c_prev = tl.load(c_all_ptr + rows_prev * H + u0 + unit_tile, mask=ld_ok & ~is_first,
+                         other=0.0)
+        c_prev += tl.load(c0_ptr + state + unit_tile, mask=ld_ok & is_first,
+                          other=0.0).to(tl.float32)
+        dcv = dc + dm_t * o * (1.0 - tc * tc)
+        tl.store(dg_ptr + gate, tl.where(on, dcv * g * i * (1.0 - i), 0.0), mask=tile_ok)
+        tl.store(dg_ptr + gate + H, tl.where(on, dcv * c_prev * f * (1.0 - f), 0.0),
+                 mask=tile_ok)
+        tl.store(dg_ptr + gate + 2 * H, tl.where(on, dcv * i * (1.0 - g * g), 0.0), mask=tile_ok)
+        tl.store(dg_ptr + gate + 3 * H, tl.where(on, dm_t * tc * o * (1.0 - o), 0.0),
+                 mask=tile_ok)
+        dc = tl.where(on, dcv * f, dc)
+        if PATH == "persistent":
+            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
+                                tl.num_programs(0))
+        elif PATH == "small":
+            # The next step reads dG columns that other warps of this program wrote.
+            tl.debug_barrier()
+    tl.store(dmc_ptr + state + unit_tile, dm, mask=tile_ok)
+    tl.store(dc_ptr + state + unit_tile, dc, mask=tile_ok)
+
+def _block(n):
+    """A dot dimension covering n: a power of 2, at least tl.dot's minimum of 16."""
+    return max(16, triton.next_power_of_2(n))
+
+
+def forward_config(path, H):
+    """Block sizes and launch options of the forward kernel on `path`."""
+    full = _block(H)
+    if path == "small":
+        # All of W (H x 4H) in one program; 16 warps: with 4 or 8 the fp16 H=64 kernel spills
+        # (255 registers, 408 / 16 bytes of stack on sm_90).
+        return dict(BLOCK_H=full, BLOCK_K=full, num_warps=16, num_stages=1)
+    if path == "persistent":
+        # The interpreter runs programs one after another: one program per barrier group.
+        # 8 warps from H=1024, where 4 spill (255 registers, 48 bytes of stack in fp16 on
+        # sm_90); below, 8 warps spill 8 bytes at H=256 in fp16 where 4 do not.
+        block_h = full if common.interpreting() else common.PERSISTENT_BLOCK_H
+        return dict(BLOCK_H=block_h, BLOCK_K=full, num_warps=4 if full <= 512 else 8,
+                    num_stages=1)
+    # 8 warps: with 4, fp32 spills (64 bytes of stack on sm_90).
+    return dict(BLOCK_H=PER_STEP_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
+
+
+def backward_path(H, B, dtype, num_sms):
+    """common.choose_path, except that persistent runs per_step where the backward's W slice
+    and dG operand do not fit shared memory (BWD_PERSISTENT_MAX_H)."""
+    path = common.choose_path(H, B, dtype, num_sms)
+    if path == "persistent" and H > BWD_PERSISTENT_MAX_H[dtype]:
+        return "per_step"
+    return path
+
+
+def backward_config(path, H):
+    """Block sizes and launch options of the backward kernel on `path`."""
+    full = _block(H)
+    if path == "small":
+        return dict(BLOCK_H=full, BLOCK_K=4 * full, num_warps=16, num_stages=1)
+    if path == "persistent":
+        block_h = full if common.interpreting() else BWD_BLOCK_H
+        return dict(BLOCK_H=block_h, BLOCK_K=4 * full, num_warps=8, num_stages=1)
+    return dict(BLOCK_H=BWD_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
+
+
+def _cooperative_options():
+    """launch_cooperative_grid makes the driver refuse a grid that cannot be co-resident
+    instead of letting the barrier deadlock; CUDAOptions has it from Triton 3.6 on."""
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
+
+
+def _new_output(shape, dtype, device):
+    """With GATED_KERNELS_POISON_OUTPUTS=1 outputs start as NaN, like the C++ kernels', so an
+    element a kernel never writes fails the tests."""
+    if os.environ.get("GATED_KERNELS_POISON_OUTPUTS") == "1":
+        return torch.full(shape, math.nan, dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _check_device_and_dtype(t):
+    if t.dtype not in DTYPES:
+        raise ValueError(f"the triton backend supports {DTYPES}, got {t.dtype}; "
+                         "use backend='reference' for float64")
+    if t.device.type != "cuda" and not common.interpreting():
+        raise ValueError(f"the triton backend needs CUDA tensors (CPU tensors only under "
+                         f"TRITON_INTERPRET=1), got device {t.device}")
+
+
+def _fp32_copy(t):
+    """A contiguous float32 copy: the kernels update their running state in place."""
+    out = torch.empty(t.shape, dtype=torch.float32, device=t.device)
+    return out.copy_(t)
+
+
+def _lengths(lengths, T, B, device):
+    if lengths is None:
+        return torch.full((B,), T, dtype=torch.int64, device=device)
+    return lengths.contiguous()
+
+
+def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs):
+    """Runs `kernel` over all T steps: one launch (small, persistent) or one per step."""
+    cfg = dict(cfg)
+    block_h = cfg.pop("BLOCK_H")
+    grid = (triton.cdiv(H, block_h), triton.cdiv(B, common.BLOCK_B))
+    kw = dict(BLOCK_B=common.BLOCK_B, BLOCK_H=block_h, PATH=path, **constexprs, **cfg)
+    device = args[0].device
+    if path == "per_step":
+        for s in range(T):
+            kernel[grid](*args, args[0], T, B, H, s, 1, int(reverse), **kw)
+        return
+    counters = args[0]  # unused without a grid barrier
+    if path == "persistent":
+        programs = grid[0] * grid[1]
+        num_sms = common.sm_count(device)
+        if programs > num_sms:
+            raise ValueError(f"the persistent LSTM kernel needs {programs} co-resident "
+                             f"programs, more than the {num_sms} SMs of {device}")
+        # One zeroed int32 per (step, batch tile): no reset between steps (kernel_design 1.1).
+        counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
+        kw.update(_cooperative_options())
+    kernel[grid](*args, counters, T, B, H, 0, T, int(reverse), **kw)
+
+
+def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    """gated_kernels::lstm_forward on CUDA tensors (CPU tensors under TRITON_INTERPRET=1).
+    xg [T,B,4H], w_hh [4H,P], w_hr [P,H] or None, h0 [B,P], c0 [B,H], lengths [B] int64 or
+    None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] and c_all [T,B,H] in
+    float32 (ops.saved_dtype for float32/float16/bfloat16)."""
+    T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    _check_device_and_dtype(xg)
+    dtype, device = xg.dtype, xg.device
+    path = common.choose_path(H, B, dtype, common.sm_count(device))
+    lens = _lengths(lengths, T, B, device)
+    h = torch.empty(2, B, H, dtype=dtype, device=device)
+    if w_hr is None:
+        w, g0, m = w_hh.contiguous(), None, None
+        h[0] = h0
+    else:
+        # The recurrence runs on m = o * tanh(c) (module docstring); the row's first step adds
+        # h0 W_hh^T in fp32.
+        w = (w_hh.float() @ w_hr.float()).to(dtype)
+        g0 = h0.float() @ w_hh.float().T
+        h[0] = 0
+    c = _fp32_copy(c0)
+    m = _new_output((T, B, H), dtype, device)  # y itself without projection
+    saved = ops.saved_dtype(dtype)
+    gates = _new_output((T, B, 4 * H), saved, device)
+    c_all = _new_output((T, B, H), saved, device)
+    args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m, gates, c_all)
+    constexprs = dict(HAS_G0=g0 is not None, PRECISION=common.input_precision(dtype))
+    _launch(_lstm_fwd_kernel, path, forward_config(path, H), T, B, H, reverse, args, constexprs)
+
+    if w_hr is None:
+        y = m
+    else:
+        y = _new_output((T, B, P), dtype, device)
+        torch.matmul(m, w_hr.T, out=y)  # y = 0 past a row's length, where m = 0
+    batch = torch.arange(B, device=device)
+    # A row's last step: lengths[b]-1, or 0 in reverse; c_all carries c past it.
+    h_n = y[torch.zeros_like(lens) if reverse else lens - 1, batch]
+    c_n = c_all[0 if reverse else T - 1].to(dtype, copy=True)
+    return y, h_n, c_n, gates, c_all
+
+
+def _check_saved(name, t, shape, dtype):
+    if tuple(t.shape) != shape or t.dtype != dtype:
+        raise ValueError(f"{name} must have shape {shape} and dtype {dtype}, "
+                         f"got {tuple(t.shape)} and {t.dtype}")
+
+
+def _previous_hidden(y, h0, lens, reverse):
+    """h_{t-1} of every step, like previous_hidden in csrc/common.cpp: y shifted by one step,
+    h0 at a row's first step (0, or lengths[b]-1 in reverse). Past a row's length dG is 0, so
+    what stands there does not matter."""
+    hprev = torch.empty_like(y)
+    T = y.shape[0]
+    if not reverse:
+        hprev[0] = h0
+        hprev[1:] = y[:-1]
+        return hprev
+    hprev[:-1] = y[1:]
+    hprev[T - 1] = h0
+    hprev[lens - 1, torch.arange(y.shape[1], device=y.device)] = h0
+    return hprev
+
+
+def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
+    """gated_kernels::lstm_backward: gradients of lstm_forward_triton's y, h_n, c_n (dy, dh_n,
+    dc_n) -> dxg [T,B,4H] (dG, the gradient of the pre-activation gates), dw_hh [4H,P], dw_hr
+    [P,H] (an empty [0] tensor without w_hr), dh0 [B,P], dc0 [B,H], all in h0's dtype. The
+    sequential dG loop runs in Triton; dw_hh = dG^T h_prev and dw_hr are GEMMs after it."""
+    T, B, G = gates.shape
+    H = G // 4
+    xg_shape = h0.new_empty(1, 1, 1).expand(T, B, G)  # the checks read only shape and dtype
+    _, _, _, P = ops.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
+    _check_device_and_dtype(h0)
+    dtype, device = h0.dtype, h0.device
+    saved = ops.saved_dtype(dtype)
+    _check_saved("dy", dy, (T, B, P), dtype)
+    _check_saved("y", y, (T, B, P), dtype)
+    _check_saved("dh_n", dh_n, (B, P), dtype)
+    _check_saved("dc_n", dc_n, (B, H), dtype)
+    _check_saved("gates", gates, (T, B, G), saved)
+    _check_saved("c_all", c_all, (T, B, H), saved)
+    path = backward_path(H, B, dtype, common.sm_count(device))
+    lens = _lengths(lengths, T, B, device)
+    if w_hr is None:
+        w, dm_in = w_hh.contiguous(), dy.contiguous()
+        dm = _fp32_copy(dh_n)
+    else:
+        # dm = dh W_hr: the loop runs on dm with W = W_hh W_hr, like the forward on m.
+        w = (w_hh.float() @ w_hr.float()).to(dtype)
+        dm_in = (dy @ w_hr).contiguous()
+        dm = dh_n.float() @ w_hr.float()
+    dc = _fp32_copy(dc_n)
+    dg = _new_output((T, B, G), torch.float32, device)
+    args = (dm_in, w, lens, dm, dc, c0.contiguous(), gates.contiguous(), c_all.contiguous(), dg)
+    constexprs = dict(PRECISION=common.input_precision(dtype))
+    _launch(_lstm_bwd_kernel, path, backward_config(path, H), T, B, H, reverse, args, constexprs)
+
+    batch = torch.arange(B, device=device)
+    first = lens - 1 if reverse else torch.zeros_like(lens)
+    w32 = w_hh.float()
+    dh0 = (dg[first, batch] @ w32).to(dtype)
+    hprev = _previous_hidden(y, h0, lens, reverse).float()
+    dw_hh = (dg.view(T * B, G).T @ hprev.view(T * B, P)).to(dtype)
+    if w_hr is None:
+        dw_hr = h0.new_empty(0)
+    else:
+        # dh_t = dy_t + dG_{t'} W_hh (t' the step after t in the forward, 0 past a row's
+        # length), and dh_n on the row's last step. m = 0 past a row's length (o = 0 there).
+        nxt = torch.zeros_like(dg)
+        if reverse:
+            nxt[1:] = dg[:-1]
+        else:
+            nxt[:-1] = dg[1:]
+        dh = dy.float() + nxt @ w32
+        dh[torch.zeros_like(lens) if reverse else lens - 1, batch] += dh_n.float()
+        m = gates[..., 3 * H:].float() * torch.tanh(c_all.float())
+        dw_hr = (dh.view(T * B, P).T @ m.view(T * B, H)).to(dtype)
+    dxg = dg.to(dtype, copy=dtype != torch.float32)
+    return dxg, dw_hh, dw_hr, dh0, dc.to(dtype, copy=True)
+
+
+def _aot_entry(kernel, path, dtype, cfg, pointers, constexprs):
+    """One aot_configs() row: the signature as the launcher's tensors produce it."""
+    cfg = dict(cfg)
+    options = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
+    if path == "persistent":
+        options.update(_cooperative_options())
+    scalars = ("T", "B", "H", "s0", "n_steps", "reverse")
+    constexprs = dict(BLOCK_B=common.BLOCK_B, PATH=path, **cfg, **constexprs)
+    signature = dict(pointers, **{n: "i32" for n in scalars}, **{n: "constexpr" for n in constexprs})
+    flags = "-".join(f"{k}{v}" for k, v in constexprs.items() if k not in ("BLOCK_B", "PATH"))
+    name = f"{kernel.__name__}-{path}-{TL_DTYPES[dtype]}-{flags}"
+    return name, kernel, signature, constexprs, options
+
+
+def aot_configs(hidden_sizes=(64, 128, 256, 512, 768, 1024, 2048), dtypes=DTYPES):
+    """(name, kernel, signature, constexprs, options) for every kernel configuration the
+    launchers can pick at these hidden sizes (any batch size, SM count, projection and
+    input_precision), for triton.compile(ASTSource(kernel, signature, constexprs), target,
+    options) ahead of time. Sizes that only change runtime arguments give one entry."""
+    entries = {}
+    for dtype in dtypes:
+        dt = TL_DTYPES[dtype]
+        precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+        for H in hidden_sizes:
+            small = H <= common.SMALL_MAX_H[dtype]
+            fwd_paths = ["small"] if small else ["per_step"]
+            if not small and H <= common.PERSISTENT_MAX_H:
+                fwd_paths.append("persistent")
+            bwd_paths = {"small" if small else "per_step"}
+            bwd_paths |= {backward_path(H, 1, dtype, 1 << 30)} - {"small"}
+            for precision in precisions:
+                for path in fwd_paths:
+                    counter = "*i32" if path == "persistent" else f"*{dt}"
+                    for has_g0 in (False, True):
+                        pointers = dict(
+                            xg_ptr=f"*{dt}", w_ptr=f"*{dt}", g0_ptr="*fp32" if has_g0 else f"*{dt}",
+                            len_ptr="*i64", h_ptr=f"*{dt}", c_ptr="*fp32", y_ptr=f"*{dt}",
+                            gates_ptr="*fp32", c_all_ptr="*fp32", counter_ptr=counter)
+                        e = _aot_entry(_lstm_fwd_kernel, path, dtype, forward_config(path, H),
+                                       pointers, dict(HAS_G0=has_g0, PRECISION=precision))
+                        entries[e[0]] = e
+                for path in bwd_paths:
+                    counter = "*i32" if path == "persistent" else f"*{dt}"
+                    pointers = dict(
+                        dm_ptr=f"*{dt}", w_ptr=f"*{dt}", len_ptr="*i64", dmc_ptr="*fp32",
+                        dc_ptr="*fp32", c0_ptr=f"*{dt}", gates_ptr="*fp32", c_all_ptr="*fp32",
+                        dg_ptr="*fp32", counter_ptr=counter)
+                    e = _aot_entry(_lstm_bwd_kernel, path, dtype, backward_config(path, H),
+                                   pointers, dict(PRECISION=precision))
+                    entries[e[0]] = e
+    return list(entries.values())

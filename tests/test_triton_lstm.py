@@ -1,0 +1,146 @@
+"""The Triton LSTM launchers (lstm_forward_triton / lstm_backward_triton) against the reference,
+on each of the three paths. Without a GPU they run under TRITON_INTERPRET=1 (set by the test
+session before Triton is imported), on CPU tensors and tiny shapes."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from common import check_against_reference, grads, leaves, lstm_inputs  # noqa: E402
+from gated_kernels import reference  # noqa: E402
+from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
+from gated_kernels.triton_kernels.lstm import (  # noqa: E402
+    aot_configs,
+    lstm_backward_triton,
+    lstm_forward_triton,
+)
+
+if torch.cuda.is_available():
+    DEVICE = "cuda"
+elif triton_common.interpreting():
+    DEVICE = "cpu"
+else:
+    pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
+
+
+class TritonLSTM(torch.autograd.Function):
+    """The two launchers composed for autograd, as LSTMFunction does with the operators."""
+
+    @staticmethod
+    def forward(ctx, xg, w_hh, w_hr, h0, c0, lengths, reverse):
+        y, h_n, c_n, gates, c_all = lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
+        ctx.reverse = reverse
+        return y, h_n, c_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n, dc_n):
+        w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
+        dxg, dw_hh, dw_hr, dh0, dc0 = lstm_backward_triton(
+            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr, h0, c0, lengths,
+            ctx.reverse, y, gates, c_all)
+        return dxg, dw_hh, dw_hr if w_hr is not None else None, dh0, dc0, None, None
+
+
+def triton_lstm(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    return TritonLSTM.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+
+
+def on_device(args, lengths):
+    return [None if t is None else t.to(DEVICE) for t in args], (
+        None if lengths is None else lengths.to(DEVICE))
+
+
+@pytest.fixture(autouse=True)
+def _fp32_without_tf32(monkeypatch):
+    """fp32 tolerances (1e-5) assume fp32 products: no TF32 on a GPU for these tests."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+
+
+PATHS = ("small", "persistent", "per_step")
+# (T, B, H, P, lengths, reverse): T=1, odd T, non-power-of-two H, B=1, two batch tiles (B=18),
+# lengths including 1 and T, reverse, projection.
+CASES = {
+    "T1-B3-H8": (1, 3, 8, None, None, False),
+    "T5-B1-H20-reverse": (5, 1, 20, None, None, True),
+    "T6-B18-H12-lengths-reverse": (6, 18, 12, None, [6, 1, 4] + [3, 6] * 7 + [2], True),
+    "T5-B4-H24-P9-lengths": (5, 4, 24, 9, [5, 1, 3, 5], False),
+    "T4-B3-H16-P5-lengths-reverse": (4, 3, 16, 5, [4, 1, 2], True),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+OUTPUTS = ("y", "h_n", "c_n")
+INPUTS = ("xg", "w_hh", "w_hr", "h0", "c0")
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("path", PATHS)
+def test_triton_lstm_matches_reference(monkeypatch, path, case, dtype):
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", path)
+    T, B, H, P, lengths, reverse = case
+    *args, lens = lstm_inputs(T, B, H, P, lengths)
+    args, lens = on_device(args, lens)
+    check_against_reference(triton_lstm, reference.lstm_recurrence, args, lens, reverse, dtype,
+                            OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_triton_lstm_writes_every_output(monkeypatch, path):
+    """Outputs start as NaN: every element of every output and gradient must be written,
+    including the rows past their length; saved gates are 0 there and c_all carries c."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", path)
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    lengths = [7, 1, 3, 5]
+    *args, lens = lstm_inputs(7, 4, 9, 5, lengths, dtype=torch.float32)
+    (xg, w_hh, w_hr, h0, c0), lens = on_device(args, lens)
+    outs = lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lens, False)
+    for name, t in zip(("y", "h_n", "c_n", "gates", "c_all"), outs):
+        assert torch.isfinite(t).all(), name
+    y, h_n, c_n, gates, c_all = outs
+    assert gates.dtype == c_all.dtype == torch.float32
+    for b, n in enumerate(lengths):
+        assert (gates[n:, b] == 0).all() and (y[n:, b] == 0).all()
+        assert torch.equal(c_all[n:, b], c_all[n - 1, b].expand(7 - n, -1))
+    dy, dh_n, dc_n = (torch.randn_like(t) for t in (y, h_n, c_n))
+    back = lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lens, False, y, gates, c_all)
+    for name, g in zip(("dxg", "dw_hh", "dw_hr", "dh0", "dc0"), back):
+        assert torch.isfinite(g).all(), name
+    assert (back[0][1:, 1] == 0).all()  # row 1 ran one step: no gate gradient after it
+
+
+def test_triton_lstm_half_types_save_float32_state(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "small")
+    *args, lens = lstm_inputs(3, 2, 8, dtype=torch.float16)
+    args, _ = on_device(args, lens)
+    y, h_n, c_n, gates, c_all = lstm_forward_triton(*args, None, False)
+    assert (y.dtype, h_n.dtype, c_n.dtype) == (torch.float16,) * 3
+    assert (gates.dtype, c_all.dtype) == (torch.float32,) * 2
+    xg, w_hh, w_hr, h0, c0 = args
+    back = lstm_backward_triton(y, h_n, c_n, w_hh, w_hr, h0, c0, None, False, y, gates, c_all)
+    assert [tuple(g.shape) for g in back] == [(3, 2, 32), (32, 8), (0,), (2, 8), (2, 8)]
+    assert all(g.dtype == torch.float16 for g in back)
+
+
+def test_triton_lstm_rejects_float64():
+    args, _ = on_device(lstm_inputs(2, 2, 4)[:5], None)
+    with pytest.raises(ValueError, match="use backend='reference' for float64"):
+        lstm_forward_triton(*args, None, False)
+
+
+def test_triton_lstm_gradients_through_autograd_are_written(monkeypatch):
+    """The autograd composition with poisoned outputs, on the per-step path, every input."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "per_step")
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = lstm_inputs(4, 3, 8, 3, [4, 2, 1], dtype=torch.float32)
+    args, lens = on_device(args, lens)
+    inputs = leaves(args)
+    for name, g in zip(INPUTS, grads(triton_lstm(*inputs, lens, True), inputs)):
+        assert torch.isfinite(g).all(), f"d{name}"
+
+
+def test_aot_configs_cover_every_path_once():
+    names = [entry[0] for entry in aot_configs(hidden_sizes=(64, 256, 2048))]
+    assert len(names) == len(set(names))
+    for path in PATHS:
+        assert any(f"-{path}-" in n for n in names), path
