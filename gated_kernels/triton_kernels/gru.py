@@ -25,8 +25,8 @@ from gated_kernels.triton_kernels.common import BLOCK_B, grid_barrier, sigmoid, 
 # Units per program of the per_step path: 16 is the n of one mma tile, and H=2048 then has 128
 # programs per batch tile, about one wave on 132 SMs.
 PER_STEP_BLOCK_H = 16
-# K chunk of the per_step path: W_hh is streamed from L2 each step, 3 x 64 x 16 weights a chunk.
-PER_STEP_BLOCK_K = 64
+# K chunk where W_hh is streamed from L2 each step instead of kept on chip (see _config).
+STREAM_BLOCK_K = 32
 AOT_HIDDEN_SIZES = (64, 128, 256, 512, 768, 1024, 2048)
 AOT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -244,23 +244,43 @@ def _new_output(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _config(path, H, dtype):
-    """Compile-time parameters and launch options of one path at hidden size H."""
+def _config(kind, path, H, dtype, precision, interpreted):
+    """Compile-time parameters and launch options of the `kind` ("fwd" or "bwd") kernel on one
+    path at hidden size H. Every rule below was checked by an ahead-of-time compile for sm_80 and
+    sm_90 (aot_configs): no local-memory spills, shared memory within 163 KB."""
     # tl.dot needs K >= 16; H is padded to a power of two and masked.
     h_pad = max(16, triton.next_power_of_2(H))
     if path == "per_step":
-        block_h, block_k = PER_STEP_BLOCK_H, min(PER_STEP_BLOCK_K, h_pad)
-    elif path == "small" or common.interpreting():
+        block_h = PER_STEP_BLOCK_H
+    elif path == "small" or interpreted:
         # The interpreter runs programs one after another: a barrier group of one program.
-        block_h, block_k = h_pad, h_pad
+        block_h = h_pad
     else:
-        block_h, block_k = common.PERSISTENT_BLOCK_H, h_pad
-    resident = path != "per_step"
+        block_h = common.PERSISTENT_BLOCK_H
+    # W_hh stays resident (loaded once, kept in shared memory) except: per_step (one step per
+    # launch); ieee fp32 dots, which lower to FMA with the whole K-wide operand in registers
+    # (255 registers and spills from H=64 on); the backward from H=1024, whose three fp32
+    # K-wide dGh tiles (3 x 64 KB a program) spill even at 8 warps; the forward of a 128-unit
+    # block (small path), whose 3 x 128 x 128 W_hh prologue spills even at 16 warps. Those
+    # stream W_hh in K chunks.
+    resident = (path != "per_step" and precision != "ieee"
+                and not (kind == "bwd" and h_pad >= 1024)
+                and not (kind == "fwd" and block_h >= 128))
+    if resident:
+        block_k = h_pad
+        # Forward: 8 warps from a 16 x 512 h tile on. Backward (3 dGh tiles): 8 warps from
+        # H=128 on, 16 for a 128-unit block (8 spill 48 bytes on sm_90).
+        if kind == "fwd":
+            num_warps = 8 if h_pad >= 512 else 4
+        else:
+            num_warps = 16 if block_h >= 128 else 8 if h_pad >= 128 else 4
+    else:
+        # 32-wide chunks: 64 spill in fp32 at 16 units a program (255 registers); a whole-H
+        # unit block (small path) takes 16-wide chunks and 8 warps.
+        block_k = min(16 if block_h > PER_STEP_BLOCK_H else STREAM_BLOCK_K, h_pad)
+        num_warps = 8 if block_h > PER_STEP_BLOCK_H else 4
     meta = dict(PERSISTENT=path == "persistent", RESIDENT=resident, BLOCK_B=BLOCK_B,
-                BLOCK_H=block_h, BLOCK_K=block_k, INPUT_PRECISION=common.input_precision(dtype))
-    # A resident W_hh slice of K x 3 x BLOCK_H plus the K-wide h tile: 8 warps from K=512 on
-    # keep the h tile (16 x 1024 fp32 is 64 KB) within 255 registers a thread.
-    num_warps = 8 if resident and h_pad >= 512 else 4
+                BLOCK_H=block_h, BLOCK_K=block_k, INPUT_PRECISION=precision)
     return meta, dict(num_warps=num_warps, num_stages=1 if resident else 2)
 
 
@@ -286,7 +306,9 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse):
     if path == "persistent" and H > common.PERSISTENT_MAX_H:
         raise ValueError(f"the persistent path keeps W_hh on chip: H <= "
                          f"{common.PERSISTENT_MAX_H}, got H = {H}")
-    meta, options = _config(path, H, dtype)
+    kind = "fwd" if kernel is _gru_fwd_kernel else "bwd"
+    meta, options = _config(kind, path, H, dtype, common.input_precision(dtype),
+                            common.interpreting())
     grid = (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, BLOCK_B))
     if B == 0:
         return
@@ -378,3 +400,41 @@ def gru_backward_triton(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
     dgh_2d = dgh.view(T * B, 3 * H)
     dw_hh = dgh_2d.t().mm(hprev.view(T * B, H).float())
     return dxg, dw_hh.to(dtype), dgh_2d.sum(0).to(dtype), dh0.to(dtype)
+
+
+_TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_FWD_POINTERS = ("xg_ptr", "w_ptr", "b_ptr", "lengths_ptr", "h_ptr", "y_ptr", "gates_ptr")
+_BWD_POINTERS = ("dy_ptr", "w_ptr", "lengths_ptr", "hprev_ptr", "gates_ptr", "dh_ptr", "dxg_ptr",
+                 "dgh_ptr")
+
+
+def _paths(H, dtype):
+    """The paths the launchers accept at hidden size H (choose_path's pick, or a forced one)."""
+    paths = ["small"] if H <= common.SMALL_MAX_H[dtype] else []
+    return paths + (["persistent"] if H <= common.PERSISTENT_MAX_H else []) + ["per_step"]
+
+
+def aot_configs():
+    """Every (name, kernel, signature, constexprs, options) the launchers can pick for H in
+    AOT_HIDDEN_SIZES and AOT_DTYPES (fp32 with tf32 and ieee dots), forward and backward, for
+    triton.compile(ASTSource(kernel, signature, constexprs), target=GPUTarget(...), options).
+    Each is specialised with lengths and reverse on: the other variants only drop code."""
+    configs = []
+    for dtype in AOT_DTYPES:
+        io, acc = _TYPE_NAMES[dtype], _TYPE_NAMES[saved_dtype(dtype)]
+        ptr_types = {"xg_ptr": io, "w_ptr": io, "b_ptr": io, "lengths_ptr": "i64", "h_ptr": io,
+                     "y_ptr": io, "gates_ptr": acc, "dy_ptr": io, "hprev_ptr": io,
+                     "dh_ptr": "fp32", "dxg_ptr": io, "dgh_ptr": "fp32", "counter_ptr": "i32"}
+        precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
+        for precision, H in ((p, H) for p in precisions for H in AOT_HIDDEN_SIZES):
+            for path in _paths(H, dtype):
+                for kind, kernel, pointers in (("fwd", _gru_fwd_kernel, _FWD_POINTERS),
+                                               ("bwd", _gru_bwd_kernel, _BWD_POINTERS)):
+                    meta, options = _config(kind, path, H, dtype, precision, interpreted=False)
+                    constexprs = dict(REVERSE=True, HAS_LENGTHS=True, **meta)
+                    signature = {p: "*" + ptr_types[p] for p in (*pointers, "counter_ptr")}
+                    signature.update({a: "i32" for a in ("T", "B", "H", "step0", "n_steps")})
+                    signature.update({c: "constexpr" for c in constexprs})
+                    name = f"gru_{kind}-{path}-H{H}-{io}-{precision}"
+                    configs.append((name, kernel, signature, constexprs, options))
+    return configs
