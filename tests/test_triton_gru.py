@@ -1,0 +1,126 @@
+"""The Triton GRU recurrence (gru_forward_triton / gru_backward_triton) against the reference, on
+each of its three paths. Without a GPU the test session sets TRITON_INTERPRET=1 and the kernels
+run in Triton's interpreter on CPU tensors; with one they run on CUDA tensors."""
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from common import check_against_reference, gru_inputs, leaves  # noqa: E402
+from gated_kernels import reference  # noqa: E402
+from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
+from gated_kernels.triton_kernels import gru  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+# (T, B, H, lengths, reverse): T=1, odd T with B=1 and a non-power-of-two H, two batch tiles
+# (B=17) with lengths 1 and T, reverse with lengths.
+CASES = {
+    "T1-B3-H8": (1, 3, 8, None, False),
+    "T7-B1-H20": (7, 1, 20, None, False),
+    "T5-B17-H12-lengths": (5, 17, 12, [5, 1, 3, 5, 2] * 3 + [4, 1], False),
+    "T6-B4-H16-lengths-reverse": (6, 4, 16, [6, 1, 4, 2], True),
+    "T4-B2-H24-reverse": (4, 2, 24, None, True),
+}
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+OUTPUTS = ("y", "h_n")
+INPUTS = ("xg", "w_hh", "b_hh", "h0")
+
+
+@pytest.fixture(params=triton_common.PATHS)
+def path(request, monkeypatch):
+    """Forces one path. per_step gets 8-unit blocks and 16-wide K chunks, so that the small
+    shapes the interpreter affords still span several programs and several chunks."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", request.param)
+    monkeypatch.setattr(gru, "PER_STEP_BLOCK_H", 8)
+    monkeypatch.setattr(gru, "STREAM_BLOCK_K", 16)
+    return request.param
+
+
+class _TritonGRU(torch.autograd.Function):
+    """The two launchers composed for autograd, as the integrated GRUFunction will do."""
+
+    @staticmethod
+    def forward(ctx, xg, w_hh, b_hh, h0, lengths, reverse):
+        y, h_n, gates = gru.gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse)
+        ctx.save_for_backward(w_hh, h0, lengths, y, gates)
+        ctx.reverse = reverse
+        return y, h_n
+
+    @staticmethod
+    def backward(ctx, dy, dh_n):
+        w_hh, h0, lengths, y, gates = ctx.saved_tensors
+        grads = gru.gru_backward_triton(dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates)
+        return (*grads, None, None)
+
+
+def _on_device(t):
+    return None if t is None else t.to(DEVICE)
+
+
+def triton_gru(xg, w_hh, b_hh, h0, lengths, reverse):
+    args = [_on_device(t) for t in (xg, w_hh, b_hh, h0, lengths)]
+    return tuple(out.cpu() for out in _TritonGRU.apply(*args, reverse))
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gru_triton_matches_reference(path, case, dtype):
+    T, B, H, lengths, reverse = case
+    *args, lens = gru_inputs(T, B, H, lengths)
+    check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse, dtype,
+                            OUTPUTS, INPUTS)
+
+
+def test_gru_triton_ieee_streams_w_hh(path, monkeypatch):
+    """With TF32 off the dots run in ieee fp32 and every path streams W_hh in K chunks."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    T, B, H, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
+    *args, lens = gru_inputs(T, B, 2 * H, lengths)
+    check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse,
+                            torch.float32, OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_triton_saved_gates(path, reverse):
+    """gates = r, z, n, hn: they rebuild y (h' = n + z (h - n), n = tanh(xg_n + r hn)) on the
+    rows still running and are 0 past a row's length. (The gradient tests read them too.)"""
+    T, B, H = 5, 4, 12
+    xg, w_hh, b_hh, h0, lens = gru_inputs(T, B, H, [5, 1, 3, 4], dtype=torch.float32)
+    y, _, gates = gru.gru_forward_triton(*[_on_device(t) for t in (xg, w_hh, b_hh, h0, lens)],
+                                         reverse)
+    y, gates = y.cpu().double(), gates.cpu().double()
+    assert gates.dtype == torch.float64 and torch.isfinite(gates).all()
+    r, z, n, hn = gates.chunk(4, dim=2)
+    active = (torch.arange(T)[:, None] < lens[None, :])[..., None]
+    h_prev = gru._previous_hidden(y, h0.double(), lens, reverse)
+    torch.testing.assert_close(y, torch.where(active, n + z * (h_prev - n), 0.0), atol=1e-6,
+                               rtol=0)
+    n_expected = torch.tanh(xg.double()[..., 2 * H:] + r * hn)
+    torch.testing.assert_close(n, torch.where(active, n_expected, 0.0), atol=1e-6, rtol=0)
+    assert (gates.masked_select(~active) == 0).all()
+
+
+def test_gru_triton_poisoned_outputs_are_all_written(path, monkeypatch):
+    """Outputs start as NaN: every element of every output and gradient must be written,
+    including the rows past their length."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = gru_inputs(5, 17, 12, [5, 1, 3, 5, 2] * 3 + [4, 1], dtype=torch.float16)
+    inputs = [_on_device(t) for t in leaves(args)]
+    y, h_n, gates = gru.gru_forward_triton(*inputs, _on_device(lens), True)
+    for name, t in zip(("y", "h_n", "gates"), (y, h_n, gates)):
+        assert torch.isfinite(t).all(), name
+    assert gates.dtype == torch.float32
+    dy, dh_n = torch.randn_like(y), torch.randn_like(h_n)
+    outs = gru.gru_backward_triton(dy, dh_n, inputs[1], inputs[3], _on_device(lens), True, y,
+                                   gates)
+    for name, g in zip(INPUTS, outs):
+        assert g.dtype == torch.float16 and torch.isfinite(g).all(), f"d{name}"
+
+
+def test_gru_triton_small_path_refuses_large_h(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "small")
+    H = triton_common.SMALL_MAX_H[torch.float32] + 8
+    args = [_on_device(t) for t in gru_inputs(1, 1, H, dtype=torch.float32)]
+    with pytest.raises(ValueError, match="small path holds all of W_hh"):
+        gru.gru_forward_triton(*args, False)
