@@ -47,8 +47,22 @@ def resolve_backend(name, device):
         if device.type != "cpu":
             raise ValueError(f"backend 'cpp' runs on CPU tensors only, got device {device}")
     if name == "triton":
-        raise RuntimeError(
-            f"backend 'triton' is not implemented in this version (tensors on {device}); "
-            "use backend='reference'"
-        )
+        require_triton(device)
     return name
+
+
+def require_triton(device):
+    """Triton runs CUDA tensors, and CPU tensors only in its interpreter (TRITON_INTERPRET=1,
+    how the kernels are tested without a GPU)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError as error:
+        raise RuntimeError(
+            f"backend 'triton' needs Triton ({error}): pip install 'gated-kernels[triton]'"
+        ) from None
+    interpreting = os.environ.get("TRITON_INTERPRET") == "1"
+    if device.type != "cuda" and not (device.type == "cpu" and interpreting):
+        raise ValueError(
+            f"backend 'triton' runs on CUDA tensors (or CPU tensors with TRITON_INTERPRET=1), "
+            f"got device {device}"
+        )

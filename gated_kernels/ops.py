@@ -3,7 +3,7 @@
 One forward and one backward operator per cell, each over one layer, one direction and the whole
 sequence (DESIGN.md: the op boundary). The schemas are declared here, once, so that the operators
 exist wherever the package imports; device kernels register against them: the C++ extension
-`gated_kernels._C` for CPU tensors.
+`gated_kernels._C` for CPU tensors, the Triton launchers for CUDA tensors.
 
 Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
@@ -43,6 +43,24 @@ LIBRARY.define(
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+
+
+def _triton_kernel(name):
+    """The CUDA kernel of an operator: the Triton launcher, imported on first use so the package
+    imports without Triton. Run without grad mode, so a direct operator call records nothing."""
+
+    def kernel(*args):
+        from gated_kernels.triton_kernels import launchers
+
+        with torch.no_grad():
+            return getattr(launchers, name)(*args)
+
+    return kernel
+
+
+for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+    LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

@@ -36,9 +36,17 @@ def test_cpp_refuses_other_devices():
         backends.resolve_backend("cpp", torch.device("meta"))
 
 
-def test_triton_is_refused_until_it_exists():
-    with pytest.raises(RuntimeError, match="backend 'triton' is not implemented"):
+def test_triton_refuses_cpu_tensors_outside_the_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="backend 'triton' runs on CUDA tensors"):
         backends.resolve_backend("triton", CPU)
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert backends.resolve_backend("triton", CPU) == "triton"
+
+
+def test_triton_refuses_other_devices():
+    with pytest.raises(ValueError, match="got device meta"):
+        backends.resolve_backend("triton", torch.device("meta"))
 
 
 def test_missing_extension_gives_build_instructions(monkeypatch):

@@ -12,12 +12,15 @@ BLOCK_B = 16
 # Hidden units per program in the persistent path: the 4 LSTM gates of 8 units make the N=32 of
 # one tl.dot, and H=1024 then needs 128 programs, within the 132 SMs of an H100 (one each).
 PERSISTENT_BLOCK_H = 8
-# Largest H whose whole W_hh fits one program's shared memory (164 KB at H=128 in bf16, see
-# shared/reference/kernel_design.md section 5); the `small` path needs no barrier.
-SMALL_MAX_H = {torch.float32: 64, torch.float16: 128, torch.bfloat16: 128}
-# Largest H whose W_hh slices stay in shared memory across steps (98 KB per program at H=1024
-# in bf16, 194 KB in fp32).
+# Largest H whose whole W_hh one program holds without spilling registers; the `small` path needs
+# no barrier. At H=128 in fp16 the LSTM kernels spill 100-300 bytes on sm_80 and sm_90, so the
+# limit is 64 for every dtype (H=128 runs persistent, which is clean).
+SMALL_MAX_H = {torch.float32: 64, torch.float16: 64, torch.bfloat16: 64}
+# Largest H whose W_hh slices stay in shared memory across steps: 98 KB per program at H=1024
+# in bf16; fp32 needs 194 KB at H=1024, more than an A100 gives one program (163 KB), so there
+# fp32 stops at 512 (98 KB).
 PERSISTENT_MAX_H = 1024
+FP32_PERSISTENT_SHARED_MEMORY = 200 * 1024
 PATHS = ("small", "persistent", "per_step")
 
 
@@ -27,7 +30,10 @@ def interpreting():
 
 
 def input_precision(dtype):
-    """tl.dot precision: fp32 follows PyTorch's TF32 setting for cuDNN RNNs, like torch.nn."""
+    """tl.dot precision: fp32 follows PyTorch's TF32 setting for cuDNN RNNs, like torch.nn (TF32
+    by default; full fp32 when torch.backends.cudnn.allow_tf32 is False). An "ieee" dot lowers to
+    multiply-adds with the whole K operand in registers, so the kernels stream W_hh in narrow K
+    chunks there ("tf32x3" is no way out: it spilled in most fp32 configurations too)."""
     if dtype == torch.float32 and not torch.backends.cudnn.allow_tf32:
         return "ieee"
     return "tf32"
@@ -39,11 +45,26 @@ def sm_count(device):
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def choose_path(H, B, dtype, num_sms):
+def shared_memory(device):
+    """Shared memory one program may use on `device` (None: no limit, the interpreter)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+
+
+def persistent_max_h(dtype, shared_bytes=None):
+    if dtype == torch.float32 and shared_bytes is not None:
+        if shared_bytes < FP32_PERSISTENT_SHARED_MEMORY:
+            return 512
+    return PERSISTENT_MAX_H
+
+
+def choose_path(H, B, dtype, num_sms, shared_bytes=None):
     """Which forward/backward kernel runs (GATED_KERNELS_TRITON_PATH forces one):
     - small: H within SMALL_MAX_H; one program per batch tile holds all of W_hh, no barrier;
-    - persistent: H up to 1024 when (H / 8 unit blocks) x (batch tiles) programs fit one per SM;
-      W_hh slices stay on chip, programs meet at a grid barrier each step;
+    - persistent: H up to 1024 (fp32 on chips with under 200 KB of shared memory per program:
+      512) when (H / 8 unit blocks) x (batch tiles) programs fit one per SM; W_hh slices stay on
+      chip, programs meet at a grid barrier each step;
     - per_step: otherwise (H=2048, large batches); one fused launch per step.
     """
     forced = os.environ.get("GATED_KERNELS_TRITON_PATH")
@@ -54,7 +75,7 @@ def choose_path(H, B, dtype, num_sms):
     if H <= SMALL_MAX_H.get(dtype, 64):
         return "small"
     programs = triton.cdiv(H, PERSISTENT_BLOCK_H) * triton.cdiv(B, BLOCK_B)
-    if H <= PERSISTENT_MAX_H and programs <= num_sms:
+    if H <= persistent_max_h(dtype, shared_bytes) and programs <= num_sms:
         return "persistent"
     return "per_step"
 

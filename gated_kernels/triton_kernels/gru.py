@@ -299,7 +299,7 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse):
     """Launches `kernel` over all T steps on the path common.choose_path picks."""
     device = pointers[0].device
     num_sms = common.sm_count(device)
-    path = common.choose_path(H, B, dtype, num_sms)
+    path = common.choose_path(H, B, dtype, num_sms, common.shared_memory(device))
     if path == "small" and H > common.SMALL_MAX_H[dtype]:
         raise ValueError(f"the small path holds all of W_hh in one program: H <= "
                          f"{common.SMALL_MAX_H[dtype]} for {dtype}, got H = {H}")

@@ -237,10 +237,10 @@ def forward_config(path, H):
     return dict(BLOCK_H=PER_STEP_BLOCK_H, BLOCK_K=PER_STEP_BLOCK_K, num_warps=8, num_stages=3)
 
 
-def backward_path(H, B, dtype, num_sms):
+def backward_path(H, B, dtype, num_sms, shared_bytes=None):
     """common.choose_path, except that persistent runs per_step where the backward's W slice
     and dG operand do not fit shared memory (BWD_PERSISTENT_MAX_H)."""
-    path = common.choose_path(H, B, dtype, num_sms)
+    path = common.choose_path(H, B, dtype, num_sms, shared_bytes)
     if path == "persistent" and H > BWD_PERSISTENT_MAX_H[dtype]:
         return "per_step"
     return path
@@ -329,7 +329,7 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
-    path = common.choose_path(H, B, dtype, common.sm_count(device))
+    path = common.choose_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
     lens = _lengths(lengths, T, B, device)
     h = torch.empty(2, B, H, dtype=dtype, device=device)
     if w_hr is None:
@@ -402,7 +402,7 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     _check_saved("dc_n", dc_n, (B, H), dtype)
     _check_saved("gates", gates, (T, B, G), saved)
     _check_saved("c_all", c_all, (T, B, H), saved)
-    path = backward_path(H, B, dtype, common.sm_count(device))
+    path = backward_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
     lens = _lengths(lengths, T, B, device)
     if w_hr is None:
         w, dm_in = w_hh.contiguous(), dy.contiguous()

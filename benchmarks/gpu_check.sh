@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The prepared check for a GPU machine, run on a fresh copy of the working tree:
+#   bash benchmarks/gpu_check.sh OUT_DIR
+# Those machines carry Python 3.12, torch 2.11 and Triton 3.6, can install nothing and cannot load
+# the C++ extension built elsewhere, so everything here runs from the source tree on the Triton
+# path only. It writes into OUT_DIR: gpu_check.log (everything printed), the GPU tests' result,
+# and the markdown and JSON of the runner's `gpu` and `flashrnn` suites (torch.nn measured in the
+# same process). Budget: under 6 minutes on an H100.
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+status=0
+
+run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recorded, not fatal
+  local limit=$1
+  shift
+  echo "== $* (limit ${limit}s)"
+  timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
+}
+
+exec > >(tee "$out/gpu_check.log") 2>&1
+echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null)"
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
+python - <<'PY'
+import torch, triton
+print(f"torch {torch.__version__}, triton {triton.__version__}, cudnn {torch.backends.cudnn.version()}, "
+    f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)")
+PY
+run 150 python -m pytest -q -m cuda tests/test_triton_gpu.py --junitxml "$out/gpu_tests.xml"
+run 150 python -m gated_kernels.bench --suite gpu --device cuda --min-seconds 0.2 \
+  --json "$out/gpu_suite.json" --markdown "$out/gpu_suite.md"
+run 45 python -m gated_kernels.bench --suite flashrnn --device cuda --min-seconds 0.5 \
+  --json "$out/flashrnn_suite.json" --markdown "$out/flashrnn_suite.md"
+echo "== gpu_check finished with status $status"
+exit "$status"
