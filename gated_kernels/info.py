@@ -1,0 +1,95 @@
+"""What gated_kernels will run on this machine.
+
+    python -m gated_kernels.info                       # versions, backends, TF32 setting
+    python -m gated_kernels.info --shape B,T,I,H        # + the Triton path for that shape
+
+For each backend it says whether it is available here and, if not, why.
+"""
+
+import argparse
+import importlib.metadata
+import os
+import sys
+
+import torch
+
+import gated_kernels
+from gated_kernels import backends
+
+
+def _version(package):
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def backend_status():
+    """{backend: (available, reason)} for this machine."""
+    status = {"reference": (True, "plain PyTorch, any device and float dtype")}
+    if backends.cpp_available():
+        status["cpp"] = (True, "C++ extension gated_kernels._C loaded (CPU tensors)")
+    else:
+        status["cpp"] = (False, f"gated_kernels._C could not be imported: {backends.CPP_IMPORT_ERROR}")
+    if _version("triton") == "not installed":
+        status["triton"] = (False, "Triton is not installed (pip install 'gated-kernels[triton]')")
+    elif torch.cuda.is_available():
+        status["triton"] = (True, f"CUDA tensors on {torch.cuda.get_device_name()}")
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        status["triton"] = (True, "CPU tensors in Triton's interpreter (TRITON_INTERPRET=1)")
+    else:
+        status["triton"] = (False, "no CUDA GPU (CPU tensors only with TRITON_INTERPRET=1)")
+    return status
+
+
+def _shape(text):
+    try:
+        B, T, I, H = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected B,T,I,H (four integers), got {text!r}")
+    if min(B, T, I, H) <= 0:
+        raise argparse.ArgumentTypeError(f"B, T, I and H must be positive, got {text!r}")
+    return B, T, I, H
+
+
+# Without a GPU, the path is given for an H100 SXM: 132 SMs, 227 KB of shared memory a program.
+H100 = {"num_sms": 132, "shared_bytes": 227 * 1024}
+
+
+def triton_path(B, H, dtype):
+    """The path the Triton heuristic picks for this shape on this machine's GPU, or on an H100."""
+    from gated_kernels.triton_kernels import common
+
+    if torch.cuda.is_available():
+        device = torch.device("cuda")
+        return common.choose_path(H, B, dtype, common.sm_count(device),
+                                  common.shared_memory(device))
+    return common.choose_path(H, B, dtype, **H100)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m gated_kernels.info")
+    parser.add_argument("--shape", type=_shape, metavar="B,T,I,H",
+                        help="also print the Triton path the heuristic picks for this shape")
+    args = parser.parse_args(argv)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    print(f"gated_kernels {gated_kernels.__version__}")
+    print(f"torch {torch.__version__}, triton {_version('triton')}, cudnn {cudnn}, "
+          f"python {sys.version.split()[0]}, {torch.get_num_threads()} CPU threads")
+    print(f"TF32 for fp32 recurrences (torch.backends.cudnn.allow_tf32): "
+          f"{torch.backends.cudnn.allow_tf32}")
+    for name, (ok, reason) in backend_status().items():
+        print(f"backend {name:9s} {'available' if ok else 'unavailable':11s} {reason}")
+    if args.shape:
+        B, T, I, H = args.shape
+        if _version("triton") == "not installed":
+            print("triton path: Triton is not installed")
+            return
+        where = torch.cuda.get_device_name() if torch.cuda.is_available() else "an H100 (no GPU here)"
+        for dtype in (torch.float32, torch.float16, torch.bfloat16):
+            print(f"triton path for B={B} T={T} I={I} H={H} {dtype} on {where}: "
+                  f"{triton_path(B, H, dtype)}")
+
+
+if __name__ == "__main__":
+    main()

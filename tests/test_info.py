@@ -1,0 +1,39 @@
+"""python -m gated_kernels.info: versions, backend availability with reasons, the Triton path."""
+
+import subprocess
+import sys
+
+import torch
+
+from gated_kernels import info
+
+
+def test_reports_versions_backends_and_tf32(capsys):
+    info.main([])
+    out = capsys.readouterr().out
+    assert f"torch {torch.__version__}" in out
+    assert "allow_tf32" in out
+    for name in ("reference", "cpp", "triton"):
+        assert f"backend {name}" in out
+
+
+def test_reports_the_triton_path_for_a_shape(capsys):
+    info.main(["--shape", "16,100,256,2048"])
+    out = capsys.readouterr().out
+    assert out.count("triton path for B=16 T=100 I=256 H=2048") == 3
+    assert "per_step" in out  # W_hh of H=2048 cannot stay on chip
+
+
+def test_an_unavailable_backend_says_why(monkeypatch):
+    from gated_kernels import backends
+
+    monkeypatch.setattr(backends, "CPP_IMPORT_ERROR", ImportError("not built"))
+    ok, reason = info.backend_status()["cpp"]
+    assert not ok and "not built" in reason
+
+
+def test_bad_shape_is_one_line_error():
+    result = subprocess.run([sys.executable, "-m", "gated_kernels.info", "--shape", "1,2"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "expected B,T,I,H" in result.stderr
+    assert "Traceback" not in result.stderr
