@@ -9,6 +9,7 @@ import warnings
 import torch
 from torch import nn
 
+from gated_kernels import autocast
 from gated_kernels.functional import gru_layer, lstm_layer
 from gated_kernels.rnn import check_backend_name
 
@@ -51,6 +52,17 @@ class _CellBase:
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
                              f"{input.dim()}D instead")
 
+    def _step(self, layer, input, states):
+        """One step through `layer` (lstm_layer or gru_layer) in the dtype torch.nn's cell would
+        use under autocast."""
+        tensors = [input.unsqueeze(0), *states, self.weight_ih, self.weight_hh, self.bias_ih,
+                   self.bias_hh]
+        dtype = autocast.compute_dtype(type(self).__name__, input)
+        if dtype is None:
+            return layer(*tensors, backend=self.backend)[1:]
+        with torch.autocast(input.device.type, enabled=False):
+            return layer(*autocast.cast(tensors, dtype), backend=self.backend)[1:]
+
     def _check_input_size(self, input):
         if input.size(-1) != self.input_size:
             raise RuntimeError(f"input has inconsistent input_size: got {input.size(-1)} "
@@ -91,8 +103,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
             hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
         for index, state in enumerate(hx):
             _check_cell_state(input, state, index, self.hidden_size)
-        _, h, c = lstm_layer(input.unsqueeze(0), hx[0], hx[1], self.weight_ih, self.weight_hh,
-                             self.bias_ih, self.bias_hh, backend=self.backend)
+        h, c = self._step(lstm_layer, input, hx)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -122,6 +133,5 @@ class GRUCell(_CellBase, nn.GRUCell):
         elif not is_batched:
             hx = hx.unsqueeze(0)
         _check_cell_state(input, hx, 0, self.hidden_size)
-        _, h = gru_layer(input.unsqueeze(0), hx, self.weight_ih, self.weight_hh, self.bias_ih,
-                         self.bias_hh, backend=self.backend)
+        (h,) = self._step(gru_layer, input, (hx,))
         return h if is_batched else h.squeeze(0)

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gated_kernels import functional
+from gated_kernels import autocast, functional
 from gated_kernels.backends import BACKENDS
 
 
@@ -75,7 +75,7 @@ class _RecurrentBase(nn.RNNBase):
 
     def _run(self, input, hx, run):
         """The forward every cell type shares. hx: the state tuple (or None); run(x, states,
-        lengths) -> (y, *final_states)."""
+        lengths, weights) -> (y, *final_states)."""
         self._update_flat_weights()
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
@@ -108,7 +108,16 @@ class _RecurrentBase(nn.RNNBase):
             x, lengths = (input.transpose(0, 1) if self.batch_first else input), None
             if x.size(0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        y, *final = run(x, states, lengths)
+        weights = self._flat_weights
+        dtype = autocast.compute_dtype(type(self).__name__, x)
+        if dtype is not None:
+            with torch.autocast(x.device.type, enabled=False):
+                x, *cast_states = autocast.cast([x, *states], dtype)
+                weights = autocast.cast(weights, dtype)
+                y, *final = run(x, cast_states, lengths, weights)
+            final = self._autocast_states(final, states)
+        else:
+            y, *final = run(x, states, lengths, weights)
         final = tuple(self._permute(s, unsorted_indices) for s in final)
         if packed:
             output = PackedSequence(_pack(y, lengths_cpu), batch_sizes, sorted_indices,
@@ -162,10 +171,18 @@ class LSTM(_RecurrentBase):
                                f"({h.dim()}-D, {c.dim()}-D) tensors")
         return h, c
 
+    def _autocast_states(self, final, initial):
+        # With a projection torch.nn leaves oneDNN for ATen's own cell, where CPU autocast casts
+        # only the matmuls: the cell state keeps the dtype of c0.
+        h_n, c_n = final
+        if self.proj_size > 0 and h_n.device.type == "cpu":
+            c_n = c_n.to(initial[1].dtype)
+        return [h_n, c_n]
+
     def forward(self, input, hx=None):
-        def run(x, states, lengths):
+        def run(x, states, lengths, weights):
             return functional.lstm(
-                x, *states, self._flat_weights, self.num_layers, self.bidirectional,
+                x, *states, weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, self.bias, self.proj_size > 0, lengths, self.backend)
 
         output, (h_n, c_n) = self._run(input, hx, run)
@@ -201,10 +218,14 @@ class GRU(_RecurrentBase):
                                f"{hx.dim()}-D tensor")
         return (hx,)
 
+    @staticmethod
+    def _autocast_states(final, initial):
+        return final
+
     def forward(self, input, hx=None):
-        def run(x, states, lengths):
+        def run(x, states, lengths, weights):
             return functional.gru(
-                x, states[0], self._flat_weights, self.num_layers, self.bidirectional,
+                x, states[0], weights, self.num_layers, self.bidirectional,
                 self.dropout, self.training, self.bias, lengths, self.backend)
 
         output, (h_n,) = self._run(input, hx, run)

@@ -1,0 +1,27 @@
+"""Which dtype a module computes in under torch.autocast: the one torch.nn's would.
+
+torch.nn's rules, as observed on torch 2.13 (CPU) and read in ATen's autocast lists (CUDA):
+- CPU autocast: nn.LSTM runs in the autocast dtype (its oneDNN layer, mkldnn_rnn_layer, is in
+  the CPU lower-precision list), so its output is bfloat16; nn.GRU and the cells run in the
+  input's dtype (their matmuls follow the input; an fp32 input stays fp32).
+- CUDA autocast: nn.LSTM / nn.GRU go through cuDNN's autocast wrapper and the cells' fused
+  kernels are in the lower-precision list: all run in the autocast dtype.
+"""
+
+import torch
+
+
+def compute_dtype(cell, input):
+    """The dtype `cell` ("LSTM", "GRU", "LSTMCell", "GRUCell") computes in for `input`, or None
+    when autocast is off for the input's device (the module's own dtype rules then apply)."""
+    device = input.device.type
+    if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
+        return None
+    if device == "cuda" or cell == "LSTM":
+        return torch.get_autocast_dtype(device)
+    return input.dtype
+
+
+def cast(tensors, dtype):
+    """Floating tensors in `dtype` (through autograd, so gradients reach the originals)."""
+    return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]

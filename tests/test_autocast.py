@@ -1,0 +1,64 @@
+"""Under torch.autocast the modules compute in, and return, the dtype torch.nn's would."""
+
+import pytest
+import torch
+
+import gated_kernels as gk
+
+FP32, BF16 = torch.float32, torch.bfloat16
+# (module, input shape, input dtype); torch.nn's cells reject a bfloat16 input with float32
+# weights, so they take float32 only.
+CPU_CASES = {
+    "LSTM-fp32-in": (lambda lib: lib.LSTM(4, 6, num_layers=2), (5, 3, 4), FP32),
+    "LSTM-bf16-in": (lambda lib: lib.LSTM(4, 6, num_layers=2), (5, 3, 4), BF16),
+    "LSTM-proj-fp32-in": (lambda lib: lib.LSTM(4, 6, proj_size=2), (5, 3, 4), FP32),
+    "LSTM-proj-bf16-in": (lambda lib: lib.LSTM(4, 6, proj_size=2), (5, 3, 4), BF16),
+    "GRU-fp32-in": (lambda lib: lib.GRU(4, 6, bidirectional=True), (5, 3, 4), FP32),
+    "GRU-bf16-in": (lambda lib: lib.GRU(4, 6, bidirectional=True), (5, 3, 4), BF16),
+    "LSTMCell-fp32-in": (lambda lib: lib.LSTMCell(4, 6), (3, 4), FP32),
+    "GRUCell-fp32-in": (lambda lib: lib.GRUCell(4, 6), (3, 4), FP32),
+}
+
+
+def _dtypes(out):
+    flat = []
+    for item in out if isinstance(out, tuple) else (out,):
+        flat += list(item) if isinstance(item, tuple) else [item]
+    return [t.dtype for t in flat]
+
+
+@pytest.mark.parametrize("make,shape,input_dtype", CPU_CASES.values(), ids=CPU_CASES.keys())
+def test_cpu_autocast_bf16_dtypes_match_torch_nn(make, shape, input_dtype):
+    torch.manual_seed(0)
+    theirs = make(torch.nn)
+    ours = type(make(gk)).from_torch(theirs, backend="cpp")
+    x = torch.randn(shape).to(input_dtype)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected, actual = theirs(x), ours(x)
+    assert _dtypes(actual) == _dtypes(expected)
+    # And the values agree to bfloat16 accuracy (8 bits of mantissa, over a few steps).
+    flat = lambda out: [t.float() for t in (
+        [out[0], *out[1]] if isinstance(out[1], tuple) else list(out) if isinstance(out, tuple)
+        else [out])]
+    for a, e in zip(flat(actual), flat(expected)):
+        assert (a - e).abs().max() <= 0.05
+
+
+def test_autocast_gradients_reach_float32_parameters():
+    ours = gk.LSTM(4, 6, backend="cpp")
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, _ = ours(torch.randn(5, 3, 4))
+    y.float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in ours.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_cuda_autocast_computes_in_the_autocast_dtype(cell, dtype):
+    theirs = getattr(torch.nn, cell)(32, 64, device="cuda")
+    ours = getattr(gk, cell).from_torch(theirs, backend="triton")
+    x = torch.randn((10, 4, 32) if "Cell" not in cell else (4, 32), device="cuda")
+    with torch.autocast("cuda", dtype=dtype):
+        expected, actual = theirs(x), ours(x)
+    assert _dtypes(actual) == _dtypes(expected)
