@@ -76,7 +76,6 @@ class _RecurrentBase(nn.RNNBase):
     def _run(self, input, hx, run):
         """The forward every cell type shares. hx: the state tuple (or None); run(x, states,
         lengths, weights) -> (y, *final_states)."""
-        self._update_flat_weights()
         name = type(self).__name__
         packed = isinstance(input, PackedSequence)
         sizes = self._state_sizes()
@@ -108,7 +107,9 @@ class _RecurrentBase(nn.RNNBase):
             x, lengths = (input.transpose(0, 1) if self.batch_first else input), None
             if x.size(0) == 0:
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
-        weights = self._flat_weights
+        # The parameters as they are now: read by name, so torch.func.functional_call and
+        # torch.export (which swap them) see theirs, and nothing is written back to the module.
+        weights = [getattr(self, n) for n in self._flat_weights_names]
         dtype = autocast.compute_dtype(type(self).__name__, x)
         if dtype is not None:
             with torch.autocast(x.device.type, enabled=False):
