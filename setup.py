@@ -41,8 +41,10 @@ else:
 
 class BuildExtensionPerISA(BuildExtension):
     """BuildExtension that compiles each ISA group of sources with its own extra flags
-    (setuptools applies extra_compile_args to every source). Baseline objects are linked first,
-    so the linker keeps their copy of any inline function the groups share."""
+    (setuptools applies extra_compile_args to every source). Objects link in ascending ISA order,
+    baseline first, and the linker keeps the first copy of an inline function that several groups
+    emit, so no caller gets a copy built for a wider ISA than its own. (At -O3 the ISA objects
+    emit no such copies at all; at -O0 they do, e.g. std::pow<double, long>.)"""
 
     def build_extension(self, ext):
         compile_all = self.compiler.compile
