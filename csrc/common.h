@@ -85,6 +85,22 @@ inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) 
   if (c.numel() != 0) at::cpu::addmm_(c, a, b);
 }
 
+// h @ W^T at every step of one op call, for W [N, K] in the accumulation type and h [B, K]. For
+// float, MKL's packed GEMM where torch was built with it (the mkl:: operators of the x86 wheels,
+// reached by name): W is packed once per call and the product of a 32 x 256 x 1024 step drops
+// from about 78 to 51 us (cpu_notes.md), more than the per-step cost of the fresh output tensor
+// mkl::_mkl_linear returns. Elsewhere at::cpu::mm_out into one preallocated buffer.
+class StepProduct {
+ public:
+  StepProduct(const at::Tensor& w, int64_t batch);
+  // Returns h @ W^T; valid until the next call.
+  const at::Tensor& operator()(const at::Tensor& h);
+
+ private:
+  at::Tensor w_, w_t_, packed_, out_;
+  int64_t batch_;
+};
+
 // ---- the per-step pointwise pass ----
 // A step's B*H hidden units are split over threads above kPointwiseGrain elements (at least
 // kPointwiseGrain / 2 per thread). With the vectorised passes, measured on the 2-core machine

@@ -49,19 +49,18 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
                       const at::Tensor& b_hh, const at::Tensor& lengths, bool reverse,
                       at::Tensor& y, at::Tensor& h_state, at::Tensor& gates) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, G = 3 * H;
-  at::Tensor gh = at::empty({B, G}, h_state.options());  // h_{t-1} W_hh^T, allocated once
-  const at::Tensor w_hh_t = w_hh.t();  // [H, 3H] view: BLAS reads it transposed, no copy
+  const int64_t T = n.T, B = n.B, H = n.H;
+  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  GruForwardStep<scalar_t> step{0, B, H, len, xg.data_ptr<scalar_t>(), gh.data_ptr<acc_t>(),
+  GruForwardStep<scalar_t> step{0, B, H, len, xg.data_ptr<scalar_t>(), nullptr,
                                 b_hh.data_ptr<acc_t>(), h_state.data_ptr<acc_t>(),
                                 gates.data_ptr<acc_t>(), y.data_ptr<scalar_t>()};
   const auto pass = pointwise_kernels<scalar_t>().gru_forward;
 
   for (const auto s : c10::irange(T)) {
     step.t = time_index(s, T, reverse);
-    matmul(gh, h_state, w_hh_t);
+    step.gh = recurrent(h_state).data_ptr<acc_t>();
     at::parallel_for(0, B * H, kPointwiseGrain,
                      [&](int64_t begin, int64_t end) { pass(step, begin, end); });
   }

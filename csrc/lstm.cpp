@@ -67,21 +67,20 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
                        at::Tensor& y, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& gates,
                        at::Tensor& c_all) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
   const bool proj = w_hr.defined();
   const auto acc_opts = h_state.options();
   // Scratch, allocated once: the recurrent product and, with projection, its input and output.
-  at::Tensor gh = at::empty({B, G}, acc_opts);
+  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
   at::Tensor m = proj ? at::zeros({B, H}, acc_opts) : at::Tensor();
   at::Tensor hp = proj ? at::empty({B, P}, acc_opts) : at::Tensor();
-  const at::Tensor w_hh_t = w_hh.t();  // [P, 4H] view: BLAS reads it transposed, no copy
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   scalar_t* y_p = y.data_ptr<scalar_t>();
   acc_t* h_p = h_state.data_ptr<acc_t>();
   // o * tanh(c) is h itself, or the input of the projection.
-  LstmForwardStep<scalar_t> step{0, B, H, P, len, xg.data_ptr<scalar_t>(), gh.data_ptr<acc_t>(),
+  LstmForwardStep<scalar_t> step{0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr,
                                  c_state.data_ptr<acc_t>(), c_all.data_ptr<acc_t>(),
                                  gates.data_ptr<acc_t>(), proj ? m.data_ptr<acc_t>() : h_p, y_p,
                                  proj};
@@ -90,7 +89,7 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
   for (const auto s : c10::irange(T)) {
     const int64_t t = time_index(s, T, reverse);
     // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
-    matmul(gh, h_state, w_hh_t);
+    step.gh = recurrent(h_state).data_ptr<acc_t>();
     step.t = t;
     at::parallel_for(0, B * H, kPointwiseGrain,
                      [&](int64_t begin, int64_t end) { pass(step, begin, end); });
