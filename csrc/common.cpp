@@ -108,11 +108,16 @@ const MklPacked& mkl_packed() {
   return ops;
 }
 
+// At B=1 the packed call loses about 1 us a step to the output allocation and the dispatcher
+// (LSTM forward, T=500, H=256: 4.2 ms plain, 4.7 ms packed); from B=16 it wins clearly
+// (B=16, T=200: 14.4 -> 7.7 ms). Batches in between were not measured.
+constexpr int64_t kPackedMinBatch = 16;
+
 }  // namespace
 
 StepProduct::StepProduct(const at::Tensor& w, int64_t batch) : w_(w), batch_(batch) {
   const MklPacked& mkl = mkl_packed();
-  if (w.scalar_type() == at::kFloat && mkl.reorder && w.numel() != 0 && batch > 0) {
+  if (w.scalar_type() == at::kFloat && mkl.reorder && w.numel() != 0 && batch >= kPackedMinBatch) {
     packed_ = mkl.reorder->call(w, batch);
   } else {
     w_t_ = w.t();  // [K, N] view: BLAS reads it transposed, no copy

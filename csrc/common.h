@@ -89,7 +89,7 @@ inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) 
 // float, MKL's packed GEMM where torch was built with it (the mkl:: operators of the x86 wheels,
 // reached by name): W is packed once per call and the product of a 32 x 256 x 1024 step drops
 // from about 78 to 51 us (cpu_notes.md), more than the per-step cost of the fresh output tensor
-// mkl::_mkl_linear returns. Elsewhere at::cpu::mm_out into one preallocated buffer.
+// mkl::_mkl_linear returns, from B=16 up. Elsewhere at::cpu::mm_out into one preallocated buffer.
 class StepProduct {
  public:
   StepProduct(const at::Tensor& w, int64_t batch);
