@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include <ATen/core/dispatch/Dispatcher.h>
+
 namespace gated_kernels {
 
 int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* gate_order) {
@@ -76,6 +78,60 @@ at::Tensor previous_hidden(const at::Tensor& y, const at::Tensor& h0, const at::
     }
   }
   return hprev;
+}
+
+namespace {
+
+using MklLinearFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                               const std::optional<at::Tensor>&, int64_t);
+using MklReorderFn = at::Tensor(const at::Tensor&, int64_t);
+
+// The two operators, looked up once; absent (nullopt) where torch was built without MKL.
+struct MklPacked {
+  std::optional<c10::TypedOperatorHandle<MklReorderFn>> reorder;
+  std::optional<c10::TypedOperatorHandle<MklLinearFn>> linear;
+};
+
+const MklPacked& mkl_packed() {
+  static const MklPacked ops = [] {
+    MklPacked found;
+    auto& dispatcher = c10::Dispatcher::singleton();
+    auto reorder = dispatcher.findSchema({"mkl::_mkl_reorder_linear_weight", ""});
+    auto linear = dispatcher.findSchema({"mkl::_mkl_linear", ""});
+    if (reorder && linear && reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
+        linear->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
+      found.reorder = reorder->typed<MklReorderFn>();
+      found.linear = linear->typed<MklLinearFn>();
+    }
+    return found;
+  }();
+  return ops;
+}
+
+// At B=1 the packed call loses about 1 us a step to the output allocation and the dispatcher
+// (LSTM forward, T=500, H=256: 4.2 ms plain, 4.7 ms packed); from B=16 it wins clearly
+// (B=16, T=200: 14.4 -> 7.7 ms). Batches in between were not measured.
+constexpr int64_t kPackedMinBatch = 16;
+
+}  // namespace
+
+StepProduct::StepProduct(const at::Tensor& w, int64_t batch) : w_(w), batch_(batch) {
+  const MklPacked& mkl = mkl_packed();
+  if (w.scalar_type() == at::kFloat && mkl.reorder && w.numel() != 0 && batch >= kPackedMinBatch) {
+    packed_ = mkl.reorder->call(w, batch);
+  } else {
+    w_t_ = w.t();  // [K, N] view: BLAS reads it transposed, no copy
+    out_ = at::empty({batch, w.size(0)}, w.options());
+  }
+}
+
+const at::Tensor& StepProduct::operator()(const at::Tensor& h) {
+  if (packed_.defined()) {
+    out_ = mkl_packed().linear->call(h, packed_, w_, std::nullopt, batch_);
+  } else {
+    matmul(out_, h, w_t_);
+  }
+  return out_;
 }
 
 }  // namespace gated_kernels

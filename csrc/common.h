@@ -1,14 +1,15 @@
 // Shared pieces of the CPU recurrence kernels: argument checks, the row-major GEMM helpers over
-// ATen's BLAS, vectorised activations and the per-step parallel loop.
+// ATen's BLAS and the per-step parallel grain. The pointwise passes live in pointwise.h.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <ATen/cpu/vec/vec.h>
 #include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/irange.h>
+
+#include "pointwise.h"
 
 #include <cstdlib>
 #include <cstring>
@@ -50,17 +51,6 @@ int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* g
 // tensor when no lengths were given.
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B);
 
-// Row b takes part in step t when t < lengths[b]; with no lengths every row always does.
-inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
-  return lengths == nullptr || t < lengths[b];
-}
-
-// The step a row starts from: its first step in processing order.
-inline int64_t first_step(const int64_t* lengths, int64_t b, int64_t T, bool reverse) {
-  if (!reverse) return 0;
-  return lengths == nullptr ? T - 1 : lengths[b] - 1;
-}
-
 // Outputs come from here. With GATED_KERNELS_POISON_OUTPUTS=1 they start as NaN, so that a test
 // catches any element a kernel forgets to write (at::empty would hide it behind stale memory).
 at::Tensor new_output(at::IntArrayRef sizes, const at::TensorOptions& options);
@@ -95,63 +85,29 @@ inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) 
   if (c.numel() != 0) at::cpu::addmm_(c, a, b);
 }
 
-// ---- vectorised activations in the accumulation type ----
+// h @ W^T at every step of one op call, for W [N, K] in the accumulation type and h [B, K]. For
+// float, MKL's packed GEMM where torch was built with it (the mkl:: operators of the x86 wheels,
+// reached by name): W is packed once per call and the product of a 32 x 256 x 1024 step drops
+// from about 78 to 51 us (cpu_notes.md), more than the per-step cost of the fresh output tensor
+// mkl::_mkl_linear returns, from B=16 up. Elsewhere at::cpu::mm_out into one preallocated buffer.
+class StepProduct {
+ public:
+  StepProduct(const at::Tensor& w, int64_t batch);
+  // Returns h @ W^T; valid until the next call.
+  const at::Tensor& operator()(const at::Tensor& h);
 
-template <typename acc_t>
-using Vec = at::vec::Vectorized<acc_t>;
-
-template <typename acc_t>
-inline Vec<acc_t> vsigmoid(Vec<acc_t> x) {
-  // 1 / (1 + exp(-x)): exp overflows to inf for x < -88 (float), and 1 / inf = 0 is the limit.
-  return (Vec<acc_t>(acc_t(1)) + x.neg().exp()).reciprocal();
-}
-
-template <typename acc_t>
-inline Vec<acc_t> vtanh(Vec<acc_t> x) {
-  return x.tanh();
-}
-
-// Loads n <= Vec::size() values of storage type scalar_t as the accumulation type.
-template <typename acc_t, typename scalar_t>
-inline Vec<acc_t> load(const scalar_t* p, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    return Vec<acc_t>::loadu(p, n);
-  } else {
-    acc_t tmp[Vec<acc_t>::size()];
-    for (int64_t k = 0; k < n; ++k) tmp[k] = static_cast<acc_t>(p[k]);
-    return Vec<acc_t>::loadu(tmp, n);
-  }
-}
-
-template <typename acc_t, typename scalar_t>
-inline void store(scalar_t* p, Vec<acc_t> v, int64_t n) {
-  if constexpr (std::is_same_v<scalar_t, acc_t>) {
-    v.store(p, n);
-  } else {
-    acc_t tmp[Vec<acc_t>::size()];
-    v.store(tmp, n);
-    for (int64_t k = 0; k < n; ++k) p[k] = static_cast<scalar_t>(tmp[k]);
-  }
-}
+ private:
+  at::Tensor w_, w_t_, packed_, out_;
+  int64_t batch_;
+};
 
 // ---- the per-step pointwise pass ----
-// Calls fn(b, j0, j1) over segments of rows covering [0, B) x [0, H). Work is split over the flat
-// B*H range, so B=1 still spreads over hidden units. Below kPointwiseGrain elements a step runs
-// on the calling thread: waking the pool costs a few microseconds, more than a small step's work.
-constexpr int64_t kPointwiseGrain = 16384;
-
-template <typename F>
-void for_each_row_segment(int64_t B, int64_t H, const F& fn) {
-  at::parallel_for(0, B * H, kPointwiseGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t idx = begin; idx < end;) {
-      const int64_t b = idx / H;
-      const int64_t j0 = idx - b * H;
-      const int64_t j1 = std::min(H, j0 + (end - idx));
-      fn(b, j0, j1);
-      idx += j1 - j0;
-    }
-  });
-}
+// A step's B*H hidden units are split over threads above kPointwiseGrain elements (at least
+// kPointwiseGrain / 2 per thread). With the vectorised passes, measured on the 2-core machine
+// (AVX-512, minimum of 21 runs, whole op): B*H = 1024 loses from a split (LSTM forward 3.5 ->
+// 3.8 ms, T=200), 2048 breaks even, 4096 gains about 11 us a step (15.9 -> 13.6 ms, T=200) and
+// 8192 about 30 us (14.1 -> 10.8 ms, T=100). Waking the second thread costs a few us a step.
+constexpr int64_t kPointwiseGrain = 2048;
 
 // Processing order: step s of the loop handles time index t.
 inline int64_t time_index(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }

@@ -49,56 +49,20 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
                       const at::Tensor& b_hh, const at::Tensor& lengths, bool reverse,
                       at::Tensor& y, at::Tensor& h_state, at::Tensor& gates) {
   using acc_t = at::opmath_type<scalar_t>;
-  using V = Vec<acc_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, G = 3 * H;
-  at::Tensor gh = at::empty({B, G}, h_state.options());  // h_{t-1} W_hh^T, allocated once
-  const at::Tensor w_hh_t = w_hh.t();  // [H, 3H] view: BLAS reads it transposed, no copy
+  const int64_t T = n.T, B = n.B, H = n.H;
+  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
 
-  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
-  const acc_t* bias_p = b_hh.data_ptr<acc_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  scalar_t* y_p = y.data_ptr<scalar_t>();
-  acc_t* h_p = h_state.data_ptr<acc_t>();
-  acc_t* gates_p = gates.data_ptr<acc_t>();
-  const acc_t* gh_p = gh.data_ptr<acc_t>();
+  GruForwardStep<scalar_t> step{0, B, H, len, xg.data_ptr<scalar_t>(), nullptr,
+                                b_hh.data_ptr<acc_t>(), h_state.data_ptr<acc_t>(),
+                                gates.data_ptr<acc_t>(), y.data_ptr<scalar_t>()};
+  const auto pass = pointwise_kernels<scalar_t>().gru_forward;
 
   for (const auto s : c10::irange(T)) {
-    const int64_t t = time_index(s, T, reverse);
-    matmul(gh, h_state, w_hh_t);
-
-    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = t * B + b;
-      acc_t* gates_row = gates_p + row * 4 * H;
-      scalar_t* y_row = y_p + row * H;
-      if (!row_active(len, b, t)) {
-        // Past the row's length: state carried, gates 0, y 0.
-        for (int64_t k = 0; k < 4; ++k) {
-          std::fill(gates_row + k * H + j0, gates_row + k * H + j1, acc_t(0));
-        }
-        std::fill(y_row + j0, y_row + j1, scalar_t(0));
-        return;
-      }
-      const scalar_t* xg_row = xg_p + row * G;
-      const acc_t* gh_row = gh_p + b * G;
-      acc_t* h_row = h_p + b * H;
-      for (int64_t j = j0; j < j1; j += V::size()) {
-        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-        const V r = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w) +
-                             V::loadu(bias_p + j, w));
-        const V z = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w) +
-                             V::loadu(bias_p + H + j, w));
-        const V hn = V::loadu(gh_row + 2 * H + j, w) + V::loadu(bias_p + 2 * H + j, w);
-        const V nv = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
-        // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
-        const V h = nv + z * (V::loadu(h_row + j, w) - nv);
-        r.store(gates_row + j, w);
-        z.store(gates_row + H + j, w);
-        nv.store(gates_row + 2 * H + j, w);
-        hn.store(gates_row + 3 * H + j, w);
-        h.store(h_row + j, w);
-        store<acc_t>(y_row + j, h, w);
-      }
-    });
+    step.t = time_index(s, T, reverse);
+    step.gh = recurrent(h_state).data_ptr<acc_t>();
+    at::parallel_for(0, B * H, kPointwiseGrain,
+                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
   }
 }
 
@@ -134,57 +98,20 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
                        const at::Tensor& gates, at::Tensor& dh, at::Tensor& dGx,
                        at::Tensor& dGh) {
   using acc_t = at::opmath_type<scalar_t>;
-  using V = Vec<acc_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, G = 3 * H;
+  const int64_t T = n.T, B = n.B, H = n.H;
   const std::vector<at::Tensor> dGh_steps = dGh.unbind(0);
 
-  const scalar_t* dy_p = dy.data_ptr<scalar_t>();
-  const acc_t* hprev_p = hprev.data_ptr<acc_t>();
-  const acc_t* gates_p = gates.data_ptr<acc_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  acc_t* dh_p = dh.data_ptr<acc_t>();
-  acc_t* dGx_p = dGx.data_ptr<acc_t>();
-  acc_t* dGh_p = dGh.data_ptr<acc_t>();
+  GruBackwardStep<scalar_t> step{0, B, H, len, gates.data_ptr<acc_t>(), dy.data_ptr<scalar_t>(),
+                                 hprev.data_ptr<acc_t>(), dh.data_ptr<acc_t>(),
+                                 dGx.data_ptr<acc_t>(), dGh.data_ptr<acc_t>()};
+  const auto pass = pointwise_kernels<scalar_t>().gru_backward;
 
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_index(s, T, reverse);
-    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = t * B + b;
-      acc_t* dGx_row = dGx_p + row * G;
-      acc_t* dGh_row = dGh_p + row * G;
-      if (!row_active(len, b, t)) {
-        // Carried state: dh passes through unchanged, no gate gradient.
-        for (int64_t k = 0; k < 3; ++k) {
-          std::fill(dGx_row + k * H + j0, dGx_row + k * H + j1, acc_t(0));
-          std::fill(dGh_row + k * H + j0, dGh_row + k * H + j1, acc_t(0));
-        }
-        return;
-      }
-      const acc_t* gates_row = gates_p + row * 4 * H;
-      const scalar_t* dy_row = dy_p + row * H;
-      const acc_t* hprev_row = hprev_p + row * H;
-      acc_t* dh_row = dh_p + b * H;
-      const V one(acc_t(1));
-      for (int64_t j = j0; j < j1; j += V::size()) {
-        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-        const V r = V::loadu(gates_row + j, w);
-        const V z = V::loadu(gates_row + H + j, w);
-        const V nv = V::loadu(gates_row + 2 * H + j, w);
-        const V hn = V::loadu(gates_row + 3 * H + j, w);
-        const V dhv = V::loadu(dh_row + j, w) + load<acc_t>(dy_row + j, w);
-        const V d_n = dhv * (one - z) * (one - nv * nv);
-        const V d_z = dhv * (V::loadu(hprev_row + j, w) - nv) * z * (one - z);
-        const V d_r = d_n * hn * r * (one - r);
-        d_r.store(dGx_row + j, w);
-        d_z.store(dGx_row + H + j, w);
-        d_n.store(dGx_row + 2 * H + j, w);
-        d_r.store(dGh_row + j, w);
-        d_z.store(dGh_row + H + j, w);
-        (d_n * r).store(dGh_row + 2 * H + j, w);
-        // The direct path h_prev -> h; the product below adds dGh W_hh.
-        (dhv * z).store(dh_row + j, w);
-      }
-    });
+    step.t = t;
+    at::parallel_for(0, B * H, kPointwiseGrain,
+                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
     // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh).
     matmul_add(dh, dGh_steps[t], w_hh);
   }

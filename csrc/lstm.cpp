@@ -67,71 +67,32 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
                        at::Tensor& y, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& gates,
                        at::Tensor& c_all) {
   using acc_t = at::opmath_type<scalar_t>;
-  using V = Vec<acc_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
   const bool proj = w_hr.defined();
   const auto acc_opts = h_state.options();
   // Scratch, allocated once: the recurrent product and, with projection, its input and output.
-  at::Tensor gh = at::empty({B, G}, acc_opts);
+  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
   at::Tensor m = proj ? at::zeros({B, H}, acc_opts) : at::Tensor();
   at::Tensor hp = proj ? at::empty({B, P}, acc_opts) : at::Tensor();
-  const at::Tensor w_hh_t = w_hh.t();  // [P, 4H] view: BLAS reads it transposed, no copy
   const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
 
-  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   scalar_t* y_p = y.data_ptr<scalar_t>();
   acc_t* h_p = h_state.data_ptr<acc_t>();
-  acc_t* c_p = c_state.data_ptr<acc_t>();
-  acc_t* gates_p = gates.data_ptr<acc_t>();
-  acc_t* c_all_p = c_all.data_ptr<acc_t>();
-  const acc_t* gh_p = gh.data_ptr<acc_t>();
-  acc_t* m_p = proj ? m.data_ptr<acc_t>() : nullptr;
+  // o * tanh(c) is h itself, or the input of the projection.
+  LstmForwardStep<scalar_t> step{0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr,
+                                 c_state.data_ptr<acc_t>(), c_all.data_ptr<acc_t>(),
+                                 gates.data_ptr<acc_t>(), proj ? m.data_ptr<acc_t>() : h_p, y_p,
+                                 proj};
+  const auto pass = pointwise_kernels<scalar_t>().lstm_forward;
 
   for (const auto s : c10::irange(T)) {
     const int64_t t = time_index(s, T, reverse);
     // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
-    matmul(gh, h_state, w_hh_t);
-
-    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = t * B + b;
-      acc_t* c_row = c_p + b * H;
-      acc_t* c_all_row = c_all_p + row * H;
-      acc_t* gates_row = gates_p + row * G;
-      scalar_t* y_row = y_p + row * P;
-      if (!row_active(len, b, t)) {
-        // Past the row's length: state carried, gates 0, y 0 (with projection, y is written
-        // after the projection product).
-        std::copy(c_row + j0, c_row + j1, c_all_row + j0);
-        for (int64_t k = 0; k < 4; ++k) {
-          std::fill(gates_row + k * H + j0, gates_row + k * H + j1, acc_t(0));
-        }
-        if (proj) std::fill(m_p + b * H + j0, m_p + b * H + j1, acc_t(0));
-        else std::fill(y_row + j0, y_row + j1, scalar_t(0));
-        return;
-      }
-      const scalar_t* xg_row = xg_p + row * G;
-      const acc_t* gh_row = gh_p + b * G;
-      // o * tanh(c) is h itself, or the input of the projection.
-      acc_t* m_row = proj ? m_p + b * H : h_p + b * H;
-      for (int64_t j = j0; j < j1; j += V::size()) {
-        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-        const V i = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w));
-        const V f = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w));
-        const V g = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + V::loadu(gh_row + 2 * H + j, w));
-        const V o = vsigmoid(load<acc_t>(xg_row + 3 * H + j, w) + V::loadu(gh_row + 3 * H + j, w));
-        const V c = f * V::loadu(c_row + j, w) + i * g;
-        const V h = o * vtanh(c);
-        c.store(c_row + j, w);
-        c.store(c_all_row + j, w);
-        i.store(gates_row + j, w);
-        f.store(gates_row + H + j, w);
-        g.store(gates_row + 2 * H + j, w);
-        o.store(gates_row + 3 * H + j, w);
-        h.store(m_row + j, w);
-        if (!proj) store<acc_t>(y_row + j, h, w);
-      }
-    });
+    step.gh = recurrent(h_state).data_ptr<acc_t>();
+    step.t = t;
+    at::parallel_for(0, B * H, kPointwiseGrain,
+                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
 
     if (proj) {
       // h_t = (o * tanh(c)) W_hr^T for the whole batch; only active rows take it.
@@ -183,27 +144,23 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
                         at::Tensor& dh, at::Tensor& dc, at::Tensor& dG, at::Tensor& dh_all,
                         at::Tensor& m_all) {
   using acc_t = at::opmath_type<scalar_t>;
-  using V = Vec<acc_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
   const bool proj = w_hr.defined();
   at::Tensor dm = proj ? at::empty({B, H}, dh.options()) : at::Tensor();  // dh W_hr
   const std::vector<at::Tensor> dG_steps = dG.unbind(0);
   const std::vector<at::Tensor> dh_steps = proj ? dh_all.unbind(0) : std::vector<at::Tensor>();
 
   const scalar_t* dy_p = dy.data_ptr<scalar_t>();
-  const acc_t* c0_p = c0.data_ptr<acc_t>();
-  const acc_t* gates_p = gates.data_ptr<acc_t>();
-  const acc_t* c_all_p = c_all.data_ptr<acc_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   acc_t* dh_p = dh.data_ptr<acc_t>();
-  acc_t* dc_p = dc.data_ptr<acc_t>();
-  acc_t* dG_p = dG.data_ptr<acc_t>();
-  const acc_t* dm_p = proj ? dm.data_ptr<acc_t>() : dh_p;
-  acc_t* m_all_p = proj ? m_all.data_ptr<acc_t>() : nullptr;
+  LstmBackwardStep<scalar_t> step{0, T, B, H, reverse, proj, len, gates.data_ptr<acc_t>(),
+                                  c_all.data_ptr<acc_t>(), c0.data_ptr<acc_t>(),
+                                  proj ? dm.data_ptr<acc_t>() : dh_p, dc.data_ptr<acc_t>(),
+                                  dG.data_ptr<acc_t>(), proj ? m_all.data_ptr<acc_t>() : nullptr};
+  const auto pass = pointwise_kernels<scalar_t>().lstm_backward;
 
   for (int64_t s = T - 1; s >= 0; --s) {
     const int64_t t = time_index(s, T, reverse);
-    const int64_t t_prev = reverse ? t + 1 : t - 1;  // the step that ran just before t
     // dh += dy_t on active rows (y is a constant 0 past a row's length).
     for (const auto b : c10::irange(B)) {
       if (!row_active(len, b, t)) continue;
@@ -215,40 +172,9 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
       dh_steps[t].copy_(dh);
       matmul(dm, dh, w_hr);
     }
-
-    for_each_row_segment(B, H, [&](int64_t b, int64_t j0, int64_t j1) {
-      const int64_t row = t * B + b;
-      acc_t* dG_row = dG_p + row * G;
-      if (!row_active(len, b, t)) {
-        // Carried state: dh and dc pass through unchanged, no gate gradient.
-        for (int64_t k = 0; k < 4; ++k) {
-          std::fill(dG_row + k * H + j0, dG_row + k * H + j1, acc_t(0));
-        }
-        if (proj) std::fill(m_all_p + row * H + j0, m_all_p + row * H + j1, acc_t(0));
-        return;
-      }
-      const acc_t* gates_row = gates_p + row * G;
-      const acc_t* c_row = c_all_p + row * H;
-      const acc_t* c_prev_row =
-          t == first_step(len, b, T, reverse) ? c0_p + b * H : c_all_p + (t_prev * B + b) * H;
-      const V one(acc_t(1));
-      for (int64_t j = j0; j < j1; j += V::size()) {
-        const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-        const V i = V::loadu(gates_row + j, w);
-        const V f = V::loadu(gates_row + H + j, w);
-        const V g = V::loadu(gates_row + 2 * H + j, w);
-        const V o = V::loadu(gates_row + 3 * H + j, w);
-        const V tc = vtanh(V::loadu(c_row + j, w));
-        const V dmv = V::loadu(dm_p + b * H + j, w);
-        const V dcv = V::loadu(dc_p + b * H + j, w) + dmv * o * (one - tc * tc);
-        (dcv * g * i * (one - i)).store(dG_row + j, w);
-        (dcv * V::loadu(c_prev_row + j, w) * f * (one - f)).store(dG_row + H + j, w);
-        (dcv * i * (one - g * g)).store(dG_row + 2 * H + j, w);
-        (dmv * tc * o * (one - o)).store(dG_row + 3 * H + j, w);
-        (dcv * f).store(dc_p + b * H + j, w);
-        if (proj) (o * tc).store(m_all_p + row * H + j, w);
-      }
-    });
+    step.t = t;
+    at::parallel_for(0, B * H, kPointwiseGrain,
+                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
 
     // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0 and the
     // product is added onto the buffer, so active rows are cleared first).

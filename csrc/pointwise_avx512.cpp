@@ -1,0 +1,12 @@
+// The pointwise passes for AVX-512: 16 floats per vector, Sleef's exp / tanh (expf16_u10,
+// tanhf16_u10). setup.py compiles this file, by its name, with ATen's AVX512 flags
+// (-mavx512f -mavx512bw -mavx512vl -mavx512dq -mfma); it runs only where
+// at::get_cpu_capability() says AVX512.
+#ifndef __AVX512F__
+#error "pointwise_avx512.cpp must be compiled with -mavx512f -mavx512bw -mavx512vl -mavx512dq"
+#endif
+#define CPU_CAPABILITY AVX512
+#define CPU_CAPABILITY_AVX512
+#include "pointwise_kernels.h"
+
+GATED_KERNELS_INSTANTIATE_POINTWISE()

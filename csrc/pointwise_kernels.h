@@ -1,0 +1,266 @@
+// The pointwise passes, written once and compiled per CPU capability: included only by the
+// pointwise_<capability>.cpp files, each of which defines CPU_CAPABILITY (and, for AVX2 and AVX512,
+// CPU_CAPABILITY_AVX2 / CPU_CAPABILITY_AVX512) before this header, as ATen's build does. That
+// selects at::vec's inline namespace: 8 floats per Vectorized with AVX2, 16 with AVX512, and
+// exp / tanh from Sleef's vector functions (exported by libtorch_cpu, 1-ulp accurate).
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY (DEFAULT, AVX2 or AVX512) before including pointwise_kernels.h"
+#endif
+
+#include "pointwise.h"
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace gated_kernels {
+namespace CPU_CAPABILITY {
+namespace {
+
+template <typename acc_t>
+using Vec = at::vec::Vectorized<acc_t>;
+
+template <typename acc_t>
+inline Vec<acc_t> vsigmoid(const Vec<acc_t>& x) {
+  // 1 / (1 + exp(-x)): exp overflows to inf for x < -88 (float), and 1 / inf = 0 is the limit.
+  return (Vec<acc_t>(acc_t(1)) + x.neg().exp()).reciprocal();
+}
+
+template <typename acc_t>
+inline Vec<acc_t> vtanh(const Vec<acc_t>& x) {
+  return x.tanh();
+}
+
+// Loads n <= Vec<acc_t>::size() values of storage type scalar_t as the accumulation type.
+template <typename acc_t, typename scalar_t>
+inline Vec<acc_t> load(const scalar_t* p, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    return Vec<acc_t>::loadu(p, n);
+  } else {
+    // bfloat16 -> float is a 16-bit shift per lane; a Vectorized<BFloat16> holds two float vectors.
+    if (n == Vec<acc_t>::size()) {
+      Vec<acc_t> out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+    return std::get<0>(at::vec::convert_to_float<scalar_t>(Vec<scalar_t>::loadu(p, n)));
+  }
+}
+
+// Stores n <= Vec<acc_t>::size() values, rounding to scalar_t (to nearest even for bfloat16).
+template <typename acc_t, typename scalar_t>
+inline void store(scalar_t* p, const Vec<acc_t>& v, int64_t n) {
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<scalar_t>(v, v).store(p, n);
+  }
+}
+
+// Calls fn(b, j0, j1) for the row segments that make up the flat range [begin, end) of B*H.
+template <typename F>
+inline void for_each_row_segment(int64_t begin, int64_t end, int64_t H, const F& fn) {
+  for (int64_t idx = begin; idx < end;) {
+    const int64_t b = idx / H;
+    const int64_t j0 = idx - b * H;
+    const int64_t j1 = std::min(H, j0 + (end - idx));
+    fn(b, j0, j1);
+    idx += j1 - j0;
+  }
+}
+
+template <typename acc_t>
+inline void fill(acc_t* p, int64_t j0, int64_t j1, acc_t value) {
+  std::fill(p + j0, p + j1, value);
+}
+
+template <typename scalar_t>
+void lstm_forward(const LstmForwardStep<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t H = a.H, G = 4 * H;
+  for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    const int64_t row = a.t * a.B + b;
+    acc_t* c_row = a.c + b * H;
+    acc_t* c_all_row = a.c_all + row * H;
+    acc_t* gates_row = a.gates + row * G;
+    acc_t* m_row = a.m + b * H;
+    scalar_t* y_row = a.y + row * a.P;
+    if (!row_active(a.lengths, b, a.t)) {
+      // Past the row's length: state carried, gates 0, y 0 (with projection, y is written
+      // after the projection product, from m = 0).
+      std::copy(c_row + j0, c_row + j1, c_all_row + j0);
+      for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      if (a.proj) fill(m_row, j0, j1, acc_t(0));
+      else fill(y_row, j0, j1, scalar_t(0));
+      return;
+    }
+    const scalar_t* xg_row = a.xg + row * G;
+    const acc_t* gh_row = a.gh + b * G;
+    for (int64_t j = j0; j < j1; j += V::size()) {
+      const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+      const V i = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w));
+      const V f = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w));
+      const V g = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + V::loadu(gh_row + 2 * H + j, w));
+      const V o = vsigmoid(load<acc_t>(xg_row + 3 * H + j, w) + V::loadu(gh_row + 3 * H + j, w));
+      const V c = f * V::loadu(c_row + j, w) + i * g;
+      const V m = o * vtanh(c);
+      c.store(c_row + j, w);
+      c.store(c_all_row + j, w);
+      i.store(gates_row + j, w);
+      f.store(gates_row + H + j, w);
+      g.store(gates_row + 2 * H + j, w);
+      o.store(gates_row + 3 * H + j, w);
+      m.store(m_row + j, w);
+      if (!a.proj) store<acc_t>(y_row + j, m, w);
+    }
+  });
+}
+
+template <typename scalar_t>
+void lstm_backward(const LstmBackwardStep<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t H = a.H, G = 4 * H;
+  const int64_t t_prev = a.reverse ? a.t + 1 : a.t - 1;  // the step that ran just before t
+  const V one(acc_t(1));
+  for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    const int64_t row = a.t * a.B + b;
+    acc_t* dG_row = a.dG + row * G;
+    if (!row_active(a.lengths, b, a.t)) {
+      // Carried state: dh and dc pass through unchanged, no gate gradient.
+      for (int64_t k = 0; k < 4; ++k) fill(dG_row + k * H, j0, j1, acc_t(0));
+      if (a.proj) fill(a.m_all + row * H, j0, j1, acc_t(0));
+      return;
+    }
+    const acc_t* gates_row = a.gates + row * G;
+    const acc_t* c_row = a.c_all + row * H;
+    const acc_t* c_prev_row = a.t == first_step(a.lengths, b, a.T, a.reverse)
+                                  ? a.c0 + b * H
+                                  : a.c_all + (t_prev * a.B + b) * H;
+    const acc_t* dm_row = a.dm + b * H;
+    acc_t* dc_row = a.dc + b * H;
+    for (int64_t j = j0; j < j1; j += V::size()) {
+      const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+      const V i = V::loadu(gates_row + j, w);
+      const V f = V::loadu(gates_row + H + j, w);
+      const V g = V::loadu(gates_row + 2 * H + j, w);
+      const V o = V::loadu(gates_row + 3 * H + j, w);
+      const V tc = vtanh(V::loadu(c_row + j, w));
+      const V dm = V::loadu(dm_row + j, w);
+      const V dc = V::loadu(dc_row + j, w) + dm * o * (one - tc * tc);
+      (dc * g * i * (one - i)).store(dG_row + j, w);
+      (dc * V::loadu(c_prev_row + j, w) * f * (one - f)).store(dG_row + H + j, w);
+      (dc * i * (one - g * g)).store(dG_row + 2 * H + j, w);
+      (dm * tc * o * (one - o)).store(dG_row + 3 * H + j, w);
+      (dc * f).store(dc_row + j, w);
+      if (a.proj) (o * tc).store(a.m_all + row * H + j, w);
+    }
+  });
+}
+
+template <typename scalar_t>
+void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t H = a.H, G = 3 * H;
+  const acc_t* bias = a.b_hh;
+  for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    const int64_t row = a.t * a.B + b;
+    acc_t* gates_row = a.gates + row * 4 * H;
+    scalar_t* y_row = a.y + row * H;
+    if (!row_active(a.lengths, b, a.t)) {
+      // Past the row's length: state carried, gates 0, y 0.
+      for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      fill(y_row, j0, j1, scalar_t(0));
+      return;
+    }
+    const scalar_t* xg_row = a.xg + row * G;
+    const acc_t* gh_row = a.gh + b * G;
+    acc_t* h_row = a.h + b * H;
+    for (int64_t j = j0; j < j1; j += V::size()) {
+      const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+      const V r = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w) +
+                           V::loadu(bias + j, w));
+      const V z = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w) +
+                           V::loadu(bias + H + j, w));
+      const V hn = V::loadu(gh_row + 2 * H + j, w) + V::loadu(bias + 2 * H + j, w);
+      const V n = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
+      // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
+      const V h = n + z * (V::loadu(h_row + j, w) - n);
+      r.store(gates_row + j, w);
+      z.store(gates_row + H + j, w);
+      n.store(gates_row + 2 * H + j, w);
+      hn.store(gates_row + 3 * H + j, w);
+      h.store(h_row + j, w);
+      store<acc_t>(y_row + j, h, w);
+    }
+  });
+}
+
+template <typename scalar_t>
+void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end) {
+  using acc_t = at::opmath_type<scalar_t>;
+  using V = Vec<acc_t>;
+  const int64_t H = a.H, G = 3 * H;
+  const V one(acc_t(1));
+  for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
+    const int64_t row = a.t * a.B + b;
+    acc_t* dGx_row = a.dGx + row * G;
+    acc_t* dGh_row = a.dGh + row * G;
+    if (!row_active(a.lengths, b, a.t)) {
+      // Carried state: dh passes through unchanged, no gate gradient.
+      for (int64_t k = 0; k < 3; ++k) {
+        fill(dGx_row + k * H, j0, j1, acc_t(0));
+        fill(dGh_row + k * H, j0, j1, acc_t(0));
+      }
+      return;
+    }
+    const acc_t* gates_row = a.gates + row * 4 * H;
+    const scalar_t* dy_row = a.dy + row * H;
+    const acc_t* hprev_row = a.hprev + row * H;
+    acc_t* dh_row = a.dh + b * H;
+    for (int64_t j = j0; j < j1; j += V::size()) {
+      const int64_t w = std::min<int64_t>(V::size(), j1 - j);
+      const V r = V::loadu(gates_row + j, w);
+      const V z = V::loadu(gates_row + H + j, w);
+      const V n = V::loadu(gates_row + 2 * H + j, w);
+      const V hn = V::loadu(gates_row + 3 * H + j, w);
+      const V dh = V::loadu(dh_row + j, w) + load<acc_t>(dy_row + j, w);
+      const V d_n = dh * (one - z) * (one - n * n);
+      const V d_z = dh * (V::loadu(hprev_row + j, w) - n) * z * (one - z);
+      const V d_r = d_n * hn * r * (one - r);
+      d_r.store(dGx_row + j, w);
+      d_z.store(dGx_row + H + j, w);
+      d_n.store(dGx_row + 2 * H + j, w);
+      d_r.store(dGh_row + j, w);
+      d_z.store(dGh_row + H + j, w);
+      (d_n * r).store(dGh_row + 2 * H + j, w);
+      // The direct path h_prev -> h; the recurrent product adds dGh W_hh afterwards.
+      (dh * z).store(dh_row + j, w);
+    }
+  });
+}
+
+}  // namespace
+
+template <typename scalar_t>
+PointwiseKernels<scalar_t> pointwise_kernels() {
+  return {&lstm_forward<scalar_t>, &lstm_backward<scalar_t>, &gru_forward<scalar_t>,
+          &gru_backward<scalar_t>};
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace gated_kernels
+
+// The tables each capability file provides: the three dtypes of the ops.
+#define GATED_KERNELS_INSTANTIATE_POINTWISE()                                                   \
+  namespace gated_kernels::CPU_CAPABILITY {                                                     \
+  template PointwiseKernels<float> pointwise_kernels<float>();                                  \
+  template PointwiseKernels<double> pointwise_kernels<double>();                                \
+  template PointwiseKernels<c10::BFloat16> pointwise_kernels<c10::BFloat16>();                  \
+  }
