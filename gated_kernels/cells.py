@@ -25,10 +25,13 @@ def _check_cell_state(input, state, index, hidden_size):
 
 
 class _CellBase:
-    """What both cells share: the backend, conversion from torch.nn, input checks."""
+    """What both cells share: the constructor (torch.nn's arguments plus `backend`), conversion
+    from torch.nn, input checks. A mixin placed before nn.LSTMCell / nn.GRUCell."""
 
-    def _init_backend(self, backend):
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 backend="auto"):
         check_backend_name(backend)
+        super().__init__(input_size, hidden_size, bias, device, dtype)
         self.backend = backend
 
     def extra_repr(self):
@@ -78,11 +81,6 @@ class LSTMCell(_CellBase, nn.LSTMCell):
     (3, 20)
     """
 
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 backend="auto"):
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-        self._init_backend(backend)
-
     def forward(self, input, hx=None):
         self._check_rank(input)
         if isinstance(hx, torch.Tensor):
@@ -114,11 +112,6 @@ class GRUCell(_CellBase, nn.GRUCell):
     >>> tuple(cell(torch.randn(3, 10)).shape)
     (3, 20)
     """
-
-    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 backend="auto"):
-        super().__init__(input_size, hidden_size, bias, device, dtype)
-        self._init_backend(backend)
 
     def forward(self, input, hx=None):
         self._check_rank(input)

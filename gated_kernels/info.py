@@ -15,6 +15,7 @@ import torch
 
 import gated_kernels
 from gated_kernels import backends
+from gated_kernels.bench.cli import sizes
 
 
 def _version(package):
@@ -42,16 +43,6 @@ def backend_status():
     return status
 
 
-def _shape(text):
-    try:
-        B, T, I, H = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected B,T,I,H (four integers), got {text!r}")
-    if min(B, T, I, H) <= 0:
-        raise argparse.ArgumentTypeError(f"B, T, I and H must be positive, got {text!r}")
-    return B, T, I, H
-
-
 # Without a GPU, the path is given for an H100 SXM: 132 SMs, 227 KB of shared memory a program.
 H100 = {"num_sms": 132, "shared_bytes": 227 * 1024}
 
@@ -69,7 +60,7 @@ def triton_path(B, H, dtype):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m gated_kernels.info")
-    parser.add_argument("--shape", type=_shape, metavar="B,T,I,H",
+    parser.add_argument("--shape", type=sizes("B,T,I,H"), metavar="B,T,I,H",
                         help="also print the Triton path the heuristic picks for this shape")
     args = parser.parse_args(argv)
     cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None

@@ -16,14 +16,23 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
-def _shape(text):
-    try:
-        T, B, I, H = (int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected T,B,I,H (four integers), got {text!r}")
-    if min(T, B, I, H) <= 0:
-        raise argparse.ArgumentTypeError(f"T, B, I and H must be positive, got {text!r}")
-    return T, B, I, H
+def sizes(names):
+    """An argparse type for comma-separated positive sizes, e.g. sizes("T,B,I,H")."""
+    count = len(names.split(","))
+
+    def parse(text):
+        try:
+            values = tuple(int(v) for v in text.split(","))
+        except ValueError:
+            values = ()
+        if len(values) != count:
+            raise argparse.ArgumentTypeError(
+                f"expected {names} ({count} integers), got {text!r}")
+        if min(values) <= 0:
+            raise argparse.ArgumentTypeError(f"{names} must all be positive, got {text!r}")
+        return values
+
+    return parse
 
 
 def _positive(text):
@@ -44,7 +53,7 @@ def parse_args(argv):
     p.add_argument("--dtype", choices=tuple(DTYPES), help="replace the suite's dtypes")
     p.add_argument("--layers", type=_positive, help="replace the number of layers")
     p.add_argument("--bidirectional", action="store_true", help="make every case bidirectional")
-    p.add_argument("--shape", type=_shape, action="append", metavar="T,B,I,H",
+    p.add_argument("--shape", type=sizes("T,B,I,H"), action="append", metavar="T,B,I,H",
                    help="custom shapes instead of the suite's (repeatable)")
     p.add_argument("--backend", default="auto", choices=("auto", "cpp", "triton", "reference"),
                    help="gated_kernels backend under test")
@@ -112,7 +121,8 @@ def _progress(items):
         from tqdm import tqdm
     except ImportError:  # the bench extra brings tqdm; without it, no bar
         return items
-    return tqdm(items, unit="case", leave=False, file=sys.stderr)
+    # disable=None: no bar when stderr is not a terminal (CI logs, redirected runs).
+    return tqdm(items, unit="case", leave=False, file=sys.stderr, disable=None)
 
 
 def main(argv=None):
