@@ -35,6 +35,18 @@ def test_gate_fails_a_wrong_implementation_and_reports_no_speedup(mode):
     assert "1 failed the gate" in report.summary("custom", [record])
 
 
+def test_a_case_that_cannot_run_is_an_error_record():
+    def broken(theirs, backend="auto"):
+        raise RuntimeError("no kernel for this dtype")
+
+    case = Case("LSTM", "fwd", T=6, B=3, I=5, H=4)
+    record = cli.run_case(case, report.provenance("cpu"), {}, ours_factory=broken)
+    assert record["gate"] == "ERROR" and record["speedup"] is None
+    assert record["error"] == "RuntimeError: no kernel for this dtype"
+    assert report.row(record)[4] == "-"
+    assert "1 could not run" in report.summary("custom", [record])
+
+
 def test_gate_passes_the_real_implementation():
     case = Case("LSTM", "fwdbwd", T=6, B=3, I=5, H=4)
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
@@ -54,7 +66,7 @@ def test_outputs_json_markdown_and_plot(tmp_path, capsys):
         "allowed_out_error", "allowed_grad_error", "ours_median_s", "ours_p20_s", "ours_p80_s",
         "torch_median_s", "torch_p20_s", "torch_p80_s", "ours_runs", "torch_runs",
         "ours_peak_bytes", "torch_peak_bytes", "speedup", "machine", "threads", "torch",
-        "triton", "cudnn", "gated_kernels", "git_commit", "timestamp",
+        "triton", "cudnn", "gated_kernels", "git_commit", "timestamp", "error",
     }
     for record in records:
         assert required <= set(record), required - set(record)

@@ -90,29 +90,38 @@ def select_cases(args):
     return list(dict.fromkeys(cases))  # overrides can make cases equal
 
 
+MEASURED = [f"{n}_{k}" for n in ("ours", "torch") for k in
+            ("median_s", "p20_s", "p80_s", "runs", "peak_bytes", "out_error", "grad_error")]
+
+
 def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1.0):
     """One record: the gate (shared by the fwd and fwdbwd case of a shape), then, if it
-    passed, interleaved timing and peak memory of gated_kernels and torch.nn."""
-    theirs = measure.torch_module(case)
-    ours = (ours_factory or measure.ours_module)(theirs, backend=backend)
-    x = measure.make_input(case)
-    key = case.shape_key()
-    if key not in gates:
-        gates[key] = measure.gate(case, theirs, ours, x)
-    errors = gates[key]
-    record = {"case": case.name, **asdict(case), **errors, **prov}
-    record["gate"] = "PASS" if measure.gate_passed(case, errors) else "FAIL"
-    record.update({f"{n}_{k}": None for n in ("ours", "torch") for k in
-                   ("median_s", "p20_s", "p80_s", "runs", "peak_bytes")}, speedup=None)
-    if record["gate"] == "FAIL":
-        return record
-    steps = {"ours": measure.step_fn(case, ours, x), "torch": measure.step_fn(case, theirs, x)}
-    timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
-    for name, t in timing.items():
-        record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
-                       f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
-                       f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name], case.device)})
-    record["speedup"] = timing["torch"]["median"] / timing["ours"]["median"]
+    passed, interleaved timing and peak memory of gated_kernels and torch.nn. A case that cannot
+    run at all (say, a dtype one side does not support on this device) is recorded as ERROR with
+    the reason, and the run goes on."""
+    record = {"case": case.name, **asdict(case), **prov, "gate": "ERROR", "error": None,
+              "speedup": None, **dict.fromkeys(MEASURED)}
+    try:
+        theirs = measure.torch_module(case)
+        ours = (ours_factory or measure.ours_module)(theirs, backend=backend)
+        x = measure.make_input(case)
+        key = case.shape_key()
+        if key not in gates:
+            gates[key] = measure.gate(case, theirs, ours, x)
+        record.update(gates[key])
+        record["gate"] = "PASS" if measure.gate_passed(case, gates[key]) else "FAIL"
+        if record["gate"] == "FAIL":
+            return record
+        steps = {"ours": measure.step_fn(case, ours, x), "torch": measure.step_fn(case, theirs, x)}
+        timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
+        for name, t in timing.items():
+            record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
+                           f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
+                           f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name],
+                                                                           case.device)})
+        record["speedup"] = timing["torch"]["median"] / timing["ours"]["median"]
+    except Exception as error:  # noqa: BLE001 - reported in the record, the suite goes on
+        record.update(gate="ERROR", speedup=None, error=f"{type(error).__name__}: {error}")
     return record
 
 
@@ -139,6 +148,9 @@ def main(argv=None):
     for case in _progress(cases):
         records.append(run_case(case, prov, gates, args.backend, min_seconds=args.min_seconds))
     print(report.table(records))
+    for r in records:
+        if r["error"]:
+            print(f"ERROR {r['case']}: {r['error']}")
     print(report.summary(name, records))
     if args.json:
         report.write_json(args.json, records)

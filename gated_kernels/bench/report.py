@@ -74,14 +74,18 @@ def _mb(nbytes):
     return "-" if nbytes is None else f"{nbytes / 2**20:.1f}"
 
 
+def _err(value):
+    return "-" if value is None else f"{value:.1e}"
+
+
 def row(record):
-    """One table row; a case that failed the gate shows no speedup."""
+    """One table row; a case that failed the gate (or could not run) shows no speedup."""
     passed = record["gate"] == "PASS"
     speedup = f"{record['speedup']:.2f}x" if passed else "-"
     error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
     return (record["case"], record["gate"], _ms(record["ours_median_s"]),
-            _ms(record["torch_median_s"]), speedup, f"{record['ours_' + error_key]:.1e}",
-            f"{record['torch_' + error_key]:.1e}", _mb(record["ours_peak_bytes"]),
+            _ms(record["torch_median_s"]), speedup, _err(record["ours_" + error_key]),
+            _err(record["torch_" + error_key]), _mb(record["ours_peak_bytes"]),
             _mb(record["torch_peak_bytes"]))
 
 
@@ -100,7 +104,10 @@ def _geomean(values):
 def summary(suite, records):
     """One line: cases, gate failures, geometric-mean speedup per mode, the range."""
     passed = [r for r in records if r["gate"] == "PASS"]
-    parts = [f"{suite}: {len(records)} cases, {len(records) - len(passed)} failed the gate"]
+    failed = sum(r["gate"] == "FAIL" for r in records)
+    errors = sum(r["gate"] == "ERROR" for r in records)
+    parts = [f"{suite}: {len(records)} cases, {failed} failed the gate"
+             + (f", {errors} could not run" if errors else "")]
     for mode in ("fwd", "fwdbwd"):
         speedups = [r["speedup"] for r in passed if r["mode"] == mode]
         if speedups:
