@@ -29,7 +29,7 @@ import torch, triton
 print(f"torch {torch.__version__}, triton {triton.__version__}, cudnn {torch.backends.cudnn.version()}, "
     f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)")
 PY
-run 150 python -m pytest -q -m cuda tests/test_triton_gpu.py --junitxml "$out/gpu_tests.xml"
+run 150 python -m pytest -q -m cuda tests --junitxml "$out/gpu_tests.xml"
 run 150 python -m gated_kernels.bench --suite gpu --device cuda --min-seconds 0.2 \
   --json "$out/gpu_suite.json" --markdown "$out/gpu_suite.md"
 run 45 python -m gated_kernels.bench --suite flashrnn --device cuda --min-seconds 0.5 \
