@@ -40,8 +40,8 @@ struct LstmForwardStep {
   const scalar_t* xg;  // [T, B, 4H] input gates
   const acc_t* gh;     // [B, 4H] h_{t-1} W_hh^T
   acc_t* c;            // [B, H] running cell state, updated in place
-  acc_t* c_all;        // [T, B, H]
-  acc_t* gates;        // [T, B, 4H] post-activation i, f, g, o
+  acc_t* c_all;        // [T, B, H]; nullptr for the inference pass
+  acc_t* gates;        // [T, B, 4H] post-activation i, f, g, o; nullptr for the inference pass
   acc_t* m;            // [B, H] o * tanh(c): the running h, or the projection's input
   scalar_t* y;         // [T, B, P] written here only without projection
   bool proj;
@@ -93,6 +93,8 @@ struct GruBackwardStep {
 template <typename scalar_t>
 struct PointwiseKernels {
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t begin, int64_t end);
+  // lstm_forward without the stores of gates and c_all (for lstm_inference).
+  void (*lstm_inference)(const LstmForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t begin, int64_t end);

@@ -8,6 +8,8 @@ exist wherever the package imports; device kernels register against them: the C+
 Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
       -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], c_all [T,B,H]
+  lstm_inference(xg, w_hh, w_hr?, h0, c0, lengths?, reverse)
+      -> y, h_n, c_n: lstm_forward's first three outputs (the same values), with nothing saved
   lstm_backward(dy, dh_n, dc_n, w_hh, w_hr?, h0, c0, lengths?, reverse, y, gates, c_all)
       -> dxg [T,B,4H], dw_hh [4H,P], dw_hr [P,H] (or [0] without w_hr), dh0 [B,P], dc0 [B,H]
   gru_forward(xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H], lengths [B]?, reverse)
@@ -23,6 +25,10 @@ LIBRARY = torch.library.Library("gated_kernels", "DEF")
 LIBRARY.define(
     "lstm_forward(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
     "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
+)
+LIBRARY.define(
+    "lstm_inference(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
+    "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
     "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
@@ -41,7 +47,8 @@ LIBRARY.define(
 # The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
 # which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "gru_backward")
+for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 
@@ -59,8 +66,18 @@ def _triton_kernel(name):
     return kernel
 
 
+def _lstm_inference_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    """lstm_inference on CUDA: the Triton forward, its saved tensors dropped (the Triton kernels
+    have no variant without them yet)."""
+    from gated_kernels.triton_kernels import launchers
+
+    with torch.no_grad():
+        return launchers.lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
+
+
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
+LIBRARY.impl("lstm_inference", _lstm_inference_triton, "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -170,6 +187,12 @@ def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
         xg.new_empty(T, B, 4 * H, dtype=acc),
         xg.new_empty(T, B, H, dtype=acc),
     )
+
+
+@torch.library.register_fake("gated_kernels::lstm_inference")
+def _lstm_inference_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    return xg.new_empty(T, B, P), xg.new_empty(B, P), xg.new_empty(B, H)
 
 
 @torch.library.register_fake("gated_kernels::lstm_backward")
