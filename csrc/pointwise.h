@@ -71,7 +71,7 @@ struct GruForwardStep {
   const acc_t* gh;     // [B, 3H] h_{t-1} W_hh^T
   const acc_t* b_hh;   // [3H]
   acc_t* h;            // [B, H] running state, updated in place
-  acc_t* gates;        // [T, B, 4H] r, z, n, hn
+  acc_t* gates;        // [T, B, 4H] r, z, n, hn; nullptr for the inference pass
   scalar_t* y;         // [T, B, H]
 };
 
@@ -97,6 +97,8 @@ struct PointwiseKernels {
   void (*lstm_inference)(const LstmForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
+  // gru_forward without the stores of gates (for gru_inference).
+  void (*gru_inference)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t begin, int64_t end);
 };
 

@@ -169,7 +169,8 @@ void lstm_backward(const LstmBackwardStep<scalar_t>& a, int64_t begin, int64_t e
   });
 }
 
-template <typename scalar_t>
+// kSave: write gates for backward (gru_forward); without it (gru_inference) a.gates is null.
+template <typename scalar_t, bool kSave>
 void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -177,11 +178,13 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
   const acc_t* bias = a.b_hh;
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
-    acc_t* gates_row = a.gates + row * 4 * H;
+    acc_t* gates_row = kSave ? a.gates + row * 4 * H : nullptr;
     scalar_t* y_row = a.y + row * H;
     if (!row_active(a.lengths, b, a.t)) {
       // Past the row's length: state carried, gates 0, y 0.
-      for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      if constexpr (kSave) {
+        for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      }
       fill(y_row, j0, j1, scalar_t(0));
       return;
     }
@@ -198,10 +201,12 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
       const V n = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
       // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
       const V h = n + z * (V::loadu(h_row + j, w) - n);
-      r.store(gates_row + j, w);
-      z.store(gates_row + H + j, w);
-      n.store(gates_row + 2 * H + j, w);
-      hn.store(gates_row + 3 * H + j, w);
+      if constexpr (kSave) {
+        r.store(gates_row + j, w);
+        z.store(gates_row + H + j, w);
+        n.store(gates_row + 2 * H + j, w);
+        hn.store(gates_row + 3 * H + j, w);
+      }
       h.store(h_row + j, w);
       store<acc_t>(y_row + j, h, w);
     }
@@ -257,7 +262,7 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
 template <typename scalar_t>
 PointwiseKernels<scalar_t> pointwise_kernels() {
   return {&lstm_forward<scalar_t, true>, &lstm_forward<scalar_t, false>, &lstm_backward<scalar_t>,
-          &gru_forward<scalar_t>, &gru_backward<scalar_t>};
+          &gru_forward<scalar_t, true>, &gru_forward<scalar_t, false>, &gru_backward<scalar_t>};
 }
 
 }  // namespace CPU_CAPABILITY

@@ -82,3 +82,14 @@ class GRUFunction(torch.autograd.Function):
             dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
         )
         return dxg, dw_hh, db_hh, dh0, None, None, None
+
+
+def gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
+    """(y, h_n): GRUFunction where a gradient may be asked for; else the gru_inference operator,
+    the same values without the gates [T, B, 4H] that backward reads."""
+    if needs_grad(xg, w_hh, b_hh, h0):
+        return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
+    if backend == "triton" and xg.device.type == "cpu":
+        # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
+        return _op("gru_forward", backend, xg.device)(xg, w_hh, b_hh, h0, lengths, reverse)[:2]
+    return torch.ops.gated_kernels.gru_inference(xg, w_hh, b_hh, h0, lengths, reverse)

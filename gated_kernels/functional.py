@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import GRUFunction, lstm_recurrence
+from gated_kernels.autograd import gru_recurrence, lstm_recurrence
 from gated_kernels.backends import resolve_backend
 
 
@@ -55,7 +55,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return reference.gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse)
-    return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
+    return gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend)
 
 
 def _split_weights(weights, has_bias, has_proj):

@@ -14,6 +14,7 @@ Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
       -> dxg [T,B,4H], dw_hh [4H,P], dw_hr [P,H] (or [0] without w_hr), dh0 [B,P], dc0 [B,H]
   gru_forward(xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H], lengths [B]?, reverse)
       -> y [T,B,H], h_n [B,H], gates [T,B,4H]
+  gru_inference(xg, w_hh, b_hh, h0, lengths?, reverse) -> y, h_n: gru_forward's, nothing saved
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
 `gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
@@ -40,6 +41,10 @@ LIBRARY.define(
     "-> (Tensor y, Tensor h_n, Tensor gates)"
 )
 LIBRARY.define(
+    "gru_inference(Tensor xg, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n)"
+)
+LIBRARY.define(
     "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
     "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
 )
@@ -47,7 +52,8 @@ LIBRARY.define(
 # The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
 # which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "gru_backward")
+OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "gru_inference",
+             "gru_backward")
 for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
@@ -66,18 +72,23 @@ def _triton_kernel(name):
     return kernel
 
 
-def _lstm_inference_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
-    """lstm_inference on CUDA: the Triton forward, its saved tensors dropped (the Triton kernels
-    have no variant without them yet)."""
-    from gated_kernels.triton_kernels import launchers
+def _triton_inference(name, outputs):
+    """The CUDA kernel of an inference operator: the Triton forward `name`, its saved tensors
+    dropped (the Triton kernels have no variant without them yet)."""
 
-    with torch.no_grad():
-        return launchers.lstm_forward(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
+    def kernel(*args):
+        from gated_kernels.triton_kernels import launchers
+
+        with torch.no_grad():
+            return getattr(launchers, name)(*args)[:outputs]
+
+    return kernel
 
 
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
-LIBRARY.impl("lstm_inference", _lstm_inference_triton, "CUDA")
+LIBRARY.impl("lstm_inference", _triton_inference("lstm_forward", 3), "CUDA")
+LIBRARY.impl("gru_inference", _triton_inference("gru_forward", 2), "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -217,6 +228,12 @@ def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
         xg.new_empty(B, H),
         xg.new_empty(T, B, 4 * H, dtype=saved_dtype(xg.dtype)),
     )
+
+
+@torch.library.register_fake("gated_kernels::gru_inference")
+def _gru_inference_fake(xg, w_hh, b_hh, h0, lengths, reverse):
+    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
+    return xg.new_empty(T, B, H), xg.new_empty(B, H)
 
 
 @torch.library.register_fake("gated_kernels::gru_backward")
