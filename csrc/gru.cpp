@@ -14,6 +14,9 @@
 //                       length), in the accumulation type (float for bfloat16 inputs)
 //   No output aliases an input.
 //
+// gru_inference(xg, w_hh, b_hh, h0, lengths, reverse) -> (y, h_n)
+//   gru_forward's first two outputs, bitwise the same, without allocating or writing gates.
+//
 // gru_backward(dy, dh_n, w_hh, h0, lengths, reverse, y, gates)
 //   -> (dxg [T, B, 3H], dw_hh [3H, H], db_hh [3H], dh0 [B, H])
 //   dxg = [dr, dz, dn] (pre-activation); the recurrent side sees [dr, dz, dn * r] instead, which
@@ -51,12 +54,15 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = n.T, B = n.B, H = n.H;
   StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
+  const bool save = gates.defined();  // undefined: inference, nothing saved for backward
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   GruForwardStep<scalar_t> step{0, B, H, len, xg.data_ptr<scalar_t>(), nullptr,
                                 b_hh.data_ptr<acc_t>(), h_state.data_ptr<acc_t>(),
-                                gates.data_ptr<acc_t>(), y.data_ptr<scalar_t>()};
-  const auto pass = pointwise_kernels<scalar_t>().gru_forward;
+                                save ? gates.data_ptr<acc_t>() : nullptr,
+                                y.data_ptr<scalar_t>()};
+  const auto& kernels = pointwise_kernels<scalar_t>();
+  const auto pass = save ? kernels.gru_forward : kernels.gru_inference;
 
   for (const auto s : c10::irange(T)) {
     step.t = time_index(s, T, reverse);
@@ -66,9 +72,10 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
+// The forward of both ops; `save` allocates and fills gates (else it stays undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_run(
     const at::Tensor& xg_in, const at::Tensor& w_hh, const at::Tensor& b_hh,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths_in, bool reverse) {
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths_in, bool reverse, bool save) {
   const KernelGuard guard;
   const int64_t H = check_input_gates(xg_in, 3, "r, z, n");
   const GruSizes n = check_gru_args(xg_in.size(0), xg_in.size(1), H,
@@ -82,7 +89,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
   const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
 
   at::Tensor y = new_output({n.T, n.B, n.H}, xg.options());
-  at::Tensor gates = new_output({n.T, n.B, 4 * n.H}, acc_opts);
+  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, acc_opts) : at::Tensor();
   at::Tensor h_state = to_acc(h0, /*copy=*/true);  // the running state; becomes h_n
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xg.scalar_type(), "gru_forward_cpu", [&] {
@@ -90,6 +97,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
                                gates);
   });
   return {y, h_state.to(xg.scalar_type()), gates};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
+    const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  return gru_run(xg, w_hh, b_hh, h0, lengths, reverse, /*save=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor> gru_inference_cpu(
+    const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  auto [y, h_n, gates] = gru_run(xg, w_hh, b_hh, h0, lengths, reverse, /*save=*/false);
+  return {y, h_n};
 }
 
 template <typename scalar_t>
@@ -159,6 +179,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
 
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
   m.impl("gru_forward", &gru_forward_cpu);
+  m.impl("gru_inference", &gru_inference_cpu);
   m.impl("gru_backward", &gru_backward_cpu);
 }
 

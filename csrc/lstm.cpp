@@ -14,6 +14,11 @@
 //   gates and c_all are in the accumulation type (float for bfloat16 inputs). No output aliases
 //   an input.
 //
+// lstm_inference(xg, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n)
+//   lstm_forward's first three outputs, bitwise the same, without allocating or writing gates
+//   and c_all: the same loop and pass with the backward stores compiled out, for callers that
+//   need no gradient.
+//
 // lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all)
 //   -> (dxg [T, B, 4H], dw_hh [4H, P], dw_hr [P, H] or [0], dh0 [B, P], dc0 [B, H])
 //   dxg is dG, the gradient of the pre-activation gates; the caller turns it into dx, dW_ih and
@@ -66,6 +71,8 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
                        const at::Tensor& w_hr, const at::Tensor& lengths, bool reverse,
                        at::Tensor& y, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& gates,
                        at::Tensor& c_all) {
+  // gates and c_all undefined: inference, nothing saved for backward.
+  const bool save = gates.defined();
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
   const bool proj = w_hr.defined();
@@ -81,10 +88,12 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
   acc_t* h_p = h_state.data_ptr<acc_t>();
   // o * tanh(c) is h itself, or the input of the projection.
   LstmForwardStep<scalar_t> step{0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr,
-                                 c_state.data_ptr<acc_t>(), c_all.data_ptr<acc_t>(),
-                                 gates.data_ptr<acc_t>(), proj ? m.data_ptr<acc_t>() : h_p, y_p,
+                                 c_state.data_ptr<acc_t>(),
+                                 save ? c_all.data_ptr<acc_t>() : nullptr,
+                                 save ? gates.data_ptr<acc_t>() : nullptr, proj ? m.data_ptr<acc_t>() : h_p, y_p,
                                  proj};
-  const auto pass = pointwise_kernels<scalar_t>().lstm_forward;
+  const auto& kernels = pointwise_kernels<scalar_t>();
+  const auto pass = save ? kernels.lstm_forward : kernels.lstm_inference;
 
   for (const auto s : c10::irange(T)) {
     const int64_t t = time_index(s, T, reverse);
@@ -111,10 +120,11 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
   }
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+// The forward of both ops; `save` allocates and fills gates and c_all (else they stay undefined).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_run(
     const at::Tensor& xg_in, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
-    bool reverse) {
+    bool reverse, bool save) {
   const KernelGuard guard;
   const int64_t H = check_input_gates(xg_in, 4, "i, f, g, o");
   const LstmSizes n = check_lstm_args(xg_in.size(0), xg_in.size(1), H,
@@ -124,8 +134,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
   const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
 
   at::Tensor y = new_output({n.T, n.B, n.P}, xg.options());
-  at::Tensor gates = new_output({n.T, n.B, 4 * n.H}, acc_opts);
-  at::Tensor c_all = new_output({n.T, n.B, n.H}, acc_opts);
+  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, acc_opts) : at::Tensor();
+  at::Tensor c_all = save ? new_output({n.T, n.B, n.H}, acc_opts) : at::Tensor();
   // The running state in the accumulation type; it becomes h_n and c_n.
   at::Tensor h_state = to_acc(h0, /*copy=*/true);
   at::Tensor c_state = to_acc(c0, /*copy=*/true);
@@ -135,6 +145,22 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                                 reverse, y, h_state, c_state, gates, c_all);
   });
   return {y, h_state.to(xg.scalar_type()), c_state.to(xg.scalar_type()), gates, c_all};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
+    const at::Tensor& xg, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+    bool reverse) {
+  return lstm_run(xg, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/true);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
+    const at::Tensor& xg, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+    bool reverse) {
+  auto [y, h_n, c_n, gates, c_all] =
+      lstm_run(xg, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/false);
+  return {y, h_n, c_n};
 }
 
 template <typename scalar_t>
@@ -237,6 +263,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
 
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
+  m.impl("lstm_inference", &lstm_inference_cpu);
   m.impl("lstm_backward", &lstm_backward_cpu);
 }
 

@@ -40,8 +40,8 @@ struct LstmForwardStep {
   const scalar_t* xg;  // [T, B, 4H] input gates
   const acc_t* gh;     // [B, 4H] h_{t-1} W_hh^T
   acc_t* c;            // [B, H] running cell state, updated in place
-  acc_t* c_all;        // [T, B, H]
-  acc_t* gates;        // [T, B, 4H] post-activation i, f, g, o
+  acc_t* c_all;        // [T, B, H]; nullptr for the inference pass
+  acc_t* gates;        // [T, B, 4H] post-activation i, f, g, o; nullptr for the inference pass
   acc_t* m;            // [B, H] o * tanh(c): the running h, or the projection's input
   scalar_t* y;         // [T, B, P] written here only without projection
   bool proj;
@@ -71,7 +71,7 @@ struct GruForwardStep {
   const acc_t* gh;     // [B, 3H] h_{t-1} W_hh^T
   const acc_t* b_hh;   // [3H]
   acc_t* h;            // [B, H] running state, updated in place
-  acc_t* gates;        // [T, B, 4H] r, z, n, hn
+  acc_t* gates;        // [T, B, 4H] r, z, n, hn; nullptr for the inference pass
   scalar_t* y;         // [T, B, H]
 };
 
@@ -93,8 +93,12 @@ struct GruBackwardStep {
 template <typename scalar_t>
 struct PointwiseKernels {
   void (*lstm_forward)(const LstmForwardStep<scalar_t>&, int64_t begin, int64_t end);
+  // lstm_forward without the stores of gates and c_all (for lstm_inference).
+  void (*lstm_inference)(const LstmForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*lstm_backward)(const LstmBackwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_forward)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
+  // gru_forward without the stores of gates (for gru_inference).
+  void (*gru_inference)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t begin, int64_t end);
 };
 

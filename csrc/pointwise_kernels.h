@@ -78,7 +78,9 @@ inline void fill(acc_t* p, int64_t j0, int64_t j1, acc_t value) {
   std::fill(p + j0, p + j1, value);
 }
 
-template <typename scalar_t>
+// kSave: write gates and c_all for backward (lstm_forward); without it (lstm_inference) both
+// pointers are null and the pass stores only the state, m and y.
+template <typename scalar_t, bool kSave>
 void lstm_forward(const LstmForwardStep<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -86,15 +88,17 @@ void lstm_forward(const LstmForwardStep<scalar_t>& a, int64_t begin, int64_t end
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
     acc_t* c_row = a.c + b * H;
-    acc_t* c_all_row = a.c_all + row * H;
-    acc_t* gates_row = a.gates + row * G;
+    acc_t* c_all_row = kSave ? a.c_all + row * H : nullptr;
+    acc_t* gates_row = kSave ? a.gates + row * G : nullptr;
     acc_t* m_row = a.m + b * H;
     scalar_t* y_row = a.y + row * a.P;
     if (!row_active(a.lengths, b, a.t)) {
       // Past the row's length: state carried, gates 0, y 0 (with projection, y is written
       // after the projection product, from m = 0).
-      std::copy(c_row + j0, c_row + j1, c_all_row + j0);
-      for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      if constexpr (kSave) {
+        std::copy(c_row + j0, c_row + j1, c_all_row + j0);
+        for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      }
       if (a.proj) fill(m_row, j0, j1, acc_t(0));
       else fill(y_row, j0, j1, scalar_t(0));
       return;
@@ -110,11 +114,13 @@ void lstm_forward(const LstmForwardStep<scalar_t>& a, int64_t begin, int64_t end
       const V c = f * V::loadu(c_row + j, w) + i * g;
       const V m = o * vtanh(c);
       c.store(c_row + j, w);
-      c.store(c_all_row + j, w);
-      i.store(gates_row + j, w);
-      f.store(gates_row + H + j, w);
-      g.store(gates_row + 2 * H + j, w);
-      o.store(gates_row + 3 * H + j, w);
+      if constexpr (kSave) {
+        c.store(c_all_row + j, w);
+        i.store(gates_row + j, w);
+        f.store(gates_row + H + j, w);
+        g.store(gates_row + 2 * H + j, w);
+        o.store(gates_row + 3 * H + j, w);
+      }
       m.store(m_row + j, w);
       if (!a.proj) store<acc_t>(y_row + j, m, w);
     }
@@ -163,7 +169,8 @@ void lstm_backward(const LstmBackwardStep<scalar_t>& a, int64_t begin, int64_t e
   });
 }
 
-template <typename scalar_t>
+// kSave: write gates for backward (gru_forward); without it (gru_inference) a.gates is null.
+template <typename scalar_t, bool kSave>
 void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) {
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
@@ -171,11 +178,13 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
   const acc_t* bias = a.b_hh;
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
-    acc_t* gates_row = a.gates + row * 4 * H;
+    acc_t* gates_row = kSave ? a.gates + row * 4 * H : nullptr;
     scalar_t* y_row = a.y + row * H;
     if (!row_active(a.lengths, b, a.t)) {
       // Past the row's length: state carried, gates 0, y 0.
-      for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      if constexpr (kSave) {
+        for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+      }
       fill(y_row, j0, j1, scalar_t(0));
       return;
     }
@@ -192,10 +201,12 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
       const V n = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
       // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
       const V h = n + z * (V::loadu(h_row + j, w) - n);
-      r.store(gates_row + j, w);
-      z.store(gates_row + H + j, w);
-      n.store(gates_row + 2 * H + j, w);
-      hn.store(gates_row + 3 * H + j, w);
+      if constexpr (kSave) {
+        r.store(gates_row + j, w);
+        z.store(gates_row + H + j, w);
+        n.store(gates_row + 2 * H + j, w);
+        hn.store(gates_row + 3 * H + j, w);
+      }
       h.store(h_row + j, w);
       store<acc_t>(y_row + j, h, w);
     }
@@ -250,8 +261,8 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
 
 template <typename scalar_t>
 PointwiseKernels<scalar_t> pointwise_kernels() {
-  return {&lstm_forward<scalar_t>, &lstm_backward<scalar_t>, &gru_forward<scalar_t>,
-          &gru_backward<scalar_t>};
+  return {&lstm_forward<scalar_t, true>, &lstm_forward<scalar_t, false>, &lstm_backward<scalar_t>,
+          &gru_forward<scalar_t, true>, &gru_forward<scalar_t, false>, &gru_backward<scalar_t>};
 }
 
 }  // namespace CPU_CAPABILITY

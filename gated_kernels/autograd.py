@@ -45,6 +45,23 @@ class LSTMFunction(torch.autograd.Function):
         return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
 
 
+def needs_grad(*tensors):
+    """Whether autograd would record an op on these tensors (None entries are skipped)."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
+
+
+def lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
+    """(y, h_n, c_n): LSTMFunction where a gradient may be asked for; else the lstm_inference
+    operator, which returns the same values without computing and storing the tensors that
+    backward reads (gates [T, B, 4H] and c_all [T, B, H])."""
+    if needs_grad(xg, w_hh, w_hr, h0, c0):
+        return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+    if backend == "triton" and xg.device.type == "cpu":
+        # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
+        return _op("lstm_forward", backend, xg.device)(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
+    return torch.ops.gated_kernels.lstm_inference(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+
+
 class GRUFunction(torch.autograd.Function):
     """(xg, w_hh, b_hh, h0, lengths or None, reverse, backend) -> (y, h_n)"""
 
@@ -65,3 +82,14 @@ class GRUFunction(torch.autograd.Function):
             dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
         )
         return dxg, dw_hh, db_hh, dh0, None, None, None
+
+
+def gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
+    """(y, h_n): GRUFunction where a gradient may be asked for; else the gru_inference operator,
+    the same values without the gates [T, B, 4H] that backward reads."""
+    if needs_grad(xg, w_hh, b_hh, h0):
+        return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
+    if backend == "triton" and xg.device.type == "cpu":
+        # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
+        return _op("gru_forward", backend, xg.device)(xg, w_hh, b_hh, h0, lengths, reverse)[:2]
+    return torch.ops.gated_kernels.gru_inference(xg, w_hh, b_hh, h0, lengths, reverse)

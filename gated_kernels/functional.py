@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import GRUFunction, LSTMFunction
+from gated_kernels.autograd import gru_recurrence, lstm_recurrence
 from gated_kernels.backends import resolve_backend
 
 
@@ -34,7 +34,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
         # refuses an autograd.Function that gets the same tensor as two inputs.
         c0 = c0.clone()
-    return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+    # Without grad (inference), an operator that skips the tensors saved for backward.
+    return lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
@@ -54,7 +55,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return reference.gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse)
-    return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
+    return gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend)
 
 
 def _split_weights(weights, has_bias, has_proj):

@@ -8,10 +8,13 @@ exist wherever the package imports; device kernels register against them: the C+
 Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
       -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], c_all [T,B,H]
+  lstm_inference(xg, w_hh, w_hr?, h0, c0, lengths?, reverse)
+      -> y, h_n, c_n: lstm_forward's first three outputs (the same values), with nothing saved
   lstm_backward(dy, dh_n, dc_n, w_hh, w_hr?, h0, c0, lengths?, reverse, y, gates, c_all)
       -> dxg [T,B,4H], dw_hh [4H,P], dw_hr [P,H] (or [0] without w_hr), dh0 [B,P], dc0 [B,H]
   gru_forward(xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H], lengths [B]?, reverse)
       -> y [T,B,H], h_n [B,H], gates [T,B,4H]
+  gru_inference(xg, w_hh, b_hh, h0, lengths?, reverse) -> y, h_n: gru_forward's, nothing saved
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
 `gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
@@ -25,6 +28,10 @@ LIBRARY.define(
     "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
 )
 LIBRARY.define(
+    "lstm_inference(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
+    "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
+)
+LIBRARY.define(
     "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
     "Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor c_all) "
     "-> (Tensor dxg, Tensor dw_hh, Tensor dw_hr, Tensor dh0, Tensor dc0)"
@@ -34,6 +41,10 @@ LIBRARY.define(
     "-> (Tensor y, Tensor h_n, Tensor gates)"
 )
 LIBRARY.define(
+    "gru_inference(Tensor xg, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n)"
+)
+LIBRARY.define(
     "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
     "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
 )
@@ -41,7 +52,9 @@ LIBRARY.define(
 # The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
 # which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
+OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "gru_inference",
+             "gru_backward")
+for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 
@@ -59,8 +72,23 @@ def _triton_kernel(name):
     return kernel
 
 
+def _triton_inference(name, outputs):
+    """The CUDA kernel of an inference operator: the Triton forward `name`, its saved tensors
+    dropped (the Triton kernels have no variant without them yet)."""
+
+    def kernel(*args):
+        from gated_kernels.triton_kernels import launchers
+
+        with torch.no_grad():
+            return getattr(launchers, name)(*args)[:outputs]
+
+    return kernel
+
+
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
+LIBRARY.impl("lstm_inference", _triton_inference("lstm_forward", 3), "CUDA")
+LIBRARY.impl("gru_inference", _triton_inference("gru_forward", 2), "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -172,6 +200,12 @@ def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     )
 
 
+@torch.library.register_fake("gated_kernels::lstm_inference")
+def _lstm_inference_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+    T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    return xg.new_empty(T, B, P), xg.new_empty(B, P), xg.new_empty(B, H)
+
+
 @torch.library.register_fake("gated_kernels::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
     T, B, G = gates.shape
@@ -194,6 +228,12 @@ def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
         xg.new_empty(B, H),
         xg.new_empty(T, B, 4 * H, dtype=saved_dtype(xg.dtype)),
     )
+
+
+@torch.library.register_fake("gated_kernels::gru_inference")
+def _gru_inference_fake(xg, w_hh, b_hh, h0, lengths, reverse):
+    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
+    return xg.new_empty(T, B, H), xg.new_empty(B, H)
 
 
 @torch.library.register_fake("gated_kernels::gru_backward")

@@ -105,3 +105,65 @@ def test_gru_forward_rejects_tensors_on_another_device(name):
     args[name] = args[name].to("meta")
     with pytest.raises(ValueError, match=f"{name} must be on cpu .* got meta"):
         torch.ops.gated_kernels.gru_forward(**args)
+
+
+# ---- gru_inference: gru_forward's (y, h_n) without the gates saved for backward ----
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gru_inference_equals_forward_bitwise(case, dtype):
+    T, B, H, lengths, reverse = case
+    *args, lens = gru_inputs(T, B, H, lengths, dtype=dtype)
+    expected = torch.ops.gated_kernels.gru_forward(*args, lens, reverse)[:2]
+    actual = torch.ops.gated_kernels.gru_inference(*args, lens, reverse)
+    assert len(actual) == 2
+    for name, a, e in zip(OUTPUTS, actual, expected):
+        assert a.dtype == e.dtype and torch.equal(a, e), name
+
+
+def test_gru_inference_poisoned_outputs_are_all_written(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = gru_inputs(7, 4, 9, [7, 1, 3, 5])
+    for reverse in (False, True):
+        outs = torch.ops.gated_kernels.gru_inference(*args, lens, reverse)
+        for name, t in zip(OUTPUTS, outs):
+            assert torch.isfinite(t).all(), name
+
+
+def test_gru_inference_opcheck():
+    *args, lens = gru_inputs(4, 3, 5, [4, 2, 1])
+    torch.library.opcheck(torch.ops.gated_kernels.gru_inference.default, (*args, lens, True))
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_gru_inference_rejects_bad_input(args, message):
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.ops.gated_kernels.gru_inference(**args)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_gru_layer_uses_inference_only_without_grad(grad, monkeypatch):
+    """gru_layer takes gru_inference exactly when nothing needs a gradient, with the same y."""
+    from gated_kernels.functional import gru_layer
+
+    T, B, I, H = 5, 3, 4, 6
+    g = torch.Generator().manual_seed(0)
+    x, w_ih, w_hh = (torch.randn(*s, generator=g) for s in [(T, B, I), (3 * H, I), (3 * H, H)])
+    h0 = torch.zeros(B, H)
+    expected = gru_layer(x, h0, w_ih, w_hh.requires_grad_(), backend="cpp")
+    calls = []
+    real = torch.ops.gated_kernels.gru_inference
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a)
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.gated_kernels, "gru_inference", Spy())
+    with torch.set_grad_enabled(grad):
+        out = gru_layer(x, h0, w_ih, w_hh, backend="cpp")
+    assert len(calls) == (0 if grad else 1)
+    assert out[0].requires_grad == grad
+    for a, e in zip(out, expected):
+        assert torch.equal(a.detach(), e.detach())

@@ -115,3 +115,67 @@ def test_lstm_forward_rejects_tensors_on_another_device(name):
     args[name] = args[name].to("meta")
     with pytest.raises(ValueError, match=f"{name} must be on cpu .* got meta"):
         torch.ops.gated_kernels.lstm_forward(**args)
+
+
+# ---- lstm_inference: lstm_forward's (y, h_n, c_n) without the tensors saved for backward ----
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_lstm_inference_equals_forward_bitwise(case, dtype):
+    T, B, H, P, lengths, reverse = case
+    *args, lens = lstm_inputs(T, B, H, P, lengths, dtype=dtype)
+    expected = torch.ops.gated_kernels.lstm_forward(*args, lens, reverse)[:3]
+    actual = torch.ops.gated_kernels.lstm_inference(*args, lens, reverse)
+    assert len(actual) == 3
+    for name, a, e in zip(OUTPUTS, actual, expected):
+        assert a.dtype == e.dtype and torch.equal(a, e), name
+
+
+def test_lstm_inference_poisoned_outputs_are_all_written(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    for P in (None, 5):
+        *args, lens = lstm_inputs(7, 4, 9, P, [7, 1, 3, 5])
+        for reverse in (False, True):
+            outs = torch.ops.gated_kernels.lstm_inference(*args, lens, reverse)
+            for name, t in zip(OUTPUTS, outs):
+                assert torch.isfinite(t).all(), name
+
+
+@pytest.mark.parametrize("P", [None, 3], ids=["H5", "H5-P3"])
+def test_lstm_inference_opcheck(P):
+    *args, lens = lstm_inputs(4, 3, 5, P, [4, 2, 1])
+    torch.library.opcheck(torch.ops.gated_kernels.lstm_inference.default, (*args, lens, True))
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS.values(), ids=BAD_INPUTS.keys())
+def test_lstm_inference_rejects_bad_input(args, message):
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        torch.ops.gated_kernels.lstm_inference(**args)
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+def test_lstm_layer_uses_inference_only_without_grad(grad, monkeypatch):
+    """lstm_layer takes lstm_inference exactly when nothing needs a gradient, with the same y."""
+    from gated_kernels.functional import lstm_layer
+
+    T, B, I, H = 5, 3, 4, 6
+    g = torch.Generator().manual_seed(0)
+    x, w_ih, w_hh = (torch.randn(*s, generator=g) for s in [(T, B, I), (4 * H, I), (4 * H, H)])
+    h0, c0 = torch.zeros(B, H), torch.zeros(B, H)
+    expected = lstm_layer(x, h0, c0, w_ih, w_hh.requires_grad_(), backend="cpp")
+    calls = []
+    real = torch.ops.gated_kernels.lstm_inference
+
+    class Spy:
+        def __call__(self, *a):
+            calls.append(a)
+            return real(*a)
+
+    monkeypatch.setattr(torch.ops.gated_kernels, "lstm_inference", Spy())
+    with torch.set_grad_enabled(grad):
+        out = lstm_layer(x, h0, c0, w_ih, w_hh, backend="cpp")
+    assert len(calls) == (0 if grad else 1)
+    assert out[0].requires_grad == grad
+    for a, e in zip(out, expected):
+        assert torch.equal(a.detach(), e.detach())
