@@ -47,6 +47,26 @@ def test_a_case_that_cannot_run_is_an_error_record():
     assert "1 could not run" in report.summary("custom", [record])
 
 
+def test_peers_are_left_out_silently_where_absent():
+    from gated_kernels.bench import peers
+
+    assert peers.available(Case("LSTM", "fwd", T=6, B=3, I=5, H=4)) == {}  # CPU: no peers
+
+
+def test_a_peer_that_runs_gets_its_own_column(monkeypatch):
+    from gated_kernels.bench import peers
+
+    def fake_peer(case):  # stands in for haste / flashrnn, which need a GPU
+        return torch.nn.GRU(case.I, case.H)
+
+    monkeypatch.setattr(peers, "available", lambda case: {"fake": fake_peer})
+    case = Case("GRU", "fwdbwd", T=6, B=3, I=5, H=4)
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["peers"]["fake"] > 0
+    assert "fake ms" in report.table([record]).splitlines()[0]
+    assert "fake ms" in report.markdown("custom", [record], report.provenance("cpu"))
+
+
 def test_gate_passes_the_real_implementation():
     case = Case("LSTM", "fwdbwd", T=6, B=3, I=5, H=4)
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)

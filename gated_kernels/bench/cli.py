@@ -6,7 +6,7 @@ from dataclasses import asdict, replace
 
 import torch
 
-from gated_kernels.bench import measure, report
+from gated_kernels.bench import measure, peers, report
 from gated_kernels.bench.suites import CELLS, DTYPES, MODES, SUITES, Case, suite
 
 
@@ -113,7 +113,15 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
         if record["gate"] == "FAIL":
             return record
         steps = {"ours": measure.step_fn(case, ours, x), "torch": measure.step_fn(case, theirs, x)}
+        record["peers"], record["peer_errors"] = {}, {}
+        for name, factory in peers.available(case).items():
+            try:
+                steps[name] = measure.step_fn(case, factory(case), x)
+            except Exception as error:  # noqa: BLE001 - a peer that cannot run this case
+                record["peer_errors"][name] = f"{type(error).__name__}: {error}"
         timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
+        for name in set(steps) - {"ours", "torch"}:
+            record["peers"][name] = timing.pop(name)["median"]
         for name, t in timing.items():
             record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
                            f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],

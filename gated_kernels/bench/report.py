@@ -78,20 +78,32 @@ def _err(value):
     return "-" if value is None else f"{value:.1e}"
 
 
-def row(record):
-    """One table row; a case that failed the gate (or could not run) shows no speedup."""
+def peer_names(records):
+    return sorted({name for r in records for name in (r.get("peers") or {})})
+
+
+def columns(records):
+    return COLUMNS + tuple(f"{name} ms" for name in peer_names(records))
+
+
+def row(record, peer_columns=()):
+    """One table row; a case that failed the gate (or could not run) shows no speedup. Peer
+    medians follow, where a peer ran."""
     passed = record["gate"] == "PASS"
     speedup = f"{record['speedup']:.2f}x" if passed else "-"
     error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
     return (record["case"], record["gate"], _ms(record["ours_median_s"]),
             _ms(record["torch_median_s"]), speedup, _err(record["ours_" + error_key]),
             _err(record["torch_" + error_key]), _mb(record["ours_peak_bytes"]),
-            _mb(record["torch_peak_bytes"]))
+            _mb(record["torch_peak_bytes"]),
+            *(_ms((record.get("peers") or {}).get(name)) for name in peer_columns))
 
 
 def table(records):
-    rows = [COLUMNS] + [row(r) for r in records]
-    widths = [max(len(r[k]) for r in rows) for k in range(len(COLUMNS))]
+    names = peer_names(records)
+    head = columns(records)
+    rows = [head] + [row(r, names) for r in records]
+    widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
     return "\n".join([lines[0], "-" * len(lines[0]), *lines[1:]])
@@ -123,8 +135,8 @@ def markdown(suite, records, prov):
              "process; speedup = torch.nn time / gated_kernels time; errors are the largest "
              "relative error against a float64 reference (gradients for fwdbwd, outputs for "
              "fwd); MB is peak memory allocated during one call.", "",
-             "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row(r)) + " |" for r in records]
+             "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
+    lines += ["| " + " | ".join(row(r, peer_names(records))) + " |" for r in records]
     return "\n".join(lines) + "\n"
 
 
