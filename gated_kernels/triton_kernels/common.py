@@ -49,7 +49,9 @@ def shared_memory(device):
     """Shared memory one program may use on `device` (None: no limit, the interpreter)."""
     if device.type != "cuda":
         return None
-    return torch.cuda.get_device_properties(device).shared_memory_per_block_optin
+    # Older torch builds lack the field: then no limit is assumed (the H100's 227 KB covers
+    # every configuration the heuristic picks).
+    return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)
 
 
 def persistent_max_h(dtype, shared_bytes=None):
