@@ -32,7 +32,11 @@ inline Vec<acc_t> vsigmoid(const Vec<acc_t>& x) {
 
 template <typename acc_t>
 inline Vec<acc_t> vtanh(const Vec<acc_t>& x) {
-  return x.tanh();
+  // tanh(x) = 2 sigmoid(2x) - 1: one exp and one reciprocal, cheaper than Sleef's tanh; the
+  // limits hold (exp(-2x) -> 0 gives 1, -> inf gives -1) and the absolute error stays at a few
+  // ulp of 1.
+  const Vec<acc_t> two(acc_t(2));
+  return two * vsigmoid(two * x) - Vec<acc_t>(acc_t(1));
 }
 
 // Loads n <= Vec<acc_t>::size() values of storage type scalar_t as the accumulation type.
