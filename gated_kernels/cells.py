@@ -55,6 +55,21 @@ class _CellBase:
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
                              f"{input.dim()}D instead")
 
+    def _batched(self, input, states, count):
+        """(input [N, I], `count` states [N, H], is_batched): unbatched input and states gain a
+        batch dimension, missing states are zeros (one tensor shared, as torch.nn does), and the
+        states are checked against the input with ATen's messages."""
+        is_batched = input.dim() == 2
+        if not is_batched:
+            input = input.unsqueeze(0)
+        if states is None:
+            states = (input.new_zeros(input.size(0), self.hidden_size),) * count
+        elif not is_batched:
+            states = tuple(s.unsqueeze(0) for s in states)
+        for index, state in enumerate(states):
+            _check_cell_state(input, state, index, self.hidden_size)
+        return input, states, is_batched
+
     def _step(self, layer, input, states):
         """One step through `layer` (lstm_layer or gru_layer) in the dtype torch.nn's cell would
         use under autocast."""
@@ -91,16 +106,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
                     raise ValueError(f"LSTMCell: Expected hx[{index}] to be 1D or 2D, got "
                                      f"{value.dim()}D instead")
         self._check_input_size(input)
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            zeros = input.new_zeros(input.size(0), self.hidden_size)
-            hx = (zeros, zeros)
-        elif not is_batched:
-            hx = (hx[0].unsqueeze(0), hx[1].unsqueeze(0))
-        for index, state in enumerate(hx):
-            _check_cell_state(input, state, index, self.hidden_size)
+        input, hx, is_batched = self._batched(input, hx, count=2)
         h, c = self._step(lstm_layer, input, hx)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
@@ -118,13 +124,6 @@ class GRUCell(_CellBase, nn.GRUCell):
         if hx is not None and hx.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         self._check_input_size(input)
-        is_batched = input.dim() == 2
-        if not is_batched:
-            input = input.unsqueeze(0)
-        if hx is None:
-            hx = input.new_zeros(input.size(0), self.hidden_size)
-        elif not is_batched:
-            hx = hx.unsqueeze(0)
-        _check_cell_state(input, hx, 0, self.hidden_size)
-        (h,) = self._step(gru_layer, input, (hx,))
+        input, hx, is_batched = self._batched(input, None if hx is None else (hx,), count=1)
+        (h,) = self._step(gru_layer, input, hx)
         return h if is_batched else h.squeeze(0)
