@@ -98,6 +98,10 @@ def _ddp_worker(rank, world_size, init_file, tokens, targets, result_file):
     # still holds the connection can abort ("terminate called without an active exception").
     dist.barrier()
     dist.destroy_process_group()
+    # Leave without running interpreter-exit destructors: gloo's threads have intermittently
+    # aborted there ("terminate called without an active exception", 2 runs in ~60) after the
+    # work above had finished; the result is already on disk.
+    os._exit(0)
 
 
 def test_ddp_one_step_equals_single_process_on_the_combined_batch(tmp_path):
