@@ -24,6 +24,7 @@
 //   dxg is dG, the gradient of the pre-activation gates; the caller turns it into dx, dW_ih and
 //   the bias gradients with matrix products.
 #include "common.h"
+#include "team.h"
 
 #include <torch/library.h>
 
@@ -66,6 +67,17 @@ LstmSizes check_lstm_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
   return {T, B, H, P};
 }
 
+// One thread's part of the forward: its hidden units and projected units, its rows of W_hh
+// (i, f, g, o of its units, side by side) and of W_hr, and its copy of the pass arguments.
+template <typename scalar_t>
+struct LstmForwardThread {
+  using acc_t = at::opmath_type<scalar_t>;
+  UnitRange units, proj_units;
+  ThreadProduct<acc_t> recurrent;                  // h_{t-1} W_hh^T for its units
+  std::optional<ThreadProduct<acc_t>> projection;  // m W_hr^T for its projected units
+  LstmForwardStep<scalar_t> step;
+};
+
 template <typename scalar_t>
 void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tensor& w_hh,
                        const at::Tensor& w_hr, const at::Tensor& lengths, bool reverse,
@@ -76,48 +88,96 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
   const bool proj = w_hr.defined();
-  const auto acc_opts = h_state.options();
-  // Scratch, allocated once: the recurrent product and, with projection, its input and output.
-  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
-  at::Tensor m = proj ? at::zeros({B, H}, acc_opts) : at::Tensor();
-  at::Tensor hp = proj ? at::empty({B, P}, acc_opts) : at::Tensor();
-  const at::Tensor w_hr_t = proj ? w_hr.t() : at::Tensor();
+  // Step s reads h_{t-1} from h[s % 2] and writes h_t into the other buffer: a thread may start
+  // writing its units of h_t while another still multiplies by h_{t-1}.
+  const std::vector<at::Tensor> h = {h_state, at::empty_like(h_state)};
+  // o * tanh(c) for the whole batch: the projection's input (without projection it is h_t).
+  at::Tensor m = proj ? at::zeros({B, H}, h_state.options()) : at::Tensor();
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   scalar_t* y_p = y.data_ptr<scalar_t>();
-  acc_t* h_p = h_state.data_ptr<acc_t>();
-  // o * tanh(c) is h itself, or the input of the projection.
-  LstmForwardStep<scalar_t> step{0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr,
-                                 c_state.data_ptr<acc_t>(),
-                                 save ? c_all.data_ptr<acc_t>() : nullptr,
-                                 save ? gates.data_ptr<acc_t>() : nullptr, proj ? m.data_ptr<acc_t>() : h_p, y_p,
-                                 proj};
+  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
+  acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const auto& kernels = pointwise_kernels<scalar_t>();
   const auto pass = save ? kernels.lstm_forward : kernels.lstm_inference;
 
-  for (const auto s : c10::irange(T)) {
-    const int64_t t = time_index(s, T, reverse);
-    // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
-    step.gh = recurrent(h_state).data_ptr<acc_t>();
-    step.t = t;
-    at::parallel_for(0, B * H, kPointwiseGrain,
-                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
-
+  const auto setup = [&](int tid, int nthreads) {
+    const UnitRange units = team_units(H, tid, nthreads);
+    // Packed products for a team, but not for a B=1 product whose rows outgrow half of a
+    // core's 2 MB L2 (T=100, B=1: H=256, 0.5 MB a thread, packed 3.4 vs 4.7 ms; H=512, 2 MB,
+    // packed 5.8 vs 4.5 ms).
+    const bool pack = nthreads > 1 &&
+                      (B > 1 || 4 * units.size() * P * w_hh.element_size() <= (1 << 20));
+    std::vector<at::Tensor> rows;
+    for (const auto k : c10::irange(4)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
+    LstmForwardThread<scalar_t> thread{units, team_units(P, tid, nthreads),
+                                       ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
+                                       std::nullopt,
+                                       {}};
     if (proj) {
-      // h_t = (o * tanh(c)) W_hr^T for the whole batch; only active rows take it.
-      matmul(hp, m, w_hr_t);
-      const acc_t* hp_p = hp.data_ptr<acc_t>();
-      for (const auto b : c10::irange(B)) {
-        scalar_t* y_row = y_p + (t * B + b) * P;
-        if (row_active(len, b, t)) {
-          std::copy(hp_p + b * P, hp_p + (b + 1) * P, h_p + b * P);
-          for (const auto k : c10::irange(P)) y_row[k] = static_cast<scalar_t>(hp_p[b * P + k]);
-        } else {
-          std::fill(y_row, y_row + P, scalar_t(0));
+      thread.projection.emplace(
+          w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),
+          std::vector<at::Tensor>{m}, nthreads > 1);
+    }
+    thread.step = {0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr, units.begin, units.size(),
+                   c_state.data_ptr<acc_t>(), save ? c_all.data_ptr<acc_t>() : nullptr,
+                   save ? gates.data_ptr<acc_t>() : nullptr, nullptr, y_p, proj};
+    return thread;
+  };
+
+  const auto loop = [&](int, int, LstmForwardThread<scalar_t>& thread, Team& team) {
+    const UnitRange units = thread.units, pu = thread.proj_units;
+    LstmForwardStep<scalar_t>& step = thread.step;
+    for (const auto s : c10::irange(T)) {
+      const int64_t t = time_index(s, T, reverse);
+      acc_t* h_prev = h_p[s % 2];
+      acc_t* h_next = h_p[(s + 1) % 2];
+      if (units.size() > 0) {
+        // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
+        // xg_t of its units (4 short runs a row) comes from memory: 26 MB at T=100, B=64, H=256.
+        // Requested here, it arrives while the product runs; loaded in the pass, the waits were
+        // about 40% of the pass.
+        for (const auto b : c10::irange(B)) {
+          for (const auto k : c10::irange(4)) {
+            prefetch(xg_p + (t * B + b) * 4 * H + k * H + units.begin, units.size());
+          }
+        }
+        step.gh = thread.recurrent(s % 2);
+        step.t = t;
+        step.m = proj ? m.data_ptr<acc_t>() : h_next;
+        for (const auto b : c10::irange(B)) pass(step, b * H + units.begin, b * H + units.end);
+      }
+      if (proj) {
+        team.barrier();  // every unit of m written
+        // h_t = (o * tanh(c)) W_hr^T on its projected units; only active rows take it.
+        const acc_t* hp = pu.size() > 0 ? (*thread.projection)(0) : nullptr;
+        for (const auto b : c10::irange(B)) {
+          scalar_t* y_row = y_p + (t * B + b) * P;
+          if (row_active(len, b, t)) {
+            const acc_t* hp_row = hp + b * pu.size();
+            std::copy(hp_row, hp_row + pu.size(), h_next + b * P + pu.begin);
+            for (const auto k : c10::irange(pu.size())) {
+              y_row[pu.begin + k] = static_cast<scalar_t>(hp_row[k]);
+            }
+          } else {
+            std::copy(h_prev + b * P + pu.begin, h_prev + b * P + pu.end, h_next + b * P + pu.begin);
+            std::fill(y_row + pu.begin, y_row + pu.end, scalar_t(0));
+          }
+        }
+      } else if (len != nullptr) {
+        // Rows past their length carry h (the pass wrote only active rows of h_next).
+        for (const auto b : c10::irange(B)) {
+          if (row_active(len, b, t)) continue;
+          std::copy(h_prev + b * H + units.begin, h_prev + b * H + units.end,
+                    h_next + b * H + units.begin);
         }
       }
+      team.barrier();  // h_t complete before any thread multiplies by it
     }
-  }
+  };
+
+  Team::run(team_size(H), setup, loop);
+  if (T % 2 == 1) h_state.copy_(h[1]);
 }
 
 // The forward of both ops; `save` allocates and fills gates and c_all (else they stay undefined).
@@ -163,6 +223,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
   return {y, h_n, c_n};
 }
 
+// One thread's part of the backward: a range of batch rows, and the products on those rows.
+template <typename scalar_t>
+struct LstmBackwardThread {
+  UnitRange rows;
+  ThreadProduct<at::opmath_type<scalar_t>> recurrent;                  // dG_t W_hh on its rows
+  std::optional<ThreadProduct<at::opmath_type<scalar_t>>> projection;  // dh W_hr on its rows
+};
+
 template <typename scalar_t>
 void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tensor& w_hh,
                         const at::Tensor& w_hr, const at::Tensor& c0, const at::Tensor& lengths,
@@ -170,45 +238,78 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
                         at::Tensor& dh, at::Tensor& dc, at::Tensor& dG, at::Tensor& dh_all,
                         at::Tensor& m_all) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t T = n.T, B = n.B, H = n.H, P = n.P;
+  const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
   const bool proj = w_hr.defined();
   at::Tensor dm = proj ? at::empty({B, H}, dh.options()) : at::Tensor();  // dh W_hr
   const std::vector<at::Tensor> dG_steps = dG.unbind(0);
-  const std::vector<at::Tensor> dh_steps = proj ? dh_all.unbind(0) : std::vector<at::Tensor>();
 
   const scalar_t* dy_p = dy.data_ptr<scalar_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   acc_t* dh_p = dh.data_ptr<acc_t>();
-  LstmBackwardStep<scalar_t> step{0, T, B, H, reverse, proj, len, gates.data_ptr<acc_t>(),
-                                  c_all.data_ptr<acc_t>(), c0.data_ptr<acc_t>(),
-                                  proj ? dm.data_ptr<acc_t>() : dh_p, dc.data_ptr<acc_t>(),
-                                  dG.data_ptr<acc_t>(), proj ? m_all.data_ptr<acc_t>() : nullptr};
+  acc_t* dm_p = proj ? dm.data_ptr<acc_t>() : nullptr;
+  acc_t* dh_all_p = proj ? dh_all.data_ptr<acc_t>() : nullptr;
+  const acc_t* gates_p = gates.data_ptr<acc_t>();
+  const acc_t* c_all_p = c_all.data_ptr<acc_t>();
+  const LstmBackwardStep<scalar_t> step0{0, T, B, H, reverse, proj, len, gates_p, c_all_p,
+                                         c0.data_ptr<acc_t>(), proj ? dm_p : dh_p,
+                                         dc.data_ptr<acc_t>(), dG.data_ptr<acc_t>(),
+                                         proj ? m_all.data_ptr<acc_t>() : nullptr};
   const auto pass = pointwise_kernels<scalar_t>().lstm_backward;
 
-  for (int64_t s = T - 1; s >= 0; --s) {
-    const int64_t t = time_index(s, T, reverse);
-    // dh += dy_t on active rows (y is a constant 0 past a row's length).
-    for (const auto b : c10::irange(B)) {
-      if (!row_active(len, b, t)) continue;
-      const scalar_t* dy_row = dy_p + (t * B + b) * P;
-      for (const auto k : c10::irange(P)) dh_p[b * P + k] += static_cast<acc_t>(dy_row[k]);
-    }
+  // Every step of a batch row depends only on that row: the threads split the batch and never
+  // wait for each other. (Splitting the hidden units instead, as the forward does, needs all of
+  // dG_t on every thread each step; measured slower at B=64, H=256: 33 vs 27 ms.)
+  const auto setup = [&](int tid, int nthreads) {
+    const UnitRange rows = split_range(B, tid, nthreads);
+    std::vector<at::Tensor> dG_rows;
+    for (const at::Tensor& d : dG_steps) dG_rows.push_back(d.narrow(0, rows.begin, rows.size()));
+    LstmBackwardThread<scalar_t> thread{rows, ThreadProduct<acc_t>(w_hh, dG_rows, nthreads > 1),
+                                        std::nullopt};
     if (proj) {
-      // dm = dh W_hr; dW_hr = sum_t dh_t^T m_t needs dh_t, kept per step.
-      dh_steps[t].copy_(dh);
-      matmul(dm, dh, w_hr);
+      thread.projection.emplace(
+          w_hr, std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())}, nthreads > 1);
     }
-    step.t = t;
-    at::parallel_for(0, B * H, kPointwiseGrain,
-                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
+    return thread;
+  };
 
-    // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0 and the
-    // product is added onto the buffer, so active rows are cleared first).
-    for (const auto b : c10::irange(B)) {
-      if (row_active(len, b, t)) std::fill(dh_p + b * P, dh_p + (b + 1) * P, acc_t(0));
+  const auto loop = [&](int, int, LstmBackwardThread<scalar_t>& thread, Team&) {
+    const UnitRange rows = thread.rows;
+    if (rows.size() == 0) return;
+    LstmBackwardStep<scalar_t> step = step0;
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_index(s, T, reverse);
+      // dh += dy_t on active rows (y is a constant 0 past a row's length).
+      for (int64_t b = rows.begin; b < rows.end; ++b) {
+        if (!row_active(len, b, t)) continue;
+        const scalar_t* dy_row = dy_p + (t * B + b) * P;
+        for (const auto k : c10::irange(P)) dh_p[b * P + k] += static_cast<acc_t>(dy_row[k]);
+      }
+      if (proj) {
+        // dW_hr = sum_t dh_t^T m_t needs dh_t, kept per step; dm = dh W_hr.
+        std::copy(dh_p + rows.begin * P, dh_p + rows.end * P, dh_all_p + (t * B + rows.begin) * P);
+        const acc_t* dm_rows = (*thread.projection)(0);
+        std::copy(dm_rows, dm_rows + rows.size() * H, dm_p + rows.begin * H);
+      }
+      step.t = t;
+      pass(step, rows.begin * H, rows.end * H);
+      if (s > 0) {
+        // The next step's saved gates and cell states come from memory (26 MB of gates at
+        // T=100, B=64, H=256): requested now, they arrive while the product runs.
+        const int64_t t_next = time_index(s - 1, T, reverse);
+        prefetch(gates_p + (t_next * B + rows.begin) * G, rows.size() * G);
+        prefetch(c_all_p + (t_next * B + rows.begin) * H, rows.size() * H);
+      }
+      // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0).
+      const acc_t* dh_rows = thread.recurrent(t);
+      for (int64_t b = rows.begin; b < rows.end; ++b) {
+        if (!row_active(len, b, t)) continue;
+        const acc_t* src = dh_rows + (b - rows.begin) * P;
+        std::copy(src, src + P, dh_p + b * P);
+      }
     }
-    matmul_add(dh, dG_steps[t], w_hh);
-  }
+  };
+
+  Team::run(static_cast<int>(std::clamp<int64_t>(B, 1, team_size(H))), setup, loop);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(

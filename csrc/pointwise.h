@@ -38,7 +38,11 @@ struct LstmForwardStep {
   int64_t t, B, H, P;
   const int64_t* lengths;
   const scalar_t* xg;  // [T, B, 4H] input gates
-  const acc_t* gh;     // [B, 4H] h_{t-1} W_hh^T
+  // h_{t-1} W_hh^T for the units [gh_first, gh_first + gh_units) the pass is called on: gate k
+  // of unit j of row b at gh[b * 4 * gh_units + k * gh_units + j - gh_first] (one thread's
+  // product, gates side by side; see team.h).
+  const acc_t* gh;
+  int64_t gh_first, gh_units;
   acc_t* c;            // [B, H] running cell state, updated in place
   acc_t* c_all;        // [T, B, H]; nullptr for the inference pass
   acc_t* gates;        // [T, B, 4H] post-activation i, f, g, o; nullptr for the inference pass

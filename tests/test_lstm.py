@@ -36,6 +36,22 @@ def test_lstm_cpp_matches_reference(case, dtype):
                             dtype, OUTPUTS, INPUTS)
 
 
+@pytest.mark.parametrize("threads", [1, 3], ids=["threads1", "threads3"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_lstm_cpp_matches_reference_on_any_thread_count(threads, dtype):
+    # The kernels split the hidden units (forward) and the batch rows (backward) over torch's
+    # threads in blocks of 16 units: H=50 and P=20 give uneven shares, and 3 threads one with
+    # 2 units and one with no projected unit; 1 thread runs without a team.
+    *args, lens = lstm_inputs(12, 5, 50, 20, [12, 1, 7, 12, 4])
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens, True,
+                                dtype, OUTPUTS, INPUTS)
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("P,lengths,reverse", [(None, [4, 1, 3], False), (2, [4, 2, 1], True)],
                          ids=["lengths", "P2-lengths-reverse"])
 def test_lstm_gradcheck(P, lengths, reverse):

@@ -1,0 +1,104 @@
+#include "team.h"
+
+#include <ATen/ops/mm_cpu_dispatch.h>
+
+#include <algorithm>
+
+// MKL's packed GEMM, exported by libtorch_cpu in the x86 wheels that link MKL. Declared weak so
+// that the extension still loads against a torch without them (the pointers are then null).
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+#define GATED_KERNELS_MKL_PACKED 1
+extern "C" {
+__attribute__((weak)) size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
+__attribute__((weak)) void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n,
+                                            int k, float alpha, const float* src, int ld,
+                                            float* dest);
+__attribute__((weak)) void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n,
+                                               int k, const float* a, int lda, const float* b,
+                                               int ldb, float beta, float* c, int ldc);
+}
+#endif
+
+namespace gated_kernels {
+namespace {
+
+// The CBLAS constants of mkl_cblas.h.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+bool mkl_packed_available() {
+#ifdef GATED_KERNELS_MKL_PACKED
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+         cblas_sgemm_compute != nullptr;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+int team_size(int64_t H) {
+  if (at::in_parallel_region()) return 1;
+  const int64_t blocks = (H + kUnitBlock - 1) / kUnitBlock;
+  return static_cast<int>(std::clamp<int64_t>(blocks, 1, at::get_num_threads()));
+}
+
+UnitRange team_units(int64_t n, int tid, int nthreads) {
+  const int64_t blocks = (n + kUnitBlock - 1) / kUnitBlock;
+  const int64_t per = blocks / nthreads, extra = blocks % nthreads;
+  const int64_t first = tid * per + std::min<int64_t>(tid, extra);
+  const int64_t count = per + (tid < extra ? 1 : 0);
+  return {std::min(n, first * kUnitBlock), std::min(n, (first + count) * kUnitBlock)};
+}
+
+UnitRange split_range(int64_t n, int tid, int nthreads) {
+  const int64_t per = n / nthreads, extra = n % nthreads;
+  const int64_t begin = tid * per + std::min<int64_t>(tid, extra);
+  return {begin, begin + per + (tid < extra ? 1 : 0)};
+}
+
+template <typename acc_t>
+ThreadProduct<acc_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers,
+                                    bool pack)
+    : w_(w), h_(std::move(h_buffers)) {
+  const int64_t B = h_.front().size(0), K = w_.size(0), N = w_.size(1);
+  out_ = at::empty({B, N}, w_.options());
+#ifdef GATED_KERNELS_MKL_PACKED
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (pack && mkl_packed_available() && B > 0 && N > 0 && K > 0) {
+      // w as MKL reads it: [K, N] rows (no transpose), or the transpose of [N, K] rows.
+      if (w_.stride(1) != 1 && w_.stride(0) != 1) w_ = w_.contiguous();
+      const int trans = w_.stride(1) == 1 ? kNoTrans : kTrans;
+      const int ld = trans == kNoTrans ? w_.stride(0) : w_.stride(1);
+      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, B, N, K);
+      packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
+                          w_.options());
+      cblas_sgemm_pack(kRowMajor, kBMatrix, trans, B, N, K, 1.0f, w_.data_ptr<float>(), ld,
+                       packed_.data_ptr<float>());
+    }
+  }
+#endif
+}
+
+template <typename acc_t>
+const acc_t* ThreadProduct<acc_t>::operator()(int which) {
+  acc_t* out = out_.data_ptr<acc_t>();
+  if (out_.numel() == 0) return out;
+  const at::Tensor& h = h_[which];
+#ifdef GATED_KERNELS_MKL_PACKED
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (packed_.defined()) {
+      const int B = out_.size(0), N = out_.size(1), K = w_.size(0);
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(),
+                          h.stride(0), packed_.data_ptr<float>(), N, 0.0f, out, N);
+      return out;
+    }
+  }
+#endif
+  at::cpu::mm_out(out_, h, w_);
+  return out;
+}
+
+template class ThreadProduct<float>;
+template class ThreadProduct<double>;
+
+}  // namespace gated_kernels

@@ -1,0 +1,127 @@
+// The thread team that runs one whole recurrence. In the forward each thread owns a slice of the
+// hidden units for every step: it multiplies h_{t-1} by its own rows of W_hh, runs the pointwise
+// pass on its own units, and the threads meet at one barrier a step. In the backward each
+// thread owns a range of batch rows, which never depend on each other.
+//
+// Before, each step was a parallel product (MKL's fork-join) followed by a parallel pass
+// (at::parallel_for's): two fork-joins a step, and each weight row visited by both cores in
+// turn. Op times on the 2-core build machine, medians of 20, old -> new (benchmarks/cpu_profile.md):
+// lstm_inference T=100 B=16 H=128 1.65-1.99 -> 1.30-1.46 ms, T=500 B=1 H=256 5.0-5.3 -> 3.1-3.6 ms;
+// lstm_backward T=100 B=16 H=256 8.2-9.2 -> 6.1-6.6 ms, B=64 H=256 29.9-31.0 -> 25.0-26.4 ms.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cstdint>
+#include <exception>
+#include <optional>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace gated_kernels {
+
+// A thread's share of N units (hidden units, or projected units): [begin, end).
+struct UnitRange {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+
+// Units are handed out in blocks of 16 (one AVX-512 vector of float), so that no vector of the
+// pointwise pass straddles two threads and each slice of a weight row starts 64-byte aligned.
+constexpr int64_t kUnitBlock = 16;
+
+// How many threads a recurrence of H units runs on: torch's thread count, at most one thread per
+// block of units, and 1 inside another parallel region.
+int team_size(int64_t H);
+
+// Thread `tid` of `nthreads`' share of n items (batch rows), as even as can be.
+UnitRange split_range(int64_t n, int tid, int nthreads);
+
+// Thread `tid` of `nthreads`' share of n units, in whole blocks (the last thread takes the rest;
+// a thread may get none when n is small).
+UnitRange team_units(int64_t n, int tid, int nthreads);
+
+// Asks the cache for n values at p, one request per 64-byte line, without waiting for them.
+template <typename T>
+inline void prefetch(const T* p, int64_t n) {
+  const char* begin = reinterpret_cast<const char*>(p);
+  const char* end = reinterpret_cast<const char*>(p + n);
+  for (const char* q = begin; q < end; q += 64) __builtin_prefetch(q, /*rw=*/0, /*locality=*/3);
+}
+
+// out[B, N] = h[B, K] @ w, w [K, N], the same w every step, with h read from one of a few
+// [B, K] buffers fixed up front. With `pack`, for float where torch carries MKL (the x86
+// wheels), w is packed once (cblas_sgemm_pack) and a step is one cblas_sgemm_compute: the
+// choice for threads of a team, where MKL runs on the calling thread. Otherwise
+// at::cpu::mm_out, which lets MKL parallelise a lone thread's product (packed, a one-thread
+// LSTM backward at B=1, H=512 took 7.4 ms against 5.4 ms). Construct it before the time loop;
+// a call allocates nothing.
+template <typename acc_t>
+class ThreadProduct {
+ public:
+  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, bool pack);
+  // Returns h_buffers[which] @ w, [B, N] contiguous, valid until the next call.
+  const acc_t* operator()(int which);
+
+ private:
+  at::Tensor w_, packed_, out_;
+  std::vector<at::Tensor> h_;
+};
+
+// One OpenMP team of `nthreads` threads (the runtime may give fewer; the callbacks get the real
+// count) running a recurrence: on each thread, state = setup(tid, nthreads), then, once every
+// thread's setup has succeeded, loop(tid, nthreads, state, team), where team.barrier() waits for
+// the whole team. Setup may allocate and throw: the first exception is rethrown on the caller's
+// thread and no thread enters the loop. The loop must not throw (it meets the other threads at
+// barriers): it works on raw pointers and calls BLAS on buffers made in setup.
+class Team {
+ public:
+  template <typename Setup, typename Loop>
+  static void run(int nthreads, const Setup& setup, const Loop& loop) {
+    Team team;
+#ifdef _OPENMP
+    // A team of one runs on the caller's thread: inside even a one-thread parallel region, every
+    // product MKL parallelises opens a nested team of its own, which cost about 200 us a step
+    // (LSTM backward, B=1, H=256).
+    if (nthreads > 1) {
+#pragma omp parallel num_threads(nthreads)
+      team.call(setup, loop, omp_get_thread_num(), omp_get_num_threads());
+    } else {
+      team.call(setup, loop, 0, 1);
+    }
+#else
+    team.call(setup, loop, 0, 1);
+#endif
+    if (team.error_) std::rethrow_exception(team.error_);
+  }
+
+  void barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
+  }
+
+ private:
+  template <typename Setup, typename Loop>
+  void call(const Setup& setup, const Loop& loop, int tid, int nthreads) {
+    std::optional<decltype(setup(tid, nthreads))> state;
+    try {
+      state.emplace(setup(tid, nthreads));
+    } catch (...) {
+#ifdef _OPENMP
+#pragma omp critical(gated_kernels_team_error)
+#endif
+      if (!error_) error_ = std::current_exception();
+    }
+    barrier();  // also makes every thread's error_ visible to all
+    if (!error_) loop(tid, nthreads, *state, *this);
+  }
+
+  std::exception_ptr error_;
+};
+
+}  // namespace gated_kernels
