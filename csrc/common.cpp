@@ -1,6 +1,5 @@
 #include "common.h"
 
-#include <ATen/core/dispatch/Dispatcher.h>
 
 namespace gated_kernels {
 
@@ -57,81 +56,29 @@ void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
-at::Tensor previous_hidden(const at::Tensor& y, const at::Tensor& h0, const at::Tensor& lengths,
-                           bool reverse) {
-  const int64_t T = y.size(0);
-  const int64_t B = y.size(1);
-  at::Tensor hprev = at::empty_like(y);
+at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const at::Tensor& h0,
+                                 const at::Tensor& lengths, bool reverse) {
+  const int64_t T = d.size(0);
+  const int64_t B = d.size(1);
+  at::Tensor out = at::zeros({d.size(2), y.size(2)}, d.options());
+  if (T > 1) {
+    // Forward: step t >= 1 reads y[t-1]. Reverse: step t <= T-2 reads y[t+1], which is 0 at a
+    // row's first step (t = lengths[b] - 1 < T - 1): that row reads h0, counted below.
+    const at::Tensor d_rest = d.narrow(0, reverse ? 0 : 1, T - 1).flatten(0, 1);
+    const at::Tensor y_prev = y.narrow(0, reverse ? 1 : 0, T - 1).flatten(0, 1);
+    out.addmm_(d_rest.t(), y_prev);
+  }
+  // Each row's first step reads h0: step 0, or lengths[b] - 1 (T - 1 without lengths) in reverse.
+  at::Tensor first;
   if (!reverse) {
-    // Forward: step t reads y[t-1], step 0 reads h0. Past a row's length y is 0, and so is dG.
-    hprev[0].copy_(h0);
-    if (T > 1) hprev.narrow(0, 1, T - 1).copy_(y.narrow(0, 0, T - 1));
-    return hprev;
-  }
-  // Reverse: step t reads y[t+1]; a row starts at t = lengths[b]-1 from h0.
-  if (T > 1) hprev.narrow(0, 0, T - 1).copy_(y.narrow(0, 1, T - 1));
-  hprev[T - 1].copy_(h0);
-  if (lengths.defined()) {
-    const int64_t* len = lengths.data_ptr<int64_t>();
-    for (const auto b : c10::irange(B)) {
-      hprev[len[b] - 1][b].copy_(h0[b]);
-    }
-  }
-  return hprev;
-}
-
-namespace {
-
-using MklLinearFn = at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                               const std::optional<at::Tensor>&, int64_t);
-using MklReorderFn = at::Tensor(const at::Tensor&, int64_t);
-
-// The two operators, looked up once; absent (nullopt) where torch was built without MKL.
-struct MklPacked {
-  std::optional<c10::TypedOperatorHandle<MklReorderFn>> reorder;
-  std::optional<c10::TypedOperatorHandle<MklLinearFn>> linear;
-};
-
-const MklPacked& mkl_packed() {
-  static const MklPacked ops = [] {
-    MklPacked found;
-    auto& dispatcher = c10::Dispatcher::singleton();
-    auto reorder = dispatcher.findSchema({"mkl::_mkl_reorder_linear_weight", ""});
-    auto linear = dispatcher.findSchema({"mkl::_mkl_linear", ""});
-    if (reorder && linear && reorder->hasKernelForDispatchKey(c10::DispatchKey::CPU) &&
-        linear->hasKernelForDispatchKey(c10::DispatchKey::CPU)) {
-      found.reorder = reorder->typed<MklReorderFn>();
-      found.linear = linear->typed<MklLinearFn>();
-    }
-    return found;
-  }();
-  return ops;
-}
-
-// At B=1 the packed call loses about 1 us a step to the output allocation and the dispatcher
-// (LSTM forward, T=500, H=256: 4.2 ms plain, 4.7 ms packed); from B=16 it wins clearly
-// (B=16, T=200: 14.4 -> 7.7 ms). Batches in between were not measured.
-constexpr int64_t kPackedMinBatch = 16;
-
-}  // namespace
-
-StepProduct::StepProduct(const at::Tensor& w, int64_t batch) : w_(w), batch_(batch) {
-  const MklPacked& mkl = mkl_packed();
-  if (w.scalar_type() == at::kFloat && mkl.reorder && w.numel() != 0 && batch >= kPackedMinBatch) {
-    packed_ = mkl.reorder->call(w, batch);
+    first = d[0];
   } else {
-    w_t_ = w.t();  // [K, N] view: BLAS reads it transposed, no copy
-    out_ = at::empty({batch, w.size(0)}, w.options());
+    const at::Tensor steps = lengths.defined() ? lengths - 1
+                                               : at::full({B}, T - 1, h0.options().dtype(at::kLong));
+    first = d.index({steps, at::arange(B, steps.options())});
   }
-}
-
-const at::Tensor& StepProduct::operator()(const at::Tensor& h) {
-  if (packed_.defined()) {
-    out_ = mkl_packed().linear->call(h, packed_, w_, std::nullopt, batch_);
-  } else {
-    matmul(out_, h, w_t_);
-  }
-  return out_;
+  out.addmm_(first.t(), h0);
+  return out;
 }
 
 }  // namespace gated_kernels

@@ -64,10 +64,13 @@ at::Tensor to_acc(const at::Tensor& t, bool copy = false);
 void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
                  at::ScalarType dtype);
 
-// h_prev for every step, [T, B, P]: the input of step t's recurrent product, rebuilt from y and
-// h0 for the weight gradient dW_hh = dG^T h_prev. Rows past their length get zeros (their dG is 0).
-at::Tensor previous_hidden(const at::Tensor& y, const at::Tensor& h0, const at::Tensor& lengths,
-                           bool reverse);
+// sum_t d_t^T h_{t-1}: the weight gradient dW = dG^T h_prev of a recurrent product, for d
+// [T, B, k] (strided rows allowed), y [T, B, P] and h0 [B, P], all in the accumulation type.
+// h_{t-1} is y at the step before, or h0 at a row's first step; it is read in place rather
+// than gathered into a [T, B, P] copy (backward's peak memory). Rows past their length have
+// d = 0, so the 0 in y there never counts.
+at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const at::Tensor& h0,
+                                 const at::Tensor& lengths, bool reverse);
 
 // ---- the recurrent products ----
 // at::cpu::mm_out / addmm_ call the BLAS torch was built with (MKL in the x86 wheels) without a
@@ -84,22 +87,6 @@ inline void matmul(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
 inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
   if (c.numel() != 0) at::cpu::addmm_(c, a, b);
 }
-
-// h @ W^T at every step of one op call, for W [N, K] in the accumulation type and h [B, K]. For
-// float, MKL's packed GEMM where torch was built with it (the mkl:: operators of the x86 wheels,
-// reached by name): W is packed once per call and the product of a 32 x 256 x 1024 step drops
-// from about 78 to 51 us (cpu_notes.md), more than the per-step cost of the fresh output tensor
-// mkl::_mkl_linear returns, from B=16 up. Elsewhere at::cpu::mm_out into one preallocated buffer.
-class StepProduct {
- public:
-  StepProduct(const at::Tensor& w, int64_t batch);
-  // Returns h @ W^T; valid until the next call.
-  const at::Tensor& operator()(const at::Tensor& h);
-
- private:
-  at::Tensor w_, w_t_, packed_, out_;
-  int64_t batch_;
-};
 
 // ---- the per-step pointwise pass ----
 // A step's B*H hidden units are split over threads above kPointwiseGrain elements (at least

@@ -22,6 +22,7 @@
 //   dxg = [dr, dz, dn] (pre-activation); the recurrent side sees [dr, dz, dn * r] instead, which
 //   gives dW_hh and db_hh.
 #include "common.h"
+#include "team.h"
 
 #include <torch/library.h>
 
@@ -47,29 +48,78 @@ GruSizes check_gru_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
   return {T, B, H};
 }
 
+// One thread's part of the forward: its hidden units, its rows of W_hh (r, z, n of its units,
+// side by side) and its copy of the pass arguments. See team.h.
+template <typename scalar_t>
+struct GruForwardThread {
+  UnitRange units;
+  ThreadProduct<at::opmath_type<scalar_t>> recurrent;  // h_{t-1} W_hh^T for its units
+  GruForwardStep<scalar_t> step;
+};
+
 template <typename scalar_t>
 void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor& w_hh,
                       const at::Tensor& b_hh, const at::Tensor& lengths, bool reverse,
                       at::Tensor& y, at::Tensor& h_state, at::Tensor& gates) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = n.T, B = n.B, H = n.H;
-  StepProduct recurrent(w_hh, B);  // h_{t-1} W_hh^T
   const bool save = gates.defined();  // undefined: inference, nothing saved for backward
-
+  // Step s reads h_{t-1} from h[s % 2] and writes h_t into the other buffer (see the LSTM).
+  const std::vector<at::Tensor> h = {h_state, at::empty_like(h_state)};
+  acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  GruForwardStep<scalar_t> step{0, B, H, len, xg.data_ptr<scalar_t>(), nullptr,
-                                b_hh.data_ptr<acc_t>(), h_state.data_ptr<acc_t>(),
-                                save ? gates.data_ptr<acc_t>() : nullptr,
-                                y.data_ptr<scalar_t>()};
+  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
   const auto& kernels = pointwise_kernels<scalar_t>();
   const auto pass = save ? kernels.gru_forward : kernels.gru_inference;
 
-  for (const auto s : c10::irange(T)) {
-    step.t = time_index(s, T, reverse);
-    step.gh = recurrent(h_state).data_ptr<acc_t>();
-    at::parallel_for(0, B * H, kPointwiseGrain,
-                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
-  }
+  const auto setup = [&](int tid, int nthreads) {
+    const UnitRange units = team_units(H, tid, nthreads);
+    // Packed for a team, as the LSTM decides (lstm.cpp).
+    const bool pack = nthreads > 1 &&
+                      (B > 1 || 3 * units.size() * H * w_hh.element_size() <= (1 << 20));
+    std::vector<at::Tensor> rows;
+    for (const auto k : c10::irange(3)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
+    GruForwardThread<scalar_t> thread{units, ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
+                                      {}};
+    thread.step = {0, B, H, len, xg_p, nullptr, units.begin, units.size(),
+                   b_hh.data_ptr<acc_t>(), nullptr, nullptr,
+                   save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
+    return thread;
+  };
+
+  const auto loop = [&](int, int, GruForwardThread<scalar_t>& thread, Team& team) {
+    const UnitRange units = thread.units;
+    GruForwardStep<scalar_t>& step = thread.step;
+    for (const auto s : c10::irange(T)) {
+      const int64_t t = time_index(s, T, reverse);
+      acc_t* h_prev = h_p[s % 2];
+      acc_t* h_next = h_p[(s + 1) % 2];
+      if (units.size() > 0) {
+        // xg_t of its units, requested before the product (see the LSTM forward).
+        for (const auto b : c10::irange(B)) {
+          for (const auto k : c10::irange(3)) {
+            prefetch(xg_p + (t * B + b) * 3 * H + k * H + units.begin, units.size());
+          }
+        }
+        step.gh = thread.recurrent(s % 2);
+        step.t = t;
+        step.h_prev = h_prev;
+        step.h = h_next;
+        for (const auto b : c10::irange(B)) {
+          pass(step, b * H + units.begin, b * H + units.end);
+          // Rows past their length carry h (the pass wrote only active rows).
+          if (!row_active(len, b, t)) {
+            std::copy(h_prev + b * H + units.begin, h_prev + b * H + units.end,
+                      h_next + b * H + units.begin);
+          }
+        }
+      }
+      team.barrier();  // h_t complete before any thread multiplies by it
+    }
+  };
+
+  Team::run(team_size(H), setup, loop);
+  if (T % 2 == 1) h_state.copy_(h[1]);
 }
 
 // The forward of both ops; `save` allocates and fills gates (else it stays undefined).
@@ -114,26 +164,29 @@ std::tuple<at::Tensor, at::Tensor> gru_inference_cpu(
 
 template <typename scalar_t>
 void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor& w_hh,
-                       const at::Tensor& hprev, const at::Tensor& lengths, bool reverse,
-                       const at::Tensor& gates, at::Tensor& dh, at::Tensor& dGx,
-                       at::Tensor& dGh) {
+                       const at::Tensor& y, const at::Tensor& h0, const at::Tensor& lengths,
+                       bool reverse, const at::Tensor& gates, at::Tensor& dh, at::Tensor& dGx,
+                       at::Tensor& dGhn) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = n.T, B = n.B, H = n.H;
-  const std::vector<at::Tensor> dGh_steps = dGh.unbind(0);
+  // One step's recurrent-side gradient: only its n block differs from dGx, and that block is
+  // kept per step in dGhn, so no [T, B, 3H] copy is held (backward's peak memory).
+  at::Tensor dGh = at::empty({B, 3 * H}, dh.options());
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  GruBackwardStep<scalar_t> step{0, B, H, len, gates.data_ptr<acc_t>(), dy.data_ptr<scalar_t>(),
-                                 hprev.data_ptr<acc_t>(), dh.data_ptr<acc_t>(),
-                                 dGx.data_ptr<acc_t>(), dGh.data_ptr<acc_t>()};
+  GruBackwardStep<scalar_t> step{0, T, B, H, reverse, len, gates.data_ptr<acc_t>(),
+                                 dy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                 h0.data_ptr<acc_t>(), dh.data_ptr<acc_t>(),
+                                 dGx.data_ptr<acc_t>(), dGh.data_ptr<acc_t>(),
+                                 dGhn.data_ptr<acc_t>()};
   const auto pass = pointwise_kernels<scalar_t>().gru_backward;
 
   for (int64_t s = T - 1; s >= 0; --s) {
-    const int64_t t = time_index(s, T, reverse);
-    step.t = t;
+    step.t = time_index(s, T, reverse);
     at::parallel_for(0, B * H, kPointwiseGrain,
                      [&](int64_t begin, int64_t end) { pass(step, begin, end); });
     // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh).
-    matmul_add(dh, dGh_steps[t], w_hh);
+    matmul_add(dh, dGh, w_hh);
   }
 }
 
@@ -155,23 +208,28 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
   check_saved("dh_n", dh_n, {n.B, n.H}, dtype);
 
   const auto acc_opts = h0.options().dtype(acc_type);
-  const at::Tensor hprev = to_acc(previous_hidden(y, h0, lengths, reverse));
   // dGx in the accumulation type; for float and double it is the output itself.
   at::Tensor dxg = new_output({n.T, n.B, 3 * n.H}, h0.options());
   at::Tensor dGx = acc_type == dtype ? dxg : at::empty({n.T, n.B, 3 * n.H}, acc_opts);
-  at::Tensor dGh = at::empty({n.T, n.B, 3 * n.H}, acc_opts);
+  at::Tensor dGhn = at::empty({n.T, n.B, n.H}, acc_opts);
   at::Tensor dh = to_acc(dh_n, /*copy=*/true);
+  const at::Tensor y_in = y.contiguous();
+  const at::Tensor h0_acc = to_acc(h0);
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_backward_cpu", [&] {
-    gru_backward_loop<scalar_t>(n, dy.contiguous(), to_acc(w_hh), hprev, lengths, reverse,
-                                gates.contiguous(), dh, dGx, dGh);
+    gru_backward_loop<scalar_t>(n, dy.contiguous(), to_acc(w_hh), y_in, h0_acc, lengths,
+                                reverse, gates.contiguous(), dh, dGx, dGhn);
   });
-  if (!dGx.is_same(dxg)) dxg.copy_(dGx);
 
-  // Weight and bias gradients once, over all T*B rows, after the loop.
-  const at::Tensor dGh_2d = dGh.view({n.T * n.B, 3 * n.H});
-  at::Tensor dw_hh = at::mm(dGh_2d.t(), hprev.view({n.T * n.B, n.H})).to(dtype);
-  at::Tensor db_hh = dGh_2d.sum(0).to(dtype);
+  // Weight and bias gradients once, over all T*B rows, after the loop: the recurrent side's
+  // gate gradient is [dr, dz] (dGx's first two blocks) and dn * r (dGhn).
+  const at::Tensor dGrz = dGx.narrow(2, 0, 2 * n.H);
+  const at::Tensor y_acc = to_acc(y_in);
+  at::Tensor dw_hh = at::cat({times_previous_hidden(dGrz, y_acc, h0_acc, lengths, reverse),
+                              times_previous_hidden(dGhn, y_acc, h0_acc, lengths, reverse)})
+                         .to(dtype);
+  at::Tensor db_hh = at::cat({dGrz.sum({0, 1}), dGhn.sum({0, 1})}).to(dtype);
+  if (!dGx.is_same(dxg)) dxg.copy_(dGx);
   return {dxg, dw_hh, db_hh, dh.to(dtype)};
 }
 

@@ -353,8 +353,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
 
   // The weight gradients as one product each over all T*B rows, after the loop.
   const int64_t TB = n.T * n.B;
-  const at::Tensor hprev = to_acc(previous_hidden(y, h0, lengths, reverse));
-  at::Tensor dw_hh = at::mm(dG.view({TB, 4 * n.H}).t(), hprev.view({TB, n.P})).to(dtype);
+  at::Tensor dw_hh = times_previous_hidden(dG, to_acc(y), to_acc(h0), lengths, reverse).to(dtype);
   at::Tensor dw_hr = proj ? at::mm(dh_all.view({TB, n.P}).t(), m_all.view({TB, n.H})).to(dtype)
                           : at::empty({0}, h0.options());
   return {dxg, dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)};

@@ -72,24 +72,31 @@ struct GruForwardStep {
   int64_t t, B, H;
   const int64_t* lengths;
   const scalar_t* xg;  // [T, B, 3H] input gates
-  const acc_t* gh;     // [B, 3H] h_{t-1} W_hh^T
-  const acc_t* b_hh;   // [3H]
-  acc_t* h;            // [B, H] running state, updated in place
-  acc_t* gates;        // [T, B, 4H] r, z, n, hn; nullptr for the inference pass
-  scalar_t* y;         // [T, B, H]
+  // h_{t-1} W_hh^T for the units [gh_first, gh_first + gh_units), laid out as in
+  // LstmForwardStep with three gates r, z, n.
+  const acc_t* gh;
+  int64_t gh_first, gh_units;
+  const acc_t* b_hh;    // [3H]
+  const acc_t* h_prev;  // [B, H] h_{t-1}
+  acc_t* h;             // [B, H] h_t, written for active rows
+  acc_t* gates;         // [T, B, 4H] r, z, n, hn; nullptr for the inference pass
+  scalar_t* y;          // [T, B, H]
 };
 
 template <typename scalar_t>
 struct GruBackwardStep {
   using acc_t = at::opmath_type<scalar_t>;
-  int64_t t, B, H;
+  int64_t t, T, B, H;
+  bool reverse;
   const int64_t* lengths;
   const acc_t* gates;  // [T, B, 4H]
   const scalar_t* dy;  // [T, B, H]
-  const acc_t* hprev;  // [T, B, H]
+  const scalar_t* y;   // [T, B, H] h_{t-1} of a row's later steps
+  const acc_t* h0;     // [B, H] h_{t-1} of a row's first step
   acc_t* dh;           // [B, H] running gradient, updated in place
-  acc_t* dGx;          // [T, B, 3H] input-side gate gradient
-  acc_t* dGh;          // [T, B, 3H] recurrent-side gate gradient
+  acc_t* dGx;          // [T, B, 3H] input-side gate gradient [dr, dz, dn]
+  acc_t* dGh;          // [B, 3H] this step's recurrent-side gradient [dr, dz, dn * r]
+  acc_t* dGhn;         // [T, B, H] its last block, dn * r, for every step
 };
 
 // Each pass covers the flat range [begin, end) of step t's B*H hidden units, so that callers can

@@ -225,18 +225,21 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
       return;
     }
     const scalar_t* xg_row = a.xg + row * G;
-    const acc_t* gh_row = a.gh + b * G;
+    const int64_t U = a.gh_units;
+    const acc_t* gh_row = a.gh + b * 3 * U;
+    const acc_t* h_prev_row = a.h_prev + b * H;
     acc_t* h_row = a.h + b * H;
     for (int64_t j = j0; j < j1; j += V::size()) {
       const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-      const V r = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + j, w) +
+      const int64_t u = j - a.gh_first;
+      const V r = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + u, w) +
                            V::loadu(bias + j, w));
-      const V z = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + H + j, w) +
+      const V z = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + U + u, w) +
                            V::loadu(bias + H + j, w));
-      const V hn = V::loadu(gh_row + 2 * H + j, w) + V::loadu(bias + 2 * H + j, w);
+      const V hn = V::loadu(gh_row + 2 * U + u, w) + V::loadu(bias + 2 * H + j, w);
       const V n = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
       // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
-      const V h = n + z * (V::loadu(h_row + j, w) - n);
+      const V h = n + z * (V::loadu(h_prev_row + j, w) - n);
       if constexpr (kSave) {
         r.store(gates_row + j, w);
         z.store(gates_row + H + j, w);
@@ -254,22 +257,29 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
   using acc_t = at::opmath_type<scalar_t>;
   using V = Vec<acc_t>;
   const int64_t H = a.H, G = 3 * H;
+  const int64_t t_prev = a.reverse ? a.t + 1 : a.t - 1;  // the step that ran just before t
   const V one(acc_t(1));
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
     acc_t* dGx_row = a.dGx + row * G;
-    acc_t* dGh_row = a.dGh + row * G;
+    acc_t* dGh_row = a.dGh + b * G;
+    acc_t* dGhn_row = a.dGhn + row * H;
     if (!row_active(a.lengths, b, a.t)) {
       // Carried state: dh passes through unchanged, no gate gradient.
       for (int64_t k = 0; k < 3; ++k) {
         fill(dGx_row + k * H, j0, j1, acc_t(0));
         fill(dGh_row + k * H, j0, j1, acc_t(0));
       }
+      fill(dGhn_row, j0, j1, acc_t(0));
       return;
     }
     const acc_t* gates_row = a.gates + row * 4 * H;
     const scalar_t* dy_row = a.dy + row * H;
-    const acc_t* hprev_row = a.hprev + row * H;
+    // h_{t-1}: h0 at the row's first step, else y of the step before (for bfloat16, h rounded
+    // as y stores it; the forward itself ran on the float state).
+    const bool first = a.t == first_step(a.lengths, b, a.T, a.reverse);
+    const acc_t* h0_row = a.h0 + b * H;
+    const scalar_t* y_prev_row = first ? nullptr : a.y + (t_prev * a.B + b) * H;
     acc_t* dh_row = a.dh + b * H;
     for (int64_t j = j0; j < j1; j += V::size()) {
       const int64_t w = std::min<int64_t>(V::size(), j1 - j);
@@ -277,16 +287,19 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
       const V z = V::loadu(gates_row + H + j, w);
       const V n = V::loadu(gates_row + 2 * H + j, w);
       const V hn = V::loadu(gates_row + 3 * H + j, w);
+      const V h_prev = first ? V::loadu(h0_row + j, w) : load<acc_t>(y_prev_row + j, w);
       const V dh = V::loadu(dh_row + j, w) + load<acc_t>(dy_row + j, w);
       const V d_n = dh * (one - z) * (one - n * n);
-      const V d_z = dh * (V::loadu(hprev_row + j, w) - n) * z * (one - z);
+      const V d_z = dh * (h_prev - n) * z * (one - z);
       const V d_r = d_n * hn * r * (one - r);
+      const V d_hn = d_n * r;
       d_r.store(dGx_row + j, w);
       d_z.store(dGx_row + H + j, w);
       d_n.store(dGx_row + 2 * H + j, w);
       d_r.store(dGh_row + j, w);
       d_z.store(dGh_row + H + j, w);
-      (d_n * r).store(dGh_row + 2 * H + j, w);
+      d_hn.store(dGh_row + 2 * H + j, w);
+      d_hn.store(dGhn_row + j, w);
       // The direct path h_prev -> h; the recurrent product adds dGh W_hh afterwards.
       (dh * z).store(dh_row + j, w);
     }
