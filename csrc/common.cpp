@@ -14,6 +14,30 @@ int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* g
   return xg.size(2) / num_gates;
 }
 
+int64_t check_input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                               const std::optional<at::Tensor>& bias, int64_t num_gates) {
+  GK_CHECK_DIM(x, "x", 3, "[T, B, I]");
+  GK_CHECK_FLOAT_DTYPE(x, "x");
+  GK_CHECK_CPU(x, "x");
+  TORCH_CHECK(x.size(0) >= 1, "x must have at least one step (T >= 1), got T = ", x.size(0));
+  TORCH_CHECK(w_ih.dim() == 2, "w_ih must be 2-D [", num_gates, "H, I], got ", w_ih.dim(),
+              "-D ", w_ih.sizes());
+  GK_CHECK_SIZE(w_ih, "w_ih", 1, x.size(2), "I (x.size(2))");
+  TORCH_CHECK(w_ih.size(0) % num_gates == 0, "w_ih.size(0) must be ", num_gates, "H, got ",
+              w_ih.size(0));
+  TORCH_CHECK(w_ih.scalar_type() == x.scalar_type(), "w_ih must have dtype ", x.scalar_type(),
+              " (the dtype of x), got ", w_ih.scalar_type());
+  GK_CHECK_CPU(w_ih, "w_ih");
+  if (bias.has_value()) {
+    GK_CHECK_DIM(*bias, "bias", 1, "[G]");
+    GK_CHECK_SIZE(*bias, "bias", 0, w_ih.size(0), "w_ih.size(0)");
+    TORCH_CHECK(bias->scalar_type() == x.scalar_type(), "bias must have dtype ",
+                x.scalar_type(), " (the dtype of x), got ", bias->scalar_type());
+    GK_CHECK_CPU(*bias, "bias");
+  }
+  return w_ih.size(0) / num_gates;
+}
+
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B) {
   if (!lengths.has_value()) return at::Tensor();
   const at::Tensor& len = *lengths;

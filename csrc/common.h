@@ -47,6 +47,11 @@ using KernelGuard = at::AutoDispatchBelowADInplaceOrView;
 // Checks the input gates xg [T, B, num_gates * H] (rank, float dtype, CPU, T >= 1) and returns H.
 int64_t check_input_gates(const at::Tensor& xg, int64_t num_gates, const char* gate_order);
 
+// Checks the input projection of an inference op: x [T, B, I] (float dtype, CPU, T >= 1), w_ih
+// [num_gates * H, I] and the optional bias [num_gates * H] in x's dtype; returns H.
+int64_t check_input_projection(const at::Tensor& x, const at::Tensor& w_ih,
+                               const std::optional<at::Tensor>& bias, int64_t num_gates);
+
 // Checks `lengths` (int64 [B], every value in [1, T]) and returns it contiguous, or an undefined
 // tensor when no lengths were given.
 at::Tensor check_lengths(const std::optional<at::Tensor>& lengths, int64_t T, int64_t B);

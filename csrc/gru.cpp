@@ -14,14 +14,16 @@
 //                       length), in the accumulation type (float for bfloat16 inputs)
 //   No output aliases an input.
 //
-// gru_inference(xg, w_hh, b_hh, h0, lengths, reverse) -> (y, h_n)
-//   gru_forward's first two outputs, bitwise the same, without allocating or writing gates.
+// gru_inference(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse) -> (y, h_n)
+//   x [T, B, I], w_ih [3H, I], b_ih [3H] optional: gru_forward's first two outputs for
+//   xg = x W_ih^T + b_ih, without gates and without making xg (as lstm_inference).
 //
 // gru_backward(dy, dh_n, w_hh, h0, lengths, reverse, y, gates)
 //   -> (dxg [T, B, 3H], dw_hh [3H, H], db_hh [3H], dh0 [B, H])
 //   dxg = [dr, dz, dn] (pre-activation); the recurrent side sees [dr, dz, dn * r] instead, which
 //   gives dW_hh and db_hh.
 #include "common.h"
+#include "input_gates.h"
 #include "team.h"
 
 #include <torch/library.h>
@@ -53,12 +55,13 @@ GruSizes check_gru_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
 template <typename scalar_t>
 struct GruForwardThread {
   UnitRange units;
+  InputGates<scalar_t> input;                          // x_t W_ih^T + b_ih for its units
   ThreadProduct<at::opmath_type<scalar_t>> recurrent;  // h_{t-1} W_hh^T for its units
   GruForwardStep<scalar_t> step;
 };
 
 template <typename scalar_t>
-void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor& w_hh,
+void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor& w_hh,
                       const at::Tensor& b_hh, const at::Tensor& lengths, bool reverse,
                       at::Tensor& y, at::Tensor& h_state, at::Tensor& gates) {
   using acc_t = at::opmath_type<scalar_t>;
@@ -68,7 +71,6 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
   const std::vector<at::Tensor> h = {h_state, at::empty_like(h_state)};
   acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
   const auto& kernels = pointwise_kernels<scalar_t>();
   const auto pass = save ? kernels.gru_forward : kernels.gru_inference;
 
@@ -79,9 +81,9 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
                       (B > 1 || 3 * units.size() * H * w_hh.element_size() <= (1 << 20));
     std::vector<at::Tensor> rows;
     for (const auto k : c10::irange(3)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
-    GruForwardThread<scalar_t> thread{units, ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
-                                      {}};
-    thread.step = {0, B, H, len, xg_p, nullptr, units.begin, units.size(),
+    GruForwardThread<scalar_t> thread{units, InputGates<scalar_t>::make(in, 3, units),
+                                      ThreadProduct<acc_t>(at::cat(rows).t(), h, pack), {}};
+    thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
     return thread;
@@ -94,15 +96,15 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
       const int64_t t = time_index(s, T, reverse);
       acc_t* h_prev = h_p[s % 2];
       acc_t* h_next = h_p[(s + 1) % 2];
-      if (units.size() > 0) {
-        // xg_t of its units, requested before the product (see the LSTM forward).
-        for (const auto b : c10::irange(B)) {
-          for (const auto k : c10::irange(3)) {
-            prefetch(xg_p + (t * B + b) * 3 * H + k * H + units.begin, units.size());
-          }
-        }
+      team.work([&] {
+        if (units.size() == 0) return;
+        thread.input.prepare(t);
         step.gh = thread.recurrent(s % 2);
         step.t = t;
+        step.xg = thread.input.data();
+        step.xg_t0 = thread.input.t0();
+        step.xg_units = thread.input.units();
+        step.xg_first = thread.input.first();
         step.h_prev = h_prev;
         step.h = h_next;
         for (const auto b : c10::irange(B)) {
@@ -113,7 +115,7 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
                       h_next + b * H + units.begin);
           }
         }
-      }
+      });
       team.barrier();  // h_t complete before any thread multiplies by it
     }
   };
@@ -122,43 +124,50 @@ void gru_forward_loop(const GruSizes& n, const at::Tensor& xg, const at::Tensor&
   if (T % 2 == 1) h_state.copy_(h[1]);
 }
 
-// The forward of both ops; `save` allocates and fills gates (else it stays undefined).
+// The forward of both ops, from the sizes already checked; `save` allocates and fills gates
+// (else it stays undefined).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_run(
-    const at::Tensor& xg_in, const at::Tensor& w_hh, const at::Tensor& b_hh,
-    const at::Tensor& h0, const std::optional<at::Tensor>& lengths_in, bool reverse, bool save) {
-  const KernelGuard guard;
-  const int64_t H = check_input_gates(xg_in, 3, "r, z, n");
-  const GruSizes n = check_gru_args(xg_in.size(0), xg_in.size(1), H,
-                                    xg_in.scalar_type(), w_hh, h0);
+    const GateInputs& in, const GruSizes& n, at::ScalarType dtype, const at::Tensor& w_hh,
+    const at::Tensor& b_hh, const at::Tensor& h0, const std::optional<at::Tensor>& lengths,
+    bool reverse, bool save) {
   GK_CHECK_DIM(b_hh, "b_hh", 1, "[3H]");
-  GK_CHECK_SIZE(b_hh, "b_hh", 0, 3 * n.H, "3H (xg.size(2))");
-  GK_CHECK_DTYPE(b_hh, "b_hh", xg_in.scalar_type());
+  GK_CHECK_SIZE(b_hh, "b_hh", 0, 3 * n.H, "3H (w_hh.size(0))");
+  GK_CHECK_DTYPE(b_hh, "b_hh", dtype);
   GK_CHECK_CPU(b_hh, "b_hh");
-  const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
-  const at::Tensor xg = xg_in.contiguous();
-  const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
-
-  at::Tensor y = new_output({n.T, n.B, n.H}, xg.options());
-  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, acc_opts) : at::Tensor();
+  const at::Tensor lens = check_lengths(lengths, n.T, n.B);
+  const auto options = h0.options().dtype(dtype);
+  at::Tensor y = new_output({n.T, n.B, n.H}, options);
+  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, options.dtype(at::toOpMathType(dtype)))
+                          : at::Tensor();
   at::Tensor h_state = to_acc(h0, /*copy=*/true);  // the running state; becomes h_n
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xg.scalar_type(), "gru_forward_cpu", [&] {
-    gru_forward_loop<scalar_t>(n, xg, to_acc(w_hh), to_acc(b_hh), lengths, reverse, y, h_state,
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_forward_cpu", [&] {
+    gru_forward_loop<scalar_t>(n, in, to_acc(w_hh), to_acc(b_hh), lens, reverse, y, h_state,
                                gates);
   });
-  return {y, h_state.to(xg.scalar_type()), gates};
+  return {y, h_state.to(dtype), gates};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  return gru_run(xg, w_hh, b_hh, h0, lengths, reverse, /*save=*/true);
+  const KernelGuard guard;
+  const int64_t H = check_input_gates(xg, 3, "r, z, n");
+  const GruSizes n = check_gru_args(xg.size(0), xg.size(1), H, xg.scalar_type(), w_hh, h0);
+  return gru_run({xg.contiguous()}, n, xg.scalar_type(), w_hh, b_hh, h0, lengths, reverse,
+                 /*save=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor> gru_inference_cpu(
-    const at::Tensor& xg, const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  auto [y, h_n, gates] = gru_run(xg, w_hh, b_hh, h0, lengths, reverse, /*save=*/false);
+  const KernelGuard guard;
+  const int64_t H = check_input_projection(x, w_ih, b_ih, 3);
+  const GruSizes n = check_gru_args(x.size(0), x.size(1), H, x.scalar_type(), w_hh, h0);
+  auto [y, h_n, gates] =
+      gru_run({at::Tensor(), x.contiguous(), w_ih, b_ih ? *b_ih : at::Tensor()}, n,
+              x.scalar_type(), w_hh, b_hh, h0, lengths, reverse, /*save=*/false);
   return {y, h_n};
 }
 

@@ -14,16 +14,20 @@
 //   gates and c_all are in the accumulation type (float for bfloat16 inputs). No output aliases
 //   an input.
 //
-// lstm_inference(xg, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n)
-//   lstm_forward's first three outputs, bitwise the same, without allocating or writing gates
-//   and c_all: the same loop and pass with the backward stores compiled out, for callers that
-//   need no gradient.
+// lstm_inference(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse) -> (y, h_n, c_n)
+//   x       [T, B, I]   the layer's input
+//   w_ih    [4H, I]     input weight; bias [4H] optional, b_ih + b_hh
+//   lstm_forward's first three outputs for xg = x W_ih^T + bias, without allocating or writing
+//   gates and c_all, and without making xg: each thread computes its units' input gates a chunk
+//   of steps at a time (input_gates.h). For callers that need no gradient. The values equal
+//   lstm_forward's up to the summation order of the input products.
 //
 // lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all)
 //   -> (dxg [T, B, 4H], dw_hh [4H, P], dw_hr [P, H] or [0], dh0 [B, P], dc0 [B, H])
 //   dxg is dG, the gradient of the pre-activation gates; the caller turns it into dx, dW_ih and
 //   the bias gradients with matrix products.
 #include "common.h"
+#include "input_gates.h"
 #include "team.h"
 
 #include <torch/library.h>
@@ -73,13 +77,14 @@ template <typename scalar_t>
 struct LstmForwardThread {
   using acc_t = at::opmath_type<scalar_t>;
   UnitRange units, proj_units;
+  InputGates<scalar_t> input;                      // x_t W_ih^T + bias for its units
   ThreadProduct<acc_t> recurrent;                  // h_{t-1} W_hh^T for its units
   std::optional<ThreadProduct<acc_t>> projection;  // m W_hr^T for its projected units
   LstmForwardStep<scalar_t> step;
 };
 
 template <typename scalar_t>
-void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tensor& w_hh,
+void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tensor& w_hh,
                        const at::Tensor& w_hr, const at::Tensor& lengths, bool reverse,
                        at::Tensor& y, at::Tensor& h_state, at::Tensor& c_state, at::Tensor& gates,
                        at::Tensor& c_all) {
@@ -96,7 +101,6 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   scalar_t* y_p = y.data_ptr<scalar_t>();
-  const scalar_t* xg_p = xg.data_ptr<scalar_t>();
   acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const auto& kernels = pointwise_kernels<scalar_t>();
   const auto pass = save ? kernels.lstm_forward : kernels.lstm_inference;
@@ -111,6 +115,7 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
     std::vector<at::Tensor> rows;
     for (const auto k : c10::irange(4)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
     LstmForwardThread<scalar_t> thread{units, team_units(P, tid, nthreads),
+                                       InputGates<scalar_t>::make(in, 4, units),
                                        ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
                                        std::nullopt,
                                        {}};
@@ -119,7 +124,7 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
           w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),
           std::vector<at::Tensor>{m}, nthreads > 1);
     }
-    thread.step = {0, B, H, P, len, xg.data_ptr<scalar_t>(), nullptr, units.begin, units.size(),
+    thread.step = {0, B, H, P, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    c_state.data_ptr<acc_t>(), save ? c_all.data_ptr<acc_t>() : nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, nullptr, y_p, proj};
     return thread;
@@ -132,45 +137,47 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
       const int64_t t = time_index(s, T, reverse);
       acc_t* h_prev = h_p[s % 2];
       acc_t* h_next = h_p[(s + 1) % 2];
-      if (units.size() > 0) {
+      team.work([&] {
+        if (units.size() == 0) return;
         // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
-        // xg_t of its units (4 short runs a row) comes from memory: 26 MB at T=100, B=64, H=256.
-        // Requested here, it arrives while the product runs; loaded in the pass, the waits were
-        // about 40% of the pass.
-        for (const auto b : c10::irange(B)) {
-          for (const auto k : c10::irange(4)) {
-            prefetch(xg_p + (t * B + b) * 4 * H + k * H + units.begin, units.size());
-          }
-        }
+        thread.input.prepare(t);
         step.gh = thread.recurrent(s % 2);
         step.t = t;
+        step.xg = thread.input.data();
+        step.xg_t0 = thread.input.t0();
+        step.xg_units = thread.input.units();
+        step.xg_first = thread.input.first();
         step.m = proj ? m.data_ptr<acc_t>() : h_next;
-        for (const auto b : c10::irange(B)) pass(step, b * H + units.begin, b * H + units.end);
-      }
+        for (const auto b : c10::irange(B)) {
+          pass(step, b * H + units.begin, b * H + units.end);
+          // Without projection, rows past their length carry h (the pass wrote active rows).
+          if (!proj && !row_active(len, b, t)) {
+            std::copy(h_prev + b * H + units.begin, h_prev + b * H + units.end,
+                      h_next + b * H + units.begin);
+          }
+        }
+      });
       if (proj) {
         team.barrier();  // every unit of m written
         // h_t = (o * tanh(c)) W_hr^T on its projected units; only active rows take it.
-        const acc_t* hp = pu.size() > 0 ? (*thread.projection)(0) : nullptr;
-        for (const auto b : c10::irange(B)) {
-          scalar_t* y_row = y_p + (t * B + b) * P;
-          if (row_active(len, b, t)) {
-            const acc_t* hp_row = hp + b * pu.size();
-            std::copy(hp_row, hp_row + pu.size(), h_next + b * P + pu.begin);
-            for (const auto k : c10::irange(pu.size())) {
-              y_row[pu.begin + k] = static_cast<scalar_t>(hp_row[k]);
+        team.work([&] {
+          if (pu.size() == 0) return;
+          const acc_t* hp = (*thread.projection)(0);
+          for (const auto b : c10::irange(B)) {
+            scalar_t* y_row = y_p + (t * B + b) * P;
+            if (row_active(len, b, t)) {
+              const acc_t* hp_row = hp + b * pu.size();
+              std::copy(hp_row, hp_row + pu.size(), h_next + b * P + pu.begin);
+              for (const auto k : c10::irange(pu.size())) {
+                y_row[pu.begin + k] = static_cast<scalar_t>(hp_row[k]);
+              }
+            } else {
+              std::copy(h_prev + b * P + pu.begin, h_prev + b * P + pu.end,
+                        h_next + b * P + pu.begin);
+              std::fill(y_row + pu.begin, y_row + pu.end, scalar_t(0));
             }
-          } else {
-            std::copy(h_prev + b * P + pu.begin, h_prev + b * P + pu.end, h_next + b * P + pu.begin);
-            std::fill(y_row + pu.begin, y_row + pu.end, scalar_t(0));
           }
-        }
-      } else if (len != nullptr) {
-        // Rows past their length carry h (the pass wrote only active rows of h_next).
-        for (const auto b : c10::irange(B)) {
-          if (row_active(len, b, t)) continue;
-          std::copy(h_prev + b * H + units.begin, h_prev + b * H + units.end,
-                    h_next + b * H + units.begin);
-        }
+        });
       }
       team.barrier();  // h_t complete before any thread multiplies by it
     }
@@ -180,46 +187,52 @@ void lstm_forward_loop(const LstmSizes& n, const at::Tensor& xg, const at::Tenso
   if (T % 2 == 1) h_state.copy_(h[1]);
 }
 
-// The forward of both ops; `save` allocates and fills gates and c_all (else they stay undefined).
+// The forward of both ops, from the sizes already checked; `save` allocates and fills gates and
+// c_all (else they stay undefined).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_run(
-    const at::Tensor& xg_in, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
-    bool reverse, bool save) {
-  const KernelGuard guard;
-  const int64_t H = check_input_gates(xg_in, 4, "i, f, g, o");
-  const LstmSizes n = check_lstm_args(xg_in.size(0), xg_in.size(1), H,
-                                      xg_in.scalar_type(), w_hh, w_hr, h0, c0);
-  const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
-  const at::Tensor xg = xg_in.contiguous();
-  const auto acc_opts = xg.options().dtype(at::toOpMathType(xg.scalar_type()));
-
-  at::Tensor y = new_output({n.T, n.B, n.P}, xg.options());
+    const GateInputs& in, const LstmSizes& n, at::ScalarType dtype, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& w_hr, const at::Tensor& h0, const at::Tensor& c0,
+    const at::Tensor& lengths, bool reverse, bool save) {
+  const auto options = h0.options().dtype(dtype);
+  const auto acc_opts = options.dtype(at::toOpMathType(dtype));
+  at::Tensor y = new_output({n.T, n.B, n.P}, options);
   at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, acc_opts) : at::Tensor();
   at::Tensor c_all = save ? new_output({n.T, n.B, n.H}, acc_opts) : at::Tensor();
   // The running state in the accumulation type; it becomes h_n and c_n.
   at::Tensor h_state = to_acc(h0, /*copy=*/true);
   at::Tensor c_state = to_acc(c0, /*copy=*/true);
 
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xg.scalar_type(), "lstm_forward_cpu", [&] {
-    lstm_forward_loop<scalar_t>(n, xg, to_acc(w_hh), w_hr ? to_acc(*w_hr) : at::Tensor(), lengths,
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "lstm_forward_cpu", [&] {
+    lstm_forward_loop<scalar_t>(n, in, to_acc(w_hh), w_hr ? to_acc(*w_hr) : at::Tensor(), lengths,
                                 reverse, y, h_state, c_state, gates, c_all);
   });
-  return {y, h_state.to(xg.scalar_type()), c_state.to(xg.scalar_type()), gates, c_all};
+  return {y, h_state.to(dtype), c_state.to(dtype), gates, c_all};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forward_cpu(
     const at::Tensor& xg, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse) {
-  return lstm_run(xg, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/true);
+  const KernelGuard guard;
+  const int64_t H = check_input_gates(xg, 4, "i, f, g, o");
+  const LstmSizes n = check_lstm_args(xg.size(0), xg.size(1), H, xg.scalar_type(), w_hh, w_hr,
+                                      h0, c0);
+  return lstm_run({xg.contiguous()}, n, xg.scalar_type(), w_hh, w_hr, h0, c0,
+                  check_lengths(lengths, n.T, n.B), reverse, /*save=*/true);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
-    const at::Tensor& xg, const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
-    bool reverse) {
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse) {
+  const KernelGuard guard;
+  const int64_t H = check_input_projection(x, w_ih, bias, 4);
+  const LstmSizes n = check_lstm_args(x.size(0), x.size(1), H, x.scalar_type(), w_hh, w_hr, h0,
+                                      c0);
   auto [y, h_n, c_n, gates, c_all] =
-      lstm_run(xg, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/false);
+      lstm_run({at::Tensor(), x.contiguous(), w_ih, bias ? *bias : at::Tensor()}, n,
+               x.scalar_type(), w_hh, w_hr, h0, c0, check_lengths(lengths, n.T, n.B), reverse,
+               /*save=*/false);
   return {y, h_n, c_n};
 }
 
@@ -272,7 +285,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     return thread;
   };
 
-  const auto loop = [&](int, int, LstmBackwardThread<scalar_t>& thread, Team&) {
+  const auto backward_rows = [&](LstmBackwardThread<scalar_t>& thread) {
     const UnitRange rows = thread.rows;
     if (rows.size() == 0) return;
     LstmBackwardStep<scalar_t> step = step0;
@@ -309,6 +322,10 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     }
   };
 
+  // No barrier: each thread's whole loop is one piece of work.
+  const auto loop = [&](int, int, LstmBackwardThread<scalar_t>& thread, Team& team) {
+    team.work([&] { backward_rows(thread); });
+  };
   Team::run(static_cast<int>(std::clamp<int64_t>(B, 1, team_size(H))), setup, loop);
 }
 

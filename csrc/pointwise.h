@@ -37,7 +37,11 @@ struct LstmForwardStep {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t t, B, H, P;
   const int64_t* lengths;
-  const scalar_t* xg;  // [T, B, 4H] input gates
+  // Input gates x_t W_ih^T + b_ih + b_hh: gate k of unit j of row b at
+  // xg[((t - xg_t0) * B + b) * 4 * xg_units + k * xg_units + j - xg_first] (see input_gates.h:
+  // the whole [T, B, 4H], or one thread's chunk of steps with its units' gates side by side).
+  const scalar_t* xg;
+  int64_t xg_t0, xg_units, xg_first;
   // h_{t-1} W_hh^T for the units [gh_first, gh_first + gh_units) the pass is called on: gate k
   // of unit j of row b at gh[b * 4 * gh_units + k * gh_units + j - gh_first] (one thread's
   // product, gates side by side; see team.h).
@@ -71,9 +75,10 @@ struct GruForwardStep {
   using acc_t = at::opmath_type<scalar_t>;
   int64_t t, B, H;
   const int64_t* lengths;
-  const scalar_t* xg;  // [T, B, 3H] input gates
-  // h_{t-1} W_hh^T for the units [gh_first, gh_first + gh_units), laid out as in
-  // LstmForwardStep with three gates r, z, n.
+  // Input gates x_t W_ih^T + b_ih and h_{t-1} W_hh^T, laid out as in LstmForwardStep with
+  // three gates r, z, n.
+  const scalar_t* xg;
+  int64_t xg_t0, xg_units, xg_first;
   const acc_t* gh;
   int64_t gh_first, gh_units;
   const acc_t* b_hh;    // [3H]

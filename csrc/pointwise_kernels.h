@@ -137,16 +137,17 @@ void lstm_forward(const LstmForwardStep<scalar_t>& a, int64_t begin, int64_t end
       else fill(y_row, j0, j1, scalar_t(0));
       return;
     }
-    const scalar_t* xg_row = a.xg + row * G;
+    const int64_t X = a.xg_units;
+    const scalar_t* xg_row = a.xg + ((a.t - a.xg_t0) * a.B + b) * 4 * X;
     const int64_t U = a.gh_units;
     const acc_t* gh_row = a.gh + b * 4 * U;
     for (int64_t j = j0; j < j1; j += V::size()) {
       const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-      const int64_t u = j - a.gh_first;
-      const V i = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + u, w));
-      const V f = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + U + u, w));
-      const V g = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + V::loadu(gh_row + 2 * U + u, w));
-      const V o = vsigmoid(load<acc_t>(xg_row + 3 * H + j, w) + V::loadu(gh_row + 3 * U + u, w));
+      const int64_t x = j - a.xg_first, u = j - a.gh_first;
+      const V i = vsigmoid(load<acc_t>(xg_row + x, w) + V::loadu(gh_row + u, w));
+      const V f = vsigmoid(load<acc_t>(xg_row + X + x, w) + V::loadu(gh_row + U + u, w));
+      const V g = vtanh(load<acc_t>(xg_row + 2 * X + x, w) + V::loadu(gh_row + 2 * U + u, w));
+      const V o = vsigmoid(load<acc_t>(xg_row + 3 * X + x, w) + V::loadu(gh_row + 3 * U + u, w));
       const V c = f * V::loadu(c_row + j, w) + i * g;
       const V m = o * vtanh(c);
       c.store(c_row + j, w);
@@ -224,20 +225,21 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
       fill(y_row, j0, j1, scalar_t(0));
       return;
     }
-    const scalar_t* xg_row = a.xg + row * G;
+    const int64_t X = a.xg_units;
+    const scalar_t* xg_row = a.xg + ((a.t - a.xg_t0) * a.B + b) * 3 * X;
     const int64_t U = a.gh_units;
     const acc_t* gh_row = a.gh + b * 3 * U;
     const acc_t* h_prev_row = a.h_prev + b * H;
     acc_t* h_row = a.h + b * H;
     for (int64_t j = j0; j < j1; j += V::size()) {
       const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-      const int64_t u = j - a.gh_first;
-      const V r = vsigmoid(load<acc_t>(xg_row + j, w) + V::loadu(gh_row + u, w) +
+      const int64_t x = j - a.xg_first, u = j - a.gh_first;
+      const V r = vsigmoid(load<acc_t>(xg_row + x, w) + V::loadu(gh_row + u, w) +
                            V::loadu(bias + j, w));
-      const V z = vsigmoid(load<acc_t>(xg_row + H + j, w) + V::loadu(gh_row + U + u, w) +
+      const V z = vsigmoid(load<acc_t>(xg_row + X + x, w) + V::loadu(gh_row + U + u, w) +
                            V::loadu(bias + H + j, w));
       const V hn = V::loadu(gh_row + 2 * U + u, w) + V::loadu(bias + 2 * H + j, w);
-      const V n = vtanh(load<acc_t>(xg_row + 2 * H + j, w) + r * hn);
+      const V n = vtanh(load<acc_t>(xg_row + 2 * X + x, w) + r * hn);
       // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
       const V h = n + z * (V::loadu(h_prev_row + j, w) - n);
       if constexpr (kSave) {

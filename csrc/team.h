@@ -12,7 +12,9 @@
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/ThreadLocalState.h>
 
+#include <atomic>
 #include <cstdint>
 #include <exception>
 #include <optional>
@@ -74,22 +76,28 @@ class ThreadProduct {
 
 // One OpenMP team of `nthreads` threads (the runtime may give fewer; the callbacks get the real
 // count) running a recurrence: on each thread, state = setup(tid, nthreads), then, once every
-// thread's setup has succeeded, loop(tid, nthreads, state, team), where team.barrier() waits for
-// the whole team. Setup may allocate and throw: the first exception is rethrown on the caller's
-// thread and no thread enters the loop. The loop must not throw (it meets the other threads at
-// barriers): it works on raw pointers and calls BLAS on buffers made in setup.
+// thread's setup has succeeded, loop(tid, nthreads, state, team). The loop puts each step's work
+// inside team.work(...) and meets the others at team.barrier(). The caller's thread-local state
+// (grad mode, the dispatch guards of the op) is set on every thread, as at::parallel_for does.
+// An exception in setup or in a step's work is rethrown on the caller's thread after the team
+// ends; after one, every thread skips its remaining work but still meets the barriers, so none
+// waits forever.
 class Team {
  public:
   template <typename Setup, typename Loop>
   static void run(int nthreads, const Setup& setup, const Loop& loop) {
     Team team;
+    const at::ThreadLocalState caller;
 #ifdef _OPENMP
     // A team of one runs on the caller's thread: inside even a one-thread parallel region, every
     // product MKL parallelises opens a nested team of its own, which cost about 200 us a step
     // (LSTM backward, B=1, H=256).
     if (nthreads > 1) {
 #pragma omp parallel num_threads(nthreads)
-      team.call(setup, loop, omp_get_thread_num(), omp_get_num_threads());
+      {
+        const at::ThreadLocalStateGuard state(caller);
+        team.call(setup, loop, omp_get_thread_num(), omp_get_num_threads());
+      }
     } else {
       team.call(setup, loop, 0, 1);
     }
@@ -105,22 +113,35 @@ class Team {
 #endif
   }
 
+  // Runs f unless a thread has failed; an exception from f is recorded instead of escaping.
+  template <typename F>
+  void work(const F& f) {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+      record(std::current_exception());
+    }
+  }
+
  private:
   template <typename Setup, typename Loop>
   void call(const Setup& setup, const Loop& loop, int tid, int nthreads) {
     std::optional<decltype(setup(tid, nthreads))> state;
-    try {
-      state.emplace(setup(tid, nthreads));
-    } catch (...) {
+    work([&] { state.emplace(setup(tid, nthreads)); });
+    barrier();
+    if (!failed_.load()) loop(tid, nthreads, *state, *this);
+  }
+
+  void record(std::exception_ptr error) {
 #ifdef _OPENMP
 #pragma omp critical(gated_kernels_team_error)
 #endif
-      if (!error_) error_ = std::current_exception();
-    }
-    barrier();  // also makes every thread's error_ visible to all
-    if (!error_) loop(tid, nthreads, *state, *this);
+    if (!error_) error_ = error;
+    failed_.store(true);
   }
 
+  std::atomic<bool> failed_{false};
   std::exception_ptr error_;
 };
 

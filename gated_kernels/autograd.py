@@ -1,7 +1,8 @@
 """The autograd layer: one torch.autograd.Function per cell over the recurrence operators.
 
 The functions take the precomputed input gates `xg`; the input projection and its gradients stay
-in ordinary PyTorch above them. Gradients are first order only (`once_differentiable`): the
+in ordinary PyTorch above them (`lstm_recurrence` / `gru_recurrence` make it). Without gradients
+the inference operators take the input itself. Gradients are first order only (`once_differentiable`): the
 backward operators are not themselves differentiated.
 
 The operators dispatch by device (C++ for CPU tensors, Triton for CUDA tensors). The one
@@ -10,6 +11,7 @@ way the kernels are tested without a GPU): it calls the Triton launchers directl
 """
 
 import torch
+import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from gated_kernels import ops  # noqa: F401  (declares the torch.ops.gated_kernels operators)
@@ -50,16 +52,22 @@ def needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
-    """(y, h_n, c_n): LSTMFunction where a gradient may be asked for; else the lstm_inference
-    operator, which returns the same values without computing and storing the tensors that
-    backward reads (gates [T, B, 4H] and c_all [T, B, H])."""
-    if needs_grad(xg, w_hh, w_hr, h0, c0):
+def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
+    """(y, h_n, c_n) of one layer-direction from its input x [T, B, I]: the input projection
+    xg = x w_ih^T + bias, then LSTMFunction where a gradient may be asked for; else the
+    lstm_inference operator, which returns the same values without computing and storing the
+    tensors that backward reads (gates [T, B, 4H] and c_all [T, B, H]) and, on the CPU, without
+    making xg at all."""
+    if needs_grad(x, w_ih, bias, w_hh, w_hr, h0, c0):
+        xg = F.linear(x, w_ih, bias)
         return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
-    if backend == "triton" and xg.device.type == "cpu":
+    if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
-        return _op("lstm_forward", backend, xg.device)(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
-    return torch.ops.gated_kernels.lstm_inference(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+        xg = F.linear(x, w_ih, bias)
+        return _op("lstm_forward", backend, x.device)(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
+    return torch.ops.gated_kernels.lstm_inference(
+        x.contiguous(), w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
+    )
 
 
 class GRUFunction(torch.autograd.Function):
@@ -84,12 +92,17 @@ class GRUFunction(torch.autograd.Function):
         return dxg, dw_hh, db_hh, dh0, None, None, None
 
 
-def gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
-    """(y, h_n): GRUFunction where a gradient may be asked for; else the gru_inference operator,
-    the same values without the gates [T, B, 4H] that backward reads."""
-    if needs_grad(xg, w_hh, b_hh, h0):
+def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
+    """(y, h_n) of one layer-direction from its input x [T, B, I]: GRUFunction on
+    xg = x w_ih^T + b_ih where a gradient may be asked for; else the gru_inference operator, the
+    same values without the gates [T, B, 4H] that backward reads (and, on the CPU, without xg)."""
+    if needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0):
+        xg = F.linear(x, w_ih, b_ih)
         return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
-    if backend == "triton" and xg.device.type == "cpu":
+    if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
-        return _op("gru_forward", backend, xg.device)(xg, w_hh, b_hh, h0, lengths, reverse)[:2]
-    return torch.ops.gated_kernels.gru_inference(xg, w_hh, b_hh, h0, lengths, reverse)
+        xg = F.linear(x, w_ih, b_ih)
+        return _op("gru_forward", backend, x.device)(xg, w_hh, b_hh, h0, lengths, reverse)[:2]
+    return torch.ops.gated_kernels.gru_inference(
+        x.contiguous(), w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
+    )

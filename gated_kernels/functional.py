@@ -26,16 +26,15 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
-    xg = F.linear(x, w_ih, bias)
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
+        xg = F.linear(x, w_ih, bias)
         return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse)
     if c0 is h0:
         # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
         # refuses an autograd.Function that gets the same tensor as two inputs.
         c0 = c0.clone()
-    # Without grad (inference), an operator that skips the tensors saved for backward.
-    return lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+    return lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend)
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
@@ -48,14 +47,13 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     >>> tuple(h.shape)
     (2, 4)
     """
-    xg = F.linear(x, w_ih, b_ih)
     # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     backend = resolve_backend(backend, x.device)
     if backend == "reference":
-        return reference.gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse)
-    return gru_recurrence(xg, w_hh, b_hh, h0, lengths, reverse, backend)
+        return reference.gru_recurrence(F.linear(x, w_ih, b_ih), w_hh, b_hh, h0, lengths, reverse)
+    return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)
 
 
 def _split_weights(weights, has_bias, has_proj):

@@ -8,13 +8,15 @@ exist wherever the package imports; device kernels register against them: the C+
 Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
       -> y [T,B,P], h_n [B,P], c_n [B,H], gates [T,B,4H], c_all [T,B,H]
-  lstm_inference(xg, w_hh, w_hr?, h0, c0, lengths?, reverse)
-      -> y, h_n, c_n: lstm_forward's first three outputs (the same values), with nothing saved
+  lstm_inference(x [T,B,I], w_ih [4H,I], bias [4H]?, w_hh, w_hr?, h0, c0, lengths?, reverse)
+      -> y, h_n, c_n: lstm_forward's first three outputs for xg = x w_ih^T + bias (bias is
+      b_ih + b_hh), with nothing saved; the CPU kernel never makes xg [T,B,4H]
   lstm_backward(dy, dh_n, dc_n, w_hh, w_hr?, h0, c0, lengths?, reverse, y, gates, c_all)
       -> dxg [T,B,4H], dw_hh [4H,P], dw_hr [P,H] (or [0] without w_hr), dh0 [B,P], dc0 [B,H]
   gru_forward(xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H], lengths [B]?, reverse)
       -> y [T,B,H], h_n [B,H], gates [T,B,4H]
-  gru_inference(xg, w_hh, b_hh, h0, lengths?, reverse) -> y, h_n: gru_forward's, nothing saved
+  gru_inference(x [T,B,I], w_ih [3H,I], b_ih [3H]?, w_hh, b_hh, h0, lengths?, reverse)
+      -> y, h_n: gru_forward's for xg = x w_ih^T + b_ih, nothing saved, no xg made on the CPU
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
 `gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
@@ -28,8 +30,8 @@ LIBRARY.define(
     "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
 )
 LIBRARY.define(
-    "lstm_inference(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
-    "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
+    "lstm_inference(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, Tensor h0, "
+    "Tensor c0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
     "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
@@ -41,8 +43,8 @@ LIBRARY.define(
     "-> (Tensor y, Tensor h_n, Tensor gates)"
 )
 LIBRARY.define(
-    "gru_inference(Tensor xg, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor? lengths, bool reverse) "
-    "-> (Tensor y, Tensor h_n)"
+    "gru_inference(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor b_hh, Tensor h0, "
+    "Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
 )
 LIBRARY.define(
     "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
@@ -73,14 +75,15 @@ def _triton_kernel(name):
 
 
 def _triton_inference(name, outputs):
-    """The CUDA kernel of an inference operator: the Triton forward `name`, its saved tensors
-    dropped (the Triton kernels have no variant without them yet)."""
+    """The CUDA kernel of an inference operator: the input projection, then the Triton forward
+    `name` with its saved tensors dropped (the Triton kernels have no variant without them yet)."""
 
-    def kernel(*args):
+    def kernel(x, w_ih, bias, *args):
         from gated_kernels.triton_kernels import launchers
 
         with torch.no_grad():
-            return getattr(launchers, name)(*args)[:outputs]
+            xg = torch.nn.functional.linear(x, w_ih, bias)
+            return getattr(launchers, name)(xg, *args)[:outputs]
 
     return kernel
 
@@ -200,10 +203,26 @@ def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     )
 
 
+def input_gates_like(x, w_ih, bias, cell, gates):
+    """Validates an inference operator's input projection (x [T,B,I], w_ih [G,I], bias [G]?);
+    returns an empty tensor shaped like its input gates xg [T,B,G], for the checks of xg."""
+    _check_tensor("x", x, (None, None, None), x.dtype, x.device)
+    _check_tensor("w_ih", w_ih, (None, x.shape[2]), x.dtype, x.device)
+    _expect(
+        w_ih.shape[0] % gates == 0,
+        ValueError,
+        f"w_ih.size(0) must be {gates}H for {cell}, got {w_ih.shape[0]}",
+    )
+    if bias is not None:
+        _check_tensor("bias", bias, (w_ih.shape[0],), x.dtype, x.device)
+    return x.new_empty(x.shape[0], x.shape[1], w_ih.shape[0])
+
+
 @torch.library.register_fake("gated_kernels::lstm_inference")
-def _lstm_inference_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+def _lstm_inference_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
+    xg = input_gates_like(x, w_ih, bias, "LSTM", 4)
     T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
-    return xg.new_empty(T, B, P), xg.new_empty(B, P), xg.new_empty(B, H)
+    return x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
 
 
 @torch.library.register_fake("gated_kernels::lstm_backward")
@@ -231,9 +250,10 @@ def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
 
 
 @torch.library.register_fake("gated_kernels::gru_inference")
-def _gru_inference_fake(xg, w_hh, b_hh, h0, lengths, reverse):
+def _gru_inference_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
+    xg = input_gates_like(x, w_ih, b_ih, "GRU", 3)
     T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
-    return xg.new_empty(T, B, H), xg.new_empty(B, H)
+    return x.new_empty(T, B, H), x.new_empty(B, H)
 
 
 @torch.library.register_fake("gated_kernels::gru_backward")

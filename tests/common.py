@@ -59,6 +59,35 @@ def gru_inputs(T, B, H, lengths=None, dtype=torch.float64, seed=0):
     return xg, w_hh, b_hh, h0, lens
 
 
+def input_projection(T, B, I, G, dtype=torch.float64, bias=True, seed=2):
+    """(x [T, B, I], w_ih [G, I], bias [G] or None) for the inference operators, with
+    nn.LSTM-like weight scales."""
+    g = torch.Generator().manual_seed(seed)
+    bound = I**-0.5
+    x = torch.randn(T, B, I, generator=g, dtype=torch.float64)
+    w_ih = (torch.rand(G, I, generator=g, dtype=torch.float64) * 2 - 1) * bound
+    b = (torch.rand(G, generator=g, dtype=torch.float64) * 2 - 1) * bound if bias else None
+    return x.to(dtype), w_ih.to(dtype), None if b is None else b.to(dtype)
+
+
+def check_inference_against_reference(op, ref_fn, args, lengths, reverse, dtype, output_names):
+    """An inference operator op(x, w_ih, bias, *rest, lengths, reverse) in `dtype` against
+    ref_fn(x w_ih^T + bias, *rest, lengths, reverse) in float64, on every output. In low
+    precision the bound comes from the same reference run in that dtype."""
+    def reference(tensors):
+        x, w_ih, bias, *rest = tensors
+        return ref_fn(torch.nn.functional.linear(x, w_ih, bias), *rest, lengths, reverse)
+
+    expected = reference([None if t is None else t.double() for t in args])
+    low = reference(args) if dtype not in (torch.float32, torch.float64) else None
+    actual = op(*args, lengths, reverse)
+    assert len(actual) == len(output_names)
+    for k, name in enumerate(output_names):
+        ref_err = max_rel_error(low[k], expected[k]) if low else None
+        assert actual[k].dtype == dtype, f"{name}: dtype {actual[k].dtype}"
+        assert_close(actual[k], expected[k], dtype, "out", name, ref_err)
+
+
 def grads(outputs, inputs, seed=1):
     """Gradients of sum(out * random weight) over all outputs, w.r.t. every input."""
     g = torch.Generator().manual_seed(seed)

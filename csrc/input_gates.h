@@ -1,0 +1,68 @@
+// Where a forward thread of the team (team.h) reads the input gates of its units at step t,
+// xg_t = x_t W_ih^T + bias, for the pointwise pass:
+//   - precomputed: the whole xg [T, B, num_gates * H] made before the op (lstm_forward and
+//     gru_forward, whose callers also need it for nothing else but keep the op boundary of
+//     DESIGN.md); the next step's rows are prefetched while the product runs;
+//   - from the input: the inference ops take x [T, B, I] and W_ih, and each thread computes the
+//     gates of its own units a chunk of steps at a time into a buffer that stays in its cache.
+//     The [T, B, G] tensor is never made: at T=500, B=64, H=128 it is 65 MB of fresh pages a
+//     call, whose page faults alone took 18 ms on the build machine (torch.mm of that size into
+//     a new tensor 33.8 ms, into a reused one 16.1 ms), and adding the bias took another copy.
+// The pass reads gate k of unit j of row b at data[((t - t0) * B + b) * G_t + k * units + j - first]
+// with G_t = num_gates * units (see LstmForwardStep).
+#pragma once
+
+#include "team.h"
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace gated_kernels {
+
+// What a forward op was given for its input gates: xg, or x with W_ih and the bias (which, for
+// the LSTM, is b_ih + b_hh: both act on the same pre-activation).
+struct GateInputs {
+  at::Tensor xg, x, w_ih, bias;
+};
+
+template <typename scalar_t>
+class InputGates {
+ public:
+  // The thread's source of input gates for its units, from either form of GateInputs.
+  static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units) {
+    return in.xg.defined() ? precomputed(in.xg, num_gates, units)
+                           : from_input(in.x, in.w_ih, in.bias, num_gates, units);
+  }
+
+ public:
+  // xg [T, B, num_gates * H], contiguous.
+  static InputGates precomputed(const at::Tensor& xg, int64_t num_gates, UnitRange units);
+  // x [T, B, I] contiguous; w_ih [num_gates * H, I]; bias [num_gates * H] or undefined. The
+  // thread's rows of W_ih (its units of each gate, side by side) are gathered here.
+  static InputGates from_input(const at::Tensor& x, const at::Tensor& w_ih,
+                               const at::Tensor& bias, int64_t num_gates, UnitRange units);
+
+  // Makes step t's gates readable at data(), with step t0() as row block 0; call once per step,
+  // in processing order. Allocates nothing.
+  void prepare(int64_t t);
+  const scalar_t* data() const { return data_; }
+  int64_t t0() const { return t0_; }
+  int64_t units() const { return units_; }
+  int64_t first() const { return first_; }
+
+ private:
+  InputGates() = default;
+
+  const scalar_t* data_ = nullptr;
+  int64_t t0_ = 0, units_ = 0, first_ = 0, B_ = 0, H_ = 0, num_gates_ = 0;
+  UnitRange own_{0, 0};  // the thread's units
+  // From the input only: steps per chunk, the chunk now in out_, and per chunk its input rows
+  // [steps * B, I] and output rows (the last chunk may be shorter).
+  int64_t chunk_steps_ = 0, chunk_ = -1;
+  at::Tensor w_t_, bias_, out_;
+  std::vector<at::Tensor> x_chunks_, out_chunks_;
+};
+
+}  // namespace gated_kernels
