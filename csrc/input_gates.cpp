@@ -42,7 +42,7 @@ InputGates<scalar_t> InputGates<scalar_t>::precomputed(const at::Tensor& xg, int
 template <typename scalar_t>
 InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const at::Tensor& w_ih,
                                                       const at::Tensor& bias, int64_t num_gates,
-                                                      UnitRange units) {
+                                                      UnitRange units, bool pack) {
   InputGates gates;
   const int64_t T = x.size(0), B = x.size(1);
   gates.B_ = B;
@@ -51,17 +51,23 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   gates.units_ = units.size();
   gates.first_ = units.begin;
   gates.own_ = units;
-  gates.w_t_ = gather_units(w_ih, num_gates, units).t();
-  if (bias.defined()) gates.bias_ = gather_units(bias, num_gates, units);
-  gates.chunk_steps_ = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
-  const int64_t steps = gates.chunk_steps_;
-  gates.out_ = at::empty({steps * B, num_gates * units.size()}, x.options());
-  for (int64_t t0 = 0; t0 < T; t0 += steps) {
-    const int64_t n = std::min(steps, T - t0);
-    gates.x_chunks_.push_back(x.narrow(0, t0, n).flatten(0, 1));
-    gates.out_chunks_.push_back(gates.out_.narrow(0, 0, n * B));
+  const at::Tensor w = gather_units(w_ih, num_gates, units).t();
+  const at::Tensor b = bias.defined() ? gather_units(bias, num_gates, units) : at::Tensor();
+  const int64_t steps = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
+  gates.chunk_steps_ = steps;
+  gates.whole_chunks_ = T / steps;
+  // The input rows of every whole chunk, [steps * B, I]; MKL's packed product is specific to
+  // the row count, so a shorter last chunk gets a product of its own.
+  std::vector<at::Tensor> whole;
+  for (const auto c : c10::irange(gates.whole_chunks_)) {
+    whole.push_back(x.narrow(0, c * steps, steps).flatten(0, 1));
   }
-  gates.data_ = gates.out_.template data_ptr<scalar_t>();
+  if (!whole.empty()) gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(w, whole, pack, b);
+  if (T % steps != 0) {
+    const at::Tensor rest = x.narrow(0, gates.whole_chunks_ * steps, T % steps).flatten(0, 1);
+    gates.last_ = std::make_shared<ThreadProduct<scalar_t>>(
+        w, std::vector<at::Tensor>{rest}, /*pack=*/false, b);
+  }
   return gates;
 }
 
@@ -83,13 +89,7 @@ void InputGates<scalar_t>::prepare(int64_t t) {
   if (chunk == chunk_) return;
   chunk_ = chunk;
   t0_ = chunk * chunk_steps_;
-  at::Tensor& out = out_chunks_[chunk];
-  if (out.numel() == 0) return;
-  if (bias_.defined()) {
-    at::cpu::addmm_out(out, bias_, x_chunks_[chunk], w_t_);
-  } else {
-    at::cpu::mm_out(out, x_chunks_[chunk], w_t_);
-  }
+  data_ = chunk < whole_chunks_ ? (*whole_)(static_cast<int>(chunk)) : (*last_)(0);
 }
 
 template class InputGates<float>;

@@ -17,6 +17,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace gated_kernels {
@@ -31,9 +32,10 @@ template <typename scalar_t>
 class InputGates {
  public:
   // The thread's source of input gates for its units, from either form of GateInputs.
-  static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units) {
+  // `pack`: the products' choice (team.h, ThreadProduct).
+  static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units, bool pack) {
     return in.xg.defined() ? precomputed(in.xg, num_gates, units)
-                           : from_input(in.x, in.w_ih, in.bias, num_gates, units);
+                           : from_input(in.x, in.w_ih, in.bias, num_gates, units, pack);
   }
 
  public:
@@ -42,7 +44,8 @@ class InputGates {
   // x [T, B, I] contiguous; w_ih [num_gates * H, I]; bias [num_gates * H] or undefined. The
   // thread's rows of W_ih (its units of each gate, side by side) are gathered here.
   static InputGates from_input(const at::Tensor& x, const at::Tensor& w_ih,
-                               const at::Tensor& bias, int64_t num_gates, UnitRange units);
+                               const at::Tensor& bias, int64_t num_gates, UnitRange units,
+                               bool pack);
 
   // Makes step t's gates readable at data(), with step t0() as row block 0; call once per step,
   // in processing order. Allocates nothing.
@@ -58,11 +61,10 @@ class InputGates {
   const scalar_t* data_ = nullptr;
   int64_t t0_ = 0, units_ = 0, first_ = 0, B_ = 0, H_ = 0, num_gates_ = 0;
   UnitRange own_{0, 0};  // the thread's units
-  // From the input only: steps per chunk, the chunk now in out_, and per chunk its input rows
-  // [steps * B, I] and output rows (the last chunk may be shorter).
-  int64_t chunk_steps_ = 0, chunk_ = -1;
-  at::Tensor w_t_, bias_, out_;
-  std::vector<at::Tensor> x_chunks_, out_chunks_;
+  // From the input only: steps per chunk, the number of whole chunks, the chunk now in data_,
+  // and the products of whole chunks and of the shorter last one, if any.
+  int64_t chunk_steps_ = 0, whole_chunks_ = 0, chunk_ = -1;
+  std::shared_ptr<ThreadProduct<scalar_t>> whole_, last_;
 };
 
 }  // namespace gated_kernels

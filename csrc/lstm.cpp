@@ -115,7 +115,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
     std::vector<at::Tensor> rows;
     for (const auto k : c10::irange(4)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
     LstmForwardThread<scalar_t> thread{units, team_units(P, tid, nthreads),
-                                       InputGates<scalar_t>::make(in, 4, units),
+                                       InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
                                        ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
                                        std::nullopt,
                                        {}};

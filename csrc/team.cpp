@@ -1,6 +1,8 @@
 #include "team.h"
 
+#include <ATen/ops/addmm_cpu_dispatch.h>
 #include <ATen/ops/mm_cpu_dispatch.h>
+#include <c10/util/irange.h>
 
 #include <algorithm>
 
@@ -58,8 +60,8 @@ UnitRange split_range(int64_t n, int tid, int nthreads) {
 
 template <typename acc_t>
 ThreadProduct<acc_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers,
-                                    bool pack)
-    : w_(w), h_(std::move(h_buffers)) {
+                                    bool pack, const at::Tensor& bias)
+    : w_(w), bias_(bias), h_(std::move(h_buffers)) {
   const int64_t B = h_.front().size(0), K = w_.size(0), N = w_.size(1);
   out_ = at::empty({B, N}, w_.options());
 #ifdef GATED_KERNELS_MKL_PACKED
@@ -88,17 +90,27 @@ const acc_t* ThreadProduct<acc_t>::operator()(int which) {
   if constexpr (std::is_same_v<acc_t, float>) {
     if (packed_.defined()) {
       const int B = out_.size(0), N = out_.size(1), K = w_.size(0);
+      if (bias_.defined()) {
+        const float* b = bias_.data_ptr<float>();
+        for (const auto row : c10::irange(B)) std::copy(b, b + N, out + row * N);
+      }
       cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(),
-                          h.stride(0), packed_.data_ptr<float>(), N, 0.0f, out, N);
+                          h.stride(0), packed_.data_ptr<float>(), N,
+                          bias_.defined() ? 1.0f : 0.0f, out, N);
       return out;
     }
   }
 #endif
-  at::cpu::mm_out(out_, h, w_);
+  if (bias_.defined()) {
+    at::cpu::addmm_out(out_, bias_, h, w_);
+  } else {
+    at::cpu::mm_out(out_, h, w_);
+  }
   return out;
 }
 
 template class ThreadProduct<float>;
 template class ThreadProduct<double>;
+template class ThreadProduct<c10::BFloat16>;
 
 }  // namespace gated_kernels

@@ -56,21 +56,26 @@ inline void prefetch(const T* p, int64_t n) {
 }
 
 // out[B, N] = h[B, K] @ w, w [K, N], the same w every step, with h read from one of a few
-// [B, K] buffers fixed up front. With `pack`, for float where torch carries MKL (the x86
-// wheels), w is packed once (cblas_sgemm_pack) and a step is one cblas_sgemm_compute: the
-// choice for threads of a team, where MKL runs on the calling thread. Otherwise
+// [B, K] buffers fixed up front (the dtype is the accumulation type for the recurrent products,
+// the input's for the input gates of input_gates.h). With `pack`, for float where torch carries
+// MKL (the x86 wheels), w is packed once (cblas_sgemm_pack) and a call is one
+// cblas_sgemm_compute: the choice for threads of a team, where MKL runs on the calling thread
+// (MKL asks 8-13 MB for a packed matrix whatever its size, of which about 0.5 MB becomes
+// resident at N=384, K=128: the rest is address space it never touches). Otherwise
 // at::cpu::mm_out, which lets MKL parallelise a lone thread's product (packed, a one-thread
 // LSTM backward at B=1, H=512 took 7.4 ms against 5.4 ms). Construct it before the time loop;
 // a call allocates nothing.
 template <typename acc_t>
 class ThreadProduct {
  public:
-  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, bool pack);
-  // Returns h_buffers[which] @ w, [B, N] contiguous, valid until the next call.
+  // bias [N], optional: the product returns h @ w + bias.
+  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, bool pack,
+                const at::Tensor& bias = at::Tensor());
+  // Returns h_buffers[which] @ w (+ bias), [B, N] contiguous, valid until the next call.
   const acc_t* operator()(int which);
 
  private:
-  at::Tensor w_, packed_, out_;
+  at::Tensor w_, bias_, packed_, out_;
   std::vector<at::Tensor> h_;
 };
 
