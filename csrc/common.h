@@ -93,14 +93,6 @@ inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) 
   if (c.numel() != 0) at::cpu::addmm_(c, a, b);
 }
 
-// ---- the per-step pointwise pass ----
-// A step's B*H hidden units are split over threads above kPointwiseGrain elements (at least
-// kPointwiseGrain / 2 per thread). With the vectorised passes, measured on the 2-core machine
-// (AVX-512, minimum of 21 runs, whole op): B*H = 1024 loses from a split (LSTM forward 3.5 ->
-// 3.8 ms, T=200), 2048 breaks even, 4096 gains about 11 us a step (15.9 -> 13.6 ms, T=200) and
-// 8192 about 30 us (14.1 -> 10.8 ms, T=100). Waking the second thread costs a few us a step.
-constexpr int64_t kPointwiseGrain = 2048;
-
 // Processing order: step s of the loop handles time index t.
 inline int64_t time_index(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }
 

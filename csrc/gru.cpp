@@ -183,20 +183,39 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   at::Tensor dGh = at::empty({B, 3 * H}, dh.options());
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  GruBackwardStep<scalar_t> step{0, T, B, H, reverse, len, gates.data_ptr<acc_t>(),
-                                 dy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                 h0.data_ptr<acc_t>(), dh.data_ptr<acc_t>(),
-                                 dGx.data_ptr<acc_t>(), dGh.data_ptr<acc_t>(),
-                                 dGhn.data_ptr<acc_t>()};
+  const acc_t* gates_p = gates.data_ptr<acc_t>();
+  acc_t* dh_p = dh.data_ptr<acc_t>();
+  const GruBackwardStep<scalar_t> step0{0, T, B, H, reverse, len, gates_p,
+                                        dy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
+                                        h0.data_ptr<acc_t>(), dh_p, dGx.data_ptr<acc_t>(),
+                                        dGh.data_ptr<acc_t>(), dGhn.data_ptr<acc_t>()};
   const auto pass = pointwise_kernels<scalar_t>().gru_backward;
 
-  for (int64_t s = T - 1; s >= 0; --s) {
-    step.t = time_index(s, T, reverse);
-    at::parallel_for(0, B * H, kPointwiseGrain,
-                     [&](int64_t begin, int64_t end) { pass(step, begin, end); });
-    // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh).
-    matmul_add(dh, dGh, w_hh);
-  }
+  // As the LSTM backward: the threads split the batch rows and never wait for each other.
+  const auto setup = [&](int tid, int nthreads) {
+    const UnitRange rows = split_range(B, tid, nthreads);
+    return std::make_pair(rows, ThreadProduct<acc_t>(
+                                    w_hh, {dGh.narrow(0, rows.begin, rows.size())}, nthreads > 1));
+  };
+  const auto backward_rows = [&](UnitRange rows, ThreadProduct<acc_t>& recurrent) {
+    GruBackwardStep<scalar_t> step = step0;
+    for (int64_t s = T - 1; s >= 0; --s) {
+      step.t = time_index(s, T, reverse);
+      pass(step, rows.begin * H, rows.end * H);
+      if (s > 0) {
+        // The next step's saved gates, requested while the product runs (see the LSTM).
+        const int64_t t_next = time_index(s - 1, T, reverse);
+        prefetch(gates_p + (t_next * B + rows.begin) * 4 * H, rows.size() * 4 * H);
+      }
+      // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh).
+      const acc_t* product = recurrent(0);
+      for (int64_t k = 0; k < rows.size() * H; ++k) dh_p[rows.begin * H + k] += product[k];
+    }
+  };
+  const auto loop = [&](int, int, auto& thread, Team& team) {
+    if (thread.first.size() > 0) team.work([&] { backward_rows(thread.first, thread.second); });
+  };
+  Team::run(static_cast<int>(std::clamp<int64_t>(B, 1, team_size(H))), setup, loop);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
