@@ -82,7 +82,10 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
     std::vector<at::Tensor> rows;
     for (const auto k : c10::irange(3)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
     GruForwardThread<scalar_t> thread{units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
-                                      ThreadProduct<acc_t>(at::cat(rows).t(), h, pack), {}};
+                                      ThreadProduct<acc_t>(at::cat(rows).t(), h,
+                                                           pack ? PackSlot::kRecurrent
+                                                                : PackSlot::kNone),
+                                      {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
@@ -194,8 +197,8 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    return std::make_pair(rows, ThreadProduct<acc_t>(
-                                    w_hh, {dGh.narrow(0, rows.begin, rows.size())}, nthreads > 1));
+    return std::make_pair(rows, ThreadProduct<acc_t>(w_hh, {dGh.narrow(0, rows.begin, rows.size())},
+                                                     team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto backward_rows = [&](UnitRange rows, ThreadProduct<acc_t>& recurrent) {
     GruBackwardStep<scalar_t> step = step0;

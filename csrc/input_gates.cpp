@@ -62,11 +62,14 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   for (const auto c : c10::irange(gates.whole_chunks_)) {
     whole.push_back(x.narrow(0, c * steps, steps).flatten(0, 1));
   }
-  if (!whole.empty()) gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(w, whole, pack, b);
+  if (!whole.empty()) {
+    gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(
+        w, whole, pack ? PackSlot::kInput : PackSlot::kNone, b);
+  }
   if (T % steps != 0) {
     const at::Tensor rest = x.narrow(0, gates.whole_chunks_ * steps, T % steps).flatten(0, 1);
     gates.last_ = std::make_shared<ThreadProduct<scalar_t>>(
-        w, std::vector<at::Tensor>{rest}, /*pack=*/false, b);
+        w, std::vector<at::Tensor>{rest}, PackSlot::kNone, b);
   }
   return gates;
 }

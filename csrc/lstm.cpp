@@ -112,17 +112,18 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
     // packed 5.8 vs 4.5 ms).
     const bool pack = nthreads > 1 &&
                       (B > 1 || 4 * units.size() * P * w_hh.element_size() <= (1 << 20));
+    const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     std::vector<at::Tensor> rows;
     for (const auto k : c10::irange(4)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
     LstmForwardThread<scalar_t> thread{units, team_units(P, tid, nthreads),
                                        InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
-                                       ThreadProduct<acc_t>(at::cat(rows).t(), h, pack),
+                                       ThreadProduct<acc_t>(at::cat(rows).t(), h, slot),
                                        std::nullopt,
                                        {}};
     if (proj) {
       thread.projection.emplace(
           w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),
-          std::vector<at::Tensor>{m}, nthreads > 1);
+          std::vector<at::Tensor>{m}, team_pack(nthreads, PackSlot::kProjection));
     }
     thread.step = {0, B, H, P, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    c_state.data_ptr<acc_t>(), save ? c_all.data_ptr<acc_t>() : nullptr,
@@ -276,11 +277,13 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     const UnitRange rows = split_range(B, tid, nthreads);
     std::vector<at::Tensor> dG_rows;
     for (const at::Tensor& d : dG_steps) dG_rows.push_back(d.narrow(0, rows.begin, rows.size()));
-    LstmBackwardThread<scalar_t> thread{rows, ThreadProduct<acc_t>(w_hh, dG_rows, nthreads > 1),
-                                        std::nullopt};
+    LstmBackwardThread<scalar_t> thread{
+        rows, ThreadProduct<acc_t>(w_hh, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
+        std::nullopt};
     if (proj) {
       thread.projection.emplace(
-          w_hr, std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())}, nthreads > 1);
+          w_hr, std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())},
+          team_pack(nthreads, PackSlot::kProjection));
     }
     return thread;
   };

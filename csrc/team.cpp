@@ -5,6 +5,8 @@
 #include <c10/util/irange.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <new>
 
 // MKL's packed GEMM, exported by libtorch_cpu in the x86 wheels that link MKL. Declared weak so
 // that the extension still loads against a torch without them (the pointers are then null).
@@ -36,6 +38,28 @@ bool mkl_packed_available() {
 #endif
 }
 
+// This thread's buffer for a slot's packed matrix, grown to `bytes` when smaller. Kept until
+// the thread ends; of the reserved size only the part MKL writes becomes resident (about 0.5 MB
+// of 7.9 MB for a 384 x 128 weight, measured with the process's resident set).
+float* pack_buffer(PackSlot slot, size_t bytes) {
+  struct Buffer {
+    float* data = nullptr;
+    size_t bytes = 0;
+    ~Buffer() { std::free(data); }
+  };
+  static thread_local Buffer buffers[3];
+  Buffer& buffer = buffers[static_cast<int>(slot) - 1];
+  if (buffer.bytes < bytes) {
+    std::free(buffer.data);
+    buffer.bytes = 0;
+    // 64-byte aligned, the size rounded up to a multiple of the alignment (aligned_alloc's rule).
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (buffer.data == nullptr) throw std::bad_alloc();
+    buffer.bytes = bytes;
+  }
+  return buffer.data;
+}
+
 }  // namespace
 
 int team_size(int64_t H) {
@@ -60,22 +84,21 @@ UnitRange split_range(int64_t n, int tid, int nthreads) {
 
 template <typename acc_t>
 ThreadProduct<acc_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers,
-                                    bool pack, const at::Tensor& bias)
+                                    PackSlot slot, const at::Tensor& bias)
     : w_(w), bias_(bias), h_(std::move(h_buffers)) {
   const int64_t B = h_.front().size(0), K = w_.size(0), N = w_.size(1);
   out_ = at::empty({B, N}, w_.options());
 #ifdef GATED_KERNELS_MKL_PACKED
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (pack && mkl_packed_available() && B > 0 && N > 0 && K > 0) {
+    if (slot != PackSlot::kNone && mkl_packed_available() && B > 0 && N > 0 && K > 0) {
       // w as MKL reads it: [K, N] rows (no transpose), or the transpose of [N, K] rows.
       if (w_.stride(1) != 1 && w_.stride(0) != 1) w_ = w_.contiguous();
       const int trans = w_.stride(1) == 1 ? kNoTrans : kTrans;
       const int ld = trans == kNoTrans ? w_.stride(0) : w_.stride(1);
-      const size_t bytes = cblas_sgemm_pack_get_size(kBMatrix, B, N, K);
-      packed_ = at::empty({static_cast<int64_t>((bytes + sizeof(float) - 1) / sizeof(float))},
-                          w_.options());
+      float* packed = pack_buffer(slot, cblas_sgemm_pack_get_size(kBMatrix, B, N, K));
       cblas_sgemm_pack(kRowMajor, kBMatrix, trans, B, N, K, 1.0f, w_.data_ptr<float>(), ld,
-                       packed_.data_ptr<float>());
+                       packed);
+      packed_ = packed;
     }
   }
 #endif
@@ -88,14 +111,14 @@ const acc_t* ThreadProduct<acc_t>::operator()(int which) {
   const at::Tensor& h = h_[which];
 #ifdef GATED_KERNELS_MKL_PACKED
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (packed_.defined()) {
+    if (packed_ != nullptr) {
       const int B = out_.size(0), N = out_.size(1), K = w_.size(0);
       if (bias_.defined()) {
         const float* b = bias_.data_ptr<float>();
         for (const auto row : c10::irange(B)) std::copy(b, b + N, out + row * N);
       }
       cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(),
-                          h.stride(0), packed_.data_ptr<float>(), N,
+                          h.stride(0), packed_, N,
                           bias_.defined() ? 1.0f : 0.0f, out, N);
       return out;
     }

@@ -57,25 +57,36 @@ inline void prefetch(const T* p, int64_t n) {
 
 // out[B, N] = h[B, K] @ w, w [K, N], the same w every step, with h read from one of a few
 // [B, K] buffers fixed up front (the dtype is the accumulation type for the recurrent products,
-// the input's for the input gates of input_gates.h). With `pack`, for float where torch carries
-// MKL (the x86 wheels), w is packed once (cblas_sgemm_pack) and a call is one
-// cblas_sgemm_compute: the choice for threads of a team, where MKL runs on the calling thread
-// (MKL asks 8-13 MB for a packed matrix whatever its size, of which about 0.5 MB becomes
-// resident at N=384, K=128: the rest is address space it never touches). Otherwise
+// the input's for the input gates of input_gates.h). Packed, for float where torch carries MKL
+// (the x86 wheels), w is packed once (cblas_sgemm_pack) and a call is one cblas_sgemm_compute:
+// the choice for threads of a team, where MKL runs on the calling thread. Otherwise
 // at::cpu::mm_out, which lets MKL parallelise a lone thread's product (packed, a one-thread
 // LSTM backward at B=1, H=512 took 7.4 ms against 5.4 ms). Construct it before the time loop;
 // a call allocates nothing.
+//
+// The packed copy lives in a buffer of the calling thread, one per PackSlot, kept from call to
+// call (outside torch's allocator): MKL asks 8-13 MB of address space per packed matrix whatever
+// its size, and allocating that per call cost a fresh mapping each time. A thread may hold one
+// live product per slot.
+enum class PackSlot { kNone, kRecurrent, kProjection, kInput };
+
+// `slot` for a product of a team of `nthreads`: packed only when the team has several threads.
+inline PackSlot team_pack(int nthreads, PackSlot slot) {
+  return nthreads > 1 ? slot : PackSlot::kNone;
+}
+
 template <typename acc_t>
 class ThreadProduct {
  public:
-  // bias [N], optional: the product returns h @ w + bias.
-  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, bool pack,
+  // slot kNone: unpacked. bias [N], optional: the product returns h @ w + bias.
+  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, PackSlot slot,
                 const at::Tensor& bias = at::Tensor());
   // Returns h_buffers[which] @ w (+ bias), [B, N] contiguous, valid until the next call.
   const acc_t* operator()(int which);
 
  private:
-  at::Tensor w_, bias_, packed_, out_;
+  at::Tensor w_, bias_, out_;
+  const float* packed_ = nullptr;
   std::vector<at::Tensor> h_;
 };
 
