@@ -104,10 +104,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
         thread.input.prepare(t);
         step.gh = thread.recurrent(s % 2);
         step.t = t;
-        step.xg = thread.input.data();
-        step.xg_t0 = thread.input.t0();
-        step.xg_units = thread.input.units();
-        step.xg_first = thread.input.first();
+        thread.input.point(step);
         step.h_prev = h_prev;
         step.h = h_next;
         for (const auto b : c10::irange(B)) {

@@ -47,13 +47,17 @@ class InputGates {
                                const at::Tensor& bias, int64_t num_gates, UnitRange units,
                                bool pack);
 
-  // Makes step t's gates readable at data(), with step t0() as row block 0; call once per step,
-  // in processing order. Allocates nothing.
+  // Makes step t's gates readable (see point()); call once per step, in processing order.
+  // Allocates nothing.
   void prepare(int64_t t);
-  const scalar_t* data() const { return data_; }
-  int64_t t0() const { return t0_; }
-  int64_t units() const { return units_; }
-  int64_t first() const { return first_; }
+  // Points a pass's step arguments (LstmForwardStep, GruForwardStep) at step t's gates.
+  template <typename Step>
+  void point(Step& step) const {
+    step.xg = data_;
+    step.xg_t0 = t0_;
+    step.xg_units = units_;
+    step.xg_first = first_;
+  }
 
  private:
   InputGates() = default;

@@ -144,10 +144,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
         thread.input.prepare(t);
         step.gh = thread.recurrent(s % 2);
         step.t = t;
-        step.xg = thread.input.data();
-        step.xg_t0 = thread.input.t0();
-        step.xg_units = thread.input.units();
-        step.xg_first = thread.input.first();
+        thread.input.point(step);
         step.m = proj ? m.data_ptr<acc_t>() : h_next;
         for (const auto b : c10::irange(B)) {
           pass(step, b * H + units.begin, b * H + units.end);

@@ -88,16 +88,23 @@ ThreadProduct<acc_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor>
     : w_(w), bias_(bias), h_(std::move(h_buffers)) {
   const int64_t B = h_.front().size(0), K = w_.size(0), N = w_.size(1);
   out_ = at::empty({B, N}, w_.options());
+  for (const at::Tensor& h : h_) {
+    TORCH_INTERNAL_ASSERT(h.size(0) == B && h.size(1) == K &&
+                              (K <= 1 || h.stride(1) == 1) && (B <= 1 || h.stride(0) >= K),
+                          "ThreadProduct: h buffers must be [B, K] with contiguous rows");
+  }
 #ifdef GATED_KERNELS_MKL_PACKED
   if constexpr (std::is_same_v<acc_t, float>) {
     if (slot != PackSlot::kNone && mkl_packed_available() && B > 0 && N > 0 && K > 0) {
-      // w as MKL reads it: [K, N] rows (no transpose), or the transpose of [N, K] rows.
-      if (w_.stride(1) != 1 && w_.stride(0) != 1) w_ = w_.contiguous();
-      const int trans = w_.stride(1) == 1 ? kNoTrans : kTrans;
-      const int ld = trans == kNoTrans ? w_.stride(0) : w_.stride(1);
+      // w as MKL reads it: the transpose of contiguous [N, K] rows (how the forward gathers
+      // its rows), else contiguous [K, N] rows. The leading dimensions are the row lengths, not
+      // strides: torch gives a size-1 dimension any stride (a [1, N] view may have stride 1 for
+      // its rows, which MKL rejects, leaving the buffer unpacked).
+      const bool trans = w_.t().is_contiguous();
+      if (!trans) w_ = w_.contiguous();
       float* packed = pack_buffer(slot, cblas_sgemm_pack_get_size(kBMatrix, B, N, K));
-      cblas_sgemm_pack(kRowMajor, kBMatrix, trans, B, N, K, 1.0f, w_.data_ptr<float>(), ld,
-                       packed);
+      cblas_sgemm_pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, B, N, K, 1.0f,
+                       w_.data_ptr<float>(), trans ? K : N, packed);
       packed_ = packed;
     }
   }
@@ -117,9 +124,10 @@ const acc_t* ThreadProduct<acc_t>::operator()(int which) {
         const float* b = bias_.data_ptr<float>();
         for (const auto row : c10::irange(B)) std::copy(b, b + N, out + row * N);
       }
-      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(),
-                          h.stride(0), packed_, N,
-                          bias_.defined() ? 1.0f : 0.0f, out, N);
+      // h's rows are contiguous (see the constructor); one row may carry any stride.
+      const int lda = B == 1 ? K : h.stride(0);
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(), lda,
+                          packed_, N, bias_.defined() ? 1.0f : 0.0f, out, N);
       return out;
     }
   }

@@ -109,6 +109,50 @@ def test_module_matches_torch_nn(config, backend, dtype):
     check_parity(theirs, ours, input, hx, leaves, dtype)
 
 
+# Sizes of one at H=40 in float32, where the kernels run on a two-thread team with MKL's packed
+# products: torch gives a size-1 dimension any stride, and a leading dimension taken from such a
+# stride made MKL refuse the product (wrong results, or SIGFPE). (cell, kwargs, B, hx with
+# strides (1, 1, 1))
+SIZE_ONE = {
+    "LSTM-I1-H40-B3": ("LSTM", dict(input_size=1, hidden_size=40), 3, False),
+    "LSTM-I8-H40-P1-B3": ("LSTM", dict(input_size=8, hidden_size=40, proj_size=1), 3, False),
+    "LSTM-I8-H40-B1-hx-strided": ("LSTM", dict(input_size=8, hidden_size=40), 1, True),
+    "GRU-I1-H40-B3": ("GRU", dict(input_size=1, hidden_size=40), 3, False),
+    "GRU-I8-H40-B1-hx-strided": ("GRU", dict(input_size=8, hidden_size=40), 1, True),
+}
+
+
+@pytest.mark.parametrize("grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("config", SIZE_ONE.values(), ids=SIZE_ONE.keys())
+def test_sizes_of_one_match_torch_nn(config, grad):
+    cell, kwargs, B, strided_hx = config
+    dtype = torch.float32
+    theirs, ours = make_pair(cell, kwargs, dtype, "cpp")
+    P = kwargs.get("proj_size", 0) or kwargs["hidden_size"]
+
+    def state(size):
+        # [1, B, size]; with B=1, a permuted [size, 1, 1] whose strides are all 1.
+        if strided_hx:
+            return torch.randn(size, 1, 1).permute(1, 2, 0).requires_grad_()
+        return torch.randn(1, B, size, requires_grad=True)
+
+    states = [state(P)] + ([state(kwargs["hidden_size"])] if cell == "LSTM" else [])
+    hx = tuple(states) if cell == "LSTM" else states[0]
+    x = torch.randn(7, B, kwargs["input_size"], requires_grad=True)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        if grad:
+            check_parity(theirs, ours, x, hx, [x, *states], dtype)
+        else:
+            with torch.no_grad():
+                expected, actual = flatten(theirs(x, hx)), flatten(ours(x, hx))
+            for k, (a, e) in enumerate(zip(actual, expected)):
+                assert_close(a, e.double(), dtype, "out", f"output {k}")
+    finally:
+        torch.set_num_threads(previous)
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_dropout(cell):
     kwargs = dict(input_size=4, hidden_size=6, num_layers=3, dropout=0.5)
