@@ -215,7 +215,7 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   const auto loop = [&](int, int, auto& thread, Team& team) {
     if (thread.first.size() > 0) team.work([&] { backward_rows(thread.first, thread.second); });
   };
-  Team::run(static_cast<int>(std::clamp<int64_t>(B, 1, team_size(H))), setup, loop);
+  Team::run(row_team_size(B), setup, loop);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(

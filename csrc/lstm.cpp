@@ -326,7 +326,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const auto loop = [&](int, int, LstmBackwardThread<scalar_t>& thread, Team& team) {
     team.work([&] { backward_rows(thread); });
   };
-  Team::run(static_cast<int>(std::clamp<int64_t>(B, 1, team_size(H))), setup, loop);
+  Team::run(row_team_size(B), setup, loop);
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_backward_cpu(

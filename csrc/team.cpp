@@ -8,8 +8,9 @@
 #include <cstdlib>
 #include <new>
 
-// MKL's packed GEMM, exported by libtorch_cpu in the x86 wheels that link MKL. Declared weak so
-// that the extension still loads against a torch without them (the pointers are then null).
+// MKL's packed GEMM, exported by libtorch_cpu in the x86 wheels that link MKL (its LP64
+// interface: int sizes). Declared weak so that the extension still loads against a torch without
+// them (the pointers are then null).
 #if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
 #define GATED_KERNELS_MKL_PACKED 1
 extern "C" {
@@ -66,6 +67,11 @@ int team_size(int64_t H) {
   if (at::in_parallel_region()) return 1;
   const int64_t blocks = (H + kUnitBlock - 1) / kUnitBlock;
   return static_cast<int>(std::clamp<int64_t>(blocks, 1, at::get_num_threads()));
+}
+
+int row_team_size(int64_t B) {
+  if (at::in_parallel_region()) return 1;
+  return static_cast<int>(std::clamp<int64_t>(B, 1, at::get_num_threads()));
 }
 
 UnitRange team_units(int64_t n, int tid, int nthreads) {

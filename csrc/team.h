@@ -40,6 +40,9 @@ constexpr int64_t kUnitBlock = 16;
 // block of units, and 1 inside another parallel region.
 int team_size(int64_t H);
 
+// The same for a split of B batch rows (the backward): at most one thread per row.
+int row_team_size(int64_t B);
+
 // Thread `tid` of `nthreads`' share of n items (batch rows), as even as can be.
 UnitRange split_range(int64_t n, int tid, int nthreads);
 
