@@ -97,8 +97,8 @@ at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const
   if (!reverse) {
     first = d[0];
   } else {
-    const at::Tensor steps = lengths.defined() ? lengths - 1
-                                               : at::full({B}, T - 1, h0.options().dtype(at::kLong));
+    const at::Tensor steps =
+        lengths.defined() ? lengths - 1 : at::full({B}, T - 1, h0.options().dtype(at::kLong));
     first = d.index({steps, at::arange(B, steps.options())});
   }
   out.addmm_(first.t(), h0);

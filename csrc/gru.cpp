@@ -79,13 +79,10 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
     // Packed for a team, as the LSTM decides (lstm.cpp).
     const bool pack = nthreads > 1 &&
                       (B > 1 || 3 * units.size() * H * w_hh.element_size() <= (1 << 20));
-    std::vector<at::Tensor> rows;
-    for (const auto k : c10::irange(3)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
-    GruForwardThread<scalar_t> thread{units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
-                                      ThreadProduct<acc_t>(at::cat(rows).t(), h,
-                                                           pack ? PackSlot::kRecurrent
-                                                                : PackSlot::kNone),
-                                      {}};
+    const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
+    GruForwardThread<scalar_t> thread{
+        units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
+        ThreadProduct<acc_t>(gate_rows(w_hh, 3, units).t(), h, slot), {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};

@@ -14,16 +14,6 @@ namespace {
 // of W_hh (at H=512, B=64: 2 steps x 64 rows x 4 x 256 units x 4 bytes = 0.5 MB).
 constexpr int64_t kChunkRows = 128;
 
-// The thread's rows of a [num_gates * H, ...] tensor: its units of each gate, side by side.
-at::Tensor gather_units(const at::Tensor& t, int64_t num_gates, UnitRange units) {
-  const int64_t H = t.size(0) / num_gates;
-  std::vector<at::Tensor> parts;
-  for (const auto k : c10::irange(num_gates)) {
-    parts.push_back(t.narrow(0, k * H + units.begin, units.size()));
-  }
-  return at::cat(parts);
-}
-
 }  // namespace
 
 template <typename scalar_t>
@@ -51,8 +41,8 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   gates.units_ = units.size();
   gates.first_ = units.begin;
   gates.own_ = units;
-  const at::Tensor w = gather_units(w_ih, num_gates, units).t();
-  const at::Tensor b = bias.defined() ? gather_units(bias, num_gates, units) : at::Tensor();
+  const at::Tensor w = gate_rows(w_ih, num_gates, units).t();
+  const at::Tensor b = bias.defined() ? gate_rows(bias, num_gates, units) : at::Tensor();
   const int64_t steps = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
   gates.chunk_steps_ = steps;
   gates.whole_chunks_ = T / steps;

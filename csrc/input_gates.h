@@ -8,8 +8,9 @@
 //     The [T, B, G] tensor is never made: at T=500, B=64, H=128 it is 65 MB of fresh pages a
 //     call, whose page faults alone took 18 ms on the build machine (torch.mm of that size into
 //     a new tensor 33.8 ms, into a reused one 16.1 ms), and adding the bias took another copy.
-// The pass reads gate k of unit j of row b at data[((t - t0) * B + b) * G_t + k * units + j - first]
-// with G_t = num_gates * units (see LstmForwardStep).
+// The pass reads gate k of unit j of row b at
+// data[((t - t0) * B + b) * G_t + k * units + j - first] with G_t = num_gates * units (see
+// LstmForwardStep).
 #pragma once
 
 #include "team.h"

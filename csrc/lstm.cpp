@@ -113,13 +113,9 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
     const bool pack = nthreads > 1 &&
                       (B > 1 || 4 * units.size() * P * w_hh.element_size() <= (1 << 20));
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
-    std::vector<at::Tensor> rows;
-    for (const auto k : c10::irange(4)) rows.push_back(w_hh.narrow(0, k * H + units.begin, units.size()));
-    LstmForwardThread<scalar_t> thread{units, team_units(P, tid, nthreads),
-                                       InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
-                                       ThreadProduct<acc_t>(at::cat(rows).t(), h, slot),
-                                       std::nullopt,
-                                       {}};
+    LstmForwardThread<scalar_t> thread{
+        units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
+        ThreadProduct<acc_t>(gate_rows(w_hh, 4, units).t(), h, slot), std::nullopt, {}};
     if (proj) {
       thread.projection.emplace(
           w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),

@@ -32,8 +32,9 @@ inline Vec<acc_t> vsigmoid(const Vec<acc_t>& x) {
 
 #if defined(CPU_CAPABILITY_AVX512)
 // The float sigmoid of the AVX-512 build, inline and without a division: Sleef's exp is a call
-// and a zmm division issues once every ~16 cycles, and the two made the LSTM gate pass cost
-// about 50 us a step at B=64, H=256 per thread on the build machine. The exp is exp(r) 2^n with
+// and a zmm division issues about once every 16 cycles, where this is about 18 arithmetic
+// instructions that pipeline (its effect was not measured apart from the team change of team.h,
+// whose numbers include it). The exp is exp(r) 2^n with
 // n = round(x log2 e), r = x - n ln 2 (ln 2 split in two for an exact product; |r| <= 0.35) and
 // exp(r) from its Taylor series to r^7 (truncation below 1e-8 relative); the reciprocal is
 // rcp14 (relative error below 2^-14) and one Newton step (error about 2^-28, under float's

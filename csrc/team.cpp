@@ -82,6 +82,15 @@ UnitRange team_units(int64_t n, int tid, int nthreads) {
   return {std::min(n, first * kUnitBlock), std::min(n, (first + count) * kUnitBlock)};
 }
 
+at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units) {
+  const int64_t H = t.size(0) / num_gates;
+  std::vector<at::Tensor> parts;
+  for (const auto k : c10::irange(num_gates)) {
+    parts.push_back(t.narrow(0, k * H + units.begin, units.size()));
+  }
+  return at::cat(parts);
+}
+
 UnitRange split_range(int64_t n, int tid, int nthreads) {
   const int64_t per = n / nthreads, extra = n % nthreads;
   const int64_t begin = tid * per + std::min<int64_t>(tid, extra);

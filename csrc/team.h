@@ -5,9 +5,10 @@
 //
 // Before, each step was a parallel product (MKL's fork-join) followed by a parallel pass
 // (at::parallel_for's): two fork-joins a step, and each weight row visited by both cores in
-// turn. Op times on the 2-core build machine, medians of 20, old -> new (benchmarks/cpu_profile.md):
-// lstm_inference T=100 B=16 H=128 1.65-1.99 -> 1.30-1.46 ms, T=500 B=1 H=256 5.0-5.3 -> 3.1-3.6 ms;
-// lstm_backward T=100 B=16 H=256 8.2-9.2 -> 6.1-6.6 ms, B=64 H=256 29.9-31.0 -> 25.0-26.4 ms.
+// turn. Op times on the 2-core build machine, medians of 20, old -> new
+// (benchmarks/cpu_profile.md): lstm_inference T=100 B=16 H=128 1.65-1.99 -> 1.30-1.46 ms,
+// T=500 B=1 H=256 5.0-5.3 -> 3.1-3.6 ms; lstm_backward T=100 B=16 H=256 8.2-9.2 -> 6.1-6.6 ms,
+// B=64 H=256 29.9-31.0 -> 25.0-26.4 ms.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -72,6 +73,10 @@ inline void prefetch(const T* p, int64_t n) {
 // its size, and allocating that per call cost a fresh mapping each time. A thread may hold one
 // live product per slot.
 enum class PackSlot { kNone, kRecurrent, kProjection, kInput };
+
+// The rows of t [num_gates * H, ...] for `units` of every gate, side by side: a thread's rows
+// of a weight, in the gate layout its product and pass use.
+at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units);
 
 // `slot` for a product of a team of `nthreads`: packed only when the team has several threads.
 inline PackSlot team_pack(int nthreads, PackSlot slot) {
