@@ -1,11 +1,9 @@
-// Shared pieces of the CPU recurrence kernels: argument checks, the row-major GEMM helpers over
-// ATen's BLAS and the per-step parallel grain. The pointwise passes live in pointwise.h.
+// Shared pieces of the CPU recurrence kernels: argument checks, output allocation, the weight
+// gradient of a recurrent product, the processing order. The thread team and its products live
+// in team.h, the pointwise passes in pointwise.h.
 #pragma once
 
 #include <ATen/ATen.h>
-#include <ATen/Parallel.h>
-#include <ATen/ops/addmm_cpu_dispatch.h>
-#include <ATen/ops/mm_cpu_dispatch.h>
 #include <ATen/OpMathType.h>
 #include <c10/util/irange.h>
 
@@ -30,7 +28,7 @@ namespace gated_kernels {
 
 #define GK_CHECK_DTYPE(t, name, dtype)                                                       \
   TORCH_CHECK((t).scalar_type() == (dtype), name " must have dtype ", (dtype),                \
-              " (the dtype of the input gates), got ", (t).scalar_type())
+              " (the dtype of the input, xg or x), got ", (t).scalar_type())
 
 #define GK_CHECK_CPU(t, name) \
   TORCH_CHECK((t).device().is_cpu(), name " must be a CPU tensor, got device ", (t).device())
@@ -76,22 +74,6 @@ void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
 // d = 0, so the 0 in y there never counts.
 at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const at::Tensor& h0,
                                  const at::Tensor& lengths, bool reverse);
-
-// ---- the recurrent products ----
-// at::cpu::mm_out / addmm_ call the BLAS torch was built with (MKL in the x86 wheels) without a
-// trip through the dispatcher, into buffers and step views made before the time loop. Every
-// product runs in the accumulation type: float32 for bfloat16 inputs, so the recurrent sum is
-// never rounded to 8 bits.
-
-// c = a @ b
-inline void matmul(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
-  if (c.numel() != 0) at::cpu::mm_out(c, a, b);
-}
-
-// c += a @ b
-inline void matmul_add(at::Tensor& c, const at::Tensor& a, const at::Tensor& b) {
-  if (c.numel() != 0) at::cpu::addmm_(c, a, b);
-}
 
 // Processing order: step s of the loop handles time index t.
 inline int64_t time_index(int64_t s, int64_t T, bool reverse) { return reverse ? T - 1 - s : s; }

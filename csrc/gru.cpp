@@ -38,11 +38,11 @@ struct GruSizes {
 GruSizes check_gru_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
                         const at::Tensor& w_hh, const at::Tensor& h0) {
   GK_CHECK_DIM(w_hh, "w_hh", 2, "[3H, H]");
-  GK_CHECK_SIZE(w_hh, "w_hh", 0, 3 * H, "3H (xg.size(2))");
-  GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H (xg.size(2) / 3)");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, 3 * H, "3H (the gate width)");
+  GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H (the hidden size)");
   GK_CHECK_DIM(h0, "h0", 2, "[B, H]");
-  GK_CHECK_SIZE(h0, "h0", 0, B, "B (xg.size(1))");
-  GK_CHECK_SIZE(h0, "h0", 1, H, "H (xg.size(2) / 3)");
+  GK_CHECK_SIZE(h0, "h0", 0, B, "B (the batch size)");
+  GK_CHECK_SIZE(h0, "h0", 1, H, "H (the hidden size)");
   GK_CHECK_DTYPE(w_hh, "w_hh", dtype);
   GK_CHECK_DTYPE(h0, "h0", dtype);
   GK_CHECK_CPU(w_hh, "w_hh");

@@ -48,20 +48,20 @@ LstmSizes check_lstm_args(int64_t T, int64_t B, int64_t H, at::ScalarType dtype,
   if (w_hr.has_value()) {
     const at::Tensor& w = *w_hr;
     GK_CHECK_DIM(w, "w_hr", 2, "[P, H]");
-    GK_CHECK_SIZE(w, "w_hr", 1, H, "H (xg.size(2) / 4)");
+    GK_CHECK_SIZE(w, "w_hr", 1, H, "H (the hidden size)");
     GK_CHECK_DTYPE(w, "w_hr", dtype);
     GK_CHECK_CPU(w, "w_hr");
     P = w.size(0);
   }
   GK_CHECK_DIM(w_hh, "w_hh", 2, "[4H, P]");
-  GK_CHECK_SIZE(w_hh, "w_hh", 0, 4 * H, "4H (xg.size(2))");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, 4 * H, "4H (the gate width)");
   GK_CHECK_SIZE(w_hh, "w_hh", 1, P, "P (w_hr.size(0), or H without projection)");
   GK_CHECK_DIM(h0, "h0", 2, "[B, P]");
-  GK_CHECK_SIZE(h0, "h0", 0, B, "B (xg.size(1))");
+  GK_CHECK_SIZE(h0, "h0", 0, B, "B (the batch size)");
   GK_CHECK_SIZE(h0, "h0", 1, P, "P (w_hr.size(0), or H without projection)");
   GK_CHECK_DIM(c0, "c0", 2, "[B, H]");
-  GK_CHECK_SIZE(c0, "c0", 0, B, "B (xg.size(1))");
-  GK_CHECK_SIZE(c0, "c0", 1, H, "H (xg.size(2) / 4)");
+  GK_CHECK_SIZE(c0, "c0", 0, B, "B (the batch size)");
+  GK_CHECK_SIZE(c0, "c0", 1, H, "H (the hidden size)");
   GK_CHECK_DTYPE(w_hh, "w_hh", dtype);
   GK_CHECK_DTYPE(h0, "h0", dtype);
   GK_CHECK_DTYPE(c0, "c0", dtype);

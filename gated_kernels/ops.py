@@ -122,12 +122,12 @@ def _check_tensor(name, t, shape, dtype, device):
     _expect(
         t.dtype == dtype,
         ValueError,
-        f"{name} must have dtype {dtype} (the dtype of xg), got {t.dtype}",
+        f"{name} must have dtype {dtype} (the dtype of the input, xg or x), got {t.dtype}",
     )
     _expect(
         t.device == device,
         ValueError,
-        f"{name} must be on {device} (the device of xg), got {t.device}",
+        f"{name} must be on {device} (the device of the input, xg or x), got {t.device}",
     )
 
 
