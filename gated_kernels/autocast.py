@@ -4,8 +4,10 @@ torch.nn's rules, as observed on torch 2.13 (CPU) and read in ATen's autocast li
 - CPU autocast: nn.LSTM runs in the autocast dtype (its oneDNN layer, mkldnn_rnn_layer, is in
   the CPU lower-precision list), so its output is bfloat16; nn.GRU and the cells run in the
   input's dtype (their matmuls follow the input; an fp32 input stays fp32).
-- CUDA autocast: nn.LSTM / nn.GRU go through cuDNN's autocast wrapper and the cells' fused
-  kernels are in the lower-precision list: all run in the autocast dtype.
+- CUDA autocast: the cells' fused kernels are in the lower-precision list and run in the
+  autocast dtype; nn.LSTM / nn.GRU go through cuDNN's autocast wrapper
+  (_cudnn_rnn_cast_reflatten), which casts to float16 whatever the autocast dtype: under
+  dtype=torch.bfloat16 their outputs are float16 (seen on an H200, torch 2.11, cuDNN 9.19).
 """
 
 import torch
@@ -17,6 +19,8 @@ def compute_dtype(cell, input):
     device = input.device.type
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
+    if device == "cuda" and cell in ("LSTM", "GRU"):
+        return torch.float16
     if device == "cuda" or cell == "LSTM":
         return torch.get_autocast_dtype(device)
     return input.dtype
