@@ -20,7 +20,7 @@ import triton.language as tl
 
 from gated_kernels.ops import saved_dtype
 from gated_kernels.triton_kernels import common
-from gated_kernels.triton_kernels.common import BLOCK_B, grid_barrier, sigmoid, tanh
+from gated_kernels.triton_kernels.common import BLOCK_B, NO_SPECIALIZE, grid_barrier, sigmoid, tanh
 
 # Units per program of the per_step path: 16 is the n of one mma tile, and H=2048 then has 128
 # programs per batch tile, about one wave on 132 SMs.
@@ -48,7 +48,7 @@ def _fwd_dots(acc_r, acc_z, acc_n, h_ptr, w_ptr, rows, row_ok, units, unit_ok, k
     return acc_r, acc_z, acc_n
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, counter_ptr,
                     T, B, H, step0, n_steps,
                     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, PERSISTENT: tl.constexpr,
@@ -150,7 +150,7 @@ def _bwd_dots(acc, dgh_ptr, w_ptr, rows, row_ok, units, unit_ok, k, H, valid,
     return acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _gru_bwd_kernel(dy_ptr, w_ptr, lengths_ptr, hprev_ptr, gates_ptr, dh_ptr, dxg_ptr, dgh_ptr,
                     counter_ptr, T, B, H, step0, n_steps,
                     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, PERSISTENT: tl.constexpr,

@@ -41,7 +41,7 @@ BWD_BLOCK_H = 16
 BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 256, torch.bfloat16: 256}
 
 
-@triton.jit
+@triton.jit(do_not_specialize=common.NO_SPECIALIZE)
 def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_ptr, c_all_ptr,
                      counter_ptr, T, B, H, s0, n_steps, reverse,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -135,7 +135,7 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
     tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=common.NO_SPECIALIZE)
 def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr, c_all_ptr,
                      dg_ptr, counter_ptr, T, B, H, s0, n_steps, reverse,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
