@@ -66,6 +66,15 @@ def test_gru_poisoned_outputs_are_all_written(monkeypatch):
         assert torch.isfinite(g).all(), f"d{name}"
 
 
+def test_gru_outputs_of_32_mb_or_more_are_written_and_match_reference(monkeypatch):
+    """As for the LSTM: gates [64, 64, 2048] float32 (33.5 MB) take the page-touching path of
+    csrc/common.cpp; poisoned, so an element left behind would show as NaN."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = gru_inputs(64, 64, 512, list(range(64, 0, -1)))
+    check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens, False,
+                            torch.float32, OUTPUTS, INPUTS)
+
+
 def test_gru_non_contiguous_inputs_give_the_same_result():
     *args, lens = gru_inputs(6, 4, 8, [6, 2, 5, 1])
     check_layout_independent(GRUFunction.apply, args, lens, False)

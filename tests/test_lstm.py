@@ -87,6 +87,16 @@ def test_lstm_poisoned_outputs_are_all_written(monkeypatch):
         assert torch.isfinite(g).all(), f"d{name}"
 
 
+def test_lstm_outputs_of_32_mb_or_more_are_written_and_match_reference(monkeypatch):
+    """Outputs of 32 MB or more have their pages touched before the kernel runs (csrc/common.cpp):
+    gates and dxg here are [64, 64, 2048] float32, 33.5 MB. Poisoned, so an element that touch
+    left behind would show as NaN."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = lstm_inputs(64, 64, 512, None, list(range(64, 0, -1)))
+    check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens, False,
+                            torch.float32, OUTPUTS, INPUTS)
+
+
 def test_lstm_non_contiguous_inputs_give_the_same_result():
     *args, lens = lstm_inputs(6, 4, 8, 5, [6, 2, 5, 1])
     check_layout_independent(LSTMFunction.apply, args, lens, True)
