@@ -78,7 +78,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
     const UnitRange units = team_units(H, tid, nthreads);
     // Packed for a team, as the LSTM decides (lstm.cpp).
     const bool pack = nthreads > 1 &&
-                      (B > 1 || 3 * units.size() * H * w_hh.element_size() <= (1 << 20));
+                      (B > 1 || 3 * units.size() * H * w_hh.element_size() <= kHalfL2Bytes);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     GruForwardThread<scalar_t> thread{
         units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),

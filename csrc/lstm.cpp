@@ -111,7 +111,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
     // core's 2 MB L2 (T=100, B=1: H=256, 0.5 MB a thread, packed 3.4 vs 4.7 ms; H=512, 2 MB,
     // packed 5.8 vs 4.5 ms).
     const bool pack = nthreads > 1 &&
-                      (B > 1 || 4 * units.size() * P * w_hh.element_size() <= (1 << 20));
+                      (B > 1 || 4 * units.size() * P * w_hh.element_size() <= kHalfL2Bytes);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     LstmForwardThread<scalar_t> thread{
         units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1),

@@ -74,6 +74,10 @@ inline void prefetch(const T* p, int64_t n) {
 // live product per slot.
 enum class PackSlot { kNone, kRecurrent, kProjection, kInput };
 
+// Half of a core's L2 (2 MB on the machine we tune on): a thread's weight rows up to this size
+// stay in L2 from one step to the next.
+constexpr int64_t kHalfL2Bytes = int64_t(1) << 20;
+
 // The rows of t [num_gates * H, ...] for `units` of every gate, side by side: a thread's rows
 // of a weight, in the gate layout its product and pass use.
 at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units);
@@ -96,6 +100,10 @@ class ThreadProduct {
   at::Tensor w_, bias_, out_;
   const float* packed_ = nullptr;
   std::vector<at::Tensor> h_;
+  // An unpacked one-row product over large w, run in column blocks whose order alternates
+  // from call to call (calls_ counts them).
+  bool blocked_ = false;
+  int64_t calls_ = 0;
 };
 
 // One OpenMP team of `nthreads` threads (the runtime may give fewer; the callbacks get the real

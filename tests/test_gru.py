@@ -122,6 +122,8 @@ def test_gru_forward_rejects_tensors_on_another_device(name):
 # Chunks of about 128 rows of x per input product: three at T=300, B=1; two at T=37, B=5.
 INFERENCE_CASES = {
     **CASES,
+    # On two threads each thread's rows of W_hh exceed 1 MB: the blocked one-row product.
+    "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, True),
     "T300-B1-H20-chunks": (300, 1, 20, None, False),
     "T37-B5-H40-lengths-reverse-chunks": (37, 5, 40, [37, 9, 1, 30, 2], True),
 }
