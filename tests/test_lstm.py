@@ -14,6 +14,9 @@ CASES = {
     "T1-B3-H8": (1, 3, 8, None, None, False),
     "T63-B4-H100": (63, 4, 100, None, None, False),
     "T9-B1-H16": (9, 1, 16, None, None, False),
+    # B=1 with H above one 16-unit block: the backward splits the units over the threads.
+    "T9-B1-H40-lengths-reverse": (9, 1, 40, None, [5], True),
+    "T5-B1-H520": (5, 1, 520, None, None, False),
     "T6-B3-H10-reverse": (6, 3, 10, None, None, True),
     "T11-B5-H12-lengths": (11, 5, 12, None, [11, 1, 6, 11, 3], False),
     "T11-B5-H12-lengths-reverse": (11, 5, 12, None, [11, 1, 6, 11, 3], True),
@@ -40,15 +43,17 @@ def test_lstm_cpp_matches_reference(case, dtype):
 @pytest.mark.parametrize("threads", [1, 3], ids=["threads1", "threads3"])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 def test_lstm_cpp_matches_reference_on_any_thread_count(threads, dtype):
-    # The kernels split the hidden units (forward) and the batch rows (backward) over torch's
-    # threads in blocks of 16 units: H=50 and P=20 give uneven shares, and 3 threads one with
-    # 2 units and one with no projected unit; 1 thread runs without a team.
-    *args, lens = lstm_inputs(12, 5, 50, 20, [12, 1, 7, 12, 4])
+    # The kernels split the hidden units (forward, and the backward at B=1) and the batch rows
+    # (backward) over torch's threads in blocks of 16 units: H=50 and P=20 give uneven shares,
+    # and 3 threads one with 2 units and one with no projected unit; 1 thread runs without a
+    # team.
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens, True,
-                                dtype, OUTPUTS, INPUTS)
+        for B, P, lengths in ((5, 20, [12, 1, 7, 12, 4]), (1, None, [9])):
+            *args, lens = lstm_inputs(12, B, 50, P, lengths)
+            check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens,
+                                    True, dtype, OUTPUTS, INPUTS)
     finally:
         torch.set_num_threads(previous)
 
