@@ -23,6 +23,9 @@ run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recor
 
 exec > >(tee "$out/gpu_check.log") 2>&1
 echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null)"
+# The commit above can be stale on a copied tree; the digest of the sources is not: run
+# benchmarks/source_digest.sh in a checkout to tell which commit ran.
+echo "== sources digest $(bash benchmarks/source_digest.sh)"
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv
 python - <<'PY'
 import torch, triton
