@@ -158,10 +158,6 @@ const acc_t* ThreadProduct<acc_t>::operator()(int which) {
                           packed_, N, bias_.defined() ? 1.0f : 0.0f, out, N);
       return out;
     }
-  }
-#endif
-#ifdef GATED_KERNELS_MKL_PACKED
-  if constexpr (std::is_same_v<acc_t, float>) {
     if (blocked_) {
       // One row against rows of W larger than half of a core's 2 MB L2: each step streams
       // them from L3, since in-order traversal evicts each row before the next step returns
