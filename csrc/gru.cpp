@@ -24,6 +24,7 @@
 //   gives dW_hh and db_hh.
 #include "common.h"
 #include "input_gates.h"
+#include "product.h"
 #include "team.h"
 
 #include <torch/library.h>
@@ -56,7 +57,7 @@ template <typename scalar_t>
 struct GruForwardThread {
   UnitRange units;
   InputGates<scalar_t> input;                          // x_t W_ih^T + b_ih for its units
-  ThreadProduct<at::opmath_type<scalar_t>> recurrent;  // h_{t-1} W_hh^T for its units
+  ThreadProduct<scalar_t> recurrent;  // h_{t-1} W_hh^T for its units
   GruForwardStep<scalar_t> step;
 };
 
@@ -78,11 +79,11 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
     const UnitRange units = team_units(H, tid, nthreads);
     // Packed for a team, as the LSTM decides (lstm.cpp).
     const bool pack = nthreads > 1 &&
-                      (B > 1 || 3 * units.size() * H * w_hh.element_size() <= kHalfL2Bytes);
+                      (B > 1 || 3 * units.size() * H * w_hh.element_size() <= l2_bytes() / 2);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     GruForwardThread<scalar_t> thread{
         units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
-        ThreadProduct<acc_t>(gate_rows(w_hh, 3, units).t(), h, slot), {}};
+        ThreadProduct<scalar_t>(gate_rows(w_hh, 3, units).t(), h, slot), {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
@@ -139,7 +140,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_run(
   at::Tensor h_state = to_acc(h0, /*copy=*/true);  // the running state; becomes h_n
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_forward_cpu", [&] {
-    gru_forward_loop<scalar_t>(n, in, to_acc(w_hh), to_acc(b_hh), lens, reverse, y, h_state,
+    gru_forward_loop<scalar_t>(n, in, w_hh.contiguous(), to_acc(b_hh), lens, reverse, y, h_state,
                                gates);
   });
   return {y, h_state.to(dtype), gates};
@@ -191,10 +192,10 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    return std::make_pair(rows, ThreadProduct<acc_t>(w_hh, {dGh.narrow(0, rows.begin, rows.size())},
+    return std::make_pair(rows, ThreadProduct<scalar_t>(w_hh, {dGh.narrow(0, rows.begin, rows.size())},
                                                      team_pack(nthreads, PackSlot::kRecurrent)));
   };
-  const auto backward_rows = [&](UnitRange rows, ThreadProduct<acc_t>& recurrent) {
+  const auto backward_rows = [&](UnitRange rows, ThreadProduct<scalar_t>& recurrent) {
     GruBackwardStep<scalar_t> step = step0;
     for (int64_t s = T - 1; s >= 0; --s) {
       step.t = time_index(s, T, reverse);
@@ -242,7 +243,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
   const at::Tensor h0_acc = to_acc(h0);
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_backward_cpu", [&] {
-    gru_backward_loop<scalar_t>(n, dy.contiguous(), to_acc(w_hh), y_in, h0_acc, lengths,
+    gru_backward_loop<scalar_t>(n, dy.contiguous(), w_hh.contiguous(), y_in, h0_acc, lengths,
                                 reverse, gates.contiguous(), dh, dGx, dGhn);
   });
 

@@ -1,7 +1,7 @@
 #include "input_gates.h"
 
-#include <ATen/ops/addmm_cpu_dispatch.h>
-#include <ATen/ops/mm_cpu_dispatch.h>
+#include "panel.h"
+
 #include <c10/util/irange.h>
 
 #include <algorithm>
@@ -36,6 +36,7 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   InputGates gates;
   const int64_t T = x.size(0), B = x.size(1);
   gates.B_ = B;
+  gates.T_ = T;
   gates.H_ = w_ih.size(0) / num_gates;
   gates.num_gates_ = num_gates;
   gates.units_ = units.size();
@@ -61,6 +62,9 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
     gates.last_ = std::make_shared<ThreadProduct<scalar_t>>(
         w, std::vector<at::Tensor>{rest}, PackSlot::kNone, b);
   }
+  if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+    gates.rounded_ = at::empty({steps * B, w.size(1)}, x.options());
+  }
   return gates;
 }
 
@@ -82,7 +86,15 @@ void InputGates<scalar_t>::prepare(int64_t t) {
   if (chunk == chunk_) return;
   chunk_ = chunk;
   t0_ = chunk * chunk_steps_;
-  data_ = chunk < whole_chunks_ ? (*whole_)(static_cast<int>(chunk)) : (*last_)(0);
+  const auto* sums = chunk < whole_chunks_ ? (*whole_)(static_cast<int>(chunk)) : (*last_)(0);
+  if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+    data_ = sums;
+  } else {
+    const int64_t steps = std::min(chunk_steps_, T_ - t0_);
+    scalar_t* rounded = rounded_.data_ptr<scalar_t>();
+    panel_kernels().round_bf16(sums, rounded, steps * B_ * num_gates_ * units_);
+    data_ = rounded;
+  }
 }
 
 template class InputGates<float>;

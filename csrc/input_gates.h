@@ -13,6 +13,7 @@
 // LstmForwardStep).
 #pragma once
 
+#include "product.h"
 #include "team.h"
 
 #include <ATen/ATen.h>
@@ -33,7 +34,7 @@ template <typename scalar_t>
 class InputGates {
  public:
   // The thread's source of input gates for its units, from either form of GateInputs.
-  // `pack`: the products' choice (team.h, ThreadProduct).
+  // `pack`: the mkl kernel's packing (product.h).
   static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units, bool pack) {
     return in.xg.defined() ? precomputed(in.xg, num_gates, units)
                            : from_input(in.x, in.w_ih, in.bias, num_gates, units, pack);
@@ -64,12 +65,15 @@ class InputGates {
   InputGates() = default;
 
   const scalar_t* data_ = nullptr;
-  int64_t t0_ = 0, units_ = 0, first_ = 0, B_ = 0, H_ = 0, num_gates_ = 0;
+  int64_t t0_ = 0, units_ = 0, first_ = 0, T_ = 0, B_ = 0, H_ = 0, num_gates_ = 0;
   UnitRange own_{0, 0};  // the thread's units
   // From the input only: steps per chunk, the number of whole chunks, the chunk now in data_,
-  // and the products of whole chunks and of the shorter last one, if any.
+  // and the products of whole chunks and of the shorter last one, if any. The products sum in
+  // the accumulation type; for bfloat16 a chunk is rounded into `rounded_`, as the input
+  // projection of the training ops rounds xg.
   int64_t chunk_steps_ = 0, whole_chunks_ = 0, chunk_ = -1;
   std::shared_ptr<ThreadProduct<scalar_t>> whole_, last_;
+  at::Tensor rounded_;
 };
 
 }  // namespace gated_kernels

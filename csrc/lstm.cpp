@@ -28,6 +28,7 @@
 //   the bias gradients with matrix products.
 #include "common.h"
 #include "input_gates.h"
+#include "product.h"
 #include "team.h"
 
 #include <torch/library.h>
@@ -78,8 +79,8 @@ struct LstmForwardThread {
   using acc_t = at::opmath_type<scalar_t>;
   UnitRange units, proj_units;
   InputGates<scalar_t> input;                      // x_t W_ih^T + bias for its units
-  ThreadProduct<acc_t> recurrent;                  // h_{t-1} W_hh^T for its units
-  std::optional<ThreadProduct<acc_t>> projection;  // m W_hr^T for its projected units
+  ThreadProduct<scalar_t> recurrent;                  // h_{t-1} W_hh^T for its units
+  std::optional<ThreadProduct<scalar_t>> projection;  // m W_hr^T for its projected units
   LstmForwardStep<scalar_t> step;
 };
 
@@ -107,15 +108,15 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
 
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange units = team_units(H, tid, nthreads);
-    // Packed products for a team, but not for a B=1 product whose rows outgrow half of a
-    // core's 2 MB L2 (T=100, B=1: H=256, 0.5 MB a thread, packed 3.4 vs 4.7 ms; H=512, 2 MB,
-    // packed 5.8 vs 4.5 ms).
+    // The mkl kernel packs a team's products, but not a B=1 product whose rows outgrow half of
+    // a core's L2 (Xeon, 2 MB L2, T=100, B=1: H=256, 0.5 MB a thread, packed 3.4 vs 4.7 ms;
+    // H=512, 2 MB, packed 5.8 vs 4.5 ms). The other kernels ignore the slot.
     const bool pack = nthreads > 1 &&
-                      (B > 1 || 4 * units.size() * P * w_hh.element_size() <= kHalfL2Bytes);
+                      (B > 1 || 4 * units.size() * P * w_hh.element_size() <= l2_bytes() / 2);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     LstmForwardThread<scalar_t> thread{
         units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
-        ThreadProduct<acc_t>(gate_rows(w_hh, 4, units).t(), h, slot), std::nullopt, {}};
+        ThreadProduct<scalar_t>(gate_rows(w_hh, 4, units).t(), h, slot), std::nullopt, {}};
     if (proj) {
       thread.projection.emplace(
           w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),
@@ -197,8 +198,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_run(
   at::Tensor c_state = to_acc(c0, /*copy=*/true);
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "lstm_forward_cpu", [&] {
-    lstm_forward_loop<scalar_t>(n, in, to_acc(w_hh), w_hr ? to_acc(*w_hr) : at::Tensor(), lengths,
-                                reverse, y, h_state, c_state, gates, c_all);
+    lstm_forward_loop<scalar_t>(n, in, w_hh.contiguous(), w_hr ? w_hr->contiguous() : at::Tensor(),
+                                lengths, reverse, y, h_state, c_state, gates, c_all);
   });
   return {y, h_state.to(dtype), c_state.to(dtype), gates, c_all};
 }
@@ -234,8 +235,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
 template <typename scalar_t>
 struct LstmBackwardThread {
   UnitRange rows;
-  ThreadProduct<at::opmath_type<scalar_t>> recurrent;                  // dG_t W_hh on its rows
-  std::optional<ThreadProduct<at::opmath_type<scalar_t>>> projection;  // dh W_hr on its rows
+  ThreadProduct<scalar_t> recurrent;                  // dG_t W_hh on its rows
+  std::optional<ThreadProduct<scalar_t>> projection;  // dh W_hr on its rows
 };
 
 template <typename scalar_t>
@@ -271,7 +272,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     std::vector<at::Tensor> dG_rows;
     for (const at::Tensor& d : dG_steps) dG_rows.push_back(d.narrow(0, rows.begin, rows.size()));
     LstmBackwardThread<scalar_t> thread{
-        rows, ThreadProduct<acc_t>(w_hh, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
+        rows, ThreadProduct<scalar_t>(w_hh, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
         std::nullopt};
     if (proj) {
       thread.projection.emplace(
@@ -322,15 +323,18 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const auto loop = [&](int, int, LstmBackwardThread<scalar_t>& thread, Team& team) {
     team.work([&] { backward_rows(thread); });
   };
-  // One batch row cannot be split. While W_hh is under half of a core's L2 the threads split
-  // the hidden units instead, as the forward does, and meet once a step, when all of dG_t is
-  // written and before anyone multiplies by it; on one thread, MKL forks its two threads for
-  // every step's small product. lstm_backward B=1, op medians: T=500 H=128 3.1-3.2 -> 2.2-2.3 ms,
-  // H=192 4.3 -> 3.3-3.4 ms; T=100 H=128 0.65-0.67 -> 0.50-0.51 ms. At H=256 (W_hh 1 MB) the
-  // split gained no more than this machine's noise (T=500: 5.1-5.5 against 5.6-6.5 ms) and at
-  // H=384 it lost (16.4 against 10.4-12.3 ms): there the product is bound by reading W_hh.
-  const bool split_units = B == 1 && !proj && team_size(H) > 1 &&
-                           static_cast<int64_t>(w_hh.nbytes()) < kHalfL2Bytes;
+  // One batch row cannot be split: the threads split the hidden units instead, as the forward
+  // does, and meet once a step, when all of dG_t is written and before anyone multiplies by it.
+  // Each thread then reads only its columns of W_hh. lstm_backward B=1 on the EPYC Zen 4 (1 MB
+  // L2), op medians, one thread against the split: T=100 H=256 1.52 -> 0.95 ms, T=500 H=256
+  // 7.66 -> 4.59 ms, T=100 H=512 6.13 -> 4.03 ms. With MKL's products (GATED_KERNELS_CPU_GEMM=
+  // mkl) the split stays where it gained on the Xeon, W_hh under half of L2: there one thread
+  // let MKL fork two for every step's product, and at H=384 the split lost (16.4 against
+  // 10.4-12.3 ms, T=500), against a gain at H=128 (T=500: 3.1 -> 2.2 ms).
+  const bool split_units =
+      B == 1 && !proj && team_size(H) > 1 &&
+      (gemm_choice() != GemmChoice::kMkl ||
+       static_cast<int64_t>(w_hh.nbytes()) < l2_bytes() / 2);
   if (!split_units) {
     Team::run(row_team_size(B), setup, loop);
     return;
@@ -340,7 +344,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     // Its columns of W_hh as [4H, units], packed.
     const at::Tensor w = w_hh.narrow(1, units.begin, units.size());
     return std::make_pair(
-        units, ThreadProduct<acc_t>(w, dG_steps, team_pack(nthreads, PackSlot::kRecurrent)));
+        units, ThreadProduct<scalar_t>(w, dG_steps, team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto unit_loop = [&](int, int, auto& thread, Team& team) {
     auto& [units, recurrent] = thread;
@@ -398,11 +402,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
   at::Tensor dc = to_acc(dc_n, /*copy=*/true);
   at::Tensor dh_all = proj ? at::empty({n.T, n.B, n.P}, acc_opts) : at::Tensor();
   at::Tensor m_all = proj ? at::empty({n.T, n.B, n.H}, acc_opts) : at::Tensor();
-  const at::Tensor w_hh_acc = to_acc(w_hh);
-  const at::Tensor w_hr_acc = proj ? to_acc(*w_hr) : at::Tensor();
+  const at::Tensor w_hh_in = w_hh.contiguous();
+  const at::Tensor w_hr_in = proj ? w_hr->contiguous() : at::Tensor();
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "lstm_backward_cpu", [&] {
-    lstm_backward_loop<scalar_t>(n, dy_in.contiguous(), w_hh_acc, w_hr_acc, to_acc(c0), lengths,
+    lstm_backward_loop<scalar_t>(n, dy_in.contiguous(), w_hh_in, w_hr_in, to_acc(c0), lengths,
                                  reverse, gates_in.contiguous(), c_all_in.contiguous(), dh, dc,
                                  dG, dh_all, m_all);
   });

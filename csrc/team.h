@@ -59,52 +59,9 @@ inline void prefetch(const T* p, int64_t n) {
   for (const char* q = begin; q < end; q += 64) __builtin_prefetch(q, /*rw=*/0, /*locality=*/3);
 }
 
-// out[B, N] = h[B, K] @ w, w [K, N], the same w every step, with h read from one of a few
-// [B, K] buffers fixed up front (the dtype is the accumulation type for the recurrent products,
-// the input's for the input gates of input_gates.h). Packed, for float where torch carries MKL
-// (the x86 wheels), w is packed once (cblas_sgemm_pack) and a call is one cblas_sgemm_compute:
-// the choice for threads of a team, where MKL runs on the calling thread. Otherwise
-// at::cpu::mm_out, which lets MKL parallelise a lone thread's product (packed, a one-thread
-// LSTM backward at B=1, H=512 took 7.4 ms against 5.4 ms). Construct it before the time loop;
-// a call allocates nothing.
-//
-// The packed copy lives in a buffer of the calling thread, one per PackSlot, kept from call to
-// call (outside torch's allocator): MKL asks 8-13 MB of address space per packed matrix whatever
-// its size, and allocating that per call cost a fresh mapping each time. A thread may hold one
-// live product per slot.
-enum class PackSlot { kNone, kRecurrent, kProjection, kInput };
-
-// Half of a core's L2 (2 MB on the machine we tune on): a thread's weight rows up to this size
-// stay in L2 from one step to the next.
-constexpr int64_t kHalfL2Bytes = int64_t(1) << 20;
-
 // The rows of t [num_gates * H, ...] for `units` of every gate, side by side: a thread's rows
 // of a weight, in the gate layout its product and pass use.
 at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units);
-
-// `slot` for a product of a team of `nthreads`: packed only when the team has several threads.
-inline PackSlot team_pack(int nthreads, PackSlot slot) {
-  return nthreads > 1 ? slot : PackSlot::kNone;
-}
-
-template <typename acc_t>
-class ThreadProduct {
- public:
-  // slot kNone: unpacked. bias [N], optional: the product returns h @ w + bias.
-  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> h_buffers, PackSlot slot,
-                const at::Tensor& bias = at::Tensor());
-  // Returns h_buffers[which] @ w (+ bias), [B, N] contiguous, valid until the next call.
-  const acc_t* operator()(int which);
-
- private:
-  at::Tensor w_, bias_, out_;
-  const float* packed_ = nullptr;
-  std::vector<at::Tensor> h_;
-  // An unpacked one-row product over large w, run in column blocks whose order alternates
-  // from call to call (calls_ counts them).
-  bool blocked_ = false;
-  int64_t calls_ = 0;
-};
 
 // One OpenMP team of `nthreads` threads (the runtime may give fewer; the callbacks get the real
 // count) running a recurrence: on each thread, state = setup(tid, nthreads), then, once every

@@ -1,9 +1,10 @@
 """What gated_kernels will run on this machine.
 
-    python -m gated_kernels.info                       # versions, backends, TF32 setting
+    python -m gated_kernels.info                       # versions, backends, CPU kernels, TF32
     python -m gated_kernels.info --shape B,T,I,H        # + the Triton path for that shape
 
-For each backend it says whether it is available here and, if not, why.
+For each backend it says whether it is available here and, if not, why; for the CPU, the model
+and vendor, the instruction set, the L2 size and the product kernels (gated_kernels.cpu).
 """
 
 import argparse
@@ -14,7 +15,7 @@ import sys
 import torch
 
 import gated_kernels
-from gated_kernels import backends
+from gated_kernels import backends, cpu
 from gated_kernels.bench.cli import sizes
 
 
@@ -71,6 +72,13 @@ def main(argv=None):
           f"{torch.backends.cudnn.allow_tf32}")
     for name, (ok, reason) in backend_status().items():
         print(f"backend {name:9s} {'available' if ok else 'unavailable':11s} {reason}")
+    config = cpu.config()
+    print(f"CPU: {config['cpu_model']}, vendor {config['cpu_vendor']}, "
+          f"flags {config['cpu_flags'] or '-'}; ATen capability {config['cpu_capability']}")
+    if config["l2_bytes"] is not None:
+        print(f"CPU L2 per core: {config['l2_bytes'] // 1024} KB ({config['l2_source']})")
+        print(f"CPU product kernels (GATED_KERNELS_CPU_GEMM={config['cpu_gemm']}): "
+              f"{config['products']}")
     if args.shape:
         B, T, I, H = args.shape
         if _version("triton") == "not installed":

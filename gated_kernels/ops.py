@@ -59,6 +59,19 @@ OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "
 for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
+# One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
+# the tests, the product benchmark and gated_kernels.cpu: out = a w (+ bias) on the kernel
+# GATED_KERNELS_CPU_GEMM selects, that kernel's name for a shape, the L2 size the kernels tune
+# for, and the median time of a call with every thread of a team multiplying at once. CPU only;
+# implemented by the C++ extension.
+LIBRARY.define("_product(Tensor a, Tensor w, Tensor? bias, int calls=1) -> Tensor")
+LIBRARY.impl("_product", torch.library.fallthrough_kernel, "Autograd")
+LIBRARY.define("_product_kernel(int M, int K, ScalarType dtype) -> str")
+LIBRARY.define("_l2_cache() -> (int bytes, str source)")
+LIBRARY.define(
+    "_product_bench(int M, int K, int N, ScalarType dtype, int threads, int calls) -> float"
+)
+
 
 
 def _triton_kernel(name):
@@ -265,3 +278,4 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
         h0.new_empty(3 * H),
         h0.new_empty(B, H),
     )
+

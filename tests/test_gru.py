@@ -14,6 +14,9 @@ CASES = {
     "T1-B3-H8": (1, 3, 8, None, False),
     "T63-B4-H100": (63, 4, 100, None, False),
     "T9-B1-H16": (9, 1, 16, None, False),
+    # B=1 with H above one 16-unit block, and a wide H (rows of W_hh beyond 1 MB a thread).
+    "T9-B1-H40-lengths-reverse": (9, 1, 40, [5], True),
+    "T5-B1-H520": (5, 1, 520, None, False),
     "T6-B3-H10-reverse": (6, 3, 10, None, True),
     "T11-B5-H12-lengths": (11, 5, 12, [11, 1, 6, 11, 3], False),
     "T11-B5-H12-lengths-reverse": (11, 5, 12, [11, 1, 6, 11, 3], True),
@@ -31,6 +34,28 @@ def test_gru_cpp_matches_reference(case, dtype):
     *args, lens = gru_inputs(T, B, H, lengths)
     check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens, reverse,
                             dtype, OUTPUTS, INPUTS)
+
+
+# Cases for each product kernel: B=1, rows split over the threads, lengths, a wide H.
+KERNEL_CASES = ("T9-B1-H40-lengths-reverse", "T63-B4-H100", "T11-B5-H12-lengths-reverse",
+                "T5-B1-H520")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kernel", ["own", "brgemm", "mkl"])
+def test_gru_cpp_matches_reference_on_every_product_kernel(kernel, dtype, monkeypatch):
+    # GATED_KERNELS_CPU_GEMM forces one kernel for every product of the forward, the backward
+    # and the inference operator's input gates (the other tests run `auto`).
+    monkeypatch.setenv("GATED_KERNELS_CPU_GEMM", kernel)
+    for name in KERNEL_CASES:
+        T, B, H, lengths, reverse = CASES[name]
+        *args, lens = gru_inputs(T, B, H, lengths)
+        check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens,
+                                reverse, dtype, OUTPUTS, INPUTS)
+        args, lens, reverse = inference_args(CASES[name], dtype)
+        check_inference_against_reference(torch.ops.gated_kernels.gru_inference,
+                                          reference.gru_recurrence, args, lens, reverse, dtype,
+                                          OUTPUTS)
 
 
 @pytest.mark.parametrize("lengths,reverse", [(None, False), ([4, 2, 1], True)],
@@ -122,7 +147,8 @@ def test_gru_forward_rejects_tensors_on_another_device(name):
 # Chunks of about 128 rows of x per input product: three at T=300, B=1; two at T=37, B=5.
 INFERENCE_CASES = {
     **CASES,
-    # On two threads each thread's rows of W_hh exceed 1 MB: the blocked one-row product.
+    # On two threads each thread's rows of W_hh exceed 1 MB (the mkl kernel's blocked one-row
+    # product; for the panel kernel, rows streamed from L3).
     "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, True),
     "T300-B1-H20-chunks": (300, 1, 20, None, False),
     "T37-B5-H40-lengths-reverse-chunks": (37, 5, 40, [37, 9, 1, 30, 2], True),

@@ -58,6 +58,29 @@ def test_lstm_cpp_matches_reference_on_any_thread_count(threads, dtype):
         torch.set_num_threads(previous)
 
 
+# Cases for each product kernel: B=1 (the forward's one-row product, the backward's unit split),
+# rows split over the threads, projection with lengths, a wide H (large rows of W_hh).
+KERNEL_CASES = ("T9-B1-H40-lengths-reverse", "T63-B4-H100", "T10-B4-H20-P7-lengths-reverse",
+                "T5-B1-H520")
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("kernel", ["own", "brgemm", "mkl"])
+def test_lstm_cpp_matches_reference_on_every_product_kernel(kernel, dtype, monkeypatch):
+    # GATED_KERNELS_CPU_GEMM forces one kernel for every product of the forward, the backward
+    # and the inference operator's input gates (the other tests run `auto`).
+    monkeypatch.setenv("GATED_KERNELS_CPU_GEMM", kernel)
+    for name in KERNEL_CASES:
+        T, B, H, P, lengths, reverse = CASES[name]
+        *args, lens = lstm_inputs(T, B, H, P, lengths)
+        check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens,
+                                reverse, dtype, OUTPUTS, INPUTS)
+        args, lens, reverse = inference_args(CASES[name], dtype)
+        check_inference_against_reference(torch.ops.gated_kernels.lstm_inference,
+                                          reference.lstm_recurrence, args, lens, reverse, dtype,
+                                          OUTPUTS)
+
+
 @pytest.mark.parametrize("P,lengths,reverse", [(None, [4, 1, 3], False), (2, [4, 2, 1], True)],
                          ids=["lengths", "P2-lengths-reverse"])
 def test_lstm_gradcheck(P, lengths, reverse):
@@ -155,7 +178,8 @@ def test_lstm_forward_rejects_tensors_on_another_device(name):
 # three chunks (the last one short), T=37 at B=5 two.
 INFERENCE_CASES = {
     **CASES,
-    # On two threads each thread's rows of W_hh exceed 1 MB: the blocked one-row product.
+    # On two threads each thread's rows of W_hh exceed 1 MB (the mkl kernel's blocked one-row
+    # product; for the panel kernel, rows streamed from L3).
     "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, None, True),
     "T300-B1-H20-chunks": (300, 1, 20, None, None, False),
     "T37-B5-H40-P8-lengths-reverse-chunks": (37, 5, 40, 8, [37, 9, 1, 30, 2], True),

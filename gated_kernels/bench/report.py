@@ -11,20 +11,10 @@ import subprocess
 import torch
 
 import gated_kernels
+from gated_kernels import cpu
 
 COLUMNS = ("case", "gate", "ours ms", "torch ms", "speedup", "ours err", "torch err",
            "ours MB", "torch MB")
-
-
-def _cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _version(package):
@@ -45,9 +35,11 @@ def _git_commit():
 
 
 def provenance(device):
+    """The machine and versions of a run. On the CPU also what the kernels run with there
+    (gated_kernels.cpu.config: vendor, instruction set, L2 size, product kernels)."""
     cuda = device.startswith("cuda")
     return {
-        "machine": torch.cuda.get_device_name() if cuda else _cpu_model(),
+        "machine": torch.cuda.get_device_name() if cuda else cpu.model(),
         "device": device,
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -57,13 +49,17 @@ def provenance(device):
         "git_commit": _git_commit(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
+        **({} if cuda else cpu.config()),
     }
 
 
 def header(prov):
-    return (f"{prov['machine']} ({prov['device']}, {prov['threads']} threads); "
+    line = (f"{prov['machine']} ({prov['device']}, {prov['threads']} threads); "
             f"torch {prov['torch']}, triton {prov['triton']}, cudnn {prov['cudnn']}; "
             f"gated_kernels {prov['gated_kernels']} ({prov['git_commit']}); {prov['timestamp']}")
+    if "cpu_vendor" in prov:
+        line += f"\nCPU kernels: {cpu.summary(prov)}"
+    return line
 
 
 def _ms(seconds):
@@ -114,22 +110,27 @@ def _geomean(values):
 
 
 def summary(suite, records):
-    """One line: cases, gate failures, geometric-mean speedup per mode, the range."""
+    """One line: cases, gate failures, geometric-mean speedup per mode, the range; per dtype
+    when the suite has several."""
     passed = [r for r in records if r["gate"] == "PASS"]
     failed = sum(r["gate"] == "FAIL" for r in records)
     errors = sum(r["gate"] == "ERROR" for r in records)
     parts = [f"{suite}: {len(records)} cases, {failed} failed the gate"
              + (f", {errors} could not run" if errors else "")]
-    for mode in ("fwd", "fwdbwd"):
-        speedups = [r["speedup"] for r in passed if r["mode"] == mode]
-        if speedups:
-            parts.append(f"{mode} speedup geomean {_geomean(speedups):.2f}x "
-                         f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    dtypes = sorted({r["dtype"] for r in passed})
+    for dtype in dtypes:
+        for mode in ("fwd", "fwdbwd"):
+            speedups = [r["speedup"] for r in passed if r["mode"] == mode and r["dtype"] == dtype]
+            if speedups:
+                name = f"{dtype} {mode}" if len(dtypes) > 1 else mode
+                parts.append(f"{name} speedup geomean {_geomean(speedups):.2f}x "
+                             f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
     return "; ".join(parts)
 
 
 def markdown(suite, records, prov):
-    lines = [f"# gated_kernels benchmark: suite `{suite}`", "", f"Machine: {header(prov)}", "",
+    lines = [f"# gated_kernels benchmark: suite `{suite}`", "",
+             f"Machine: {header(prov)}".replace("\n", "\n\n"), "",
              f"Summary: {summary(suite, records)}", "",
              "Times are medians (20th-80th percentile in the JSON) of interleaved runs in one "
              "process; speedup = torch.nn time / gated_kernels time; errors are the largest "
@@ -155,14 +156,15 @@ def plot(path, suite, records, prov):
 
     simple = [r for r in records if r["gate"] == "PASS" and r["layers"] == 1
               and not r["bidirectional"]]
-    cells = sorted({r["cell"] for r in simple}) or ["LSTM"]
+    panels = sorted({(r["cell"], r["dtype"]) for r in simple}) or [("LSTM", "fp32")]
     modes = ("fwd", "fwdbwd")
-    fig, axes = plt.subplots(len(cells), 2, figsize=(11, 3.8 * len(cells)), squeeze=False)
+    fig, axes = plt.subplots(len(panels), 2, figsize=(11, 3.8 * len(panels)), squeeze=False)
     styles = ["-", "--", ":", "-."]
-    for i, cell in enumerate(cells):
+    for i, (cell, dtype) in enumerate(panels):
         for j, mode in enumerate(modes):
             ax = axes[i][j]
-            points = [r for r in simple if r["cell"] == cell and r["mode"] == mode]
+            points = [r for r in simple if r["cell"] == cell and r["dtype"] == dtype
+                      and r["mode"] == mode]
             Ts = sorted({r["T"] for r in points})
             for b_index, B in enumerate(sorted({r["B"] for r in points})):
                 for t_index, T in enumerate(Ts):
@@ -178,7 +180,7 @@ def plot(path, suite, records, prov):
             ax.minorticks_off()
             ax.set_xlabel("hidden size H")
             ax.set_ylabel("speedup vs torch.nn")
-            ax.set_title(f"{cell} {'inference' if mode == 'fwd' else 'training step'}")
+            ax.set_title(f"{cell} {dtype} {'inference' if mode == 'fwd' else 'training step'}")
             if points:
                 ax.legend(fontsize=7)
     fig.suptitle(f"gated_kernels suite '{suite}': {prov['machine']}, {prov['threads']} threads, "

@@ -49,7 +49,7 @@ def suite(name, device):
         return (_grid(CELLS, [100], [1, 32], [256], ["fp32"], device)
                 + _grid(CELLS, [50], [16], [128], ["fp32"], device, layers=2, bidirectional=True))
     if name == "cpu":
-        return (_grid(CELLS, [100, 500], [1, 16, 64], [128, 256, 512], ["fp32"], device)
+        return (_grid(CELLS, [100, 500], [1, 16, 64], [128, 256, 512], ["fp32", "bf16"], device)
                 + _grid(CELLS, [100], [16], [256], ["fp32"], device, layers=2, bidirectional=True))
     if name == "gpu":
         return _grid(CELLS, [256], [1, 16, 64, 256], [256, 512, 1024], ["bf16", "fp32"], device)

@@ -1,0 +1,64 @@
+// Our own product for small batches over a weight stored as panels (the kernel and the reason
+// are in panel_kernels.h). This header holds only plain structs and function pointers, as
+// pointwise.h does, so that code compiled for different instruction sets shares no inline
+// function through it.
+//
+// Panel layout of a weight w [K, N]: panel p holds columns [p * panel, (p + 1) * panel) for every
+// k, line after line: panels[(p * K + k) * panel + j] = w[k, p * panel + j], zero past N.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cstdint>
+
+namespace gated_kernels {
+
+// out[M, N] = a[M, K] w[K, N] (+ bias[N]), w as panels of the kernel's width.
+template <typename w_t>
+struct PanelProduct {
+  const float* a;  // row m at a + m * lda
+  int64_t lda, M, K, N;
+  const w_t* panels;
+  const float* bias;  // [N] or nullptr
+  float* out;         // row m at out + m * ldo
+  int64_t ldo;
+  bool reverse;  // visit the panels last to first (see ThreadProduct in product.h)
+};
+
+struct PanelKernels {
+  int64_t panel;  // columns per panel: 4 vectors of float
+  void (*f32)(const PanelProduct<float>&);
+  void (*bf16)(const PanelProduct<c10::BFloat16>&);
+  // dst[i] = src[i] rounded to bfloat16 (to nearest even), and back, for i < n: the conversions
+  // of a product's rows, vectorised like the product.
+  void (*round_bf16)(const float* src, c10::BFloat16* dst, int64_t n);
+  void (*widen_bf16)(const c10::BFloat16* src, float* dst, int64_t n);
+  // w [K, N] (element (k, n) at w[k * stride_k + n * stride_n]) into panels of `panel`
+  // columns, [ceil(N / panel), K, panel], zero past N (pack_panels).
+  void (*pack_f32)(const float* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N,
+                   int64_t panel, float* out);
+  void (*pack_bf16)(const c10::BFloat16* w, int64_t stride_k, int64_t stride_n, int64_t K,
+                    int64_t N, int64_t panel, c10::BFloat16* out);
+};
+
+// The variant for the capability ATen runs with (at::get_cpu_capability()), as
+// pointwise_kernels() chooses. Chosen once.
+const PanelKernels& panel_kernels();
+
+// w [K, N] (any strides) in panels of `panel` columns, [ceil(N / panel), K, panel], contiguous.
+// With panel >= N it is w row-major in rows of `panel` values, zero past N (brgemm's float form).
+at::Tensor pack_panels(const at::Tensor& w, int64_t panel);
+
+namespace DEFAULT {
+PanelKernels panel_kernels();
+}
+#ifdef GATED_KERNELS_CPU_VARIANTS
+namespace AVX2 {
+PanelKernels panel_kernels();
+}
+namespace AVX512 {
+PanelKernels panel_kernels();
+}
+#endif
+
+}  // namespace gated_kernels

@@ -1,0 +1,149 @@
+// Our own small-batch product, written once and compiled per CPU capability like the pointwise
+// passes (pointwise_kernels.h): included only by the panel_<capability>.cpp files, which define
+// CPU_CAPABILITY first. It multiplies a few rows of a (float) by a weight stored as panels
+// (panel.h): for each panel, each row keeps 4 vector accumulators (64 columns on AVX-512, 32 on
+// AVX2), every line of the panel is loaded once and multiplied by a broadcast value of each row
+// (up to 4 rows at a time), and the panel is read front to back, which the hardware prefetcher
+// follows even from L3.
+//
+// Why not a library GEMM: a one-row product reads the whole weight for 2 flops a value, so its
+// speed is the rate at which the weight streams in. On the EPYC Zen 4 build machine (one thread of
+// two running at once, medians of 400 calls), a [1, 512] x [512, 1024] float product (2 MB, beyond
+// the 1 MB L2) took 21 us here against 41 us for oneDNN's brgemm on the same weight in row-major
+// order (98 against 52 GB/s) and 36 us for MKL, whose vendor check sends AMD to an SSE GEMV; at
+// 0.5 MB (in L2) all three read 105-111 GB/s. bfloat16 panels are widened to float in registers:
+// half the bytes to stream, and a (the running h) stays in float.
+#pragma once
+
+#ifndef CPU_CAPABILITY
+#error "define CPU_CAPABILITY (DEFAULT, AVX2 or AVX512) before including panel_kernels.h"
+#endif
+
+#include "panel.h"
+
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+#include <type_traits>
+
+namespace gated_kernels {
+namespace CPU_CAPABILITY {
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+constexpr int64_t kVecs = 4;  // vectors a panel line holds
+constexpr int64_t kPanel = kVecs * Vec::size();
+// Rows multiplied per pass over a panel: with AVX-512's 32 vector registers, 4 rows x 4 vectors
+// = 16 accumulators next to the 4 panel vectors; AVX2 has 16 registers, so 2 rows (8).
+constexpr int64_t kTileRows = Vec::size() >= 16 ? 4 : 2;
+
+// Line k of a panel as float vectors.
+template <typename w_t>
+inline void load_line(const w_t* line, Vec (&w)[kVecs]) {
+  if constexpr (std::is_same_v<w_t, float>) {
+    for (int64_t v = 0; v < kVecs; ++v) w[v] = Vec::loadu(line + v * Vec::size());
+  } else {
+    for (int64_t v = 0; v < kVecs; v += 2) {
+      at::vec::load_to_float<w_t>(line + v * Vec::size(), w[v], w[v + 1]);
+    }
+  }
+}
+
+// Rows [m0, m0 + kRows) of a times panel p: out[m, p*kPanel + j] for the panel's valid columns.
+template <int64_t kRows, typename w_t>
+inline void tile(const PanelProduct<w_t>& a, int64_t m0, int64_t p) {
+  const w_t* panel = a.panels + p * a.K * kPanel;
+  const int64_t n0 = p * kPanel, valid = std::min(kPanel, a.N - n0);
+  Vec acc[kRows][kVecs];
+  for (int64_t v = 0; v < kVecs; ++v) {
+    // The bias, if any, is where the sums start; the panel's padding columns start at 0.
+    const int64_t n = std::clamp<int64_t>(valid - v * Vec::size(), 0, Vec::size());
+    const Vec start = a.bias != nullptr && n > 0 ? Vec::loadu(a.bias + n0 + v * Vec::size(), n)
+                                                 : Vec(0.0f);
+    for (int64_t m = 0; m < kRows; ++m) acc[m][v] = start;
+  }
+  const float* rows[kRows];
+  for (int64_t m = 0; m < kRows; ++m) rows[m] = a.a + (m0 + m) * a.lda;
+  for (int64_t k = 0; k < a.K; ++k) {
+    Vec w[kVecs];
+    load_line(panel + k * kPanel, w);
+    for (int64_t m = 0; m < kRows; ++m) {
+      const Vec x(rows[m][k]);
+      for (int64_t v = 0; v < kVecs; ++v) acc[m][v] = at::vec::fmadd(x, w[v], acc[m][v]);
+    }
+  }
+  for (int64_t m = 0; m < kRows; ++m) {
+    float* out = a.out + (m0 + m) * a.ldo + n0;
+    for (int64_t v = 0; v < kVecs; ++v) {
+      const int64_t n = std::clamp<int64_t>(valid - v * Vec::size(), 0, Vec::size());
+      if (n == Vec::size()) acc[m][v].store(out + v * Vec::size());
+      else if (n > 0) acc[m][v].store(out + v * Vec::size(), n);
+    }
+  }
+}
+
+template <typename w_t>
+void panel_product(const PanelProduct<w_t>& a) {
+  const int64_t panels = (a.N + kPanel - 1) / kPanel;
+  for (int64_t i = 0; i < panels; ++i) {
+    const int64_t p = a.reverse ? panels - 1 - i : i;
+    int64_t m = 0;
+    for (; m + kTileRows <= a.M; m += kTileRows) tile<kTileRows>(a, m, p);
+    // The last rows: fewer than a tile.
+    if (a.M - m == 3) tile<3>(a, m, p);
+    else if (a.M - m == 2) tile<2>(a, m, p);
+    else if (a.M - m == 1) tile<1>(a, m, p);
+  }
+}
+
+void round_bf16(const float* src, c10::BFloat16* dst, int64_t n) { at::vec::convert(src, dst, n); }
+
+void widen_bf16(const c10::BFloat16* src, float* dst, int64_t n) {
+  int64_t i = 0;
+  for (; i + Vec::size() <= n; i += Vec::size()) {
+    Vec v;
+    at::vec::load_to_float(src + i, v);
+    v.store(dst + i);
+  }
+  for (; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+}
+
+// Packing a weight: a thread's rows of W_hh arrive as the transpose of contiguous [N, K] rows,
+// so a panel is a transpose, done 16 x 16 values at a time with at::vec's transpose (a copy
+// value by value, with every value of a line from another row, ran at 1 GB/s: 0.6 ms for the
+// 2 MB of a thread's rows at H=512, 20% of an LSTM inference at B=1, T=100). Rows that are
+// already [K, N] copy line by line.
+template <typename T>
+void pack(const T* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N, int64_t panel,
+          T* out) {
+  constexpr int64_t kTile = 16;
+  for (int64_t n0 = 0; n0 < N; n0 += panel) {
+    const int64_t width = std::min(panel, N - n0);
+    T* dst = out + n0 * K;  // panel n0 / panel
+    if (stride_k == 1 && stride_n != 1) {
+      for (int64_t j = 0; j < width; j += kTile) {
+        for (int64_t k = 0; k < K; k += kTile) {
+          at::vec::transpose_mxn<T>(w + (n0 + j) * stride_n + k, stride_n, dst + k * panel + j,
+                                    panel, std::min(kTile, width - j), std::min(kTile, K - k));
+        }
+      }
+    } else {
+      for (int64_t k = 0; k < K; ++k) {
+        const T* row = w + k * stride_k + n0 * stride_n;
+        for (int64_t j = 0; j < width; ++j) dst[k * panel + j] = row[j * stride_n];
+      }
+    }
+    for (int64_t k = 0; k < K; ++k) std::fill(dst + k * panel + width, dst + (k + 1) * panel, T(0));
+  }
+}
+
+}  // namespace
+
+PanelKernels panel_kernels() {
+  return {kPanel, &panel_product<float>, &panel_product<c10::BFloat16>, &round_bf16,
+          &widen_bf16, &pack<float>, &pack<c10::BFloat16>};
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace gated_kernels

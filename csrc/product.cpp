@@ -1,0 +1,401 @@
+#include "product.h"
+
+#include "common.h"
+#include "panel.h"
+#include "team.h"
+
+#include <ATen/Context.h>
+#include <ATen/native/CPUBlas.h>
+#include <ATen/ops/addmm_cpu_dispatch.h>
+#include <ATen/ops/mm_cpu_dispatch.h>
+#include <c10/util/irange.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <new>
+
+// oneDNN's brgemm through ATen: float since torch 2.7 (the macro marks it); x86-64 only, since
+// elsewhere ATen falls back to a BLAS call per product.
+#if defined(CPUBLAS_BRGEMM_F32F32F32) && defined(CPUBLAS_BRGEMM_BF16BF16F32) && \
+    (defined(__x86_64__) || defined(_M_X64))
+#define GATED_KERNELS_BRGEMM 1
+#endif
+
+// MKL's packed GEMM and its Fortran sgemv, exported by libtorch_cpu in the x86 wheels that link
+// MKL (its LP64 interface: int sizes). Declared weak so that the extension still loads against
+// a torch without them (the pointers are then null).
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(_M_X64))
+#define GATED_KERNELS_MKL_PACKED 1
+extern "C" {
+__attribute__((weak)) size_t cblas_sgemm_pack_get_size(int identifier, int m, int n, int k);
+__attribute__((weak)) void cblas_sgemm_pack(int layout, int identifier, int trans, int m, int n,
+                                            int k, float alpha, const float* src, int ld,
+                                            float* dest);
+__attribute__((weak)) void cblas_sgemm_compute(int layout, int transa, int transb, int m, int n,
+                                               int k, const float* a, int lda, const float* b,
+                                               int ldb, float beta, float* c, int ldc);
+__attribute__((weak)) void sgemv_(const char* trans, const int* m, const int* n,
+                                  const float* alpha, const float* a, const int* lda,
+                                  const float* x, const int* incx, const float* beta, float* y,
+                                  const int* incy);
+}
+#endif
+
+namespace gated_kernels {
+namespace {
+
+// The most rows our panel kernel takes in `auto` mode for float; more go to brgemm. On the EPYC
+// Zen 4 build machine (csrc/panel_kernels.h; benchmarks/product_bench.py, two threads at once)
+// the panel kernel led at one row (in L2 by up to 10%, from L3 by 25-50%), brgemm at two and
+// three rows in L2 (by 10-40%), and the two were within 5% from 4 rows on.
+constexpr int64_t kOwnMaxRows = 1;
+
+// brgemm reads w row after row at a stride of ld_b values. A stride of a multiple of 4 KB puts
+// the rows a column block needs in the same L1 sets: a [1, 128] x [128, 1024] float product
+// took 9.1 us at ld_b = 1024 and 4.9 us at 1040 (Zen 4). So such rows get 16 values of padding.
+int64_t brgemm_ld(int64_t N) { return (4 * N) % 4096 == 0 ? N + 16 : N; }
+
+// Column blocks of the mkl kernel's blocked one-row product: 2, 4 and 8 did alike for a 2 MB w
+// on one thread of the Xeon (52-54 us a step, against 58-62 us in order).
+constexpr int kGemvBlocks = 4;
+
+// The CBLAS constants of mkl_cblas.h.
+constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112, kPacked = 151, kBMatrix = 162;
+
+bool mkl_packed_available() {
+#ifdef GATED_KERNELS_MKL_PACKED
+  return cblas_sgemm_pack_get_size != nullptr && cblas_sgemm_pack != nullptr &&
+         cblas_sgemm_compute != nullptr;
+#else
+  return false;
+#endif
+}
+
+// This thread's buffer for a slot's packed matrix, grown to `bytes` when smaller. Kept until
+// the thread ends; of the reserved size only the part MKL writes becomes resident (about 0.5 MB
+// of 7.9 MB for a 384 x 128 weight, measured with the process's resident set).
+float* pack_buffer(PackSlot slot, size_t bytes) {
+  struct Buffer {
+    float* data = nullptr;
+    size_t bytes = 0;
+    ~Buffer() { std::free(data); }
+  };
+  static thread_local Buffer buffers[3];
+  Buffer& buffer = buffers[static_cast<int>(slot) - 1];
+  if (buffer.bytes < bytes) {
+    std::free(buffer.data);
+    buffer.bytes = 0;
+    // 64-byte aligned, the size rounded up to a multiple of the alignment (aligned_alloc's rule).
+    buffer.data = static_cast<float*>(std::aligned_alloc(64, (bytes + 63) / 64 * 64));
+    if (buffer.data == nullptr) throw std::bad_alloc();
+    buffer.bytes = bytes;
+  }
+  return buffer.data;
+}
+
+// w [K, N] as brgemm reads it, rows of ld values, zero past N: for float, row k at k * ld (one
+// panel of width ld); for bfloat16, K padded to even and rows taken in pairs, element (k, n) at
+// ((k / 2) * ld + n) * 2 + k % 2 (oneDNN's VNNI layout for 16-bit inputs). One pass over w, as
+// pack_panels.
+at::Tensor brgemm_weight(const at::Tensor& w, int64_t ld) {
+  if (w.scalar_type() == at::kFloat) return pack_panels(w, ld).view({w.size(0), ld});
+  const int64_t K = w.size(0), N = w.size(1), pairs = (K + 1) / 2;
+  at::Tensor out = at::zeros({pairs, ld, 2}, w.options());
+  const auto* src = w.data_ptr<c10::BFloat16>();
+  auto* dst = out.data_ptr<c10::BFloat16>();
+  const int64_t sk = w.stride(0), sn = w.stride(1);
+  for (const auto k : c10::irange(K)) {
+    for (const auto n : c10::irange(N)) dst[((k / 2) * ld + n) * 2 + k % 2] = src[k * sk + n * sn];
+  }
+  return out;
+}
+
+#ifdef GATED_KERNELS_BRGEMM
+// One bfloat16 brgemm against float64 arithmetic on a 2 x 2 case: false where ATen refuses it
+// (no AVX-512) or gets it wrong.
+bool bf16_brgemm_works() {
+  try {
+    const c10::BFloat16 a[4] = {1.0f, 2.0f, 3.0f, 4.0f};   // [[1, 2], [3, 4]]
+    const c10::BFloat16 b[4] = {5.0f, 7.0f, 6.0f, 8.0f};   // [[5, 6], [7, 8]] in VNNI pairs
+    float c[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    at::native::cpublas::brgemm(2, 2, 2, 2, 2, 2, false, a, b, c, /*is_vnni=*/true);
+    at::native::cpublas::brgemm_release();
+    return c[0] == 19.0f && c[1] == 22.0f && c[2] == 43.0f && c[3] == 50.0f;
+  } catch (const std::exception&) {
+    return false;
+  }
+}
+#endif
+
+}  // namespace
+
+const char* kernel_name(ProductKernel kernel) {
+  switch (kernel) {
+    case ProductKernel::kOwn: return "own";
+    case ProductKernel::kBrgemm: return "brgemm";
+    case ProductKernel::kMkl: return "mkl";
+    case ProductKernel::kAten: return "aten";
+  }
+  return "?";
+}
+
+bool brgemm_available(at::ScalarType dtype) {
+#ifdef GATED_KERNELS_BRGEMM
+  if (!at::hasMKLDNN() || !at::globalContext().userEnabledMkldnn()) return false;
+  // ATen sends float to oneDNN from AVX2 on (below, to a BLAS call); bfloat16 from AVX-512.
+  static const bool f32 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  static const bool bf16 = bf16_brgemm_works();
+  if (dtype == at::kFloat) return f32;
+  if (dtype == at::kBFloat16) return bf16;
+#endif
+  return false;
+}
+
+ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype) {
+  if (dtype == at::kDouble || K == 0) return ProductKernel::kAten;
+  switch (gemm_choice()) {
+    case GemmChoice::kOwn: return ProductKernel::kOwn;
+    case GemmChoice::kMkl: return ProductKernel::kMkl;
+    case GemmChoice::kBrgemm:
+      TORCH_CHECK(brgemm_available(dtype), "GATED_KERNELS_CPU_GEMM=brgemm, but oneDNN's brgemm ",
+                  "does not run here for ", dtype, " (it needs an x86-64 torch with oneDNN "
+                  "enabled, AVX2 for float and AVX-512 for bfloat16)");
+      return ProductKernel::kBrgemm;
+    case GemmChoice::kAuto: break;
+  }
+  if (!brgemm_available(dtype)) return ProductKernel::kOwn;
+  // bfloat16 always on brgemm where it runs: its dot-product instructions take the pairs in
+  // one step, where our kernel widens every value first (one row, [256, 512]: 3.3 against
+  // 5.9 us).
+  return dtype == at::kFloat && M <= kOwnMaxRows ? ProductKernel::kOwn : ProductKernel::kBrgemm;
+}
+
+template <typename scalar_t>
+ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> a,
+                                       PackSlot slot, const at::Tensor& bias)
+    : a_(std::move(a)) {
+  M_ = a_.front().size(0), K_ = w.size(0), N_ = w.size(1);
+  const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
+  const at::ScalarType a_type = a_.front().scalar_type();
+  for (const at::Tensor& rows : a_) {
+    TORCH_INTERNAL_ASSERT(rows.size(0) == M_ && rows.size(1) == K_ &&
+                              (K_ <= 1 || rows.stride(1) == 1) &&
+                              (M_ <= 1 || rows.stride(0) >= K_) && rows.scalar_type() == a_type,
+                          "ThreadProduct: a buffers must be [M, K] with contiguous rows, one dtype");
+  }
+  // NaN-poisoned under GATED_KERNELS_POISON_OUTPUTS=1, like the ops' outputs (common.h).
+  out_ = new_output({M_, N_}, w.options().dtype(acc));
+  if (bias.defined()) bias_ = bias.to(acc).contiguous();
+  kernel_ = choose_kernel(M_, K_, w.scalar_type());
+  if (out_.numel() == 0) return;
+  const auto a_buffer = [&](at::ScalarType dtype, int64_t columns) {
+    return a_type == dtype && columns == K_ ? at::Tensor()
+                                            : at::zeros({M_, columns}, w.options().dtype(dtype));
+  };
+  switch (kernel_) {
+    case ProductKernel::kOwn:
+      w_ = pack_panels(w, panel_kernels().panel);
+      a_cast_ = a_buffer(at::kFloat, K_);
+      break;
+    case ProductKernel::kBrgemm:
+      ld_ = brgemm_ld(N_);
+      w_ = brgemm_weight(w, ld_);
+      if (w.scalar_type() == at::kFloat) {
+        a_cast_ = a_buffer(at::kFloat, K_);
+      } else {
+        a_cast_ = a_buffer(at::kBFloat16, 2 * w_.size(0));
+        tiles_.active = true;
+      }
+      break;
+    case ProductKernel::kMkl:
+      // float; a bfloat16 weight is widened once.
+      w_ = w.to(at::kFloat);
+      a_cast_ = a_buffer(at::kFloat, K_);
+#ifdef GATED_KERNELS_MKL_PACKED
+      if (slot != PackSlot::kNone && mkl_packed_available()) {
+        // w as MKL reads it: the transpose of contiguous [N, K] rows (how the forward gathers
+        // its rows), else contiguous [K, N] rows. The leading dimensions are the row lengths,
+        // not strides: torch gives a size-1 dimension any stride (a [1, N] view may have stride
+        // 1 for its rows, which MKL rejects, leaving the buffer unpacked).
+        const bool trans = w_.t().is_contiguous();
+        if (!trans) w_ = w_.contiguous();
+        float* packed = pack_buffer(slot, cblas_sgemm_pack_get_size(kBMatrix, M_, N_, K_));
+        cblas_sgemm_pack(kRowMajor, kBMatrix, trans ? kTrans : kNoTrans, M_, N_, K_, 1.0f,
+                         w_.data_ptr<float>(), trans ? K_ : N_, packed);
+        packed_ = packed;
+      }
+      // A thread of a team (MKL then runs on it alone) multiplying one row by w stored as
+      // contiguous [N, K] rows too large to pack (see lstm.cpp): blocked, see mkl().
+      blocked_ = packed_ == nullptr && sgemv_ != nullptr && M_ == 1 && !bias_.defined() &&
+                 w_.t().is_contiguous() && at::in_parallel_region() &&
+                 static_cast<int64_t>(w_.nbytes()) > l2_bytes() / 2;
+#endif
+      break;
+    case ProductKernel::kAten:
+      w_ = w.to(acc);
+      a_cast_ = a_buffer(acc, K_);
+      break;
+  }
+}
+
+template <typename scalar_t>
+ThreadProduct<scalar_t>::TileRelease::~TileRelease() {
+#ifdef GATED_KERNELS_BRGEMM
+  if (active) at::native::cpublas::brgemm_release();
+#endif
+}
+
+template <typename scalar_t>
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator()(int which) {
+  acc_t* out = out_.data_ptr<acc_t>();
+  if (out_.numel() == 0) return out;
+  const at::Tensor& a = a_[which];
+  switch (kernel_) {
+    case ProductKernel::kOwn: return own(a, out);
+    case ProductKernel::kBrgemm: return brgemm(a, out);
+    case ProductKernel::kMkl: return mkl(a, out);
+    case ProductKernel::kAten: break;
+  }
+  const at::Tensor& rows = a_cast_.defined() ? a_cast_.copy_(a) : a;
+  if (bias_.defined()) {
+    at::cpu::addmm_out(out_, bias_, rows, w_);
+  } else {
+    at::cpu::mm_out(out_, rows, w_);
+  }
+  return out;
+}
+
+template <typename scalar_t>
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(const at::Tensor& a,
+                                                                            acc_t* out) {
+  if constexpr (std::is_same_v<acc_t, float>) {
+    const PanelKernels& kernels = panel_kernels();
+    const float* rows = nullptr;
+    int64_t lda = K_;
+    if (a_cast_.defined()) {  // bfloat16 rows (the input gates' x), widened
+      float* cast = a_cast_.data_ptr<float>();
+      const auto* src = a.data_ptr<c10::BFloat16>();
+      for (const auto m : c10::irange(M_)) kernels.widen_bf16(src + m * a.stride(0), cast + m * K_, K_);
+      rows = cast;
+    } else {
+      rows = a.data_ptr<float>();
+      lda = M_ == 1 ? K_ : a.stride(0);
+    }
+    // Every other call walks the panels last to first, so that a call starts on the panels the
+    // last one read most recently: at B=1 the next step's product follows right after.
+    const bool reverse = calls_++ % 2 == 1;
+    const float* bias = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      kernels.f32({rows, lda, M_, K_, N_, w_.data_ptr<float>(), bias, out, N_, reverse});
+    } else {
+      kernels.bf16({rows, lda, M_, K_, N_, w_.data_ptr<c10::BFloat16>(), bias, out, N_, reverse});
+    }
+  } else {
+    TORCH_INTERNAL_ASSERT(false, "ThreadProduct: the own kernel is float and bfloat16 only");
+  }
+  return out;
+}
+
+template <typename scalar_t>
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(
+    const at::Tensor& a, acc_t* out) {
+#ifdef GATED_KERNELS_BRGEMM
+  if constexpr (std::is_same_v<acc_t, float>) {
+    // The bias goes into the output first and brgemm adds the product to it.
+    const bool add = bias_.defined();
+    if (add) {
+      const float* b = bias_.data_ptr<float>();
+      for (const auto m : c10::irange(M_)) std::copy(b, b + N_, out + m * N_);
+    }
+    if constexpr (std::is_same_v<scalar_t, float>) {
+      const float* rows = a_cast_.defined() ? a_cast_.copy_(a).data_ptr<float>() : a.data_ptr<float>();
+      const int64_t lda = a_cast_.defined() || M_ == 1 ? K_ : a.stride(0);
+      at::native::cpublas::brgemm(M_, N_, K_, lda, ld_, N_, add, rows, w_.data_ptr<float>(), out);
+    } else {
+      // bfloat16: a rounded (or, for an odd K, copied) into a row buffer padded to w's pairs.
+      const int64_t K2 = 2 * w_.size(0);
+      const c10::BFloat16* rows = nullptr;
+      int64_t lda = K2;
+      if (a_cast_.defined()) {
+        c10::BFloat16* cast = a_cast_.data_ptr<c10::BFloat16>();
+        if (a.scalar_type() == at::kFloat) {
+          const float* src = a.data_ptr<float>();
+          for (const auto m : c10::irange(M_)) {
+            panel_kernels().round_bf16(src + m * a.stride(0), cast + m * K2, K_);
+          }
+        } else {
+          const auto* src = a.data_ptr<c10::BFloat16>();
+          for (const auto m : c10::irange(M_)) {
+            std::copy(src + m * a.stride(0), src + m * a.stride(0) + K_, cast + m * K2);
+          }
+        }
+        rows = cast;
+      } else {
+        rows = a.data_ptr<c10::BFloat16>();
+        lda = M_ == 1 ? K2 : a.stride(0);
+      }
+      at::native::cpublas::brgemm(M_, N_, K2, lda, ld_, N_, add, rows,
+                                  w_.data_ptr<c10::BFloat16>(), out, /*is_vnni=*/true);
+    }
+    return out;
+  }
+#endif
+  TORCH_INTERNAL_ASSERT(false, "ThreadProduct: brgemm is not built in");
+}
+
+template <typename scalar_t>
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::mkl(const at::Tensor& a,
+                                                                            acc_t* out) {
+  const at::Tensor& h = a_cast_.defined() ? a_cast_.copy_(a) : a;
+#ifdef GATED_KERNELS_MKL_PACKED
+  if constexpr (std::is_same_v<acc_t, float>) {
+    if (packed_ != nullptr) {
+      const int B = M_, N = N_, K = K_;
+      if (bias_.defined()) {
+        const float* b = bias_.data_ptr<float>();
+        for (const auto row : c10::irange(B)) std::copy(b, b + N, out + row * N);
+      }
+      // h's rows are contiguous (see the constructor); one row may carry any stride.
+      const int lda = B == 1 ? K : h.stride(0);
+      cblas_sgemm_compute(kRowMajor, kNoTrans, kPacked, B, N, K, h.data_ptr<float>(), lda,
+                          packed_, N, bias_.defined() ? 1.0f : 0.0f, out, N);
+      return out;
+    }
+    if (blocked_) {
+      // One row against rows of W larger than half of a core's L2: each step streams them
+      // from L3, since in-order traversal evicts each row before the next step returns to it.
+      // Walking the column blocks in reverse order every other step starts a step on the rows
+      // the last one read most recently, still in L2. lstm_inference B=1 on the Xeon (2
+      // threads, medians of 38 calls interleaved in one process): H=512 T=500 31.0-32.0 ->
+      // 27.4-28.0 ms, T=100 6.5-6.8 -> 5.8-6.0 ms, H=768 T=100 24.1 -> 20.6 ms; gru_inference
+      // H=512 T=500 22.2 -> 20.7 ms, H=640 49.8 -> 38.2 ms. One sgemv_ call a block: ATen's
+      // mm_out per block added more in dispatch than the blocks saved.
+      const int K = K_, N = N_, blocks = std::min<int>(kGemvBlocks, N);
+      const bool backwards = calls_++ % 2 == 1;
+      const float one = 1.0f, zero = 0.0f;
+      const int inc = 1;
+      for (const auto i : c10::irange(blocks)) {
+        const UnitRange cols = split_range(N, backwards ? blocks - 1 - i : i, blocks);
+        const int n = static_cast<int>(cols.size());
+        // Column-major, w's [N, K] rows are a K x N matrix with leading dimension K: out = its
+        // transpose times h.
+        sgemv_("T", &K, &n, &one, w_.data_ptr<float>() + cols.begin * K, &K, h.data_ptr<float>(),
+               &inc, &zero, out + cols.begin, &inc);
+      }
+      return out;
+    }
+  }
+#endif
+  if (bias_.defined()) {
+    at::cpu::addmm_out(out_, bias_, h, w_);
+  } else {
+    at::cpu::mm_out(out_, h, w_);
+  }
+  return out;
+}
+
+template class ThreadProduct<float>;
+template class ThreadProduct<double>;
+template class ThreadProduct<c10::BFloat16>;
+
+}  // namespace gated_kernels

@@ -1,0 +1,105 @@
+// One thread's matrix product with a weight fixed for the whole recurrence (the per-step
+// h_{t-1} W_hh^T of a team thread, the projection, the backward's dG_t W_hh, a chunk of input
+// gates): out[M, N] = a[M, K] w[K, N] (+ bias), with a read from one of a few [M, K] buffers
+// fixed up front. The weight is put in its kernel's form once, before the time loop; a call
+// allocates nothing.
+//
+// The kernels, chosen per product by choose_kernel():
+//   own     our panel kernel (panel.h): weight in panels, rows a few at a time, compiled per
+//           CPU capability. The one-row (GEMV) regime, where speed is how fast the weight
+//           streams in, and every dtype where brgemm is missing (aarch64: NEON through at::vec).
+//   brgemm  oneDNN's batch-reduce GEMM as ATen exports it (at::native::cpublas::brgemm),
+//           JIT-compiled for the instruction set and never asking the vendor. float, and
+//           bfloat16 with the weight in VNNI pairs, a rounded to bfloat16, float accumulation
+//           (avx512_bf16 or AMX).
+//   mkl     MKL's packed GEMM (cblas_sgemm_pack / compute) and its sgemv, as tuned on an Intel
+//           Xeon (benchmarks/cpu_profile.md). MKL checks the CPU vendor: on AMD these run
+//           generic SSE and AVX2 code (reference/cpu_portability.md), so `auto` never picks it;
+//           GATED_KERNELS_CPU_GEMM=mkl keeps it for A/B runs until an Intel machine shows
+//           where it is faster. bfloat16 weights run in float there.
+//   aten    at::cpu::mm_out in the accumulation type: float64 (and a product with K = 0).
+//
+// GATED_KERNELS_CPU_GEMM (cpu_info.h) forces own, brgemm or mkl for every float and bfloat16
+// product; float64 always runs on aten.
+#pragma once
+
+#include "cpu_info.h"
+
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+
+#include <cstdint>
+#include <vector>
+
+namespace gated_kernels {
+
+enum class ProductKernel { kOwn, kBrgemm, kMkl, kAten };
+
+const char* kernel_name(ProductKernel kernel);
+
+// The kernel for a product of M rows by a weight of `dtype` [K, N].
+ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype);
+
+// Whether oneDNN's brgemm runs here for `dtype`: an x86-64 torch built with oneDNN, oneDNN
+// enabled (torch.backends.mkldnn.enabled), and for bfloat16 an AVX-512 CPU (checked once by a
+// trial product).
+bool brgemm_available(at::ScalarType dtype);
+
+// For the mkl kernel: MKL's packed copy of a weight lives in a buffer of the calling thread, one
+// per slot, kept from call to call (outside torch's allocator): MKL asks 8-13 MB of address space
+// per packed matrix whatever its size, and allocating that per call cost a fresh mapping each
+// time. A thread may hold one live product per slot. kNone: not packed.
+enum class PackSlot { kNone, kRecurrent, kProjection, kInput };
+
+// `slot` for a product of a team of `nthreads`: packed only when the team has several threads.
+inline PackSlot team_pack(int nthreads, PackSlot slot) {
+  return nthreads > 1 ? slot : PackSlot::kNone;
+}
+
+template <typename scalar_t>
+class ThreadProduct {
+ public:
+  using acc_t = at::opmath_type<scalar_t>;
+
+  // w [K, N] in scalar_t, any strides. a: [M, K] buffers with contiguous rows, in scalar_t or
+  // acc_t. slot: the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t,
+  // optional: the product returns a @ w + bias.
+  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> a, PackSlot slot,
+                const at::Tensor& bias = at::Tensor());
+
+  // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call.
+  const acc_t* operator()(int which);
+
+  ProductKernel kernel() const { return kernel_; }
+
+ private:
+  const acc_t* own(const at::Tensor& a, acc_t* out);
+  const acc_t* brgemm(const at::Tensor& a, acc_t* out);
+  const acc_t* mkl(const at::Tensor& a, acc_t* out);
+
+  ProductKernel kernel_;
+  int64_t M_, K_, N_;
+  int64_t ld_ = 0;  // brgemm: the row length of w_
+  // The weight in its kernel's form: panels (own), row-major [K, N] or VNNI pairs (brgemm),
+  // acc_t (mkl, aten).
+  at::Tensor w_, bias_, out_;
+  std::vector<at::Tensor> a_;
+  // A row buffer for a in the kernel's dtype, when a comes in another (or, for bfloat16 brgemm,
+  // with an odd K, padded to even).
+  at::Tensor a_cast_;
+  const float* packed_ = nullptr;  // mkl: the packed weight
+  bool blocked_ = false;           // mkl: one row over a weight beyond half of L2, in blocks
+  int64_t calls_ = 0;              // which way the panels or blocks go this call
+
+  // brgemm in bfloat16 may hold AMX tile state on the thread (Intel); it is released when the
+  // product that last used it ends, as ATen's own users of brgemm do.
+  struct TileRelease {
+    bool active = false;
+    TileRelease() = default;
+    TileRelease(TileRelease&& other) noexcept : active(other.active) { other.active = false; }
+    TileRelease& operator=(TileRelease&&) = delete;
+    ~TileRelease();
+  } tiles_;
+};
+
+}  // namespace gated_kernels
