@@ -1,5 +1,7 @@
 #include "common.h"
 
+#include "matmul.h"
+
 #include <ATen/Parallel.h>
 #include <c10/util/irange.h>
 
@@ -110,13 +112,15 @@ at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const
                                  const at::Tensor& lengths, bool reverse) {
   const int64_t T = d.size(0);
   const int64_t B = d.size(1);
-  at::Tensor out = at::zeros({d.size(2), y.size(2)}, d.options());
+  at::Tensor out = at::empty({d.size(2), y.size(2)}, d.options());
   if (T > 1) {
     // Forward: step t >= 1 reads y[t-1]. Reverse: step t <= T-2 reads y[t+1], which is 0 at a
     // row's first step (t = lengths[b] - 1 < T - 1): that row reads h0, counted below.
     const at::Tensor d_rest = d.narrow(0, reverse ? 0 : 1, T - 1).flatten(0, 1);
     const at::Tensor y_prev = y.narrow(0, reverse ? 1 : 0, T - 1).flatten(0, 1);
-    out.addmm_(d_rest.t(), y_prev);
+    matmul_into(out, d_rest.t(), y_prev, 0.0f);
+  } else {
+    out.zero_();
   }
   // Each row's first step reads h0: step 0, or lengths[b] - 1 (T - 1 without lengths) in reverse.
   at::Tensor first;

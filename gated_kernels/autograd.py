@@ -47,6 +47,14 @@ class LSTMFunction(torch.autograd.Function):
         return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
 
 
+def input_projection(x, w_ih, bias, backend):
+    """xg = x w_ih^T + bias for the training path: on the C++ backend the input_projection
+    operator (its products on oneDNN's matmul, csrc/matmul.h), elsewhere F.linear."""
+    if backend == "cpp":
+        return torch.ops.gated_kernels.input_projection(x, w_ih, bias)
+    return F.linear(x, w_ih, bias)
+
+
 def needs_grad(*tensors):
     """Whether autograd would record an op on these tensors (None entries are skipped)."""
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
@@ -59,7 +67,7 @@ def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend
     tensors that backward reads (gates [T, B, 4H] and c_all [T, B, H]) and, on the CPU, without
     making xg at all."""
     if needs_grad(x, w_ih, bias, w_hh, w_hr, h0, c0):
-        xg = F.linear(x, w_ih, bias)
+        xg = input_projection(x, w_ih, bias, backend)
         return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
@@ -97,7 +105,7 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
     xg = x w_ih^T + b_ih where a gradient may be asked for; else the gru_inference operator, the
     same values without the gates [T, B, 4H] that backward reads (and, on the CPU, without xg)."""
     if needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0):
-        xg = F.linear(x, w_ih, b_ih)
+        xg = input_projection(x, w_ih, b_ih, backend)
         return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.

@@ -20,6 +20,12 @@ Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
 `gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
+
+The input projection of the training path on the CPU, with its autograd formula:
+  input_projection(x [T,B,I], w_ih [G,I], bias [G]?) -> xg [T,B,G] = x w_ih^T + bias
+  input_projection_backward(dxg, x, w_ih, bias: bool) -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0])
+(csrc/input_projection.cpp: one product each on oneDNN's matmul, where ATen's float32 product
+would run MKL's generic code on AMD CPUs.)
 """
 
 import torch
@@ -58,6 +64,12 @@ OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "
              "gru_backward")
 for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+LIBRARY.define("input_projection(Tensor x, Tensor w_ih, Tensor? bias) -> Tensor")
+LIBRARY.define(
+    "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias) "
+    "-> (Tensor dx, Tensor dw_ih, Tensor dbias)"
+)
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
 # the tests, the product benchmark and gated_kernels.cpu: out = a w (+ bias) on the kernel
@@ -279,3 +291,28 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
         h0.new_empty(B, H),
     )
 
+
+@torch.library.register_fake("gated_kernels::input_projection")
+def _input_projection_fake(x, w_ih, bias):
+    return input_gates_like(x, w_ih, bias, "the input projection", 1)
+
+
+@torch.library.register_fake("gated_kernels::input_projection_backward")
+def _input_projection_backward_fake(dxg, x, w_ih, bias):
+    return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), x.new_empty(dxg.shape[2] if bias else 0)
+
+
+def _input_projection_setup(ctx, inputs, output):
+    x, w_ih, bias = inputs
+    ctx.save_for_backward(x, w_ih)
+    ctx.bias = bias is not None
+
+
+def _input_projection_backward(ctx, dxg):
+    x, w_ih = ctx.saved_tensors
+    dx, dw_ih, dbias = torch.ops.gated_kernels.input_projection_backward(dxg, x, w_ih, ctx.bias)
+    return dx, dw_ih, dbias if ctx.bias else None
+
+
+torch.library.register_autograd("gated_kernels::input_projection", _input_projection_backward,
+                                setup_context=_input_projection_setup)
