@@ -14,7 +14,8 @@
 
 namespace gated_kernels {
 
-// out = beta * out + a @ b for 2-D a [M, K], b [K, N] (any strides) and out [M, N] contiguous.
+// out = beta * out + a @ b for 2-D a [M, K], b [K, N] (any strides) and out [M, N] contiguous;
+// a and b go to oneDNN only when their rows or columns are contiguous.
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta);
 
 // Whether float32 products go to oneDNN here: an x86-64 torch with oneDNN enabled

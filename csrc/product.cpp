@@ -198,8 +198,17 @@ ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tens
       a_cast_ = a_buffer(at::kFloat, K_);
       break;
     case ProductKernel::kBrgemm:
-      ld_ = brgemm_ld(N_);
-      w_ = brgemm_weight(w, ld_);
+      if (const int64_t ld = K_ == 1 ? N_ : w.stride(0);
+          w.scalar_type() == at::kFloat && (N_ == 1 || w.stride(1) == 1) && ld >= N_ &&
+          brgemm_ld(ld) == ld) {
+        // Rows brgemm can read in place (the backward's W_hh): every thread of the team reads
+        // the one weight, with no copy of its own.
+        ld_ = ld;
+        w_ = w;
+      } else {
+        ld_ = brgemm_ld(N_);
+        w_ = brgemm_weight(w, ld_);
+      }
       if (w.scalar_type() == at::kFloat) {
         a_cast_ = a_buffer(at::kFloat, K_);
       } else {
