@@ -83,7 +83,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     GruForwardThread<scalar_t> thread{
         units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
-        ThreadProduct<scalar_t>(gate_rows(w_hh, 3, units).t(), h, slot), {}};
+        ThreadProduct<scalar_t>(gate_columns(w_hh, 3, units), h, slot), {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
                    save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
@@ -192,7 +192,7 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    return std::make_pair(rows, ThreadProduct<scalar_t>(w_hh, {dGh.narrow(0, rows.begin, rows.size())},
+    return std::make_pair(rows, ThreadProduct<scalar_t>({w_hh}, {dGh.narrow(0, rows.begin, rows.size())},
                                                      team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto backward_rows = [&](UnitRange rows, ThreadProduct<scalar_t>& recurrent) {

@@ -42,7 +42,7 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   gates.units_ = units.size();
   gates.first_ = units.begin;
   gates.own_ = units;
-  const at::Tensor w = gate_rows(w_ih, num_gates, units).t();
+  const std::vector<at::Tensor> w = gate_columns(w_ih, num_gates, units);
   const at::Tensor b = bias.defined() ? gate_rows(bias, num_gates, units) : at::Tensor();
   const int64_t steps = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
   gates.chunk_steps_ = steps;
@@ -63,7 +63,7 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
         w, std::vector<at::Tensor>{rest}, PackSlot::kNone, b);
   }
   if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
-    gates.rounded_ = at::empty({steps * B, w.size(1)}, x.options());
+    gates.rounded_ = at::empty({steps * B, num_gates * units.size()}, x.options());
   }
   return gates;
 }

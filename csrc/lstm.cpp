@@ -116,10 +116,11 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     LstmForwardThread<scalar_t> thread{
         units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
-        ThreadProduct<scalar_t>(gate_rows(w_hh, 4, units).t(), h, slot), std::nullopt, {}};
+        ThreadProduct<scalar_t>(gate_columns(w_hh, 4, units), h, slot), std::nullopt, {}};
     if (proj) {
       thread.projection.emplace(
-          w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t(),
+          std::vector<at::Tensor>{
+              w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t()},
           std::vector<at::Tensor>{m}, team_pack(nthreads, PackSlot::kProjection));
     }
     thread.step = {0, B, H, P, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
@@ -272,11 +273,12 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     std::vector<at::Tensor> dG_rows;
     for (const at::Tensor& d : dG_steps) dG_rows.push_back(d.narrow(0, rows.begin, rows.size()));
     LstmBackwardThread<scalar_t> thread{
-        rows, ThreadProduct<scalar_t>(w_hh, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
+        rows, ThreadProduct<scalar_t>({w_hh}, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
         std::nullopt};
     if (proj) {
       thread.projection.emplace(
-          w_hr, std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())},
+          std::vector<at::Tensor>{w_hr},
+          std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())},
           team_pack(nthreads, PackSlot::kProjection));
     }
     return thread;
@@ -344,7 +346,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     // Its columns of W_hh as [4H, units], packed.
     const at::Tensor w = w_hh.narrow(1, units.begin, units.size());
     return std::make_pair(
-        units, ThreadProduct<scalar_t>(w, dG_steps, team_pack(nthreads, PackSlot::kRecurrent)));
+        units, ThreadProduct<scalar_t>({w}, dG_steps, team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto unit_loop = [&](int, int, auto& thread, Team& team) {
     auto& [units, recurrent] = thread;

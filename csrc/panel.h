@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <vector>
 
 namespace gated_kernels {
 
@@ -33,21 +34,25 @@ struct PanelKernels {
   // of a product's rows, vectorised like the product.
   void (*round_bf16)(const float* src, c10::BFloat16* dst, int64_t n);
   void (*widen_bf16)(const c10::BFloat16* src, float* dst, int64_t n);
-  // w [K, N] (element (k, n) at w[k * stride_k + n * stride_n]) into panels of `panel`
-  // columns, [ceil(N / panel), K, panel], zero past N (pack_panels).
+  // A block of columns w [K, N] (element (k, n) at w[k * stride_k + n * stride_n]) into
+  // columns [n0, n0 + N) of panels of `panel` columns, [panels, K, panel] (pack_panels).
   void (*pack_f32)(const float* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N,
-                   int64_t panel, float* out);
+                   int64_t panel, int64_t n0, float* out);
   void (*pack_bf16)(const c10::BFloat16* w, int64_t stride_k, int64_t stride_n, int64_t K,
-                    int64_t N, int64_t panel, c10::BFloat16* out);
+                    int64_t N, int64_t panel, int64_t n0, c10::BFloat16* out);
+  // Row-major [K, ld] bfloat16 into brgemm's VNNI pairs [ceil(K / 2), ld, 2], zero-padded.
+  void (*pair_rows)(const c10::BFloat16* w, int64_t K, int64_t ld, c10::BFloat16* out);
 };
 
 // The variant for the capability ATen runs with (at::get_cpu_capability()), as
 // pointwise_kernels() chooses. Chosen once.
 const PanelKernels& panel_kernels();
 
-// w [K, N] (any strides) in panels of `panel` columns, [ceil(N / panel), K, panel], contiguous.
-// With panel >= N it is w row-major in rows of `panel` values, zero past N (brgemm's float form).
-at::Tensor pack_panels(const at::Tensor& w, int64_t panel);
+// The weight w [K, N], given as blocks of columns [K, N_i] (any strides, side by side: a
+// thread's rows of each gate, transposed), in panels of `panel` columns, [ceil(N / panel), K,
+// panel], contiguous, zero past N. With panel >= N it is w row-major in rows of `panel` values
+// (brgemm's float form).
+at::Tensor pack_panels(const std::vector<at::Tensor>& columns, int64_t panel);
 
 namespace DEFAULT {
 PanelKernels panel_kernels();

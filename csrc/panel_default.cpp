@@ -22,18 +22,28 @@ const PanelKernels& panel_kernels() {
   return table;
 }
 
-at::Tensor pack_panels(const at::Tensor& w, int64_t panel) {
-  const int64_t K = w.size(0), N = w.size(1);
-  at::Tensor out = at::empty({(N + panel - 1) / panel, K, panel}, w.options());
-  if (w.scalar_type() == at::kFloat) {
-    panel_kernels().pack_f32(w.data_ptr<float>(), w.stride(0), w.stride(1), K, N, panel,
-                             out.data_ptr<float>());
-  } else if (w.scalar_type() == at::kBFloat16) {
-    panel_kernels().pack_bf16(w.data_ptr<c10::BFloat16>(), w.stride(0), w.stride(1), K, N, panel,
-                              out.data_ptr<c10::BFloat16>());
-  } else {
-    TORCH_CHECK(false, "pack_panels: float or bfloat16 weights, got ", w.scalar_type());
+at::Tensor pack_panels(const std::vector<at::Tensor>& columns, int64_t panel) {
+  const at::Tensor& first = columns.front();
+  const int64_t K = first.size(0);
+  int64_t N = 0;
+  for (const at::Tensor& block : columns) N += block.size(1);
+  const int64_t panels = (N + panel - 1) / panel;
+  at::Tensor out = at::empty({panels, K, panel}, first.options());
+  int64_t n0 = 0;
+  for (const at::Tensor& block : columns) {
+    if (first.scalar_type() == at::kFloat) {
+      panel_kernels().pack_f32(block.data_ptr<float>(), block.stride(0), block.stride(1), K,
+                               block.size(1), panel, n0, out.data_ptr<float>());
+    } else {
+      TORCH_CHECK(first.scalar_type() == at::kBFloat16,
+                  "pack_panels: float or bfloat16 weights, got ", first.scalar_type());
+      panel_kernels().pack_bf16(block.data_ptr<c10::BFloat16>(), block.stride(0),
+                                block.stride(1), K, block.size(1), panel, n0,
+                                out.data_ptr<c10::BFloat16>());
+    }
+    n0 += block.size(1);
   }
+  if (panels * panel > N) out.select(0, panels - 1).narrow(1, N % panel, panels * panel - N).zero_();
   return out;
 }
 

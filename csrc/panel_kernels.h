@@ -113,28 +113,52 @@ void widen_bf16(const c10::BFloat16* src, float* dst, int64_t n) {
 // so a panel is a transpose, done 16 x 16 values at a time with at::vec's transpose (a copy
 // value by value, with every value of a line from another row, ran at 1 GB/s: 0.6 ms for the
 // 2 MB of a thread's rows at H=512, 20% of an LSTM inference at B=1, T=100). Rows that are
-// already [K, N] copy line by line.
+// already [K, N] copy line by line. The block's columns land at [n0, n0 + N) of the panels.
 template <typename T>
 void pack(const T* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N, int64_t panel,
-          T* out) {
+          int64_t n0, T* out) {
   constexpr int64_t kTile = 16;
-  for (int64_t n0 = 0; n0 < N; n0 += panel) {
-    const int64_t width = std::min(panel, N - n0);
-    T* dst = out + n0 * K;  // panel n0 / panel
+  for (int64_t n = 0; n < N;) {
+    // The block's columns in panel (n0 + n) / panel.
+    const int64_t j0 = (n0 + n) % panel, width = std::min(N - n, panel - j0);
+    T* dst = out + (n0 + n) / panel * K * panel + j0;
+    const T* src = w + n * stride_n;
     if (stride_k == 1 && stride_n != 1) {
       for (int64_t j = 0; j < width; j += kTile) {
         for (int64_t k = 0; k < K; k += kTile) {
-          at::vec::transpose_mxn<T>(w + (n0 + j) * stride_n + k, stride_n, dst + k * panel + j,
-                                    panel, std::min(kTile, width - j), std::min(kTile, K - k));
+          at::vec::transpose_mxn<T>(src + j * stride_n + k, stride_n, dst + k * panel + j, panel,
+                                    std::min(kTile, width - j), std::min(kTile, K - k));
         }
       }
     } else {
       for (int64_t k = 0; k < K; ++k) {
-        const T* row = w + k * stride_k + n0 * stride_n;
-        for (int64_t j = 0; j < width; ++j) dst[k * panel + j] = row[j * stride_n];
+        for (int64_t j = 0; j < width; ++j) dst[k * panel + j] = src[k * stride_k + j * stride_n];
       }
     }
-    for (int64_t k = 0; k < K; ++k) std::fill(dst + k * panel + width, dst + (k + 1) * panel, T(0));
+    n += width;
+  }
+}
+
+// Rows k and k + 1 of a [K, ld] bfloat16 matrix interleaved value by value: out[(k / 2) * ld
+// * 2 + 2 n + k % 2], the VNNI pairs brgemm reads (an odd K pairs its last row with zeros).
+void pair_rows(const c10::BFloat16* w, int64_t K, int64_t ld, c10::BFloat16* out) {
+  const auto* in = reinterpret_cast<const uint16_t*>(w);
+  auto* pairs = reinterpret_cast<uint16_t*>(out);
+  for (int64_t k = 0; k < K; k += 2) {
+    const uint16_t* even = in + k * ld;
+    const uint16_t* odd = in + (k + 1) * ld;
+    uint16_t* dst = pairs + k * ld;
+    if (k + 1 < K) {
+      for (int64_t n = 0; n < ld; ++n) {
+        dst[2 * n] = even[n];
+        dst[2 * n + 1] = odd[n];
+      }
+    } else {
+      for (int64_t n = 0; n < ld; ++n) {
+        dst[2 * n] = even[n];
+        dst[2 * n + 1] = 0;
+      }
+    }
   }
 }
 
@@ -142,7 +166,7 @@ void pack(const T* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N, 
 
 PanelKernels panel_kernels() {
   return {kPanel, &panel_product<float>, &panel_product<c10::BFloat16>, &round_bf16,
-          &widen_bf16, &pack<float>, &pack<c10::BFloat16>};
+          &widen_bf16, &pack<float>, &pack<c10::BFloat16>, &pair_rows};
 }
 
 }  // namespace CPU_CAPABILITY

@@ -93,21 +93,28 @@ float* pack_buffer(PackSlot slot, size_t bytes) {
   return buffer.data;
 }
 
-// w [K, N] as brgemm reads it, rows of ld values, zero past N: for float, row k at k * ld (one
-// panel of width ld); for bfloat16, K padded to even and rows taken in pairs, element (k, n) at
-// ((k / 2) * ld + n) * 2 + k % 2 (oneDNN's VNNI layout for 16-bit inputs). One pass over w, as
-// pack_panels.
-at::Tensor brgemm_weight(const at::Tensor& w, int64_t ld) {
-  if (w.scalar_type() == at::kFloat) return pack_panels(w, ld).view({w.size(0), ld});
-  const int64_t K = w.size(0), N = w.size(1), pairs = (K + 1) / 2;
-  at::Tensor out = at::zeros({pairs, ld, 2}, w.options());
-  const auto* src = w.data_ptr<c10::BFloat16>();
-  auto* dst = out.data_ptr<c10::BFloat16>();
-  const int64_t sk = w.stride(0), sn = w.stride(1);
-  for (const auto k : c10::irange(K)) {
-    for (const auto n : c10::irange(N)) dst[((k / 2) * ld + n) * 2 + k % 2] = src[k * sk + n * sn];
-  }
-  return out;
+// w [K, N] (blocks of columns, as pack_panels takes them) as brgemm reads it, rows of ld values,
+// zero past N: for float, row k at k * ld (one panel of width ld); for bfloat16, K padded to
+// even and rows taken in pairs, element (k, n) at ((k / 2) * ld + n) * 2 + k % 2 (oneDNN's VNNI
+// layout for 16-bit inputs).
+at::Tensor brgemm_weight(const std::vector<at::Tensor>& columns, int64_t ld) {
+  const int64_t K = columns.front().size(0);
+  const at::Tensor rows = pack_panels(columns, ld).view({K, ld});
+  if (rows.scalar_type() == at::kFloat) return rows;
+  at::Tensor pairs = at::empty({(K + 1) / 2, ld, 2}, rows.options());
+  panel_kernels().pair_rows(rows.data_ptr<c10::BFloat16>(), K, ld,
+                            pairs.data_ptr<c10::BFloat16>());
+  return pairs;
+}
+
+// The blocks of columns as one [K, N] tensor, for MKL and ATen: the blocks' rows side by side
+// when there are several (the forward's rows of W_hh gathered, as MKL's packing expects them:
+// the transpose of contiguous [N, K] rows).
+at::Tensor joined(const std::vector<at::Tensor>& columns) {
+  if (columns.size() == 1) return columns.front();
+  std::vector<at::Tensor> rows;
+  for (const at::Tensor& block : columns) rows.push_back(block.t());
+  return at::cat(rows).t();
 }
 
 #ifdef GATED_KERNELS_BRGEMM
@@ -171,10 +178,13 @@ ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype) {
 }
 
 template <typename scalar_t>
-ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> a,
-                                       PackSlot slot, const at::Tensor& bias)
+ThreadProduct<scalar_t>::ThreadProduct(const std::vector<at::Tensor>& columns,
+                                       std::vector<at::Tensor> a, PackSlot slot,
+                                       const at::Tensor& bias)
     : a_(std::move(a)) {
-  M_ = a_.front().size(0), K_ = w.size(0), N_ = w.size(1);
+  const at::Tensor& w = columns.front();
+  M_ = a_.front().size(0), K_ = w.size(0), N_ = 0;
+  for (const at::Tensor& block : columns) N_ += block.size(1);
   const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
   const at::ScalarType a_type = a_.front().scalar_type();
   for (const at::Tensor& rows : a_) {
@@ -194,20 +204,20 @@ ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tens
   };
   switch (kernel_) {
     case ProductKernel::kOwn:
-      w_ = pack_panels(w, panel_kernels().panel);
+      w_ = pack_panels(columns, panel_kernels().panel);
       a_cast_ = a_buffer(at::kFloat, K_);
       break;
     case ProductKernel::kBrgemm:
       if (const int64_t ld = K_ == 1 ? N_ : w.stride(0);
-          w.scalar_type() == at::kFloat && (N_ == 1 || w.stride(1) == 1) && ld >= N_ &&
-          brgemm_ld(ld) == ld) {
+          columns.size() == 1 && w.scalar_type() == at::kFloat &&
+          (N_ == 1 || w.stride(1) == 1) && ld >= N_ && brgemm_ld(ld) == ld) {
         // Rows brgemm can read in place (the backward's W_hh): every thread of the team reads
         // the one weight, with no copy of its own.
         ld_ = ld;
         w_ = w;
       } else {
         ld_ = brgemm_ld(N_);
-        w_ = brgemm_weight(w, ld_);
+        w_ = brgemm_weight(columns, ld_);
       }
       if (w.scalar_type() == at::kFloat) {
         a_cast_ = a_buffer(at::kFloat, K_);
@@ -218,7 +228,7 @@ ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tens
       break;
     case ProductKernel::kMkl:
       // float; a bfloat16 weight is widened once.
-      w_ = w.to(at::kFloat);
+      w_ = joined(columns).to(at::kFloat);
       a_cast_ = a_buffer(at::kFloat, K_);
 #ifdef GATED_KERNELS_MKL_PACKED
       if (slot != PackSlot::kNone && mkl_packed_available()) {
@@ -241,7 +251,7 @@ ThreadProduct<scalar_t>::ThreadProduct(const at::Tensor& w, std::vector<at::Tens
 #endif
       break;
     case ProductKernel::kAten:
-      w_ = w.to(acc);
+      w_ = joined(columns).to(acc);
       a_cast_ = a_buffer(acc, K_);
       break;
   }

@@ -61,10 +61,12 @@ class ThreadProduct {
  public:
   using acc_t = at::opmath_type<scalar_t>;
 
-  // w [K, N] in scalar_t, any strides. a: [M, K] buffers with contiguous rows, in scalar_t or
-  // acc_t. slot: the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t,
-  // optional: the product returns a @ w + bias.
-  ThreadProduct(const at::Tensor& w, std::vector<at::Tensor> a, PackSlot slot,
+  // w [K, N] in scalar_t, any strides, given as blocks of columns [K, N_i] side by side (the
+  // forward's rows of each gate for the thread's units, transposed: packed from where they
+  // are, never gathered). a: [M, K] buffers with contiguous rows, in scalar_t or acc_t. slot:
+  // the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t, optional:
+  // the product returns a @ w + bias.
+  ThreadProduct(const std::vector<at::Tensor>& w, std::vector<at::Tensor> a, PackSlot slot,
                 const at::Tensor& bias = at::Tensor());
 
   // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call.

@@ -34,6 +34,15 @@ at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units) {
   return at::cat(parts);
 }
 
+std::vector<at::Tensor> gate_columns(const at::Tensor& w, int64_t num_gates, UnitRange units) {
+  const int64_t H = w.size(0) / num_gates;
+  std::vector<at::Tensor> columns;
+  for (const auto k : c10::irange(num_gates)) {
+    columns.push_back(w.narrow(0, k * H + units.begin, units.size()).t());
+  }
+  return columns;
+}
+
 UnitRange split_range(int64_t n, int tid, int nthreads) {
   const int64_t per = n / nthreads, extra = n % nthreads;
   const int64_t begin = tid * per + std::min<int64_t>(tid, extra);

@@ -60,8 +60,12 @@ inline void prefetch(const T* p, int64_t n) {
 }
 
 // The rows of t [num_gates * H, ...] for `units` of every gate, side by side: a thread's rows
-// of a weight, in the gate layout its product and pass use.
+// of a bias, in the gate layout its product and pass use.
 at::Tensor gate_rows(const at::Tensor& t, int64_t num_gates, UnitRange units);
+
+// The same rows of a weight w [num_gates * H, K] as blocks of columns of w^T, one [K, units]
+// view per gate (ThreadProduct's form: nothing is copied until it packs them).
+std::vector<at::Tensor> gate_columns(const at::Tensor& w, int64_t num_gates, UnitRange units);
 
 // One OpenMP team of `nthreads` threads (the runtime may give fewer; the callbacks get the real
 // count) running a recurrence: on each thread, state = setup(tid, nthreads), then, once every
