@@ -11,7 +11,8 @@
 //   reverse             run t = T-1 .. 0 (a row starts at lengths[b]-1)
 //   y       [T, B, H], h_n [B, H]
 //   gates   [T, B, 4H]  r, z, n and hn = W_hn h + b_hn, saved for backward (0 past a row's
-//                       length), in the accumulation type (float for bfloat16 inputs)
+//                       length), in xg's dtype (bfloat16 for bfloat16 inputs: the training
+//                       peak; the state itself runs in float32)
 //   No output aliases an input.
 //
 // gru_inference(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse) -> (y, h_n)
@@ -86,7 +87,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
         ThreadProduct<scalar_t>(gate_columns(w_hh, 3, units), h, slot), {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
-                   save ? gates.data_ptr<acc_t>() : nullptr, y.data_ptr<scalar_t>()};
+                   save ? gates.data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>()};
     return thread;
   };
 
@@ -135,8 +136,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_run(
   const at::Tensor lens = check_lengths(lengths, n.T, n.B);
   const auto options = h0.options().dtype(dtype);
   at::Tensor y = new_output({n.T, n.B, n.H}, options);
-  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, options.dtype(at::toOpMathType(dtype)))
-                          : at::Tensor();
+  at::Tensor gates = save ? new_output({n.T, n.B, 4 * n.H}, options) : at::Tensor();
   at::Tensor h_state = to_acc(h0, /*copy=*/true);  // the running state; becomes h_n
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_forward_cpu", [&] {
@@ -181,12 +181,12 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   at::Tensor dGh = at::empty({B, 3 * H}, dh.options());
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
-  const acc_t* gates_p = gates.data_ptr<acc_t>();
+  const scalar_t* gates_p = gates.data_ptr<scalar_t>();
   acc_t* dh_p = dh.data_ptr<acc_t>();
   const GruBackwardStep<scalar_t> step0{0, T, B, H, reverse, len, gates_p,
                                         dy.data_ptr<scalar_t>(), y.data_ptr<scalar_t>(),
-                                        h0.data_ptr<acc_t>(), dh_p, dGx.data_ptr<acc_t>(),
-                                        dGh.data_ptr<acc_t>(), dGhn.data_ptr<acc_t>()};
+                                        h0.data_ptr<acc_t>(), dh_p, dGx.data_ptr<scalar_t>(),
+                                        dGh.data_ptr<acc_t>(), dGhn.data_ptr<scalar_t>()};
   const auto pass = pointwise_kernels<scalar_t>().gru_backward;
 
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
@@ -227,35 +227,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
                                     h0.scalar_type(), w_hh, h0);
   const at::Tensor lengths = check_lengths(lengths_in, n.T, n.B);
   const auto dtype = h0.scalar_type();
-  const auto acc_type = at::toOpMathType(dtype);
   check_saved("dy", dy, {n.T, n.B, n.H}, dtype);
   check_saved("y", y, {n.T, n.B, n.H}, dtype);
-  check_saved("gates", gates, {n.T, n.B, 4 * n.H}, acc_type);
+  check_saved("gates", gates, {n.T, n.B, 4 * n.H}, dtype);
   check_saved("dh_n", dh_n, {n.B, n.H}, dtype);
 
-  const auto acc_opts = h0.options().dtype(acc_type);
-  // dGx in the accumulation type; for float and double it is the output itself.
+  // The gate gradients are written in the input's dtype, as the gates were saved: for
+  // bfloat16 that halves them (training peak at T=100, B=64, H=512: with float32 gates and
+  // gradients 145 MB, against torch.nn's 69 MB); the running dh stays in float32.
   at::Tensor dxg = new_output({n.T, n.B, 3 * n.H}, h0.options());
-  at::Tensor dGx = acc_type == dtype ? dxg : at::empty({n.T, n.B, 3 * n.H}, acc_opts);
-  at::Tensor dGhn = at::empty({n.T, n.B, n.H}, acc_opts);
+  at::Tensor dGhn = at::empty({n.T, n.B, n.H}, h0.options());
   at::Tensor dh = to_acc(dh_n, /*copy=*/true);
   const at::Tensor y_in = y.contiguous();
-  const at::Tensor h0_acc = to_acc(h0);
+  const at::Tensor h0_in = h0.contiguous();
 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "gru_backward_cpu", [&] {
-    gru_backward_loop<scalar_t>(n, dy.contiguous(), w_hh.contiguous(), y_in, h0_acc, lengths,
-                                reverse, gates.contiguous(), dh, dGx, dGhn);
+    gru_backward_loop<scalar_t>(n, dy.contiguous(), w_hh.contiguous(), y_in, to_acc(h0), lengths,
+                                reverse, gates.contiguous(), dh, dxg, dGhn);
   });
 
   // Weight and bias gradients once, over all T*B rows, after the loop: the recurrent side's
-  // gate gradient is [dr, dz] (dGx's first two blocks) and dn * r (dGhn).
-  const at::Tensor dGrz = dGx.narrow(2, 0, 2 * n.H);
-  const at::Tensor y_acc = to_acc(y_in);
-  at::Tensor dw_hh = at::cat({times_previous_hidden(dGrz, y_acc, h0_acc, lengths, reverse),
-                              times_previous_hidden(dGhn, y_acc, h0_acc, lengths, reverse)})
-                         .to(dtype);
-  at::Tensor db_hh = at::cat({dGrz.sum({0, 1}), dGhn.sum({0, 1})}).to(dtype);
-  if (!dGx.is_same(dxg)) dxg.copy_(dGx);
+  // gate gradient is [dr, dz] (dG's first two blocks) and dn * r (dGhn).
+  const at::Tensor dGrz = dxg.narrow(2, 0, 2 * n.H);
+  // In bfloat16 the r and z rows of dW_hh come from all 3H columns of dG, a dense matrix that
+  // oneDNN multiplies in place, and the n rows are dropped: ATen multiplied the strided 2H
+  // columns through a float copy (0.8 MB at T=500, B=1, H=256, which set the training peak
+  // above torch.nn's).
+  const at::Tensor dw_rz =
+      dtype == at::kBFloat16
+          ? times_previous_hidden(dxg, y_in, h0_in, lengths, reverse).narrow(0, 0, 2 * n.H)
+          : times_previous_hidden(dGrz, y_in, h0_in, lengths, reverse);
+  at::Tensor dw_hh =
+      at::cat({dw_rz, times_previous_hidden(dGhn, y_in, h0_in, lengths, reverse)});
+  at::Tensor db_hh = at::cat({dGrz.sum({0, 1}), dGhn.sum({0, 1})});
   return {dxg, dw_hh, db_hh, dh.to(dtype)};
 }
 

@@ -46,8 +46,8 @@ bool onednn_matmul_available() {
 
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   if (out.numel() == 0) return;
-  if (out.scalar_type() == at::kFloat && a.size(1) > 0 && dense(a) && dense(b) &&
-      onednn_matmul_available()) {
+  const bool onednn_dtype = out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16;
+  if (onednn_dtype && a.size(1) > 0 && dense(a) && dense(b) && onednn_matmul_available()) {
     at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
   } else if (beta == 0.0f) {
     at::mm_out(out, a, b);

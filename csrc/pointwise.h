@@ -84,7 +84,9 @@ struct GruForwardStep {
   const acc_t* b_hh;    // [3H]
   const acc_t* h_prev;  // [B, H] h_{t-1}
   acc_t* h;             // [B, H] h_t, written for active rows
-  acc_t* gates;         // [T, B, 4H] r, z, n, hn; nullptr for the inference pass
+  // [T, B, 4H] r, z, n, hn, in the input's dtype (bfloat16 halves what training keeps);
+  // nullptr for the inference pass
+  scalar_t* gates;
   scalar_t* y;          // [T, B, H]
 };
 
@@ -94,14 +96,14 @@ struct GruBackwardStep {
   int64_t t, T, B, H;
   bool reverse;
   const int64_t* lengths;
-  const acc_t* gates;  // [T, B, 4H]
+  const scalar_t* gates;  // [T, B, 4H]
   const scalar_t* dy;  // [T, B, H]
   const scalar_t* y;   // [T, B, H] h_{t-1} of a row's later steps
   const acc_t* h0;     // [B, H] h_{t-1} of a row's first step
   acc_t* dh;           // [B, H] running gradient, updated in place
-  acc_t* dGx;          // [T, B, 3H] input-side gate gradient [dr, dz, dn]
+  scalar_t* dGx;       // [T, B, 3H] input-side gate gradient [dr, dz, dn]
   acc_t* dGh;          // [B, 3H] this step's recurrent-side gradient [dr, dz, dn * r]
-  acc_t* dGhn;         // [T, B, H] its last block, dn * r, for every step
+  scalar_t* dGhn;      // [T, B, H] its last block, dn * r, for every step
 };
 
 // Each pass covers the flat range [begin, end) of step t's B*H hidden units, so that callers can

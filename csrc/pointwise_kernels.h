@@ -216,12 +216,12 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
   const acc_t* bias = a.b_hh;
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
-    acc_t* gates_row = kSave ? a.gates + row * 4 * H : nullptr;
+    scalar_t* gates_row = kSave ? a.gates + row * 4 * H : nullptr;
     scalar_t* y_row = a.y + row * H;
     if (!row_active(a.lengths, b, a.t)) {
       // Past the row's length: state carried, gates 0, y 0.
       if constexpr (kSave) {
-        for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, acc_t(0));
+        for (int64_t k = 0; k < 4; ++k) fill(gates_row + k * H, j0, j1, scalar_t(0));
       }
       fill(y_row, j0, j1, scalar_t(0));
       return;
@@ -244,10 +244,10 @@ void gru_forward(const GruForwardStep<scalar_t>& a, int64_t begin, int64_t end) 
       // h = (1 - z) * n + z * h_prev, written as n + z * (h_prev - n).
       const V h = n + z * (V::loadu(h_prev_row + j, w) - n);
       if constexpr (kSave) {
-        r.store(gates_row + j, w);
-        z.store(gates_row + H + j, w);
-        n.store(gates_row + 2 * H + j, w);
-        hn.store(gates_row + 3 * H + j, w);
+        store<acc_t>(gates_row + j, r, w);
+        store<acc_t>(gates_row + H + j, z, w);
+        store<acc_t>(gates_row + 2 * H + j, n, w);
+        store<acc_t>(gates_row + 3 * H + j, hn, w);
       }
       h.store(h_row + j, w);
       store<acc_t>(y_row + j, h, w);
@@ -264,19 +264,19 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
   const V one(acc_t(1));
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
-    acc_t* dGx_row = a.dGx + row * G;
+    scalar_t* dGx_row = a.dGx + row * G;
     acc_t* dGh_row = a.dGh + b * G;
-    acc_t* dGhn_row = a.dGhn + row * H;
+    scalar_t* dGhn_row = a.dGhn + row * H;
     if (!row_active(a.lengths, b, a.t)) {
       // Carried state: dh passes through unchanged, no gate gradient.
       for (int64_t k = 0; k < 3; ++k) {
-        fill(dGx_row + k * H, j0, j1, acc_t(0));
+        fill(dGx_row + k * H, j0, j1, scalar_t(0));
         fill(dGh_row + k * H, j0, j1, acc_t(0));
       }
-      fill(dGhn_row, j0, j1, acc_t(0));
+      fill(dGhn_row, j0, j1, scalar_t(0));
       return;
     }
-    const acc_t* gates_row = a.gates + row * 4 * H;
+    const scalar_t* gates_row = a.gates + row * 4 * H;
     const scalar_t* dy_row = a.dy + row * H;
     // h_{t-1}: h0 at the row's first step, else y of the step before (for bfloat16, h rounded
     // as y stores it; the forward itself ran on the float state).
@@ -286,23 +286,23 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
     acc_t* dh_row = a.dh + b * H;
     for (int64_t j = j0; j < j1; j += V::size()) {
       const int64_t w = std::min<int64_t>(V::size(), j1 - j);
-      const V r = V::loadu(gates_row + j, w);
-      const V z = V::loadu(gates_row + H + j, w);
-      const V n = V::loadu(gates_row + 2 * H + j, w);
-      const V hn = V::loadu(gates_row + 3 * H + j, w);
+      const V r = load<acc_t>(gates_row + j, w);
+      const V z = load<acc_t>(gates_row + H + j, w);
+      const V n = load<acc_t>(gates_row + 2 * H + j, w);
+      const V hn = load<acc_t>(gates_row + 3 * H + j, w);
       const V h_prev = first ? V::loadu(h0_row + j, w) : load<acc_t>(y_prev_row + j, w);
       const V dh = V::loadu(dh_row + j, w) + load<acc_t>(dy_row + j, w);
       const V d_n = dh * (one - z) * (one - n * n);
       const V d_z = dh * (h_prev - n) * z * (one - z);
       const V d_r = d_n * hn * r * (one - r);
       const V d_hn = d_n * r;
-      d_r.store(dGx_row + j, w);
-      d_z.store(dGx_row + H + j, w);
-      d_n.store(dGx_row + 2 * H + j, w);
+      store<acc_t>(dGx_row + j, d_r, w);
+      store<acc_t>(dGx_row + H + j, d_z, w);
+      store<acc_t>(dGx_row + 2 * H + j, d_n, w);
       d_r.store(dGh_row + j, w);
       d_z.store(dGh_row + H + j, w);
       d_hn.store(dGh_row + 2 * H + j, w);
-      d_hn.store(dGhn_row + j, w);
+      store<acc_t>(dGhn_row + j, d_hn, w);
       // The direct path h_prev -> h; the recurrent product adds dGh W_hh afterwards.
       (dh * z).store(dh_row + j, w);
     }

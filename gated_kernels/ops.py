@@ -19,7 +19,8 @@ Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
       -> y, h_n: gru_forward's for xg = x w_ih^T + b_ih, nothing saved, no xg made on the CPU
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
-`gates` and `c_all` are saved for backward, in float32 for bfloat16 inputs.
+`gates` and `c_all` are saved for backward: the LSTM's in float32 for 16-bit inputs; the GRU's in
+float32 for 16-bit inputs on CUDA and in the input's dtype on the CPU (gru_saved_dtype).
 
 The input projection of the training path on the CPU, with its autograd formula:
   input_projection(x [T,B,I], w_ih [G,I], bias [G]?) -> xg [T,B,G] = x w_ih^T + bias
@@ -215,6 +216,12 @@ def saved_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
+def gru_saved_dtype(xg):
+    """dtype of the GRU's saved gates: the input's on the CPU, where the C++ kernel stores them
+    rounded so that a bfloat16 model's training keeps half (csrc/gru.cpp); saved_dtype on CUDA."""
+    return xg.dtype if xg.device.type == "cpu" else saved_dtype(xg.dtype)
+
+
 @torch.library.register_fake("gated_kernels::lstm_forward")
 def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
@@ -270,7 +277,7 @@ def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
     return (
         xg.new_empty(T, B, H),
         xg.new_empty(B, H),
-        xg.new_empty(T, B, 4 * H, dtype=saved_dtype(xg.dtype)),
+        xg.new_empty(T, B, 4 * H, dtype=gru_saved_dtype(xg)),
     )
 
 
