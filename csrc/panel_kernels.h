@@ -25,6 +25,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstring>
 #include <type_traits>
 
 namespace gated_kernels {
@@ -162,11 +163,39 @@ void pair_rows(const c10::BFloat16* w, int64_t K, int64_t ld, c10::BFloat16* out
   }
 }
 
+// Columns [n0, n0 + N) of brgemm's VNNI pairs [K / 2, ld, 2] from a block whose columns are
+// rows of bfloat16 (element (k, n) at w[k + n * stride_n]; K and stride_n even): the pair (k,
+// k + 1) of column n sits side by side in its row, so the pairs are a transpose of 32-bit
+// values, one pass instead of a transpose to rows and an interleave.
+void pack_pairs(const c10::BFloat16* w, int64_t stride_n, int64_t K, int64_t N, int64_t ld,
+                int64_t n0, c10::BFloat16* out) {
+  const int64_t Q = K / 2, stride = stride_n / 2;  // in pairs
+#if defined(CPU_CAPABILITY_AVX512)
+  // The transpose loads and stores through intrinsics, which may alias any type.
+  constexpr int64_t kTile = 16;
+  const float* src = reinterpret_cast<const float*>(w);
+  float* dst = reinterpret_cast<float*>(out) + n0;
+  for (int64_t n = 0; n < N; n += kTile) {
+    for (int64_t q = 0; q < Q; q += kTile) {
+      at::vec::transpose_mxn<float>(src + n * stride + q, stride, dst + q * ld + n, ld,
+                                    std::min(kTile, N - n), std::min(kTile, Q - q));
+    }
+  }
+#else
+  for (int64_t n = 0; n < N; ++n) {
+    for (int64_t q = 0; q < Q; ++q) {
+      std::memcpy(out + 2 * (q * ld + n0 + n), w + n * stride_n + 2 * q, 2 * sizeof(w[0]));
+    }
+  }
+#endif
+  (void)stride;
+}
+
 }  // namespace
 
 PanelKernels panel_kernels() {
   return {kPanel, &panel_product<float>, &panel_product<c10::BFloat16>, &round_bf16,
-          &widen_bf16, &pack<float>, &pack<c10::BFloat16>, &pair_rows};
+          &widen_bf16, &pack<float>, &pack<c10::BFloat16>, &pair_rows, &pack_pairs};
 }
 
 }  // namespace CPU_CAPABILITY

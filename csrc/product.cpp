@@ -98,12 +98,29 @@ float* pack_buffer(PackSlot slot, size_t bytes) {
 // even and rows taken in pairs, element (k, n) at ((k / 2) * ld + n) * 2 + k % 2 (oneDNN's VNNI
 // layout for 16-bit inputs).
 at::Tensor brgemm_weight(const std::vector<at::Tensor>& columns, int64_t ld) {
-  const int64_t K = columns.front().size(0);
-  const at::Tensor rows = pack_panels(columns, ld).view({K, ld});
-  if (rows.scalar_type() == at::kFloat) return rows;
-  at::Tensor pairs = at::empty({(K + 1) / 2, ld, 2}, rows.options());
-  panel_kernels().pair_rows(rows.data_ptr<c10::BFloat16>(), K, ld,
-                            pairs.data_ptr<c10::BFloat16>());
+  const at::Tensor& first = columns.front();
+  const int64_t K = first.size(0);
+  if (first.scalar_type() == at::kFloat) return pack_panels(columns, ld).view({K, ld});
+  at::Tensor pairs = at::empty({(K + 1) / 2, ld, 2}, first.options());
+  auto* out = pairs.data_ptr<c10::BFloat16>();
+  const PanelKernels& kernels = panel_kernels();
+  const bool transposed_rows = K % 2 == 0 && std::all_of(columns.begin(), columns.end(), [](const at::Tensor& b) {
+    return b.stride(0) == 1 && b.stride(1) % 2 == 0;
+  });
+  if (transposed_rows) {  // the forward's gate rows: one pass
+    int64_t n0 = 0;
+    for (const at::Tensor& block : columns) {
+      kernels.pack_pairs(block.data_ptr<c10::BFloat16>(), block.stride(1), K, block.size(1), ld,
+                         n0, out);
+      n0 += block.size(1);
+    }
+    if (ld > n0) pairs.narrow(1, n0, ld - n0).zero_();
+  } else if (columns.size() == 1 && first.stride(1) == 1 && first.stride(0) == ld) {
+    kernels.pair_rows(first.data_ptr<c10::BFloat16>(), K, ld, out);  // the backward's W_hh
+  } else {
+    const at::Tensor rows = pack_panels(columns, ld).view({K, ld});
+    kernels.pair_rows(rows.data_ptr<c10::BFloat16>(), K, ld, out);
+  }
   return pairs;
 }
 

@@ -31,21 +31,23 @@ SHAPES = {
 }
 
 
-def product_inputs(M, K, N, dtype, a_dtype, bias, seed=0):
-    """(a [M, K], w [K, N], bias [N] or None) at nn.LSTM-like scales."""
+def product_inputs(M, K, N, dtype, a_dtype, bias, transposed=False, seed=0):
+    """(a [M, K], w [K, N], bias [N] or None) at nn.LSTM-like scales; with `transposed`, w is
+    the transpose of contiguous [N, K] rows, as the forward hands a thread's rows of W_hh."""
     g = torch.Generator().manual_seed(seed)
     a = torch.randn(M, K, generator=g, dtype=torch.float64)
-    w = (torch.rand(K, N, generator=g, dtype=torch.float64) * 2 - 1) * K**-0.5
+    w = (torch.rand(N, K, generator=g, dtype=torch.float64) * 2 - 1) * K**-0.5
     b = torch.randn(N, generator=g, dtype=torch.float64) if bias else None
-    return a.to(a_dtype), w.to(dtype), b
+    w = w.to(dtype).t() if transposed else w.t().contiguous().to(dtype)
+    return a.to(a_dtype), w, b
 
 
-def check_product(kernel, dtype, M, K, N, bias, a_dtype=torch.float32):
+def check_product(kernel, dtype, M, K, N, bias, a_dtype=torch.float32, transposed=False):
     """_product on `kernel` against float64 on the same (rounded) inputs, for one and two calls
     (the second walks the panels the other way). bfloat16 is judged by the shared rule: at most
     2x PyTorch's own bfloat16 product error."""
     os.environ["GATED_KERNELS_CPU_GEMM"] = kernel
-    a, w, b = product_inputs(M, K, N, dtype, a_dtype, bias)
+    a, w, b = product_inputs(M, K, N, dtype, a_dtype, bias, transposed)
     expected = a.double() @ w.double() + (0 if b is None else b)
     own_error = None
     if dtype == torch.bfloat16:
@@ -71,6 +73,15 @@ def restore_gemm(monkeypatch):
 @pytest.mark.parametrize("kernel", KERNELS)
 def test_product_matches_float64(kernel, dtype, shape, bias, restore_gemm):
     check_product(kernel, dtype, *shape, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_product_of_transposed_rows_matches_float64(kernel, dtype, restore_gemm):
+    # The forward's weight: rows [N, K] seen as [K, N] (the packing transposes them; even K
+    # takes bfloat16's one-pass pairing).
+    for M, K, N in ((1, 7, 5), (3, 100, 129), (17, 64, 200), (4, 40, 1024)):
+        check_product(kernel, dtype, M, K, N, True, transposed=True)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
@@ -152,6 +163,7 @@ def check_all_kernels():
                 for bias in (False, True):
                     check_product(kernel, dtype, *shape, bias)
             check_product(kernel, torch.bfloat16, 17, 33, 70, True, a_dtype=torch.bfloat16)
+            check_product(kernel, dtype, 3, 100, 129, True, transposed=True)
     print(torch.backends.cpu.get_cpu_capability())
 
 
