@@ -77,6 +77,14 @@ def test_product_matches_float64(kernel, dtype, shape, bias, restore_gemm):
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
 @pytest.mark.parametrize("kernel", KERNELS)
+def test_product_of_every_row_count_from_1_to_17_matches_float64(kernel, dtype, restore_gemm):
+    # Every tile remainder of the panel kernel (4 or 2 rows at a time) and brgemm's row blocks.
+    for M in range(1, 18):
+        check_product(kernel, dtype, M, 33, 70, True)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_product_of_transposed_rows_matches_float64(kernel, dtype, restore_gemm):
     # The forward's weight: rows [N, K] seen as [K, N] (the packing transposes them; even K
     # takes bfloat16's one-pass pairing).
