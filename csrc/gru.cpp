@@ -70,7 +70,8 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
   const int64_t T = n.T, B = n.B, H = n.H;
   const bool save = gates.defined();  // undefined: inference, nothing saved for backward
   // Step s reads h_{t-1} from h[s % 2] and writes h_t into the other buffer (see the LSTM).
-  const std::vector<at::Tensor> h = {h_state, at::empty_like(h_state)};
+  at::Tensor h = at::empty({2, B, H}, h_state.options());
+  h[0].copy_(h_state);
   acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
   const auto& kernels = pointwise_kernels<scalar_t>();
@@ -120,7 +121,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
   };
 
   Team::run(team_size(H), setup, loop);
-  if (T % 2 == 1) h_state.copy_(h[1]);
+  h_state.copy_(h[T % 2]);
 }
 
 // The forward of both ops, from the sizes already checked; `save` allocates and fills gates
@@ -192,7 +193,7 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    return std::make_pair(rows, ThreadProduct<scalar_t>({w_hh}, {dGh.narrow(0, rows.begin, rows.size())},
+    return std::make_pair(rows, ThreadProduct<scalar_t>({w_hh}, dGh.narrow(0, rows.begin, rows.size()).unsqueeze(0),
                                                      team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto backward_rows = [&](UnitRange rows, ThreadProduct<scalar_t>& recurrent) {

@@ -52,20 +52,19 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   const int64_t steps = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
   gates.chunk_steps_ = steps;
   gates.whole_chunks_ = T / steps;
-  // The input rows of every whole chunk, [steps * B, I]; MKL's packed product is specific to
-  // the row count, so a shorter last chunk gets a product of its own.
-  std::vector<at::Tensor> whole;
-  for (const auto c : c10::irange(gates.whole_chunks_)) {
-    whole.push_back(x.narrow(0, c * steps, steps).flatten(0, 1));
-  }
-  if (!whole.empty()) {
+  // The input rows of every whole chunk, [whole_chunks, steps * B, I]; MKL's packed product is
+  // specific to the row count, so a shorter last chunk gets a product of its own.
+  const int64_t I = x.size(2);
+  if (gates.whole_chunks_ > 0) {
+    const at::Tensor whole =
+        x.narrow(0, 0, gates.whole_chunks_ * steps).view({gates.whole_chunks_, steps * B, I});
     gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(
         w, whole, pack ? PackSlot::kInput : PackSlot::kNone, b);
   }
   if (T % steps != 0) {
     const at::Tensor rest = x.narrow(0, gates.whole_chunks_ * steps, T % steps).flatten(0, 1);
-    gates.last_ = std::make_shared<ThreadProduct<scalar_t>>(
-        w, std::vector<at::Tensor>{rest}, PackSlot::kNone, b);
+    gates.last_ = std::make_shared<ThreadProduct<scalar_t>>(w, rest.unsqueeze(0),
+                                                            PackSlot::kNone, b);
   }
   if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
     gates.rounded_ = at::empty({steps * B, num_gates * units.size()}, x.options());
@@ -91,7 +90,7 @@ void InputGates<scalar_t>::prepare(int64_t t) {
   if (chunk == chunk_) return;
   chunk_ = chunk;
   t0_ = chunk * chunk_steps_;
-  const auto* sums = chunk < whole_chunks_ ? (*whole_)(static_cast<int>(chunk)) : (*last_)(0);
+  const auto* sums = chunk < whole_chunks_ ? (*whole_)(chunk) : (*last_)(0);
   if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
     data_ = sums;
   } else {

@@ -96,7 +96,8 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
   const bool proj = w_hr.defined();
   // Step s reads h_{t-1} from h[s % 2] and writes h_t into the other buffer: a thread may start
   // writing its units of h_t while another still multiplies by h_{t-1}.
-  const std::vector<at::Tensor> h = {h_state, at::empty_like(h_state)};
+  at::Tensor h = at::empty({2, B, P}, h_state.options());
+  h[0].copy_(h_state);
   // o * tanh(c) for the whole batch: the projection's input (without projection it is h_t).
   at::Tensor m = proj ? at::zeros({B, H}, h_state.options()) : at::Tensor();
 
@@ -121,7 +122,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
       thread.projection.emplace(
           std::vector<at::Tensor>{
               w_hr.narrow(0, thread.proj_units.begin, thread.proj_units.size()).t()},
-          std::vector<at::Tensor>{m}, team_pack(nthreads, PackSlot::kProjection));
+          m.unsqueeze(0), team_pack(nthreads, PackSlot::kProjection));
     }
     thread.step = {0, B, H, P, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    c_state.data_ptr<acc_t>(), save ? c_all.data_ptr<acc_t>() : nullptr,
@@ -180,7 +181,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
   };
 
   Team::run(team_size(H), setup, loop);
-  if (T % 2 == 1) h_state.copy_(h[1]);
+  h_state.copy_(h[T % 2]);
 }
 
 // The forward of both ops, from the sizes already checked; `save` allocates and fills gates and
@@ -250,7 +251,6 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const int64_t T = n.T, B = n.B, H = n.H, P = n.P, G = 4 * H;
   const bool proj = w_hr.defined();
   at::Tensor dm = proj ? at::empty({B, H}, dh.options()) : at::Tensor();  // dh W_hr
-  const std::vector<at::Tensor> dG_steps = dG.unbind(0);
 
   const scalar_t* dy_p = dy.data_ptr<scalar_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
@@ -270,15 +270,15 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   // dG_t on every thread each step; measured slower at B=64, H=256: 33 vs 27 ms.)
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    std::vector<at::Tensor> dG_rows;
-    for (const at::Tensor& d : dG_steps) dG_rows.push_back(d.narrow(0, rows.begin, rows.size()));
+    // dG_t's rows of every step, [T, rows, 4H]: call t multiplies step t's.
+    const at::Tensor dG_rows = dG.narrow(1, rows.begin, rows.size());
     LstmBackwardThread<scalar_t> thread{
         rows, ThreadProduct<scalar_t>({w_hh}, dG_rows, team_pack(nthreads, PackSlot::kRecurrent)),
         std::nullopt};
     if (proj) {
       thread.projection.emplace(
           std::vector<at::Tensor>{w_hr},
-          std::vector<at::Tensor>{dh.narrow(0, rows.begin, rows.size())},
+          dh.narrow(0, rows.begin, rows.size()).unsqueeze(0),
           team_pack(nthreads, PackSlot::kProjection));
     }
     return thread;
@@ -346,7 +346,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
     // Its columns of W_hh as [4H, units], packed.
     const at::Tensor w = w_hh.narrow(1, units.begin, units.size());
     return std::make_pair(
-        units, ThreadProduct<scalar_t>({w}, dG_steps, team_pack(nthreads, PackSlot::kRecurrent)));
+        units, ThreadProduct<scalar_t>({w}, dG, team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto unit_loop = [&](int, int, auto& thread, Team& team) {
     auto& [units, recurrent] = thread;
@@ -367,7 +367,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
       team.barrier();  // dG_t complete
       team.work([&] {
         if (units.size() == 0 || !active) return;  // a carried row keeps dh
-        const acc_t* d = recurrent(static_cast<int>(t));
+        const acc_t* d = recurrent(t);
         std::copy(d, d + units.size(), dh_p + units.begin);
       });
     }

@@ -195,21 +195,19 @@ ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype) {
 }
 
 template <typename scalar_t>
-ThreadProduct<scalar_t>::ThreadProduct(const std::vector<at::Tensor>& columns,
-                                       std::vector<at::Tensor> a, PackSlot slot,
-                                       const at::Tensor& bias)
-    : a_(std::move(a)) {
+ThreadProduct<scalar_t>::ThreadProduct(const std::vector<at::Tensor>& columns, const at::Tensor& a,
+                                       PackSlot slot, const at::Tensor& bias)
+    : a_(a) {
   const at::Tensor& w = columns.front();
-  M_ = a_.front().size(0), K_ = w.size(0), N_ = 0;
+  M_ = a.size(1), K_ = w.size(0), N_ = 0;
   for (const at::Tensor& block : columns) N_ += block.size(1);
   const at::ScalarType acc = c10::CppTypeToScalarType<acc_t>::value;
-  const at::ScalarType a_type = a_.front().scalar_type();
-  for (const at::Tensor& rows : a_) {
-    TORCH_INTERNAL_ASSERT(rows.size(0) == M_ && rows.size(1) == K_ &&
-                              (K_ <= 1 || rows.stride(1) == 1) &&
-                              (M_ <= 1 || rows.stride(0) >= K_) && rows.scalar_type() == a_type,
-                          "ThreadProduct: a buffers must be [M, K] with contiguous rows, one dtype");
-  }
+  const at::ScalarType a_type = a.scalar_type();
+  TORCH_INTERNAL_ASSERT(a.dim() == 3 && a.size(2) == K_ && (K_ <= 1 || a.stride(2) == 1) &&
+                            (M_ <= 1 || a.stride(1) >= K_),
+                        "ThreadProduct: a must be [count, M, K] with contiguous rows");
+  // Rows of one row may carry any stride (a size-1 dimension's); they are K apart then.
+  a_ld_ = M_ <= 1 ? K_ : a.stride(1);
   // NaN-poisoned under GATED_KERNELS_POISON_OUTPUTS=1, like the ops' outputs (common.h).
   out_ = new_output({M_, N_}, w.options().dtype(acc));
   if (bias.defined()) bias_ = bias.to(acc).contiguous();
@@ -282,27 +280,30 @@ ThreadProduct<scalar_t>::TileRelease::~TileRelease() {
 }
 
 template <typename scalar_t>
-const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator()(int which) {
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator()(int64_t which) {
   acc_t* out = out_.data_ptr<acc_t>();
   if (out_.numel() == 0) return out;
-  const at::Tensor& a = a_[which];
+  // Buffer `which` by pointer: a view per call (or per step, made up front) cost about a
+  // microsecond each, 1000 of them for a T=500 backward on two threads.
+  const char* rows = static_cast<const char*>(a_.data_ptr()) + which * a_.stride(0) * a_.element_size();
   switch (kernel_) {
-    case ProductKernel::kOwn: return own(a, out);
-    case ProductKernel::kBrgemm: return brgemm(a, out);
-    case ProductKernel::kMkl: return mkl(a, out);
+    case ProductKernel::kOwn: return own(rows, out);
+    case ProductKernel::kBrgemm: return brgemm(rows, out);
+    case ProductKernel::kMkl: return mkl(a_.select(0, which), out);
     case ProductKernel::kAten: break;
   }
-  const at::Tensor& rows = a_cast_.defined() ? a_cast_.copy_(a) : a;
+  const at::Tensor a = a_.select(0, which);
+  const at::Tensor& rows_t = a_cast_.defined() ? a_cast_.copy_(a) : a;
   if (bias_.defined()) {
-    at::cpu::addmm_out(out_, bias_, rows, w_);
+    at::cpu::addmm_out(out_, bias_, rows_t, w_);
   } else {
-    at::cpu::mm_out(out_, rows, w_);
+    at::cpu::mm_out(out_, rows_t, w_);
   }
   return out;
 }
 
 template <typename scalar_t>
-const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(const at::Tensor& a,
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(const char* a,
                                                                             acc_t* out) {
   if constexpr (std::is_same_v<acc_t, float>) {
     const PanelKernels& kernels = panel_kernels();
@@ -310,12 +311,12 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(cons
     int64_t lda = K_;
     if (a_cast_.defined()) {  // bfloat16 rows (the input gates' x), widened
       float* cast = a_cast_.data_ptr<float>();
-      const auto* src = a.data_ptr<c10::BFloat16>();
-      for (const auto m : c10::irange(M_)) kernels.widen_bf16(src + m * a.stride(0), cast + m * K_, K_);
+      const auto* src = reinterpret_cast<const c10::BFloat16*>(a);
+      for (const auto m : c10::irange(M_)) kernels.widen_bf16(src + m * a_ld_, cast + m * K_, K_);
       rows = cast;
     } else {
-      rows = a.data_ptr<float>();
-      lda = M_ == 1 ? K_ : a.stride(0);
+      rows = reinterpret_cast<const float*>(a);
+      lda = a_ld_;
     }
     // Every other call walks the panels last to first, so that a call starts on the panels the
     // last one read most recently: at B=1 the next step's product follows right after.
@@ -333,8 +334,8 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(cons
 }
 
 template <typename scalar_t>
-const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(
-    const at::Tensor& a, acc_t* out) {
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(const char* a,
+                                                                               acc_t* out) {
 #ifdef GATED_KERNELS_BRGEMM
   if constexpr (std::is_same_v<acc_t, float>) {
     // The bias goes into the output first and brgemm adds the product to it.
@@ -344,9 +345,9 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(
       for (const auto m : c10::irange(M_)) std::copy(b, b + N_, out + m * N_);
     }
     if constexpr (std::is_same_v<scalar_t, float>) {
-      const float* rows = a_cast_.defined() ? a_cast_.copy_(a).data_ptr<float>() : a.data_ptr<float>();
-      const int64_t lda = a_cast_.defined() || M_ == 1 ? K_ : a.stride(0);
-      at::native::cpublas::brgemm(M_, N_, K_, lda, ld_, N_, add, rows, w_.data_ptr<float>(), out);
+      // a is float here (a float weight's rows come in float).
+      at::native::cpublas::brgemm(M_, N_, K_, a_ld_, ld_, N_, add,
+                                  reinterpret_cast<const float*>(a), w_.data_ptr<float>(), out);
     } else {
       // bfloat16: a rounded (or, for an odd K, copied) into a row buffer padded to w's pairs.
       const int64_t K2 = 2 * w_.size(0);
@@ -354,21 +355,21 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(
       int64_t lda = K2;
       if (a_cast_.defined()) {
         c10::BFloat16* cast = a_cast_.data_ptr<c10::BFloat16>();
-        if (a.scalar_type() == at::kFloat) {
-          const float* src = a.data_ptr<float>();
+        if (a_.scalar_type() == at::kFloat) {
+          const auto* src = reinterpret_cast<const float*>(a);
           for (const auto m : c10::irange(M_)) {
-            panel_kernels().round_bf16(src + m * a.stride(0), cast + m * K2, K_);
+            panel_kernels().round_bf16(src + m * a_ld_, cast + m * K2, K_);
           }
         } else {
-          const auto* src = a.data_ptr<c10::BFloat16>();
+          const auto* src = reinterpret_cast<const c10::BFloat16*>(a);
           for (const auto m : c10::irange(M_)) {
-            std::copy(src + m * a.stride(0), src + m * a.stride(0) + K_, cast + m * K2);
+            std::copy(src + m * a_ld_, src + m * a_ld_ + K_, cast + m * K2);
           }
         }
         rows = cast;
       } else {
-        rows = a.data_ptr<c10::BFloat16>();
-        lda = M_ == 1 ? K2 : a.stride(0);
+        rows = reinterpret_cast<const c10::BFloat16*>(a);
+        lda = M_ == 1 ? K2 : a_ld_;
       }
       at::native::cpublas::brgemm(M_, N_, K2, lda, ld_, N_, add, rows,
                                   w_.data_ptr<c10::BFloat16>(), out, /*is_vnni=*/true);

@@ -63,20 +63,21 @@ class ThreadProduct {
 
   // w [K, N] in scalar_t, any strides, given as blocks of columns [K, N_i] side by side (the
   // forward's rows of each gate for the thread's units, transposed: packed from where they
-  // are, never gathered). a: [M, K] buffers with contiguous rows, in scalar_t or acc_t. slot:
-  // the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t, optional:
-  // the product returns a @ w + bias.
-  ThreadProduct(const std::vector<at::Tensor>& w, std::vector<at::Tensor> a, PackSlot slot,
+  // are, never gathered). a [count, M, K], in scalar_t or acc_t: a[i] is the buffer call i
+  // multiplies (h_{t-1}'s two buffers, dG_t of every step, a chunk of x), rows contiguous.
+  // slot: the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t,
+  // optional: the product returns a @ w + bias.
+  ThreadProduct(const std::vector<at::Tensor>& w, const at::Tensor& a, PackSlot slot,
                 const at::Tensor& bias = at::Tensor());
 
   // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call.
-  const acc_t* operator()(int which);
+  const acc_t* operator()(int64_t which);
 
   ProductKernel kernel() const { return kernel_; }
 
  private:
-  const acc_t* own(const at::Tensor& a, acc_t* out);
-  const acc_t* brgemm(const at::Tensor& a, acc_t* out);
+  const acc_t* own(const char* a, acc_t* out);
+  const acc_t* brgemm(const char* a, acc_t* out);
   const acc_t* mkl(const at::Tensor& a, acc_t* out);
 
   ProductKernel kernel_;
@@ -85,7 +86,8 @@ class ThreadProduct {
   // The weight in its kernel's form: panels (own), row-major [K, N] or VNNI pairs (brgemm),
   // acc_t (mkl, aten).
   at::Tensor w_, bias_, out_;
-  std::vector<at::Tensor> a_;
+  at::Tensor a_;
+  int64_t a_ld_ = 0;  // between rows of a buffer
   // A row buffer for a in the kernel's dtype, when a comes in another (or, for bfloat16 brgemm,
   // with an odd K, padded to even).
   at::Tensor a_cast_;

@@ -47,7 +47,7 @@ at::Tensor product_cpu(const at::Tensor& a, const at::Tensor& w, const std::opti
   }
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, w.scalar_type(), "product_cpu", [&] {
-    ThreadProduct<scalar_t> product({w}, {a.contiguous()}, PackSlot::kRecurrent,
+    ThreadProduct<scalar_t> product({w}, a.contiguous().unsqueeze(0), PackSlot::kRecurrent,
                                     bias ? *bias : at::Tensor());
     const auto* result = product(0);
     for (int64_t call = 1; call < calls; ++call) result = product(0);
@@ -79,7 +79,7 @@ double product_bench_cpu(int64_t M, int64_t K, int64_t N, at::ScalarType dtype, 
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "product_bench_cpu", [&] {
     const auto setup = [&](int, int) {
       const at::Tensor a = at::randn({M, K}, options.dtype(at::toOpMathType(dtype)));
-      return std::make_pair(a, ThreadProduct<scalar_t>({at::randn({K, N}, options)}, {a},
+      return std::make_pair(a, ThreadProduct<scalar_t>({at::randn({K, N}, options)}, a.unsqueeze(0),
                                                        team_pack(threads, PackSlot::kRecurrent)));
     };
     const auto loop = [&](int, int, auto& state, Team& team) {
