@@ -37,3 +37,25 @@ def test_bad_shape_is_one_line_error():
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "expected B,T,I,H" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_reports_what_the_cpu_kernels_run_with(capsys, monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_L2_BYTES", "768K")
+    monkeypatch.setenv("GATED_KERNELS_CPU_GEMM", "own")
+    info.main([])
+    out = capsys.readouterr().out
+    assert f"ATen capability {torch.backends.cpu.get_cpu_capability()}" in out
+    assert "CPU L2 per core: 768 KB (GATED_KERNELS_L2_BYTES)" in out
+    assert "fp32: own (1 row), own (16 rows); bf16: own (1 row), own (16 rows)" in out
+
+
+def test_benchmark_header_names_the_cpu_and_its_product_kernels(monkeypatch):
+    from gated_kernels import cpu
+    from gated_kernels.bench import report
+
+    monkeypatch.delenv("GATED_KERNELS_CPU_GEMM", raising=False)
+    prov = report.provenance("cpu")
+    assert prov["cpu_vendor"] == cpu.vendor() and prov["l2_bytes"] > 0
+    header = report.header(prov)
+    assert cpu.model() in header and prov["cpu_vendor"] in header
+    assert "GATED_KERNELS_CPU_GEMM=auto: fp32: own (1 row), brgemm (16 rows)" in header
