@@ -261,7 +261,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const acc_t* c_all_p = c_all.data_ptr<acc_t>();
   const LstmBackwardStep<scalar_t> step0{0, T, B, H, reverse, proj, len, gates_p, c_all_p,
                                          c0.data_ptr<acc_t>(), proj ? dm_p : dh_p,
-                                         dc.data_ptr<acc_t>(), dG.data_ptr<acc_t>(),
+                                         dc.data_ptr<acc_t>(), dG.data_ptr<scalar_t>(),
                                          proj ? m_all.data_ptr<acc_t>() : nullptr};
   const auto pass = pointwise_kernels<scalar_t>().lstm_backward;
 
@@ -397,9 +397,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
 
   const bool proj = w_hr.has_value();
   const auto acc_opts = h0.options().dtype(acc_type);
-  // dG in the accumulation type; for float and double it is the output itself.
-  at::Tensor dxg = new_output({n.T, n.B, 4 * n.H}, h0.options());
-  at::Tensor dG = acc_type == dtype ? dxg : at::empty({n.T, n.B, 4 * n.H}, acc_opts);
+  // dG is written in the input's dtype, straight into the output: for bfloat16 the recurrent
+  // product (brgemm) reads it in bfloat16 anyway, and dW_hh becomes a bfloat16 product at twice
+  // the float rate; the running dh and dc stay in float32.
+  at::Tensor dG = new_output({n.T, n.B, 4 * n.H}, h0.options());
   at::Tensor dh = to_acc(dh_n, /*copy=*/true);
   at::Tensor dc = to_acc(dc_n, /*copy=*/true);
   at::Tensor dh_all = proj ? at::empty({n.T, n.B, n.P}, acc_opts) : at::Tensor();
@@ -412,14 +413,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
                                  reverse, gates_in.contiguous(), c_all_in.contiguous(), dh, dc,
                                  dG, dh_all, m_all);
   });
-  if (!dG.is_same(dxg)) dxg.copy_(dG);
 
   // The weight gradients as one product each over all T*B rows, after the loop.
   const int64_t TB = n.T * n.B;
-  at::Tensor dw_hh = times_previous_hidden(dG, to_acc(y), to_acc(h0), lengths, reverse).to(dtype);
+  at::Tensor dw_hh = times_previous_hidden(dG, y.contiguous(), h0.contiguous(), lengths, reverse);
   at::Tensor dw_hr = proj ? at::mm(dh_all.view({TB, n.P}).t(), m_all.view({TB, n.H})).to(dtype)
                           : at::empty({0}, h0.options());
-  return {dxg, dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)};
+  return {dG, dw_hh, dw_hr, dh.to(dtype), dc.to(dtype)};
 }
 
 }  // namespace

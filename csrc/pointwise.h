@@ -66,7 +66,7 @@ struct LstmBackwardStep {
   const acc_t* c0;     // [B, H]
   const acc_t* dm;     // [B, H] gradient of o * tanh(c)
   acc_t* dc;           // [B, H] running cell gradient, updated in place
-  acc_t* dG;           // [T, B, 4H] pre-activation gate gradient
+  scalar_t* dG;        // [T, B, 4H] pre-activation gate gradient, in the input's dtype
   acc_t* m_all;        // [T, B, H] o * tanh(c) per step, written with projection only
 };
 

@@ -174,10 +174,10 @@ void lstm_backward(const LstmBackwardStep<scalar_t>& a, int64_t begin, int64_t e
   const V one(acc_t(1));
   for_each_row_segment(begin, end, H, [&](int64_t b, int64_t j0, int64_t j1) {
     const int64_t row = a.t * a.B + b;
-    acc_t* dG_row = a.dG + row * G;
+    scalar_t* dG_row = a.dG + row * G;
     if (!row_active(a.lengths, b, a.t)) {
       // Carried state: dh and dc pass through unchanged, no gate gradient.
-      for (int64_t k = 0; k < 4; ++k) fill(dG_row + k * H, j0, j1, acc_t(0));
+      for (int64_t k = 0; k < 4; ++k) fill(dG_row + k * H, j0, j1, scalar_t(0));
       if (a.proj) fill(a.m_all + row * H, j0, j1, acc_t(0));
       return;
     }
@@ -197,10 +197,10 @@ void lstm_backward(const LstmBackwardStep<scalar_t>& a, int64_t begin, int64_t e
       const V tc = vtanh(V::loadu(c_row + j, w));
       const V dm = V::loadu(dm_row + j, w);
       const V dc = V::loadu(dc_row + j, w) + dm * o * (one - tc * tc);
-      (dc * g * i * (one - i)).store(dG_row + j, w);
-      (dc * V::loadu(c_prev_row + j, w) * f * (one - f)).store(dG_row + H + j, w);
-      (dc * i * (one - g * g)).store(dG_row + 2 * H + j, w);
-      (dm * tc * o * (one - o)).store(dG_row + 3 * H + j, w);
+      store<acc_t>(dG_row + j, dc * g * i * (one - i), w);
+      store<acc_t>(dG_row + H + j, dc * V::loadu(c_prev_row + j, w) * f * (one - f), w);
+      store<acc_t>(dG_row + 2 * H + j, dc * i * (one - g * g), w);
+      store<acc_t>(dG_row + 3 * H + j, dm * tc * o * (one - o), w);
       (dc * f).store(dc_row + j, w);
       if (a.proj) (o * tc).store(a.m_all + row * H + j, w);
     }
