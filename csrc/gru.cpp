@@ -19,6 +19,9 @@
 //   x [T, B, I], w_ih [3H, I], b_ih [3H] optional: gru_forward's first two outputs for
 //   xg = x W_ih^T + b_ih, without gates and without making xg (as lstm_inference).
 //
+// gru_forward_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse) -> (y, h_n, gates)
+//   gru_forward's outputs from the layer input, without making xg (as lstm_forward_from_input).
+//
 // gru_backward(dy, dh_n, w_hh, h0, lengths, reverse, y, gates)
 //   -> (dxg [T, B, 3H], dw_hh [3H, H], db_hh [3H], dh0 [B, H])
 //   dxg = [dr, dz, dn] (pre-activation); the recurrent side sees [dr, dz, dn * r] instead, which
@@ -157,17 +160,32 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_cpu(
                  /*save=*/true);
 }
 
+// Both operators that take the layer input x (see the LSTM's).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_from_input(
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
+  const KernelGuard guard;
+  const int64_t H = check_input_projection(x, w_ih, b_ih, 3);
+  const GruSizes n = check_gru_args(x.size(0), x.size(1), H, x.scalar_type(), w_hh, h0);
+  return gru_run({at::Tensor(), x.contiguous(), w_ih, b_ih ? *b_ih : at::Tensor()}, n,
+                 x.scalar_type(), w_hh, b_hh, h0, lengths, reverse, save);
+}
+
 std::tuple<at::Tensor, at::Tensor> gru_inference_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih,
     const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
-  const KernelGuard guard;
-  const int64_t H = check_input_projection(x, w_ih, b_ih, 3);
-  const GruSizes n = check_gru_args(x.size(0), x.size(1), H, x.scalar_type(), w_hh, h0);
   auto [y, h_n, gates] =
-      gru_run({at::Tensor(), x.contiguous(), w_ih, b_ih ? *b_ih : at::Tensor()}, n,
-              x.scalar_type(), w_hh, b_hh, h0, lengths, reverse, /*save=*/false);
+      gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, /*save=*/false);
   return {y, h_n};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gru_forward_from_input_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& b_ih,
+    const at::Tensor& w_hh, const at::Tensor& b_hh, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  return gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, /*save=*/true);
 }
 
 template <typename scalar_t>
@@ -193,8 +211,9 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   // As the LSTM backward: the threads split the batch rows and never wait for each other.
   const auto setup = [&](int tid, int nthreads) {
     const UnitRange rows = split_range(B, tid, nthreads);
-    return std::make_pair(rows, ThreadProduct<scalar_t>({w_hh}, dGh.narrow(0, rows.begin, rows.size()).unsqueeze(0),
-                                                     team_pack(nthreads, PackSlot::kRecurrent)));
+    const at::Tensor dGh_rows = dGh.narrow(0, rows.begin, rows.size()).unsqueeze(0);
+    return std::make_pair(rows, ThreadProduct<scalar_t>({w_hh}, dGh_rows,
+                                                        team_pack(nthreads, PackSlot::kRecurrent)));
   };
   const auto backward_rows = [&](UnitRange rows, ThreadProduct<scalar_t>& recurrent) {
     GruBackwardStep<scalar_t> step = step0;
@@ -269,6 +288,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> gru_backward_cpu(
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
   m.impl("gru_forward", &gru_forward_cpu);
   m.impl("gru_inference", &gru_inference_cpu);
+  m.impl("gru_forward_from_input", &gru_forward_from_input_cpu);
   m.impl("gru_backward", &gru_backward_cpu);
 }
 

@@ -22,6 +22,12 @@
 //   of steps at a time (input_gates.h). For callers that need no gradient. The values equal
 //   lstm_forward's up to the summation order of the input products.
 //
+// lstm_forward_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
+//   -> (y, h_n, c_n, gates, c_all)
+//   lstm_forward's outputs from the layer input, its input gates made as lstm_inference makes
+//   them: the training path never holds xg [T, B, 4H] (T=100 B=64 H=256: input projection and
+//   lstm_forward 63.3 ms, this 34.6 ms on the EPYC; T=100 B=16 H=256 10.2 -> 9.2 ms).
+//
 // lstm_backward(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all)
 //   -> (dxg [T, B, 4H], dw_hh [4H, P], dw_hr [P, H] or [0], dh0 [B, P], dc0 [B, H])
 //   dxg is dG, the gradient of the pre-activation gates; the caller turns it into dx, dW_ih and
@@ -218,19 +224,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_forw
                   check_lengths(lengths, n.T, n.B), reverse, /*save=*/true);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
+// Both operators that take the layer input x: lstm_run with the input gates made a chunk at a
+// time from x, saving gates and c_all or not.
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_from_input(
     const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
-    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse) {
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse, bool save) {
   const KernelGuard guard;
   const int64_t H = check_input_projection(x, w_ih, bias, 4);
   const LstmSizes n = check_lstm_args(x.size(0), x.size(1), H, x.scalar_type(), w_hh, w_hr, h0,
                                       c0);
+  return lstm_run({at::Tensor(), x.contiguous(), w_ih, bias ? *bias : at::Tensor()}, n,
+                  x.scalar_type(), w_hh, w_hr, h0, c0, check_lengths(lengths, n.T, n.B), reverse,
+                  save);
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> lstm_inference_cpu(
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& bias,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+    const at::Tensor& c0, const std::optional<at::Tensor>& lengths, bool reverse) {
   auto [y, h_n, c_n, gates, c_all] =
-      lstm_run({at::Tensor(), x.contiguous(), w_ih, bias ? *bias : at::Tensor()}, n,
-               x.scalar_type(), w_hh, w_hr, h0, c0, check_lengths(lengths, n.T, n.B), reverse,
-               /*save=*/false);
+      lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/false);
   return {y, h_n, c_n};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
+lstm_forward_from_input_cpu(const at::Tensor& x, const at::Tensor& w_ih,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& w_hh,
+                            const std::optional<at::Tensor>& w_hr, const at::Tensor& h0,
+                            const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+                            bool reverse) {
+  return lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, /*save=*/true);
 }
 
 // One thread's part of the backward: a range of batch rows, and the products on those rows.
@@ -427,6 +451,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_back
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
   m.impl("lstm_forward", &lstm_forward_cpu);
   m.impl("lstm_inference", &lstm_inference_cpu);
+  m.impl("lstm_forward_from_input", &lstm_forward_from_input_cpu);
   m.impl("lstm_backward", &lstm_backward_cpu);
 }
 

@@ -1,13 +1,13 @@
-// The large products outside the time loop (the input projection xg = x W_ih^T + b and its
-// gradients dx = dG W_ih, dW_ih = dG^T x; dW_hh = dG^T h_prev): float32 on oneDNN's matmul
-// where it runs, not on ATen's default.
+// The large products outside the time loop (the input projection's gradients dx = dG W_ih,
+// dW_ih = dG^T x, and dW_hh = dG^T h_prev): on oneDNN's matmul where it runs, not on ATen's
+// default.
 //
 // Why: ATen sends a float32 matmul to MKL, and MKL checks the CPU vendor: on AMD it runs a
 // generic AVX2 kernel. On the EPYC Zen 4 build machine (2 threads, medians of 15) oneDNN's matmul,
 // which compiles for the instruction set, took [6400, 256] x [256, 1024] in 16.5 against
 // 19.3 ms (203 against 174 GFLOP/s), [6400, 1024] x [1024, 256] 15.3 against 17.8 ms, and the
-// weight-gradient shape [1024, 6400] x [6400, 256] 18.4 against 18.8 ms. bfloat16 and float64
-// keep ATen's path (bfloat16 already goes to oneDNN there).
+// weight-gradient shape [1024, 6400] x [6400, 256] 18.4 against 18.8 ms. bfloat16 goes to oneDNN
+// too (as ATen would send it), float64 to ATen.
 #pragma once
 
 #include <ATen/ATen.h>

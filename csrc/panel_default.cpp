@@ -43,7 +43,9 @@ at::Tensor pack_panels(const std::vector<at::Tensor>& columns, int64_t panel) {
     }
     n0 += block.size(1);
   }
-  if (panels * panel > N) out.select(0, panels - 1).narrow(1, N % panel, panels * panel - N).zero_();
+  if (panels * panel > N) {  // the last panel's columns past N
+    out.select(0, panels - 1).narrow(1, N % panel, panels * panel - N).zero_();
+  }
   return out;
 }
 

@@ -104,9 +104,10 @@ at::Tensor brgemm_weight(const std::vector<at::Tensor>& columns, int64_t ld) {
   at::Tensor pairs = at::empty({(K + 1) / 2, ld, 2}, first.options());
   auto* out = pairs.data_ptr<c10::BFloat16>();
   const PanelKernels& kernels = panel_kernels();
-  const bool transposed_rows = K % 2 == 0 && std::all_of(columns.begin(), columns.end(), [](const at::Tensor& b) {
-    return b.stride(0) == 1 && b.stride(1) % 2 == 0;
-  });
+  const bool transposed_rows =
+      K % 2 == 0 && std::all_of(columns.begin(), columns.end(), [](const at::Tensor& b) {
+        return b.stride(0) == 1 && b.stride(1) % 2 == 0;
+      });
   if (transposed_rows) {  // the forward's gate rows: one pass
     int64_t n0 = 0;
     for (const at::Tensor& block : columns) {
@@ -285,7 +286,8 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator
   if (out_.numel() == 0) return out;
   // Buffer `which` by pointer: a view per call (or per step, made up front) cost about a
   // microsecond each, 1000 of them for a T=500 backward on two threads.
-  const char* rows = static_cast<const char*>(a_.data_ptr()) + which * a_.stride(0) * a_.element_size();
+  const char* rows =
+      static_cast<const char*>(a_.data_ptr()) + which * a_.stride(0) * a_.element_size();
   switch (kernel_) {
     case ProductKernel::kOwn: return own(rows, out);
     case ProductKernel::kBrgemm: return brgemm(rows, out);

@@ -27,8 +27,8 @@
 namespace gated_kernels {
 namespace {
 
-at::Tensor product_cpu(const at::Tensor& a, const at::Tensor& w, const std::optional<at::Tensor>& bias,
-                       int64_t calls) {
+at::Tensor product_cpu(const at::Tensor& a, const at::Tensor& w,
+                       const std::optional<at::Tensor>& bias, int64_t calls) {
   const KernelGuard guard;
   GK_CHECK_DIM(w, "w", 2, "[K, N]");
   GK_CHECK_DIM(a, "a", 2, "[M, K]");

@@ -1,9 +1,13 @@
 """The autograd layer: one torch.autograd.Function per cell over the recurrence operators.
 
-The functions take the precomputed input gates `xg`; the input projection and its gradients stay
-in ordinary PyTorch above them (`lstm_recurrence` / `gru_recurrence` make it). Without gradients
-the inference operators take the input itself. Gradients are first order only (`once_differentiable`): the
-backward operators are not themselves differentiated.
+LSTMFunction / GRUFunction take the precomputed input gates `xg`; the input projection and its
+gradients stay in ordinary PyTorch above them (`lstm_recurrence` / `gru_recurrence` make it).
+On the C++ backend the training path takes the layer input instead (LSTMFromInput /
+GRUFromInput): its forward operator makes the input gates a chunk of steps at a time and never
+the [T, B, G] xg, and its backward turns dxg into dx, dW_ih and the bias gradient with one
+product each (input_projection_backward). Without gradients the inference operators take the
+input itself. Gradients are first order only (`once_differentiable`): the backward operators are
+not themselves differentiated.
 
 The operators dispatch by device (C++ for CPU tensors, Triton for CUDA tensors). The one
 exception is the `triton` backend on CPU tensors, which only exists in Triton's interpreter (the
@@ -47,12 +51,32 @@ class LSTMFunction(torch.autograd.Function):
         return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
 
 
-def input_projection(x, w_ih, bias, backend):
-    """xg = x w_ih^T + bias for the training path: on the C++ backend the input_projection
-    operator (its products on oneDNN's matmul, csrc/matmul.h), elsewhere F.linear."""
-    if backend == "cpp":
-        return torch.ops.gated_kernels.input_projection(x, w_ih, bias)
-    return F.linear(x, w_ih, bias)
+class LSTMFromInput(torch.autograd.Function):
+    """The C++ backend's training path: (x, w_ih, bias or None, w_hh, w_hr or None, h0, c0,
+    lengths or None, reverse) -> (y, h_n, c_n), bias being b_ih + b_hh. Gradients as
+    LSTMFunction's, with dx, dw_ih and dbias in place of dxg."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
+        y, h_n, c_n, gates, c_all = torch.ops.gated_kernels.lstm_forward_from_input(
+            x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
+        )
+        ctx.save_for_backward(x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
+        ctx.reverse, ctx.bias = reverse, bias is not None
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        x, w_ih, w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
+        dxg, dw_hh, dw_hr, dh0, dc0 = torch.ops.gated_kernels.lstm_backward(
+            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all
+        )
+        dx, dw_ih, dbias = torch.ops.gated_kernels.input_projection_backward(
+            dxg, x, w_ih, ctx.bias
+        )
+        return (dx, dw_ih, dbias if ctx.bias else None, dw_hh,
+                dw_hr if w_hr is not None else None, dh0, dc0, None, None)
 
 
 def needs_grad(*tensors):
@@ -67,7 +91,9 @@ def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend
     tensors that backward reads (gates [T, B, 4H] and c_all [T, B, H]) and, on the CPU, without
     making xg at all."""
     if needs_grad(x, w_ih, bias, w_hh, w_hr, h0, c0):
-        xg = input_projection(x, w_ih, bias, backend)
+        if backend == "cpp":
+            return LSTMFromInput.apply(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
+        xg = F.linear(x, w_ih, bias)
         return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
@@ -100,12 +126,40 @@ class GRUFunction(torch.autograd.Function):
         return dxg, dw_hh, db_hh, dh0, None, None, None
 
 
+class GRUFromInput(torch.autograd.Function):
+    """The C++ backend's training path: (x, w_ih, b_ih or None, w_hh, b_hh, h0, lengths or None,
+    reverse) -> (y, h_n). Gradients as GRUFunction's, with dx, dw_ih and db_ih in place of dxg."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
+        y, h_n, gates = torch.ops.gated_kernels.gru_forward_from_input(
+            x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
+        )
+        ctx.save_for_backward(x, w_ih, w_hh, h0, lengths, y, gates)
+        ctx.reverse, ctx.bias = reverse, b_ih is not None
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n):
+        x, w_ih, w_hh, h0, lengths, y, gates = ctx.saved_tensors
+        dxg, dw_hh, db_hh, dh0 = torch.ops.gated_kernels.gru_backward(
+            dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
+        )
+        dx, dw_ih, db_ih = torch.ops.gated_kernels.input_projection_backward(
+            dxg, x, w_ih, ctx.bias
+        )
+        return dx, dw_ih, db_ih if ctx.bias else None, dw_hh, db_hh, dh0, None, None
+
+
 def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
     """(y, h_n) of one layer-direction from its input x [T, B, I]: GRUFunction on
     xg = x w_ih^T + b_ih where a gradient may be asked for; else the gru_inference operator, the
     same values without the gates [T, B, 4H] that backward reads (and, on the CPU, without xg)."""
     if needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0):
-        xg = input_projection(x, w_ih, b_ih, backend)
+        if backend == "cpp":
+            return GRUFromInput.apply(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
+        xg = F.linear(x, w_ih, b_ih)
         return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.

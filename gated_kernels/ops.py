@@ -22,9 +22,14 @@ Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
 `gates` and `c_all` are saved for backward: the LSTM's in float32 for 16-bit inputs; the GRU's in
 float32 for 16-bit inputs on CUDA and in the input's dtype on the CPU (gru_saved_dtype).
 
-The input projection of the training path on the CPU, with its autograd formula:
-  input_projection(x [T,B,I], w_ih [G,I], bias [G]?) -> xg [T,B,G] = x w_ih^T + bias
-  input_projection_backward(dxg, x, w_ih, bias: bool) -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0])
+The C++ backend's training path takes the layer input, as the inference operators do, and saves
+what backward needs; the input projection's gradients come from their own operator:
+  lstm_forward_from_input(x, w_ih, bias?, w_hh, w_hr?, h0, c0, lengths?, reverse)
+      -> lstm_forward's outputs for xg = x w_ih^T + bias, without making xg on the CPU
+  gru_forward_from_input(x, w_ih, b_ih?, w_hh, b_hh, h0, lengths?, reverse)
+      -> gru_forward's outputs for xg = x w_ih^T + b_ih
+  input_projection_backward(dxg [T,B,G], x [T,B,I], w_ih [G,I], bias: bool)
+      -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0])
 (csrc/input_projection.cpp: one product each on oneDNN's matmul, where ATen's float32 product
 would run MKL's generic code on AMD CPUs.)
 """
@@ -41,6 +46,11 @@ LIBRARY.define(
     "Tensor c0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
+    "lstm_forward_from_input(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, "
+    "Tensor h0, Tensor c0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
+)
+LIBRARY.define(
     "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
     "Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor c_all) "
     "-> (Tensor dxg, Tensor dw_hh, Tensor dw_hr, Tensor dh0, Tensor dc0)"
@@ -54,6 +64,10 @@ LIBRARY.define(
     "Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
 )
 LIBRARY.define(
+    "gru_forward_from_input(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor b_hh, "
+    "Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor gates)"
+)
+LIBRARY.define(
     "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
     "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
 )
@@ -61,16 +75,16 @@ LIBRARY.define(
 # The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
 # which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-OPERATORS = ("lstm_forward", "lstm_inference", "lstm_backward", "gru_forward", "gru_inference",
-             "gru_backward")
+OPERATORS = ("lstm_forward", "lstm_forward_from_input", "lstm_inference", "lstm_backward",
+             "gru_forward", "gru_forward_from_input", "gru_inference", "gru_backward")
 for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
-LIBRARY.define("input_projection(Tensor x, Tensor w_ih, Tensor? bias) -> Tensor")
 LIBRARY.define(
     "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias) "
     "-> (Tensor dx, Tensor dw_ih, Tensor dbias)"
 )
+LIBRARY.impl("input_projection_backward", torch.library.fallthrough_kernel, "Autograd")
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
 # the tests, the product benchmark and gated_kernels.cpu: out = a w (+ bias) on the kernel
@@ -100,9 +114,10 @@ def _triton_kernel(name):
     return kernel
 
 
-def _triton_inference(name, outputs):
-    """The CUDA kernel of an inference operator: the input projection, then the Triton forward
-    `name` with its saved tensors dropped (the Triton kernels have no variant without them yet)."""
+def _triton_from_input(name, outputs):
+    """The CUDA kernel of an operator that takes the layer input: the input projection, then the
+    Triton forward `name`, its first `outputs` outputs (an inference operator drops the saved
+    tensors: the Triton kernels have no variant without them yet)."""
 
     def kernel(x, w_ih, bias, *args):
         from gated_kernels.triton_kernels import launchers
@@ -116,8 +131,10 @@ def _triton_inference(name, outputs):
 
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
-LIBRARY.impl("lstm_inference", _triton_inference("lstm_forward", 3), "CUDA")
-LIBRARY.impl("gru_inference", _triton_inference("gru_forward", 2), "CUDA")
+LIBRARY.impl("lstm_inference", _triton_from_input("lstm_forward", 3), "CUDA")
+LIBRARY.impl("gru_inference", _triton_from_input("gru_forward", 2), "CUDA")
+LIBRARY.impl("lstm_forward_from_input", _triton_from_input("lstm_forward", 5), "CUDA")
+LIBRARY.impl("gru_forward_from_input", _triton_from_input("gru_forward", 3), "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -257,6 +274,12 @@ def _lstm_inference_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
     return x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
 
 
+@torch.library.register_fake("gated_kernels::lstm_forward_from_input")
+def _lstm_forward_from_input_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
+    xg = input_gates_like(x, w_ih, bias, "LSTM", 4)
+    return _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+
+
 @torch.library.register_fake("gated_kernels::lstm_backward")
 def _lstm_backward_fake(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
     T, B, G = gates.shape
@@ -288,6 +311,12 @@ def _gru_inference_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
     return x.new_empty(T, B, H), x.new_empty(B, H)
 
 
+@torch.library.register_fake("gated_kernels::gru_forward_from_input")
+def _gru_forward_from_input_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
+    xg = input_gates_like(x, w_ih, b_ih, "GRU", 3)
+    return _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse)
+
+
 @torch.library.register_fake("gated_kernels::gru_backward")
 def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
     T, B, H = y.shape
@@ -299,27 +328,7 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
     )
 
 
-@torch.library.register_fake("gated_kernels::input_projection")
-def _input_projection_fake(x, w_ih, bias):
-    return input_gates_like(x, w_ih, bias, "the input projection", 1)
-
-
 @torch.library.register_fake("gated_kernels::input_projection_backward")
 def _input_projection_backward_fake(dxg, x, w_ih, bias):
-    return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), x.new_empty(dxg.shape[2] if bias else 0)
-
-
-def _input_projection_setup(ctx, inputs, output):
-    x, w_ih, bias = inputs
-    ctx.save_for_backward(x, w_ih)
-    ctx.bias = bias is not None
-
-
-def _input_projection_backward(ctx, dxg):
-    x, w_ih = ctx.saved_tensors
-    dx, dw_ih, dbias = torch.ops.gated_kernels.input_projection_backward(dxg, x, w_ih, ctx.bias)
-    return dx, dw_ih, dbias if ctx.bias else None
-
-
-torch.library.register_autograd("gated_kernels::input_projection", _input_projection_backward,
-                                setup_context=_input_projection_setup)
+    dbias = x.new_empty(dxg.shape[2] if bias else 0)
+    return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), dbias

@@ -1,70 +1,152 @@
-"""gated_kernels::input_projection and its backward (csrc/input_projection.cpp): the training
-path's xg = x w_ih^T + bias and dx, dw_ih, dbias, against float64, on oneDNN's matmul and on
-ATen's (oneDNN disabled)."""
+"""The C++ backend's training path from the layer input: lstm_forward_from_input /
+gru_forward_from_input under LSTMFromInput / GRUFromInput, and the input projection's gradients
+(input_projection_backward, csrc/input_projection.cpp), against the float64 reference on every
+output and gradient, on oneDNN's matmul and on ATen's (oneDNN disabled)."""
 
 import pytest
 import torch
 
-from common import assert_close, grads, input_projection, leaves
+from common import (assert_close, check_against_reference, gru_inputs, input_projection, leaves,
+                    lstm_inputs)
+from gated_kernels import reference
+from gated_kernels.autograd import GRUFromInput, LSTMFromInput
 from gated_kernels.tolerance import max_rel_error
 
 ops = torch.ops.gated_kernels
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
-# (T, B, I, G)
-SHAPES = {"T1-B1-I1-G4": (1, 1, 1, 4), "T7-B3-I33-G20": (7, 3, 33, 20),
-          "T5-B4-I100-G388": (5, 4, 100, 388)}
+# (T, B, I, H, P, lengths, reverse): chunks of input gates (T=300 at B=1: three, the last one
+# short), lengths with reverse, a projection, H=1.
+CASES = {
+    "T1-B3-I5-H8": (1, 3, 5, 8, None, None, False),
+    "T11-B5-I7-H12-lengths-reverse": (11, 5, 7, 12, None, [11, 1, 6, 11, 3], True),
+    "T300-B1-I3-H20": (300, 1, 3, 20, None, None, False),
+    "T10-B4-I6-H20-P7-lengths": (10, 4, 6, 20, 7, [10, 1, 4, 7], False),
+    "T6-B2-I1-H1": (6, 2, 1, 1, None, None, False),
+}
 
 
-def projection_and_grads(args):
-    x, w_ih, bias = args
-    xg = ops.input_projection(x, w_ih, bias)
-    return [xg], grads([xg], [t for t in args if t is not None])
+def lstm_from_input_args(case, bias=True):
+    T, B, I, H, P, lengths, reverse = case
+    _, w_hh, w_hr, h0, c0, lens = lstm_inputs(T, B, H, P, lengths)
+    x, w_ih, b = input_projection(T, B, I, 4 * H, bias=bias)
+    return [x, w_ih, b, w_hh, w_hr, h0, c0], lens, reverse
 
 
-def reference_and_grads(args):
-    x, w_ih, bias = args
-    xg = torch.nn.functional.linear(x, w_ih, bias)
-    return [xg], grads([xg], [t for t in args if t is not None])
+def lstm_reference(x, w_ih, bias, *rest):
+    return reference.lstm_recurrence(torch.nn.functional.linear(x, w_ih, bias), *rest)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_lstm_from_input_matches_reference(case, dtype):
+    args, lens, reverse = lstm_from_input_args(case)
+    check_against_reference(LSTMFromInput.apply, lstm_reference, args, lens, reverse, dtype,
+                            ("y", "h_n", "c_n"), ("x", "w_ih", "bias", "w_hh", "w_hr", "h0", "c0"))
+
+
+def gru_from_input_args(case, bias=True):
+    T, B, I, H, _, lengths, reverse = case
+    _, w_hh, b_hh, h0, lens = gru_inputs(T, B, H, lengths)
+    x, w_ih, b = input_projection(T, B, I, 3 * H, bias=bias)
+    return [x, w_ih, b, w_hh, b_hh, h0], lens, reverse
+
+
+def gru_reference(x, w_ih, b_ih, *rest):
+    return reference.gru_recurrence(torch.nn.functional.linear(x, w_ih, b_ih), *rest)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_gru_from_input_matches_reference(case, dtype):
+    args, lens, reverse = gru_from_input_args(case)
+    check_against_reference(GRUFromInput.apply, gru_reference, args, lens, reverse, dtype,
+                            ("y", "h_n"), ("x", "w_ih", "b_ih", "w_hh", "b_hh", "h0"))
+
+
+def test_from_input_without_bias_matches_reference():
+    args, lens, reverse = lstm_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"], False)
+    check_against_reference(LSTMFromInput.apply, lstm_reference, args, lens, reverse,
+                            torch.float64, ("y", "h_n", "c_n"),
+                            ("x", "w_ih", "bias", "w_hh", "w_hr", "h0", "c0"))
+    args, lens, reverse = gru_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"], False)
+    check_against_reference(GRUFromInput.apply, gru_reference, args, lens, reverse,
+                            torch.float64, ("y", "h_n"),
+                            ("x", "w_ih", "b_ih", "w_hh", "b_hh", "h0"))
+
+
+def test_from_input_saves_what_the_xg_operators_save():
+    # The forward from x returns lstm_forward's / gru_forward's outputs for xg = x w_ih^T + b,
+    # saved tensors included (up to the summation order of the input products).
+    args, lens, reverse = lstm_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"])
+    x, w_ih, b, *rest = args
+    ours = ops.lstm_forward_from_input(x, w_ih, b, *rest, lens, reverse)
+    theirs = ops.lstm_forward(torch.nn.functional.linear(x, w_ih, b), *rest, lens, reverse)
+    for a, e in zip(ours, theirs):
+        assert a.dtype == e.dtype and torch.allclose(a, e, rtol=0, atol=1e-12)
+    args, lens, reverse = gru_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"])
+    x, w_ih, b, *rest = args
+    ours = ops.gru_forward_from_input(x, w_ih, b, *rest, lens, reverse)
+    theirs = ops.gru_forward(torch.nn.functional.linear(x, w_ih, b), *rest, lens, reverse)
+    for a, e in zip(ours, theirs):
+        assert a.dtype == e.dtype and torch.allclose(a, e, rtol=0, atol=1e-12)
 
 
 @pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "aten"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-def test_input_projection_matches_float64(dtype, shape, bias, onednn):
-    T, B, I, G = shape
-    args = input_projection(T, B, I, G, bias=bias)
-    expected, expected_grads = reference_and_grads(leaves(args))
-    low = reference_and_grads(leaves(args, dtype)) if dtype == torch.bfloat16 else None
+def test_input_projection_backward_matches_float64(dtype, bias, onednn):
+    # dx, dw_ih and dbias of xg = x w_ih^T + b for a random dxg, against autograd through
+    # F.linear in float64; bfloat16 within 3x of PyTorch's own bfloat16 gradients.
+    T, B, I, G = 5, 4, 100, 388
+    x, w_ih, b = leaves(input_projection(T, B, I, G, bias=bias))
+    dxg = torch.randn(T, B, G, dtype=torch.float64)
+    low = None
+    if dtype == torch.bfloat16:
+        xl, wl, bl = leaves([x, w_ih, b], dtype)
+        xg = torch.nn.functional.linear(xl, wl, bl)
+        low = torch.autograd.grad([xg], [t for t in (xl, wl, bl) if t is not None], [dxg.to(dtype)])
+    expected = torch.autograd.grad([torch.nn.functional.linear(x, w_ih, b)],
+                                   [t for t in (x, w_ih, b) if t is not None], [dxg])
     with torch.backends.mkldnn.flags(enabled=onednn):
-        actual, actual_grads = projection_and_grads(leaves(args, dtype))
-    names = ["dx", "dw_ih", "dbias"][: len(actual_grads)]
-    for k, (name, kind, a, e) in enumerate(
-            zip(["xg", *names], ["out"] + ["grad"] * len(names), actual + list(actual_grads),
-                expected + list(expected_grads))):
-        low_error = max_rel_error((low[0] + list(low[1]))[k], e) if low else None
+        dx, dw, db = ops.input_projection_backward(dxg.to(dtype), x.detach().to(dtype),
+                                                   w_ih.detach().to(dtype), bias)
+    actual = [dx, dw] + ([db] if bias else [])
+    assert db.shape == ((G,) if bias else (0,))
+    for k, (name, a, e) in enumerate(zip(("dx", "dw_ih", "dbias"), actual, expected)):
         assert a.dtype == dtype, name
-        assert_close(a, e, dtype, kind, name, low_error)
+        assert_close(a, e, dtype, "grad", name, max_rel_error(low[k], e) if low else None)
 
 
-def test_input_projection_poisoned_outputs_are_all_written(monkeypatch):
+def test_from_input_poisoned_outputs_are_all_written(monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
-    x, w_ih, bias = input_projection(6, 5, 9, 12, torch.float32)
-    assert torch.isfinite(ops.input_projection(x, w_ih, bias)).all()
+    args, lens, reverse = lstm_from_input_args(CASES["T10-B4-I6-H20-P7-lengths"])
+    for out in ops.lstm_forward_from_input(*args, lens, reverse):
+        assert torch.isfinite(out).all()
+    args, lens, reverse = gru_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"])
+    for out in ops.gru_forward_from_input(*args, lens, reverse):
+        assert torch.isfinite(out).all()
+    x, w_ih, _ = input_projection(6, 5, 9, 12, torch.float32)
     for out in ops.input_projection_backward(torch.randn(6, 5, 12), x, w_ih, True):
         assert torch.isfinite(out).all()
 
 
-def test_input_projection_opcheck():
-    args = leaves(input_projection(4, 3, 5, 8, torch.float32))
-    torch.library.opcheck(ops.input_projection.default, tuple(args))
+def test_from_input_opcheck():
+    args, lens, reverse = lstm_from_input_args(CASES["T10-B4-I6-H20-P7-lengths"])
+    torch.library.opcheck(ops.lstm_forward_from_input.default,
+                          (*leaves(args), lens, reverse))
+    args, lens, reverse = gru_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"])
+    torch.library.opcheck(ops.gru_forward_from_input.default, (*leaves(args), lens, reverse))
+    x, w_ih, _ = input_projection(4, 3, 5, 8, torch.float32)
+    torch.library.opcheck(ops.input_projection_backward.default,
+                          (torch.randn(4, 3, 8), x, w_ih, True))
 
 
-def test_input_projection_rejects_bad_input():
-    x, w_ih, bias = input_projection(4, 3, 5, 8, torch.float32)
+def test_from_input_rejects_bad_input():
+    args, lens, reverse = lstm_from_input_args(CASES["T1-B3-I5-H8"])
+    x, w_ih, b, *rest = args
     with pytest.raises(RuntimeError, match=r"w_ih.size\(1\) must be I \(x.size\(2\)\) = 5, got 6"):
-        ops.input_projection(x, torch.randn(8, 6), bias)
+        ops.lstm_forward_from_input(x, torch.randn(32, 6, dtype=x.dtype), b, *rest, lens, reverse)
     with pytest.raises(RuntimeError, match=r"bias.size\(0\) must be w_ih.size\(0\)"):
-        ops.input_projection(x, w_ih, torch.randn(7))
+        ops.lstm_forward_from_input(x, w_ih, b[:7], *rest, lens, reverse)
     with pytest.raises(RuntimeError, match="dxg must have shape"):
-        ops.input_projection_backward(torch.randn(4, 3, 9), x, w_ih, True)
+        ops.input_projection_backward(torch.randn(1, 3, 9, dtype=x.dtype), x, w_ih, True)

@@ -70,8 +70,11 @@ def main(argv=None):
             cells = []
             for kernel in KERNELS:
                 us = time_call(M, K, N, dtype, args.threads, args.calls, kernel)
-                cells.append("-" if us is None else
-                             f"{us:8.2f} ({K * N * size / us / 1e3:4.0f}, {2 * M * K * N / us / 1e3:4.0f})")
+                if us is None:
+                    cells.append("-")
+                    continue
+                gbs, gflops = K * N * size / us / 1e3, 2 * M * K * N / us / 1e3
+                cells.append(f"{us:8.2f} ({gbs:4.0f}, {gflops:4.0f})")
             auto = torch.ops.gated_kernels._product_kernel(M, K, dtype)
             print(f"{name:12s} {M:3d}  " + "  ".join(f"{c:>22s}" for c in cells) + f"  {auto}",
                   flush=True)
