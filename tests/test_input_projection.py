@@ -1,5 +1,5 @@
 """The C++ backend's training path from the layer input: lstm_forward_from_input /
-gru_forward_from_input under LSTMFromInput / GRUFromInput, and the input projection's gradients
+gru_forward_from_input under lstm_from_input / gru_from_input, and the input projection's gradients
 (input_projection_backward, csrc/input_projection.cpp), against the float64 reference on every
 output and gradient, on oneDNN's matmul and on ATen's (oneDNN disabled)."""
 
@@ -9,7 +9,7 @@ import torch
 from common import (assert_close, check_against_reference, gru_inputs, input_projection, leaves,
                     lstm_inputs)
 from gated_kernels import reference
-from gated_kernels.autograd import GRUFromInput, LSTMFromInput
+from gated_kernels.autograd import gru_from_input, lstm_from_input
 from gated_kernels.tolerance import max_rel_error
 
 ops = torch.ops.gated_kernels
@@ -40,7 +40,7 @@ def lstm_reference(x, w_ih, bias, *rest):
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_lstm_from_input_matches_reference(case, dtype):
     args, lens, reverse = lstm_from_input_args(case)
-    check_against_reference(LSTMFromInput.apply, lstm_reference, args, lens, reverse, dtype,
+    check_against_reference(lstm_from_input, lstm_reference, args, lens, reverse, dtype,
                             ("y", "h_n", "c_n"), ("x", "w_ih", "bias", "w_hh", "w_hr", "h0", "c0"))
 
 
@@ -59,17 +59,17 @@ def gru_reference(x, w_ih, b_ih, *rest):
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_gru_from_input_matches_reference(case, dtype):
     args, lens, reverse = gru_from_input_args(case)
-    check_against_reference(GRUFromInput.apply, gru_reference, args, lens, reverse, dtype,
+    check_against_reference(gru_from_input, gru_reference, args, lens, reverse, dtype,
                             ("y", "h_n"), ("x", "w_ih", "b_ih", "w_hh", "b_hh", "h0"))
 
 
 def test_from_input_without_bias_matches_reference():
     args, lens, reverse = lstm_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"], False)
-    check_against_reference(LSTMFromInput.apply, lstm_reference, args, lens, reverse,
+    check_against_reference(lstm_from_input, lstm_reference, args, lens, reverse,
                             torch.float64, ("y", "h_n", "c_n"),
                             ("x", "w_ih", "bias", "w_hh", "w_hr", "h0", "c0"))
     args, lens, reverse = gru_from_input_args(CASES["T11-B5-I7-H12-lengths-reverse"], False)
-    check_against_reference(GRUFromInput.apply, gru_reference, args, lens, reverse,
+    check_against_reference(gru_from_input, gru_reference, args, lens, reverse,
                             torch.float64, ("y", "h_n"),
                             ("x", "w_ih", "b_ih", "w_hh", "b_hh", "h0"))
 
