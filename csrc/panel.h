@@ -26,6 +26,23 @@ struct PanelProduct {
   bool reverse;  // visit the panels last to first (see ThreadProduct in product.h)
 };
 
+// The cell operators' small-batch products (cell.cpp), over weights as torch.nn stores them, no
+// packing: out[m, n] = (out[m, n] if accumulate, else 0) + sum_k a(m, k) w(k, n) for m < M, n in
+// [n0, n1), with a(m, k) = a[m * a_m + k * a_k] and out row m at out + m * ldo. Float only.
+//   dot:  w(k, n) = w[n * ldw + k], the rows of w are the outputs (x W^T): 4 weight rows at a
+//         time, each a dot product over contiguous k with M <= 4 rows of a.
+//   axpy: w(k, n) = w[k * ldw + n] (dG W, and dG^T x with a strided): each output row gathers
+//         K scaled rows of w, its columns [n0, n1) held in registers a block at a time.
+struct RowProduct {
+  const float* a;
+  int64_t a_m, a_k, M, K;
+  const float* w;
+  int64_t ldw;
+  float* out;
+  int64_t ldo, n0, n1;
+  bool accumulate;
+};
+
 struct PanelKernels {
   int64_t panel;  // columns per panel: 4 vectors of float
   void (*f32)(const PanelProduct<float>&);
@@ -46,6 +63,8 @@ struct PanelKernels {
   // stride_n even) into columns [n0, n0 + N) of the VNNI pairs [K / 2, ld, 2].
   void (*pack_pairs)(const c10::BFloat16* w, int64_t stride_n, int64_t K, int64_t N, int64_t ld,
                      int64_t n0, c10::BFloat16* out);
+  void (*dot)(const RowProduct&);
+  void (*axpy)(const RowProduct&);
 };
 
 // The variant for the capability ATen runs with (at::get_cpu_capability()), as

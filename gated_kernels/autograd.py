@@ -199,3 +199,68 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
     return torch.ops.gated_kernels.gru_inference(
         x.contiguous(), w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
     )
+
+
+class LSTMCellFunction(torch.autograd.Function):
+    """One LSTM step on the C++ backend: (x [B,I], h, c, w_ih, w_hh, b_ih or None, b_hh or None)
+    -> (h1, c1), over the cell operators (two products and one fused pass each way)."""
+
+    @staticmethod
+    def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
+        h1, c1, gates, c_saved = torch.ops.gated_kernels.lstm_cell_forward(
+            x, h, c, w_ih, w_hh, b_ih, b_hh
+        )
+        ctx.save_for_backward(x, h, c, w_ih, w_hh, gates, c_saved)
+        ctx.bias = b_ih is not None
+        return h1, c1
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh1, dc1):
+        x, h, c, w_ih, w_hh, gates, c_saved = ctx.saved_tensors
+        dx, dh, dc, dw_ih, dw_hh, db = torch.ops.gated_kernels.lstm_cell_backward(
+            dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, ctx.bias
+        )
+        # Both biases get the same gradient; each its own tensor, as accumulation may keep it.
+        db_ih, db_hh = (db, db.clone()) if ctx.bias else (None, None)
+        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
+
+
+class GRUCellFunction(torch.autograd.Function):
+    """One GRU step on the C++ backend: (x [B,I], h, w_ih, w_hh, b_ih or None, b_hh or None)
+    -> h1."""
+
+    @staticmethod
+    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh):
+        h1, gates = torch.ops.gated_kernels.gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh)
+        ctx.save_for_backward(x, h, w_ih, w_hh, gates)
+        ctx.bias = b_ih is not None
+        return h1
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dh1):
+        x, h, w_ih, w_hh, gates = ctx.saved_tensors
+        dx, dh, dw_ih, dw_hh, db_ih, db_hh = torch.ops.gated_kernels.gru_cell_backward(
+            dh1, x, h, w_ih, w_hh, gates, ctx.bias
+        )
+        if not ctx.bias:
+            db_ih = db_hh = None
+        return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+
+
+def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    """(h1, c1) of one LSTM step on the C++ backend: the inference operator when no gradient can
+    be asked for (nothing saved), else LSTMCellFunction."""
+    if needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
+        if c is h:  # one zeros tensor for both states: Dynamo refuses it as two inputs
+            c = c.clone()
+        return LSTMCellFunction.apply(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return torch.ops.gated_kernels.lstm_cell_inference(x, h, c, w_ih, w_hh, b_ih, b_hh)
+
+
+def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
+    """h1 of one GRU step on the C++ backend, as lstm_cell."""
+    if needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
+        return GRUCellFunction.apply(x, h, w_ih, w_hh, b_ih, b_hh)
+    return torch.ops.gated_kernels.gru_cell_inference(x, h, w_ih, w_hh, b_ih, b_hh)

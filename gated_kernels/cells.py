@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from gated_kernels import autocast
+from gated_kernels.autograd import gru_cell, lstm_cell
+from gated_kernels.backends import resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
 from gated_kernels.rnn import check_backend_name
 
@@ -70,16 +72,24 @@ class _CellBase:
             _check_cell_state(input, state, index, self.hidden_size)
         return input, states, is_batched
 
-    def _step(self, layer, input, states):
-        """One step through `layer` (lstm_layer or gru_layer) in the dtype torch.nn's cell would
-        use under autocast."""
-        tensors = [input.unsqueeze(0), *states, self.weight_ih, self.weight_hh, self.bias_ih,
-                   self.bias_hh]
+    def _step(self, layer, cell_step, input, states):
+        """One step in the dtype torch.nn's cell would use under autocast."""
+        tensors = [input, *states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         dtype = autocast.compute_dtype(type(self).__name__, input)
         if dtype is None:
-            return layer(*tensors, backend=self.backend)[1:]
+            return self._run_step(layer, cell_step, tensors)
         with torch.autocast(input.device.type, enabled=False):
-            return layer(*autocast.cast(tensors, dtype), backend=self.backend)[1:]
+            return self._run_step(layer, cell_step, autocast.cast(tensors, dtype))
+
+    def _run_step(self, layer, cell_step, tensors):
+        """tensors: [input, *states, *parameters]. On the C++ backend the cell operators run
+        (`cell_step`: autograd.lstm_cell or gru_cell; a single step cannot repay the sequence
+        operators' thread team and packing); elsewhere `layer` (lstm_layer or gru_layer) with
+        T=1."""
+        if resolve_backend(self.backend, tensors[0].device) == "cpp":
+            out = cell_step(*tensors)
+            return out if isinstance(out, tuple) else (out,)
+        return layer(tensors[0].unsqueeze(0), *tensors[1:], backend=self.backend)[1:]
 
     def _check_input_size(self, input):
         if input.size(-1) != self.input_size:
@@ -107,7 +117,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
                                      f"{value.dim()}D instead")
         self._check_input_size(input)
         input, hx, is_batched = self._batched(input, hx, count=2)
-        h, c = self._step(lstm_layer, input, hx)
+        h, c = self._step(lstm_layer, lstm_cell, input, hx)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -125,5 +135,5 @@ class GRUCell(_CellBase, nn.GRUCell):
             raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         self._check_input_size(input)
         input, hx, is_batched = self._batched(input, None if hx is None else (hx,), count=1)
-        (h,) = self._step(gru_layer, input, hx)
+        (h,) = self._step(gru_layer, gru_cell, input, hx)
         return h if is_batched else h.squeeze(0)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import gru_recurrence, lstm_recurrence
+from gated_kernels.autograd import gru_cell, gru_recurrence, lstm_cell, lstm_recurrence
 from gated_kernels.backends import resolve_backend
 
 
@@ -24,9 +24,13 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     >>> tuple(y.shape)
     (7, 2, 4)
     """
+    backend = resolve_backend(backend, x.device)
+    if backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None:
+        # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
+        h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
+        return h.unsqueeze(0), h.clone(), c
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
-    backend = resolve_backend(backend, x.device)
     if backend == "reference":
         xg = F.linear(x, w_ih, bias)
         return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse)
@@ -47,10 +51,13 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     >>> tuple(h.shape)
     (2, 4)
     """
+    backend = resolve_backend(backend, x.device)
+    if backend == "cpp" and x.size(0) == 1 and lengths is None:
+        h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
+        return h.unsqueeze(0), h.clone()
     # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
-    backend = resolve_backend(backend, x.device)
     if backend == "reference":
         return reference.gru_recurrence(F.linear(x, w_ih, b_ih), w_hh, b_hh, h0, lengths, reverse)
     return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)

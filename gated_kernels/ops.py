@@ -32,6 +32,18 @@ what backward needs; the input projection's gradients come from their own operat
       -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0])
 (csrc/input_projection.cpp: one product each on oneDNN's matmul, where ATen's float32 product
 would run MKL's generic code on AMD CPUs.)
+
+One step of a cell, for LSTMCell, GRUCell and one-layer T=1 calls (CPU; csrc/cell.cpp): two
+products and one fused pass, without the sequence operators' thread team and packing:
+  lstm_cell_inference(x [B,I], h [B,H], c [B,H], w_ih [4H,I], w_hh [4H,H], b_ih?, b_hh?)
+      -> h1 [B,H], c1 [B,H]
+  lstm_cell_forward(same) -> h1, c1, gates [B,4H], c_saved [B,H] (both saved_dtype)
+  lstm_cell_backward(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias: bool)
+      -> dx, dh, dc, dw_ih, dw_hh, db [4H] (or [0]; the gradient of b_ih and of b_hh alike)
+  gru_cell_inference(x, h, w_ih [3H,I], w_hh [3H,H], b_ih?, b_hh?) -> h1
+  gru_cell_forward(same) -> h1, gates [B,4H] (r, z, n, h W_hn^T + b_hn; saved_dtype)
+  gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool)
+      -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
 """
 
 import torch
@@ -85,6 +97,32 @@ LIBRARY.define(
     "-> (Tensor dx, Tensor dw_ih, Tensor dbias)"
 )
 LIBRARY.impl("input_projection_backward", torch.library.fallthrough_kernel, "Autograd")
+
+_CELL_ARGS = "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh"
+LIBRARY.define(f"lstm_cell_inference(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
+               "-> (Tensor h1, Tensor c1)")
+LIBRARY.define(f"lstm_cell_forward(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
+               "-> (Tensor h1, Tensor c1, Tensor gates, Tensor c_saved)")
+LIBRARY.define(
+    "lstm_cell_backward(Tensor dh1, Tensor dc1, Tensor x, Tensor h, Tensor c, Tensor w_ih, "
+    "Tensor w_hh, Tensor gates, Tensor c_saved, bool bias) "
+    "-> (Tensor dx, Tensor dh, Tensor dc, Tensor dw_ih, Tensor dw_hh, Tensor db)"
+)
+LIBRARY.define(f"gru_cell_inference(Tensor x, Tensor h, {_CELL_ARGS}) -> Tensor h1")
+LIBRARY.define(f"gru_cell_forward(Tensor x, Tensor h, {_CELL_ARGS}) -> (Tensor h1, Tensor gates)")
+LIBRARY.define(
+    "gru_cell_backward(Tensor dh1, Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor gates, "
+    "bool bias) -> (Tensor dx, Tensor dh, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+    "Tensor db_hh)"
+)
+# The cell operators' product choice on its own (cell_matmul in csrc/cell.cpp): c + a b, for the
+# tests and the product benchmark.
+LIBRARY.define("_cell_matmul(Tensor a, Tensor b, Tensor? c=None) -> Tensor")
+LIBRARY.impl("_cell_matmul", torch.library.fallthrough_kernel, "Autograd")
+CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backward",
+                  "gru_cell_inference", "gru_cell_forward", "gru_cell_backward")
+for _name in CELL_OPERATORS:
+    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
 # the tests, the product benchmark and gated_kernels.cpu: out = a w (+ bias) on the kernel
@@ -332,3 +370,61 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
 def _input_projection_backward_fake(dxg, x, w_ih, bias):
     dbias = x.new_empty(dxg.shape[2] if bias else 0)
     return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), dbias
+
+
+def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates):
+    """Validates a cell operator's arguments (x [B,I], h [B,H], w_ih [G,I], w_hh [G,H], biases
+    [G] or None, G = gates * H); returns (B, H)."""
+    _check_tensor("x", x, (None, None), x.dtype, x.device)
+    _check_tensor("w_hh", w_hh, (None, None), x.dtype, x.device)
+    B, H = x.shape[0], w_hh.shape[1]
+    _check_tensor("w_hh", w_hh, (gates * H, H), x.dtype, x.device)
+    _check_tensor("w_ih", w_ih, (gates * H, x.shape[1]), x.dtype, x.device)
+    _check_tensor("h", h, (B, H), x.dtype, x.device)
+    _expect((b_ih is None) == (b_hh is None), ValueError,
+            "b_ih and b_hh must be given together or both be None")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_tensor(name, b, (gates * H,), x.dtype, x.device)
+    return B, H
+
+
+@torch.library.register_fake("gated_kernels::lstm_cell_inference")
+def _lstm_cell_inference_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    B, H = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4)
+    _check_tensor("c", c, (B, H), x.dtype, x.device)
+    return x.new_empty(B, H), x.new_empty(B, H)
+
+
+@torch.library.register_fake("gated_kernels::lstm_cell_forward")
+def _lstm_cell_forward_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
+    h1, c1 = _lstm_cell_inference_fake(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    B, H = h1.shape
+    acc = saved_dtype(x.dtype)
+    return h1, c1, x.new_empty(B, 4 * H, dtype=acc), x.new_empty(B, H, dtype=acc)
+
+
+@torch.library.register_fake("gated_kernels::lstm_cell_backward")
+def _lstm_cell_backward_fake(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias):
+    db = x.new_empty(w_hh.shape[0] if bias else 0)
+    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape),
+            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), db)
+
+
+@torch.library.register_fake("gated_kernels::gru_cell_inference")
+def _gru_cell_inference_fake(x, h, w_ih, w_hh, b_ih, b_hh):
+    B, H = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 3)
+    return x.new_empty(B, H)
+
+
+@torch.library.register_fake("gated_kernels::gru_cell_forward")
+def _gru_cell_forward_fake(x, h, w_ih, w_hh, b_ih, b_hh):
+    h1 = _gru_cell_inference_fake(x, h, w_ih, w_hh, b_ih, b_hh)
+    return h1, x.new_empty(h1.shape[0], 4 * h1.shape[1], dtype=saved_dtype(x.dtype))
+
+
+@torch.library.register_fake("gated_kernels::gru_cell_backward")
+def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias):
+    db = x.new_empty(w_hh.shape[0] if bias else 0)
+    return (x.new_empty(x.shape), h.new_empty(h.shape), w_ih.new_empty(w_ih.shape),
+            w_hh.new_empty(w_hh.shape), db, x.new_empty(db.shape))

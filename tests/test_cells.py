@@ -1,5 +1,7 @@
 """gated_kernels.LSTMCell / GRUCell against torch.nn's cells: outputs, every gradient, errors."""
 
+import copy
+
 import pytest
 import torch
 
@@ -91,3 +93,25 @@ def test_cells_keep_torch_nn_identity_and_init():
     assert isinstance(ours, torch.nn.GRUCell)
     assert list(ours.state_dict()) == list(theirs.state_dict())
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+def test_cell_inference_matches_torch_nn(name, dtype):
+    """Without grad the cells run the inference operators, which save nothing; bfloat16 by the
+    shared rule (against torch.nn's own bfloat16 error)."""
+    theirs = getattr(torch.nn, name)(5, 70, dtype=torch.float64)
+    ours = getattr(gk, name).from_torch(theirs).to(dtype)
+    x = torch.randn(9, 5, dtype=torch.float64)
+    hx = torch.randn(9, 70, dtype=torch.float64)
+    hx = (hx, hx.flip(0)) if name == "LSTMCell" else hx
+    low = copy.deepcopy(theirs).to(dtype)
+    cast = (lambda s: tuple(t.to(dtype) for t in s)) if name == "LSTMCell" else (lambda s: s.to(dtype))
+    with torch.no_grad():
+        expected = theirs(x, hx)
+        actual = ours(x.to(dtype), cast(hx))
+        low_precision = low(x.to(dtype), cast(hx))
+    for a, e, t in zip(*(o if name == "LSTMCell" else (o,) for o in (actual, expected, low_precision))):
+        assert a.dtype == dtype and not a.requires_grad
+        err = (t.double() - e).abs().max().item() / e.abs().max().item()
+        assert_close(a, e, dtype, "out", name, err)

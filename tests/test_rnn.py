@@ -15,6 +15,8 @@ DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 # "packed-sorted", "packed-unsorted" (lengths include 1 and T).
 CONFIGS = {
     "LSTM-L1-T1-B3": ("LSTM", dict(input_size=4, hidden_size=6), 1, 3, "tensor", False),
+    "LSTM-L2-bi-T1-B3-hx": ("LSTM", dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True), 1, 3, "tensor", True),
+    "LSTM-L1-nobias-unbatched-T1-hx": ("LSTM", dict(input_size=4, hidden_size=6, bias=False), 1, 1, "unbatched", True),
     "LSTM-L2-bi-T7-B4-hx": ("LSTM", dict(input_size=5, hidden_size=8, num_layers=2, bidirectional=True), 7, 4, "tensor", True),
     "LSTM-L3-batch_first-I7-H13-T9-B2": ("LSTM", dict(input_size=7, hidden_size=13, num_layers=3, batch_first=True), 9, 2, "tensor", True),
     "LSTM-L2-bi-P5-T6-B3-hx": ("LSTM", dict(input_size=4, hidden_size=10, num_layers=2, bidirectional=True, proj_size=5), 6, 3, "tensor", True),
@@ -24,6 +26,8 @@ CONFIGS = {
     "LSTM-L2-bi-P3-packed-unsorted-hx": ("LSTM", dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True, proj_size=3), 7, 4, "packed-unsorted", True),
     "LSTM-L1-batch_first-B0-T4": ("LSTM", dict(input_size=4, hidden_size=6, batch_first=True), 4, 0, "tensor", False),
     "GRU-L1-T1-B3": ("GRU", dict(input_size=4, hidden_size=6), 1, 3, "tensor", False),
+    "GRU-L2-bi-batch_first-T1-B2-hx": ("GRU", dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True, batch_first=True), 1, 2, "tensor", True),
+    "GRU-L1-nobias-T1-B3-hx": ("GRU", dict(input_size=4, hidden_size=6, bias=False), 1, 3, "tensor", True),
     "GRU-L2-bi-T7-B4-hx": ("GRU", dict(input_size=5, hidden_size=8, num_layers=2, bidirectional=True), 7, 4, "tensor", True),
     "GRU-L3-batch_first-I7-H13-T9-B2": ("GRU", dict(input_size=7, hidden_size=13, num_layers=3, batch_first=True), 9, 2, "tensor", True),
     "GRU-L1-nobias-T5-B2": ("GRU", dict(input_size=3, hidden_size=6, bias=False), 5, 2, "tensor", False),
