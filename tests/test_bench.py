@@ -67,6 +67,43 @@ def test_a_peer_that_runs_gets_its_own_column(monkeypatch):
     assert "fake ms" in report.markdown("custom", [record], report.provenance("cpu"))
 
 
+ONE_STEP = {"LSTMCell": ("LSTMCell", 1), "GRUCell": ("GRUCell", 1), "LSTM-T1": ("LSTM", 1),
+            "GRU-T1": ("GRU", 1)}
+
+
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+@pytest.mark.parametrize("cell, T", ONE_STEP.values(), ids=ONE_STEP.keys())
+def test_one_step_cases_pass_the_state_and_gate_every_gradient(cell, T, mode):
+    """The cells and step suites' cases: the state goes in with the input, and the gate judges
+    the gradients of the input, the state and every parameter."""
+    case = Case(cell, mode, T=T, B=3, I=5, H=4)
+    args = measure.make_input(case)
+    assert len(args) == 2
+    theirs = measure.torch_module(case)
+    errors = measure.gate(case, theirs, measure.ours_module(theirs), args)
+    assert errors["ours_grad_error"] <= errors["allowed_grad_error"]
+    wrong = _perturbed_cell(theirs) if case.is_cell else _perturbed(theirs)
+    assert measure.gate(case, theirs, wrong, args)["ours_out_error"] > errors["allowed_out_error"]
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0
+
+
+def _perturbed_cell(theirs):
+    ours = measure.ours_module(theirs)
+    with torch.no_grad():
+        ours.weight_hh[0, 0] += 1e-3
+    return ours
+
+
+def test_cells_and_step_suites_cover_the_issue_grid():
+    for name, cells in (("cells", {"LSTMCell", "GRUCell"}), ("step", {"LSTM", "GRU"})):
+        cases = cli.suite(name, "cpu")
+        assert {c.cell for c in cases} == cells and {c.T for c in cases} == {1}
+        assert {c.B for c in cases} == {1, 8, 32, 64}
+        assert {c.H for c in cases} == {64, 128, 256, 512, 1024}
+        assert {c.mode for c in cases} == {"fwd", "fwdbwd"}
+
+
 def test_gate_passes_the_real_implementation():
     case = Case("LSTM", "fwdbwd", T=6, B=3, I=5, H=4)
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)

@@ -7,7 +7,7 @@ from dataclasses import asdict, replace
 import torch
 
 from gated_kernels.bench import measure, peers, report
-from gated_kernels.bench.suites import CELLS, DTYPES, MODES, SUITES, Case, suite
+from gated_kernels.bench.suites import CELL_MODULES, CELLS, DTYPES, MODES, SUITES, Case, suite
 
 
 class _Parser(argparse.ArgumentParser):
@@ -48,7 +48,7 @@ def parse_args(argv):
     p.add_argument("--suite", choices=SUITES, default="quick")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="auto: cuda when a GPU is present, else cpu")
-    p.add_argument("--cell", choices=CELLS, help="only this cell")
+    p.add_argument("--cell", choices=CELLS + CELL_MODULES, help="only this cell")
     p.add_argument("--mode", choices=MODES, help="fwd: inference under no_grad; fwdbwd: training step")
     p.add_argument("--dtype", choices=tuple(DTYPES), help="replace the suite's dtypes")
     p.add_argument("--layers", type=_positive, help="replace the number of layers")
@@ -104,19 +104,20 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
     try:
         theirs = measure.torch_module(case)
         ours = (ours_factory or measure.ours_module)(theirs, backend=backend)
-        x = measure.make_input(case)
+        args = measure.make_input(case)
         key = case.shape_key()
         if key not in gates:
-            gates[key] = measure.gate(case, theirs, ours, x)
+            gates[key] = measure.gate(case, theirs, ours, args)
         record.update(gates[key])
         record["gate"] = "PASS" if measure.gate_passed(case, gates[key]) else "FAIL"
         if record["gate"] == "FAIL":
             return record
-        steps = {"ours": measure.step_fn(case, ours, x), "torch": measure.step_fn(case, theirs, x)}
+        steps = {"ours": measure.step_fn(case, ours, args),
+                 "torch": measure.step_fn(case, theirs, args)}
         record["peers"], record["peer_errors"] = {}, {}
         for name, factory in peers.available(case).items():
             try:
-                steps[name] = measure.step_fn(case, factory(case), x)
+                steps[name] = measure.step_fn(case, factory(case), args)
             except Exception as error:  # noqa: BLE001 - a peer that cannot run this case
                 record["peer_errors"][name] = f"{type(error).__name__}: {error}"
         timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)

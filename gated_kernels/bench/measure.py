@@ -31,9 +31,10 @@ def torch_module(case, seed=0):
     """The torch.nn module of a case, with a fixed seed (so every implementation gets the same
     weights)."""
     torch.manual_seed(seed)
-    return getattr(torch.nn, case.cell)(
-        case.I, case.H, num_layers=case.layers, bidirectional=case.bidirectional,
-        device=case.device, dtype=DTYPES[case.dtype])
+    kwargs = {"device": case.device, "dtype": DTYPES[case.dtype]}
+    if not case.is_cell:
+        kwargs.update(num_layers=case.layers, bidirectional=case.bidirectional)
+    return getattr(torch.nn, case.cell)(case.I, case.H, **kwargs)
 
 
 def ours_module(theirs, backend="auto"):
@@ -42,38 +43,72 @@ def ours_module(theirs, backend="auto"):
 
 
 def make_input(case, seed=1):
+    """The arguments of a call: (x [T, B, I],) for a sequence; for a one-step call (a cell, or
+    T=1) the input and the state a loop over steps passes along: (x [B, I], (h, c) or h) for a
+    cell, (x [1, B, I], (h0, c0) or h0) with states [L*D, B, H] for T=1."""
     g = torch.Generator(device=case.device).manual_seed(seed)
-    return torch.randn(case.T, case.B, case.I, generator=g, device=case.device,
-                       dtype=DTYPES[case.dtype])
+
+    def draw(*shape):
+        return torch.randn(*shape, generator=g, device=case.device, dtype=DTYPES[case.dtype])
+
+    if case.is_cell:
+        x, state = draw(case.B, case.I), draw(case.B, case.H)
+        return (x, (state, draw(case.B, case.H)) if case.cell == "LSTMCell" else state)
+    x = draw(case.T, case.B, case.I)
+    if case.T != 1:
+        return (x,)
+    shape = (case.layers * (2 if case.bidirectional else 1), case.B, case.H)
+    return (x, (draw(*shape), draw(*shape)) if case.cell == "LSTM" else draw(*shape))
 
 
-def _outputs(out):
+def _map(fn, args):
+    """fn applied to every tensor of nested tuples of tensors, the nesting kept."""
+    if isinstance(args, torch.Tensor):
+        return fn(args)
+    return tuple(_map(fn, a) for a in args)
+
+
+def _leaves(args):
+    """The tensors of nested tuples, in order."""
+    if isinstance(args, torch.Tensor):
+        return [args]
+    return [t for a in args for t in _leaves(a)]
+
+
+def _outputs(case, out):
+    """A call's output tensors: [h] (GRUCell), [h, c] (LSTMCell), [y, *final states]."""
+    if case.is_cell:
+        return list(out) if isinstance(out, tuple) else [out]
     y, state = out
     return [y, *(state if isinstance(state, tuple) else (state,))]
 
 
-def _run_with_grads(module, x, seed=2):
-    """Outputs and the gradients (input, then every parameter) of sum(outputs * fixed random
-    weights)."""
-    x = x.detach().requires_grad_()
-    outs = _outputs(module(x))
-    g = torch.Generator(device=x.device).manual_seed(seed)
+def _with_grad(args):
+    return _map(lambda t: t.detach().requires_grad_(), args)
+
+
+def _run_with_grads(case, module, args, seed=2):
+    """Outputs and the gradients (inputs and states, then every parameter) of
+    sum(outputs * fixed random weights)."""
+    args = _with_grad(args)
+    outs = _outputs(case, module(*args))
+    g = torch.Generator(device=outs[0].device).manual_seed(seed)
     # Drawn in float64 and cast, so every dtype gets the same upstream gradient.
     weights = [torch.randn(o.shape, generator=g, device=o.device, dtype=torch.float64).to(o.dtype)
                for o in outs]
-    grads = torch.autograd.grad(outs, [x, *module.parameters()], weights)
+    grads = torch.autograd.grad(outs, [*_leaves(args), *module.parameters()], weights)
     return [o.detach() for o in outs], grads
 
 
-def gate(case, theirs, ours, x):
+def gate(case, theirs, ours, args):
     """Errors of ours and of torch.nn against a float64 reference on the same inputs, and
     whether ours is within the allowed error (gated_kernels.tolerance), for outputs and for
     gradients. The reference is gated_kernels' pure-PyTorch backend in float64."""
     reference = ours_module(theirs, backend="reference").double()
-    ref_outs, ref_grads = _run_with_grads(reference, x.double())
+    ref_outs, ref_grads = _run_with_grads(case, reference, _map(torch.Tensor.double, args))
     result = {}
     for name, module in (("ours", ours), ("torch", theirs)):
-        outs, grads = _run_with_grads(module, x)
+        outs, grads = _run_with_grads(case, module, args)
         result[f"{name}_out_error"] = max(map(max_rel_error, outs, ref_outs))
         result[f"{name}_grad_error"] = max(map(max_rel_error, grads, ref_grads))
     dtype = DTYPES[case.dtype]
@@ -89,22 +124,25 @@ def gate_passed(case, errors):
     return ok
 
 
-def step_fn(case, module, x):
+def step_fn(case, module, args):
     """One timed call: inference under no_grad, or a training step (forward, backward with a
-    fixed upstream gradient, parameter gradients cleared for the next step)."""
+    fixed upstream gradient on the first output, gradients cleared for the next step). In a
+    training step the input and state require grad, as in a loop over steps."""
     if case.mode == "fwd":
         def step():
             with torch.no_grad():
-                module(x)
+                module(*args)
         return step
-    x = x.detach().requires_grad_()
-    dy = torch.randn_like(_outputs(module(x))[0])
+    args = _with_grad(args)
+    leaves = _leaves(args)
+    dy = torch.randn_like(_outputs(case, module(*args))[0])
 
     def step():
-        y = _outputs(module(x))[0]
+        y = _outputs(case, module(*args))[0]
         y.backward(dy)
         module.zero_grad(set_to_none=True)
-        x.grad = None
+        for t in leaves:
+            t.grad = None
     return step
 
 

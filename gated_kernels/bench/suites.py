@@ -9,11 +9,15 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
           "fp64": torch.float64}
 MODES = ("fwd", "fwdbwd")  # inference under no_grad; a training step (forward + backward)
 CELLS = ("LSTM", "GRU")
+CELL_MODULES = ("LSTMCell", "GRUCell")  # one step a call: the `cells` suite
+# One-step calls: B and H of the `cells` and `step` suites (a decoder, an RL policy, streaming).
+STEP_BATCHES = (1, 8, 32, 64)
+STEP_HIDDEN = (64, 128, 256, 512, 1024)
 
 
 @dataclass(frozen=True)
 class Case:
-    cell: str  # "LSTM" or "GRU"
+    cell: str  # "LSTM", "GRU", "LSTMCell" or "GRUCell" (T=1: one call is one step)
     mode: str  # "fwd" or "fwdbwd"
     T: int
     B: int
@@ -30,6 +34,10 @@ class Case:
         extra += "-bi" if self.bidirectional else ""
         return (f"{self.cell}-{self.mode}-T{self.T}-B{self.B}-I{self.I}-H{self.H}"
                 f"{extra}-{self.dtype}")
+
+    @property
+    def is_cell(self):
+        return self.cell in CELL_MODULES
 
     def shape_key(self):
         """Cases that differ only in mode share inputs and the correctness gate."""
@@ -53,6 +61,10 @@ def suite(name, device):
                 + _grid(CELLS, [100], [16], [256], ["fp32"], device, layers=2, bidirectional=True))
     if name == "gpu":
         return _grid(CELLS, [256], [1, 16, 64, 256], [256, 512, 1024], ["bf16", "fp32"], device)
+    if name == "cells":
+        return _grid(CELL_MODULES, [1], STEP_BATCHES, STEP_HIDDEN, ["fp32", "bf16"], device)
+    if name == "step":
+        return _grid(CELLS, [1], STEP_BATCHES, STEP_HIDDEN, ["fp32", "bf16"], device)
     if name == "fastrnns":  # PyTorch's fastrnns benchmark default
         return _grid(CELLS, [100], [64], [512], ["fp32"], device)
     if name == "flashrnn":  # the FlashRNN paper's setting (Pöppel et al., 2024)
@@ -60,4 +72,4 @@ def suite(name, device):
     raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
 
 
-SUITES = ("quick", "cpu", "gpu", "fastrnns", "flashrnn")
+SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn")
