@@ -88,7 +88,8 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
         layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    return (layer_input, *(torch.stack(f) for f in finals))
+    # One layer-direction: its final state as a view, not a copy (2 us of a T=1 call).
+    return (layer_input, *(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals))
 
 
 def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,

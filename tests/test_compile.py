@@ -43,3 +43,28 @@ def test_compile_fullgraph_matches_eager(model, make):
     assert max_abs_error(actual, expected) <= FP64_ATOL
     for k, (a, b) in enumerate(zip(actual_grads, expected_grads)):
         assert max_abs_error(a, b) <= FP64_ATOL, f"grad {k}"
+
+
+def _cells_model(x, h, c, w_ih, w_hh, b_ih, b_hh, g_ih, g_hh, gb_ih, gb_hh, head):
+    """A decoder-style loop over the cell operators (LSTMCell's, then GRUCell's), three steps."""
+    from gated_kernels.autograd import gru_cell, lstm_cell
+
+    for _ in range(3):
+        h, c = lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh)
+        h = gru_cell(x, h, g_ih, g_hh, gb_ih, gb_hh)
+    return torch.tanh(h @ head).sum() + c.square().sum()
+
+
+def test_compile_fullgraph_cells_match_eager():
+    B, I, H = 3, 5, 6
+    tensors = _tensors((B, I), (B, H), (B, H), (4 * H, I), (4 * H, H), (4 * H,), (4 * H,),
+                       (3 * H, I), (3 * H, H), (3 * H,), (3 * H,), (H, 2))
+    torch._dynamo.reset()
+    compiled = torch.compile(_cells_model, fullgraph=True)
+    expected = _cells_model(*tensors)
+    expected_grads = torch.autograd.grad(expected, tensors)
+    actual = compiled(*tensors)
+    actual_grads = torch.autograd.grad(actual, tensors)
+    assert max_abs_error(actual, expected) <= FP64_ATOL
+    for k, (a, b) in enumerate(zip(actual_grads, expected_grads)):
+        assert max_abs_error(a, b) <= FP64_ATOL, f"grad {k}"
