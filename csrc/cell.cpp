@@ -66,8 +66,77 @@ constexpr int64_t kOnednnWork = int64_t(1) << 23;
 // Weight or output bytes a thread of our kernels takes before a second one joins.
 constexpr int64_t kOwnBytesPerThread = int64_t(1) << 20;
 
+template <typename w_t, typename out_t>
+void own_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta, bool dot) {
+  const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
+  RowProduct<w_t, out_t> p{};
+  p.a = a.const_data_ptr<float>();
+  p.a_m = a.stride(0);
+  p.a_k = a.stride(1);
+  p.M = M;
+  p.K = K;
+  p.w = b.const_data_ptr<w_t>();
+  p.ldw = dot ? b.stride(1) : b.stride(0);
+  p.out = out.data_ptr<out_t>();
+  p.ldo = N;
+  p.accumulate = beta != 0.0f;
+  void (*kernel)(const RowProduct<w_t, out_t>&) = nullptr;
+  const PanelKernels& kernels = panel_kernels();
+  if constexpr (std::is_same_v<w_t, float> && std::is_same_v<out_t, float>) {
+    kernel = dot ? kernels.dot : kernels.axpy;
+  } else if constexpr (std::is_same_v<out_t, float>) {
+    kernel = dot ? kernels.dot_bf16 : kernels.axpy_bf16;
+  } else {
+    kernel = kernels.axpy_to_bf16;
+  }
+  const int64_t bytes = (dot || K > M ? N * K : M * N) * static_cast<int64_t>(sizeof(float));
+  if (!dot && K <= M) {
+    // Many output rows (dG^T x): the threads take whole rows, so each writes one contiguous
+    // part of out (split by columns, two threads writing the halves of each 4 KB row, the
+    // [4096, 1] x [1, 1024] product took 1.9 ms against 0.66 ms on one thread).
+    const int64_t grain = std::max<int64_t>(1, M * kOwnBytesPerThread / bytes);
+    at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
+      RowProduct<w_t, out_t> part = p;
+      part.a = p.a + begin * p.a_m;
+      part.out = p.out + begin * N;
+      part.M = end - begin;
+      part.n0 = 0;
+      part.n1 = N;
+      kernel(part);
+    });
+    return;
+  }
+  // Few output rows: the threads take blocks of 64 columns, each streaming its part of w.
+  constexpr int64_t kUnit = 64;
+  const int64_t units = (N + kUnit - 1) / kUnit;
+  const int64_t grain = std::max<int64_t>(1, units * kOwnBytesPerThread / bytes);
+  at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
+    RowProduct<w_t, out_t> part = p;
+    part.n0 = begin * kUnit;
+    part.n1 = std::min(N, end * kUnit);
+    kernel(part);
+  });
+}
+
+// dot applies: b = w^T with w's rows contiguous, a's rows contiguous, a few rows of a.
+bool dot_takes(const at::Tensor& a, const at::Tensor& b) {
+  return a.size(0) <= kOwnRows && b.stride(0) == 1 && a.stride(1) == 1;
+}
+
+// Whether our own kernels take out = a b: a in float with a few rows (or a short sum, dG^T x),
+// b and out in the combinations panel.h provides.
+bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
+  const int64_t M = a.size(0), K = a.size(1);
+  const at::ScalarType w = b.scalar_type(), o = out.scalar_type();
+  if (a.scalar_type() != at::kFloat || (w != at::kFloat && w != at::kBFloat16)) return false;
+  if (dot_takes(a, b) || (b.stride(1) == 1 && K > M && M <= kOwnRows)) return o == at::kFloat;
+  return b.stride(1) == 1 && K <= kOwnRows && K <= M && w == at::kFloat &&
+         (o == at::kFloat || o == at::kBFloat16);
+}
+
 // out = beta * out + a b, beta 0 or 1, for out [M, N] contiguous, a [M, K] and b [K, N] with any
-// strides (b is w^T for the forward products, w itself or x for the backward ones).
+// strides (b is w^T for the forward products, w itself or x for the backward ones). Our own
+// kernels where own_takes(), else a library in b's dtype (a converted to it where they differ).
 void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (out.numel() == 0) return;
@@ -75,78 +144,46 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
     if (beta == 0.0f) out.zero_();
     return;
   }
-  const bool own_float = out.scalar_type() == at::kFloat && a.scalar_type() == at::kFloat;
-  // dot: b = w^T with w's rows contiguous, a's rows contiguous, a few rows of a.
-  const bool dot = own_float && M <= kOwnRows && b.stride(0) == 1 && a.stride(1) == 1;
-  // axpy: b's rows contiguous; a few rows of a, or a short sum (dG^T x at small B).
-  const bool axpy = own_float && !dot && b.stride(1) == 1 && (M <= kOwnRows || K <= kOwnRows);
-  if (dot || axpy) {
-    RowProduct p{};
-    p.a = a.const_data_ptr<float>();
-    p.a_m = a.stride(0);
-    p.a_k = a.stride(1);
-    p.M = M;
-    p.K = K;
-    p.w = b.const_data_ptr<float>();
-    p.ldw = dot ? b.stride(1) : b.stride(0);
-    p.out = out.data_ptr<float>();
-    p.ldo = N;
-    p.accumulate = beta != 0.0f;
-    const auto kernel = dot ? panel_kernels().dot : panel_kernels().axpy;
-    const int64_t bytes = (dot || K > M ? N * K : M * N) * static_cast<int64_t>(sizeof(float));
-    if (!dot && K <= M) {
-      // Many output rows (dG^T x): the threads take whole rows, so each writes one contiguous
-      // part of out (split by columns, two threads writing the halves of each 4 KB row, the
-      // [4096, 1] x [1, 1024] product took 1.9 ms against 0.66 ms on one thread).
-      const int64_t grain = std::max<int64_t>(1, M * kOwnBytesPerThread / bytes);
-      at::parallel_for(0, M, grain, [&](int64_t begin, int64_t end) {
-        RowProduct part = p;
-        part.a = p.a + begin * p.a_m;
-        part.out = p.out + begin * N;
-        part.M = end - begin;
-        part.n0 = 0;
-        part.n1 = N;
-        kernel(part);
-      });
-      return;
+  if (own_takes(out, a, b)) {
+    const bool dot = dot_takes(a, b);
+    if (b.scalar_type() == at::kBFloat16) {
+      own_matmul<c10::BFloat16, float>(out, a, b, beta, dot);
+    } else if (out.scalar_type() == at::kBFloat16) {
+      own_matmul<float, c10::BFloat16>(out, a, b, beta, false);
+    } else {
+      own_matmul<float, float>(out, a, b, beta, dot);
     }
-    // Few output rows: the threads take blocks of 64 columns, each streaming its part of w.
-    constexpr int64_t kUnit = 64;
-    const int64_t units = (N + kUnit - 1) / kUnit;
-    const int64_t grain = std::max<int64_t>(1, units * kOwnBytesPerThread / bytes);
-    at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
-      RowProduct part = p;
-      part.n0 = begin * kUnit;
-      part.n1 = std::min(N, end * kUnit);
-      kernel(part);
-    });
+    return;
+  }
+  const at::Tensor a_like = a.to(b.scalar_type());
+  if (out.scalar_type() != b.scalar_type()) {
+    at::Tensor part = at::empty({M, N}, out.options().dtype(b.scalar_type()));
+    cell_matmul(part, a_like, b, 0.0f);
+    if (beta == 0.0f) out.copy_(part);
+    else out.add_(part);
     return;
   }
   if (K >= 16 && M * N * K >= kOnednnWork) {
-    matmul_into(out, a, b, beta);
+    matmul_into(out, a_like, b, beta);
   } else if (beta == 0.0f) {
-    at::mm_out(out, a, b);
+    at::mm_out(out, a_like, b);
   } else {
-    out.addmm_(a, b);
+    out.addmm_(a_like, b);
   }
 }
 
-// out = a w^T (+ bias) for a [M, K] and w [N, K] (a weight as torch.nn stores it), in a's
-// dtype.
+// a w^T (+ bias) in the accumulation type, for a [M, K] and w [N, K] (a weight as torch.nn stores
+// it): the passes read it in float. A small bfloat16 batch runs on our kernels from float rows
+// (the weight widened as it is read); a larger one in bfloat16 on a library, rounded there as
+// torch.nn's cell rounds it, then widened (ATen exports no bfloat16 x bfloat16 -> float product).
 at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
                         const std::optional<at::Tensor>& bias) {
-  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options());
+  const auto acc = at::toOpMathType(a.scalar_type());
+  const bool own = a.size(0) <= kOwnRows && acc == at::kFloat;
+  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options().dtype(own ? acc : a.scalar_type()));
   if (bias.has_value()) out.copy_(bias->expand({a.size(0), w.size(0)}));
-  cell_matmul(out, a, w.t(), bias.has_value() ? 1.0f : 0.0f);
-  return out;
-}
-
-// The recurrent product in the accumulation type, which the pass reads. A bfloat16 product is
-// rounded to bfloat16 first, as torch.nn's cell rounds it: ATen exports no bfloat16 x bfloat16
-// -> float product (oneDNN's matmul refuses a float result for bfloat16 operands).
-at::Tensor recurrent_product(const at::Tensor& h, const at::Tensor& w,
-                             const std::optional<at::Tensor>& bias) {
-  return cell_product(h, w, bias).to(at::toOpMathType(h.scalar_type()));
+  cell_matmul(out, own ? to_acc(a) : a, w.t(), bias.has_value() ? 1.0f : 0.0f);
+  return out.to(acc);
 }
 
 // ---- checks: each names the argument, expected against got ----
@@ -202,28 +239,48 @@ void check_cell_state(const at::Tensor& c, const CellSizes& s, at::ScalarType dt
 
 // ---- LSTM ----
 
-template <typename scalar_t>
+// Both cells run their pass in the accumulation type: a bfloat16 cell widens its products (see
+// cell_product) and keeps what it saves in float (B x 4H, small for one step), and rounds its
+// outputs at the end. With the GRU's gates saved in bfloat16, as the sequence operator keeps
+// them, the backward read a rounded r where the forward used the exact one: a B=1, H=1 cell's
+// w_hh gradient came out at 4.5x torch.nn's own bfloat16 error.
+
+// y (the pass's output in the accumulation type) as an output in x's dtype.
+at::Tensor as_output(const at::Tensor& y, const at::Tensor& x) {
+  if (y.scalar_type() == x.scalar_type()) return y;
+  at::Tensor out = new_output(y.sizes(), x.options());
+  out.copy_(y);
+  return out;
+}
+
+// A buffer the pass fills in the accumulation type that is returned as is where x has that
+// dtype (so poisoned, to show an unwritten element), else rounded by as_output.
+at::Tensor pass_output(at::IntArrayRef sizes, const at::Tensor& x) {
+  const auto acc = at::toOpMathType(x.scalar_type());
+  return acc == x.scalar_type() ? new_output(sizes, x.options())
+                                : at::empty(sizes, x.options().dtype(acc));
+}
+
+template <typename acc_t>
 std::vector<at::Tensor> lstm_cell_run(const at::Tensor& x, const at::Tensor& h,
                                       const at::Tensor& c, const at::Tensor& w_ih,
                                       const at::Tensor& w_hh,
                                       const std::optional<at::Tensor>& b_ih,
                                       const std::optional<at::Tensor>& b_hh, int64_t H,
                                       bool save) {
-  using acc_t = at::opmath_type<scalar_t>;
   const int64_t B = x.size(0);
-  const auto acc = at::toOpMathType(x.scalar_type());
   const at::Tensor xg = cell_product(x, w_ih, b_ih);
-  const at::Tensor gh = recurrent_product(h, w_hh, b_hh);
+  const at::Tensor gh = cell_product(h, w_hh, b_hh);
   // The pass updates the cell state in place: it starts as c, in the accumulation type.
   at::Tensor c_run = to_acc(c, /*copy=*/true);
-  at::Tensor m = at::empty({B, H}, x.options().dtype(acc));
-  at::Tensor h1 = new_output({B, H}, x.options());
-  at::Tensor gates = save ? new_output({B, 4 * H}, x.options().dtype(acc)) : at::Tensor();
-  LstmForwardStep<scalar_t> step{};
+  at::Tensor m = at::empty({B, H}, xg.options());
+  at::Tensor y = pass_output({B, H}, x);
+  at::Tensor gates = save ? new_output({B, 4 * H}, xg.options()) : at::Tensor();
+  LstmForwardStep<acc_t> step{};
   step.t = 0;
   step.B = B;
   step.H = step.P = H;
-  step.xg = xg.const_data_ptr<scalar_t>();
+  step.xg = xg.const_data_ptr<acc_t>();
   step.xg_units = step.gh_units = H;
   step.gh = gh.const_data_ptr<acc_t>();
   step.c = c_run.data_ptr<acc_t>();
@@ -231,9 +288,10 @@ std::vector<at::Tensor> lstm_cell_run(const at::Tensor& x, const at::Tensor& h,
   step.c_all = save ? step.c : nullptr;
   step.gates = save ? gates.data_ptr<acc_t>() : nullptr;
   step.m = m.data_ptr<acc_t>();
-  step.y = h1.data_ptr<scalar_t>();
-  const auto& kernels = pointwise_kernels<scalar_t>();
+  step.y = y.data_ptr<acc_t>();
+  const auto& kernels = pointwise_kernels<acc_t>();
   run_pass(save ? kernels.lstm_forward : kernels.lstm_inference, step, B * H);
+  const at::Tensor h1 = as_output(y, x);
   // Inference hands the running state back as c1 where it already has x's dtype; training keeps
   // it as c_saved, and outputs never alias each other.
   if (!save && c_run.scalar_type() == x.scalar_type()) return {h1, c_run};
@@ -251,7 +309,7 @@ std::tuple<at::Tensor, at::Tensor> lstm_cell_inference_cpu(
   const CellSizes s = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
   check_cell_state(c, s, x.scalar_type());
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lstm_cell_inference", [&] {
+  AT_DISPATCH_FLOATING_TYPES(at::toOpMathType(x.scalar_type()), "lstm_cell_inference", [&] {
     out = lstm_cell_run<scalar_t>(x.contiguous(), h.contiguous(), c, w_ih, w_hh, b_ih, b_hh,
                                   s.H, false);
   });
@@ -266,16 +324,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu
   const CellSizes s = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
   check_cell_state(c, s, x.scalar_type());
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "lstm_cell_forward", [&] {
+  AT_DISPATCH_FLOATING_TYPES(at::toOpMathType(x.scalar_type()), "lstm_cell_forward", [&] {
     out = lstm_cell_run<scalar_t>(x.contiguous(), h.contiguous(), c, w_ih, w_hh, b_ih, b_hh,
                                   s.H, true);
   });
   return {out[0], out[1], out[2], out[3]};
 }
 
-// The weight gradients and input gradients of both products from the pre-activation gradient
-// dG [B, G] (in x's dtype): dx = dG w_ih, dh += dG w_hh (dh_in: the pass's direct part or
-// nothing), dw_ih = dG^T x, dw_hh = dG^T h.
+// The weight gradients and input gradients of both products from the pre-activation gradients
+// dGx, dGh [B, G] in the accumulation type: dx = dGx w_ih, dh = dh_in + dGh w_hh (dh_in: the
+// pass's direct part, or undefined), dw_ih = dGx^T x, dw_hh = dGh^T h, all in x's dtype. A small
+// batch runs on our kernels from float rows (a bfloat16 weight widened as it is read, a bfloat16
+// weight gradient rounded as it is stored); a larger one in x's dtype on a library.
 struct ProductGrads {
   at::Tensor dx, dh, dw_ih, dw_hh;
 };
@@ -283,20 +343,21 @@ struct ProductGrads {
 ProductGrads product_grads(const at::Tensor& dGx, const at::Tensor& dGh, const at::Tensor& x,
                            const at::Tensor& h, const at::Tensor& w_ih, const at::Tensor& w_hh,
                            const at::Tensor& dh_in) {
+  const at::ScalarType dtype = x.scalar_type();
+  const bool own = x.size(0) <= kOwnRows && dGx.scalar_type() == at::kFloat;
+  const at::Tensor gx = own ? dGx : dGx.to(dtype), gh = own ? dGh : dGh.to(dtype);
+  const at::Tensor xr = own ? to_acc(x) : x.contiguous(), hr = own ? to_acc(h) : h.contiguous();
   ProductGrads g;
-  g.dx = new_output(x.sizes(), x.options());
-  cell_matmul(g.dx, dGx, w_ih, 0.0f);
+  at::Tensor dx = pass_output(x.sizes(), x);
+  cell_matmul(dx, gx, w_ih, 0.0f);
+  g.dx = as_output(dx, x);
+  at::Tensor dh = dh_in.defined() ? dh_in.clone() : pass_output(h.sizes(), x);
+  cell_matmul(dh, gh, w_hh, dh_in.defined() ? 1.0f : 0.0f);
+  g.dh = as_output(dh, x);
   g.dw_ih = new_output(w_ih.sizes(), w_ih.options());
-  cell_matmul(g.dw_ih, dGx.t(), x, 0.0f);
+  cell_matmul(g.dw_ih, gx.t(), xr, 0.0f);
   g.dw_hh = new_output(w_hh.sizes(), w_hh.options());
-  cell_matmul(g.dw_hh, dGh.t(), h, 0.0f);
-  g.dh = new_output(h.sizes(), h.options());
-  if (dh_in.defined()) {
-    g.dh.copy_(dh_in);
-    cell_matmul(g.dh, dGh, w_hh, 1.0f);
-  } else {
-    cell_matmul(g.dh, dGh, w_hh, 0.0f);
-  }
+  cell_matmul(g.dw_hh, gh.t(), hr, 0.0f);
   return g;
 }
 
@@ -319,13 +380,13 @@ lstm_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& dc1, const at::T
   check_saved("dc1", dc1, {s.B, s.H}, dtype);
   check_saved("gates", gates, {s.B, 4 * s.H}, acc);
   check_saved("c_saved", c_saved, {s.B, s.H}, acc);
-  at::Tensor dG = new_output({s.B, 4 * s.H}, x.options());
+  at::Tensor dG = new_output({s.B, 4 * s.H}, x.options().dtype(acc));
   at::Tensor dc = to_acc(dc1, /*copy=*/true);  // updated in place to the gradient of c
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "lstm_cell_backward", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
+  AT_DISPATCH_FLOATING_TYPES(acc, "lstm_cell_backward", [&] {
+    using acc_t = scalar_t;
     const at::Tensor dm = to_acc(dh1);
     const at::Tensor c_acc = to_acc(c);
-    LstmBackwardStep<scalar_t> step{};
+    LstmBackwardStep<acc_t> step{};
     step.t = 0;
     step.T = 1;
     step.B = s.B;
@@ -335,22 +396,16 @@ lstm_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& dc1, const at::T
     step.c0 = c_acc.const_data_ptr<acc_t>();
     step.dm = dm.const_data_ptr<acc_t>();
     step.dc = dc.data_ptr<acc_t>();
-    step.dG = dG.data_ptr<scalar_t>();
-    run_pass(pointwise_kernels<scalar_t>().lstm_backward, step, s.B * s.H);
+    step.dG = dG.data_ptr<acc_t>();
+    run_pass(pointwise_kernels<acc_t>().lstm_backward, step, s.B * s.H);
   });
-  const at::Tensor xc = x.contiguous(), hc = h.contiguous();
-  ProductGrads g = product_grads(dG, dG, xc, hc, w_ih, w_hh, at::Tensor());
+  ProductGrads g = product_grads(dG, dG, x, h, w_ih, w_hh, at::Tensor());
   at::Tensor dc_out = new_output({s.B, s.H}, x.options());
   dc_out.copy_(dc);
   return {g.dx, g.dh, dc_out, g.dw_ih, g.dw_hh, bias_grad(dG, bias, dtype)};
 }
 
 // ---- GRU ----
-//
-// The GRU's pass runs in the accumulation type: a bfloat16 cell widens its products and keeps
-// its saved gates in float (B x 4H, small for one step). With gates saved in bfloat16, as the
-// sequence operator keeps them, the backward read a rounded r where the forward used the exact
-// one: a B=1, H=1 cell's w_hh gradient came out at 4.5x torch.nn's own bfloat16 error.
 
 template <typename acc_t>
 std::vector<at::Tensor> gru_cell_run(const at::Tensor& x, const at::Tensor& h,
@@ -358,14 +413,13 @@ std::vector<at::Tensor> gru_cell_run(const at::Tensor& x, const at::Tensor& h,
                                      const std::optional<at::Tensor>& b_ih,
                                      const std::optional<at::Tensor>& b_hh, int64_t H, bool save) {
   const int64_t B = x.size(0);
-  const at::Tensor xg = to_acc(cell_product(x, w_ih, b_ih));
+  const at::Tensor xg = cell_product(x, w_ih, b_ih);
   // b_hh goes into the pass: b_hn sits inside r * (h W_hn^T + b_hn).
-  const at::Tensor gh = recurrent_product(h, w_hh, std::nullopt);
+  const at::Tensor gh = cell_product(h, w_hh, std::nullopt);
   const at::Tensor bias = b_hh.has_value() ? to_acc(*b_hh) : at::zeros({3 * H}, gh.options());
   const at::Tensor h_prev = to_acc(h);
   at::Tensor h_run = at::empty({B, H}, gh.options());
-  const bool widened = x.scalar_type() != gh.scalar_type();
-  at::Tensor y = widened ? at::empty({B, H}, gh.options()) : new_output({B, H}, x.options());
+  at::Tensor y = pass_output({B, H}, x);
   at::Tensor gates = save ? new_output({B, 4 * H}, gh.options()) : at::Tensor();
   GruForwardStep<acc_t> step{};
   step.t = 0;
@@ -381,11 +435,7 @@ std::vector<at::Tensor> gru_cell_run(const at::Tensor& x, const at::Tensor& h,
   step.y = y.data_ptr<acc_t>();
   const auto& kernels = pointwise_kernels<acc_t>();
   run_pass(save ? kernels.gru_forward : kernels.gru_inference, step, B * H);
-  at::Tensor h1 = y;
-  if (widened) {
-    h1 = new_output({B, H}, x.options());
-    h1.copy_(y);
-  }
+  const at::Tensor h1 = as_output(y, x);
   if (!save) return {h1};
   return {h1, gates};
 }
@@ -451,23 +501,23 @@ gru_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& x, const at::Tens
     step.dGhn = dGhn.data_ptr<scalar_t>();
     run_pass(pointwise_kernels<scalar_t>().gru_backward, step, B * H);
   });
-  // The products run in x's dtype.
-  ProductGrads g = product_grads(dGx.to(dtype), dGh.to(dtype), x.contiguous(), h.contiguous(),
-                                 w_ih, w_hh, dh_direct);
+  ProductGrads g = product_grads(dGx, dGh, x, h, w_ih, w_hh, dh_direct);
   return {g.dx, g.dh, g.dw_ih, g.dw_hh, bias_grad(dGx, bias, dtype), bias_grad(dGh, bias, dtype)};
 }
 
-// _cell_matmul(a, b, c) -> c + a b (or a b): cell_matmul on its own, for the tests and the
-// product benchmark.
+// _cell_matmul(a, b, c, out_dtype) -> c + a b (or a b) in out_dtype (a's by default):
+// cell_matmul on its own, for the tests and the product benchmark.
 at::Tensor cell_matmul_cpu(const at::Tensor& a, const at::Tensor& b,
-                           const std::optional<at::Tensor>& c) {
+                           const std::optional<at::Tensor>& c,
+                           std::optional<at::ScalarType> out_dtype) {
   const KernelGuard guard;
   GK_CHECK_DIM(a, "a", 2, "[M, K]");
   GK_CHECK_DIM(b, "b", 2, "[K, N]");
   GK_CHECK_SIZE(b, "b", 0, a.size(1), "K (a.size(1))");
-  TORCH_CHECK(a.scalar_type() == b.scalar_type(), "b must have a's dtype ", a.scalar_type(),
-              ", got ", b.scalar_type());
-  at::Tensor out = new_output({a.size(0), b.size(1)}, a.options());
+  GK_CHECK_FLOAT_DTYPE(a, "a");
+  GK_CHECK_FLOAT_DTYPE(b, "b");
+  at::Tensor out =
+      new_output({a.size(0), b.size(1)}, a.options().dtype(out_dtype.value_or(a.scalar_type())));
   if (c.has_value()) out.copy_(*c);
   cell_matmul(out, a, b, c.has_value() ? 1.0f : 0.0f);
   return out;

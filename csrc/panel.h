@@ -28,17 +28,20 @@ struct PanelProduct {
 
 // The cell operators' small-batch products (cell.cpp), over weights as torch.nn stores them, no
 // packing: out[m, n] = (out[m, n] if accumulate, else 0) + sum_k a(m, k) w(k, n) for m < M, n in
-// [n0, n1), with a(m, k) = a[m * a_m + k * a_k] and out row m at out + m * ldo. Float only.
-//   dot:  w(k, n) = w[n * ldw + k], the rows of w are the outputs (x W^T): 4 weight rows at a
-//         time, each a dot product over contiguous k with M <= 4 rows of a.
-//   axpy: w(k, n) = w[k * ldw + n] (dG W, and dG^T x with a strided): each output row gathers
-//         K scaled rows of w, its columns [n0, n1) held in registers a block at a time.
+// [n0, n1), with a(m, k) = a[m * a_m + k * a_k] (float) and out row m at out + m * ldo. The sums
+// run in float; a bfloat16 weight is widened as it is read, a bfloat16 output rounded as it is
+// stored.
+//   dot:  w(k, n) = w[n * ldw + k], the rows of w are the outputs (x W^T), a_k = 1: 4 weight
+//         rows at a time, each a dot product over contiguous k with up to 4 rows of a.
+//   axpy: w(k, n) = w[k * ldw + n]. With K > M (dG W) w streams row after row into the output
+//         rows; with K <= M (dG^T x) each output row is K scaled rows of w.
+template <typename w_t, typename out_t>
 struct RowProduct {
   const float* a;
   int64_t a_m, a_k, M, K;
-  const float* w;
+  const w_t* w;
   int64_t ldw;
-  float* out;
+  out_t* out;
   int64_t ldo, n0, n1;
   bool accumulate;
 };
@@ -63,8 +66,14 @@ struct PanelKernels {
   // stride_n even) into columns [n0, n0 + N) of the VNNI pairs [K / 2, ld, 2].
   void (*pack_pairs)(const c10::BFloat16* w, int64_t stride_n, int64_t K, int64_t N, int64_t ld,
                      int64_t n0, c10::BFloat16* out);
-  void (*dot)(const RowProduct&);
-  void (*axpy)(const RowProduct&);
+  // The row products (RowProduct) for the weight and output types the cells use: float; a
+  // bfloat16 weight into float (x W^T and dG W of a bfloat16 cell); float rows into a bfloat16
+  // output (its dG^T x).
+  void (*dot)(const RowProduct<float, float>&);
+  void (*axpy)(const RowProduct<float, float>&);
+  void (*dot_bf16)(const RowProduct<c10::BFloat16, float>&);
+  void (*axpy_bf16)(const RowProduct<c10::BFloat16, float>&);
+  void (*axpy_to_bf16)(const RowProduct<float, c10::BFloat16>&);
 };
 
 // The variant for the capability ATen runs with (at::get_cpu_capability()), as

@@ -193,12 +193,37 @@ void pack_pairs(const c10::BFloat16* w, int64_t stride_n, int64_t K, int64_t N, 
 
 // ---- the cell operators' products over unpacked weights (RowProduct in panel.h) ----
 
+// n <= Vec::size() values as floats (widened from bfloat16), zero past n.
+template <typename T>
+inline Vec load_floats(const T* p, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    return Vec::loadu(p, n);
+  } else {
+    if (n == Vec::size()) {
+      Vec out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p, n)));
+  }
+}
+
+// Stores n <= Vec::size() values, rounded to bfloat16 where T is.
+template <typename T>
+inline void store_floats(T* p, const Vec& v, int64_t n) {
+  if constexpr (std::is_same_v<T, float>) {
+    v.store(p, n);
+  } else {
+    at::vec::convert_from_float<T>(v, v).store(p, n);
+  }
+}
+
 // Weight rows per step of dot(): with kRows rows of a, kDotRows * kRows accumulators plus the
 // kDotRows weight vectors fit AVX-512's 32 registers at 4 x 4, AVX2's 16 at 2 x 4.
 constexpr int64_t kDotRows = Vec::size() >= 16 ? 4 : 2;
 
-template <int64_t kRows>
-void dot_rows(const RowProduct& p) {
+template <int64_t kRows, typename w_t>
+void dot_rows(const RowProduct<w_t, float>& p) {
   for (int64_t n = p.n0; n < p.n1; n += kDotRows) {
     const int64_t rows = std::min(kDotRows, p.n1 - n);
     Vec acc[kDotRows][kRows];
@@ -206,11 +231,11 @@ void dot_rows(const RowProduct& p) {
       for (int64_t m = 0; m < kRows; ++m) acc[r][m] = Vec(0.0f);
     }
     for (int64_t k = 0; k < p.K; k += Vec::size()) {
-      const int64_t width = std::min<int64_t>(Vec::size(), p.K - k);  // loadu(_, n) zero-fills
+      const int64_t width = std::min<int64_t>(Vec::size(), p.K - k);  // zero-filled past it
       Vec x[kRows];
       for (int64_t m = 0; m < kRows; ++m) x[m] = Vec::loadu(p.a + m * p.a_m + k, width);
       for (int64_t r = 0; r < rows; ++r) {
-        const Vec w = Vec::loadu(p.w + (n + r) * p.ldw + k, width);
+        const Vec w = load_floats(p.w + (n + r) * p.ldw + k, width);
         for (int64_t m = 0; m < kRows; ++m) acc[r][m] = at::vec::fmadd(x[m], w, acc[r][m]);
       }
     }
@@ -225,9 +250,9 @@ void dot_rows(const RowProduct& p) {
   }
 }
 
-void dot(const RowProduct& p) {
-  // dot_rows reads a's rows contiguously (a_k = 1), up to 4 of them.
-  RowProduct part = p;
+template <typename w_t>
+void dot(const RowProduct<w_t, float>& p) {
+  RowProduct<w_t, float> part = p;
   for (int64_t m = 0; m < p.M; m += 4) {
     part.a = p.a + m * p.a_m;
     part.out = p.out + m * p.ldo;
@@ -243,20 +268,21 @@ void dot(const RowProduct& p) {
 // Many output rows, a short sum (dG^T x at a small batch): each output row is a few scaled rows
 // of w, which stay in L1, written a vector at a time. (A block of 4 vectors with its widths
 // worked out per block ran at half the speed of a fill of the output: instruction-bound.)
-void axpy_blocks(const RowProduct& p) {
+template <typename w_t, typename out_t>
+void axpy_blocks(const RowProduct<w_t, out_t>& p) {
   const int64_t N = p.n1 - p.n0;
   const int64_t full = N - N % Vec::size();
   for (int64_t m = 0; m < p.M; ++m) {
     const float* a_row = p.a + m * p.a_m;
-    float* out = p.out + m * p.ldo + p.n0;
-    const float* w = p.w + p.n0;
+    out_t* out = p.out + m * p.ldo + p.n0;
+    const w_t* w = p.w + p.n0;
     for (int64_t n = 0; n < N; n += Vec::size()) {
       const int64_t width = n < full ? Vec::size() : N - n;
-      Vec acc = p.accumulate ? Vec::loadu(out + n, width) : Vec(0.0f);
+      Vec acc = p.accumulate ? load_floats(out + n, width) : Vec(0.0f);
       for (int64_t k = 0; k < p.K; ++k) {
-        acc = at::vec::fmadd(Vec(a_row[k * p.a_k]), Vec::loadu(w + k * p.ldw + n, width), acc);
+        acc = at::vec::fmadd(Vec(a_row[k * p.a_k]), load_floats(w + k * p.ldw + n, width), acc);
       }
-      acc.store(out + n, width);
+      store_floats(out + n, acc, width);
     }
   }
 }
@@ -264,30 +290,29 @@ void axpy_blocks(const RowProduct& p) {
 // A few output rows, a long sum (dG W at a small batch): w streams row after row, front to back,
 // and the output rows ([n0, n1) of them, a few KB) take each row in turn from L1. Taking w a block
 // of columns at a time instead, down all K rows, read it 2 KB apart and ran at a third of this.
-void axpy_rows(const RowProduct& p) {
+template <typename w_t>
+void axpy_rows(const RowProduct<w_t, float>& p) {
   const int64_t N = p.n1 - p.n0;
   for (int64_t m = 0; m < p.M; ++m) {
     float* out = p.out + m * p.ldo + p.n0;
     if (!p.accumulate) std::fill(out, out + N, 0.0f);
   }
   for (int64_t k = 0; k < p.K; ++k) {
-    const float* w = p.w + k * p.ldw + p.n0;
+    const w_t* w = p.w + k * p.ldw + p.n0;
     for (int64_t m = 0; m < p.M; ++m) {
       const Vec x(p.a[m * p.a_m + k * p.a_k]);
       float* out = p.out + m * p.ldo + p.n0;
-      int64_t n = 0;
-      for (; n + Vec::size() <= N; n += Vec::size()) {
-        at::vec::fmadd(x, Vec::loadu(w + n), Vec::loadu(out + n)).store(out + n);
-      }
-      if (n < N) {
-        const int64_t rest = N - n;
-        at::vec::fmadd(x, Vec::loadu(w + n, rest), Vec::loadu(out + n, rest)).store(out + n, rest);
+      for (int64_t n = 0; n < N; n += Vec::size()) {
+        const int64_t width = std::min<int64_t>(Vec::size(), N - n);
+        at::vec::fmadd(x, load_floats(w + n, width), Vec::loadu(out + n, width))
+            .store(out + n, width);
       }
     }
   }
 }
 
-void axpy(const RowProduct& p) {
+template <typename w_t>
+void axpy(const RowProduct<w_t, float>& p) {
   if (p.K > p.M) axpy_rows(p);
   else axpy_blocks(p);
 }
@@ -298,7 +323,8 @@ PanelKernels panel_kernels() {
   return {kPanel,       &panel_product<float>, &panel_product<c10::BFloat16>,
           &round_bf16,  &widen_bf16,           &pack<float>,
           &pack<c10::BFloat16>, &pair_rows,    &pack_pairs,
-          &dot,         &axpy};
+          &dot<float>,  &axpy<float>,          &dot<c10::BFloat16>,
+          &axpy<c10::BFloat16>, &axpy_blocks<float, c10::BFloat16>};
 }
 
 }  // namespace CPU_CAPABILITY

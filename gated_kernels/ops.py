@@ -115,9 +115,11 @@ LIBRARY.define(
     "bool bias) -> (Tensor dx, Tensor dh, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
     "Tensor db_hh)"
 )
-# The cell operators' product choice on its own (cell_matmul in csrc/cell.cpp): c + a b, for the
-# tests and the product benchmark.
-LIBRARY.define("_cell_matmul(Tensor a, Tensor b, Tensor? c=None) -> Tensor")
+# The cell operators' product choice on its own (cell_matmul in csrc/cell.cpp): c + a b in
+# out_dtype (a's by default), for the tests and the product benchmark.
+LIBRARY.define(
+    "_cell_matmul(Tensor a, Tensor b, Tensor? c=None, ScalarType? out_dtype=None) -> Tensor"
+)
 LIBRARY.impl("_cell_matmul", torch.library.fallthrough_kernel, "Autograd")
 CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backward",
                   "gru_cell_inference", "gru_cell_forward", "gru_cell_backward")

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from common import assert_close
+from common import assert_close, max_rel_error
 from gated_kernels import autograd, reference
 from test_product import capabilities
 
@@ -182,6 +182,22 @@ def check_cell_matmul():
                     expected += c.double()
                 actual = torch.ops.gated_kernels._cell_matmul(left, right, c)
                 assert_close(actual, expected, torch.float32, "out", f"{name} {M}x{K}x{N}")
+        # A bfloat16 cell's products: float rows times a bfloat16 weight into float (exact
+        # products of the rounded weight), and float rows into a bfloat16 weight gradient (one
+        # rounding of the float sums: at most 2^-8, bfloat16's unit roundoff, of the largest value).
+        w16 = w.bfloat16()
+        # (Mixed dtypes reach only our kernels, at one or two rows; a library converts a.)
+        for name, right in ({"a w16^T": w16.t(), "a w16": w16.t().contiguous()}
+                            if M <= 2 else {}).items():
+            expected = a.double() @ right.double()
+            actual = torch.ops.gated_kernels._cell_matmul(a, right, None)
+            assert actual.dtype == torch.float32
+            assert_close(actual, expected, torch.float32, "out", f"{name} {M}x{K}x{N}")
+        left, right = a.t().contiguous().t(), w.t().contiguous()
+        actual = torch.ops.gated_kernels._cell_matmul(left, right, None, torch.bfloat16)
+        expected = left.double() @ right.double()
+        assert actual.dtype == torch.bfloat16
+        assert max_rel_error(actual, expected) <= 2.0**-8, f"a^T x -> bf16 {M}x{K}x{N}"
 
 
 def test_cell_matmul_matches_float64(monkeypatch):
