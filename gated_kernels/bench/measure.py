@@ -165,7 +165,7 @@ class _Timer:
         return lambda: elapsed
 
 
-def time_interleaved(steps, device, warmup=2, min_seconds=1.0, min_runs=5, max_runs=50):
+def time_interleaved(steps, device, warmup=2, min_seconds=1.0, min_runs=5, max_runs=1000):
     """Median and 20th/80th percentiles (seconds) per step function. Runs alternate between the
     implementations, so a busy moment on a shared machine hits both alike."""
     timer = _Timer(device)
