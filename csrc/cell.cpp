@@ -66,6 +66,9 @@ constexpr int64_t kOnednnWork = int64_t(1) << 23;
 // Weight or output bytes a thread of our kernels takes before a second one joins.
 constexpr int64_t kOwnBytesPerThread = int64_t(1) << 20;
 
+// Whether a library product of M x K by K x N goes to oneDNN's matmul rather than ATen's.
+bool onednn_takes(int64_t M, int64_t N, int64_t K) { return K >= 16 && M * N * K >= kOnednnWork; }
+
 template <typename w_t, typename out_t>
 void own_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta, bool dot) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
@@ -163,7 +166,7 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
     else out.add_(part);
     return;
   }
-  if (K >= 16 && M * N * K >= kOnednnWork) {
+  if (onednn_takes(M, N, K)) {
     matmul_into(out, a_like, b, beta);
   } else if (beta == 0.0f) {
     at::mm_out(out, a_like, b);
@@ -176,12 +179,18 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
 // it): the passes read it in float. A small bfloat16 batch runs on our kernels from float rows
 // (the weight widened as it is read); a larger one in bfloat16 on a library, rounded there as
 // torch.nn's cell rounds it, then widened (ATen exports no bfloat16 x bfloat16 -> float product).
+// Below oneDNN's size the bias goes into ATen's addmm, one call as in torch.nn's linear.
 at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
                         const std::optional<at::Tensor>& bias) {
   const auto acc = at::toOpMathType(a.scalar_type());
-  const bool own = a.size(0) <= kOwnRows && acc == at::kFloat;
-  at::Tensor out = at::empty({a.size(0), w.size(0)}, a.options().dtype(own ? acc : a.scalar_type()));
-  if (bias.has_value()) out.copy_(bias->expand({a.size(0), w.size(0)}));
+  const int64_t M = a.size(0), N = w.size(0), K = a.size(1);
+  const bool own = M <= kOwnRows && acc == at::kFloat;
+  if (!own && !onednn_takes(M, N, K) && K > 0) {
+    const at::Tensor out = bias.has_value() ? at::addmm(*bias, a, w.t()) : at::mm(a, w.t());
+    return out.to(acc);
+  }
+  at::Tensor out = at::empty({M, N}, a.options().dtype(own ? acc : a.scalar_type()));
+  if (bias.has_value()) out.copy_(bias->expand({M, N}));
   cell_matmul(out, own ? to_acc(a) : a, w.t(), bias.has_value() ? 1.0f : 0.0f);
   return out.to(acc);
 }
@@ -301,18 +310,26 @@ std::vector<at::Tensor> lstm_cell_run(const at::Tensor& x, const at::Tensor& h,
   return {h1, c1, gates, c_run};
 }
 
-std::tuple<at::Tensor, at::Tensor> lstm_cell_inference_cpu(
-    const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
-    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
-    const std::optional<at::Tensor>& b_hh) {
+std::vector<at::Tensor> lstm_cell(const at::Tensor& x, const at::Tensor& h, const at::Tensor& c,
+                                  const at::Tensor& w_ih, const at::Tensor& w_hh,
+                                  const std::optional<at::Tensor>& b_ih,
+                                  const std::optional<at::Tensor>& b_hh, bool save) {
   const KernelGuard guard;
   const CellSizes s = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
   check_cell_state(c, s, x.scalar_type());
   std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(at::toOpMathType(x.scalar_type()), "lstm_cell_inference", [&] {
+  AT_DISPATCH_FLOATING_TYPES(at::toOpMathType(x.scalar_type()), "lstm_cell", [&] {
     out = lstm_cell_run<scalar_t>(x.contiguous(), h.contiguous(), c, w_ih, w_hh, b_ih, b_hh,
-                                  s.H, false);
+                                  s.H, save);
   });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> lstm_cell_inference_cpu(
+    const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
+    const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
+    const std::optional<at::Tensor>& b_hh) {
+  const std::vector<at::Tensor> out = lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, false);
   return {out[0], out[1]};
 }
 
@@ -320,14 +337,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu
     const at::Tensor& x, const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
     const at::Tensor& w_hh, const std::optional<at::Tensor>& b_ih,
     const std::optional<at::Tensor>& b_hh) {
-  const KernelGuard guard;
-  const CellSizes s = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4);
-  check_cell_state(c, s, x.scalar_type());
-  std::vector<at::Tensor> out;
-  AT_DISPATCH_FLOATING_TYPES(at::toOpMathType(x.scalar_type()), "lstm_cell_forward", [&] {
-    out = lstm_cell_run<scalar_t>(x.contiguous(), h.contiguous(), c, w_ih, w_hh, b_ih, b_hh,
-                                  s.H, true);
-  });
+  const std::vector<at::Tensor> out = lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh, true);
   return {out[0], out[1], out[2], out[3]};
 }
 
@@ -516,6 +526,8 @@ at::Tensor cell_matmul_cpu(const at::Tensor& a, const at::Tensor& b,
   GK_CHECK_SIZE(b, "b", 0, a.size(1), "K (a.size(1))");
   GK_CHECK_FLOAT_DTYPE(a, "a");
   GK_CHECK_FLOAT_DTYPE(b, "b");
+  GK_CHECK_CPU(a, "a");
+  GK_CHECK_CPU(b, "b");
   at::Tensor out =
       new_output({a.size(0), b.size(1)}, a.options().dtype(out_dtype.value_or(a.scalar_type())));
   if (c.has_value()) out.copy_(*c);
