@@ -256,11 +256,11 @@ def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
         if c is h:  # one zeros tensor for both states: Dynamo refuses it as two inputs
             c = c.clone()
         return LSTMCellFunction.apply(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    return torch.ops.gated_kernels.lstm_cell_inference(x, h, c, w_ih, w_hh, b_ih, b_hh)
+    return torch.ops.gated_kernels.lstm_cell_inference.default(x, h, c, w_ih, w_hh, b_ih, b_hh)
 
 
 def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
     """h1 of one GRU step on the C++ backend, as lstm_cell."""
     if needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
         return GRUCellFunction.apply(x, h, w_ih, w_hh, b_ih, b_hh)
-    return torch.ops.gated_kernels.gru_cell_inference(x, h, w_ih, w_hh, b_ih, b_hh)
+    return torch.ops.gated_kernels.gru_cell_inference.default(x, h, w_ih, w_hh, b_ih, b_hh)
