@@ -23,7 +23,8 @@
 //   -> (dx, dh, dw_ih [3H, I], dw_hh [3H, H], db_ih [3H] or [0], db_hh [3H] or [0])
 //
 // The pointwise passes are the sequence operators' own (pointwise.h) run for one step, so a cell
-// and a T=1 layer compute the same values. The products go to cell_product().
+// and a T=1 layer compute the same values. The products go to cell_product() (forward) and
+// product_grads() (backward), both over cell_matmul(), which picks the kernel by size.
 #include "common.h"
 #include "matmul.h"
 #include "panel.h"
