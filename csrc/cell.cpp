@@ -35,8 +35,9 @@
 namespace gated_kernels {
 namespace {
 
-// Hidden units a pass covers on one thread before a second one pays for its wake-up: the LSTM
-// pass takes about 1 ns a unit (AVX-512), a fork-join of the intra-op pool some microseconds.
+// Hidden units a pass covers on one thread before a second one joins: a one-step pass is a few
+// microseconds of work below this, about what a fork-join of the intra-op pool costs (not
+// tuned: every cells-suite point up to B=8 H=1024 stays on one thread).
 constexpr int64_t kPassGrain = 16384;
 
 template <typename Pass, typename Step>
@@ -358,11 +359,16 @@ ProductGrads product_grads(const at::Tensor& dGx, const at::Tensor& dGh, const a
   const bool own = x.size(0) <= kOwnRows && dGx.scalar_type() == at::kFloat;
   const at::Tensor gx = own ? dGx : dGx.to(dtype), gh = own ? dGh : dGh.to(dtype);
   const at::Tensor xr = own ? to_acc(x) : x.contiguous(), hr = own ? to_acc(h) : h.contiguous();
+  // Our kernels write dx and dh in float, rounded after; a library writes them in x's dtype (a
+  // float buffer there would be one more copy each way). dh_in, in float, stays float.
+  const auto input_grad = [&](const at::Tensor& like) {
+    return own ? pass_output(like.sizes(), x) : new_output(like.sizes(), x.options());
+  };
   ProductGrads g;
-  at::Tensor dx = pass_output(x.sizes(), x);
+  at::Tensor dx = input_grad(x);
   cell_matmul(dx, gx, w_ih, 0.0f);
   g.dx = as_output(dx, x);
-  at::Tensor dh = dh_in.defined() ? dh_in.clone() : pass_output(h.sizes(), x);
+  at::Tensor dh = dh_in.defined() ? dh_in.clone() : input_grad(h);
   cell_matmul(dh, gh, w_hh, dh_in.defined() ? 1.0f : 0.0f);
   g.dh = as_output(dh, x);
   g.dw_ih = new_output(w_ih.sizes(), w_ih.options());
