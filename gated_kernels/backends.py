@@ -1,12 +1,15 @@
-"""Which implementation runs the recurrence: `cpp`, `triton` or `reference`.
+"""Which implementation runs the recurrence: `cpp`, `triton`, `torch` or `reference`.
 
-`auto` picks by device (C++ for CPU tensors); the environment variable GATED_KERNELS_BACKEND
-overrides `auto`. A backend that cannot run raises a clear error: nothing falls back silently.
+`auto` picks by device (C++ for CPU tensors, Triton for CUDA tensors; the modules then refine
+the CUDA choice shape by shape, gated_kernels.dispatch); the environment variable
+GATED_KERNELS_BACKEND overrides `auto`. `torch` runs torch.nn's own code on the module's
+parameters (cuDNN on CUDA, oneDNN/ATen on the CPU); it exists for the modules only. A backend
+that cannot run raises a clear error: nothing falls back silently.
 """
 
 import os
 
-BACKENDS = ("auto", "cpp", "triton", "reference")
+BACKENDS = ("auto", "cpp", "triton", "torch", "reference")
 
 try:
     from gated_kernels import _C  # noqa: F401  (importing it registers the CPU kernels)

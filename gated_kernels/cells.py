@@ -1,7 +1,8 @@
 """Drop-in torch.nn.LSTMCell and torch.nn.GRUCell: one step of the recurrence operators (T=1).
 
 They derive from the torch.nn cells (Dynamo traces those), so isinstance checks still hold and
-parameters, initialisation and state_dict are torch.nn's own.
+parameters, initialisation and state_dict are torch.nn's own. On the `torch` backend, and while
+torch.onnx exports the model, a call runs torch.nn's own cell forward.
 """
 
 import warnings
@@ -9,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from gated_kernels import autocast
+from gated_kernels import autocast, dispatch
 from gated_kernels.autograd import gru_cell, lstm_cell
 from gated_kernels.backends import resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
@@ -52,6 +53,20 @@ class _CellBase:
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
 
+    def _call_backend(self, input):
+        """The backend of this call: `torch` while torch.onnx exports the model; else the
+        requested one resolved by device and, for `auto` on CUDA, by dispatch's rule."""
+        if dispatch.exporting_onnx():
+            return "torch"
+        backend = resolve_backend(self.backend, input.device)
+        if backend != "triton" or self.backend != "auto" or dispatch.forced():
+            return backend
+        cell = type(self).__name__.removesuffix("Cell")
+        dtype = autocast.compute_dtype(type(self).__name__, input) or input.dtype
+        B = input.size(0) if input.dim() == 2 else 1
+        return dispatch.cuda_backend(torch.cuda.get_device_properties(input.device), cell, dtype,
+                                     1, B, self.input_size, self.hidden_size)
+
     def _check_rank(self, input):
         if input.dim() not in (1, 2):
             raise ValueError(f"{type(self).__name__}: Expected input to be 1D or 2D, got "
@@ -72,24 +87,25 @@ class _CellBase:
             _check_cell_state(input, state, index, self.hidden_size)
         return input, states, is_batched
 
-    def _step(self, layer, cell_step, input, states):
+    def _step(self, backend, layer, cell_step, input, states):
         """One step in the dtype torch.nn's cell would use under autocast."""
         tensors = [input, *states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
         dtype = autocast.compute_dtype(type(self).__name__, input)
         if dtype is None:
-            return self._run_step(layer, cell_step, tensors)
+            return self._run_step(backend, layer, cell_step, tensors)
         with torch.autocast(input.device.type, enabled=False):
-            return self._run_step(layer, cell_step, autocast.cast(tensors, dtype))
+            return self._run_step(backend, layer, cell_step, autocast.cast(tensors, dtype))
 
-    def _run_step(self, layer, cell_step, tensors):
+    @staticmethod
+    def _run_step(backend, layer, cell_step, tensors):
         """tensors: [input, *states, *parameters]. On the C++ backend the cell operators run
         (`cell_step`: autograd.lstm_cell or gru_cell; a single step cannot repay the sequence
         operators' thread team and packing); elsewhere `layer` (lstm_layer or gru_layer) with
         T=1."""
-        if resolve_backend(self.backend, tensors[0].device) == "cpp":
+        if backend == "cpp":
             out = cell_step(*tensors)
             return out if isinstance(out, tuple) else (out,)
-        return layer(tensors[0].unsqueeze(0), *tensors[1:], backend=self.backend)[1:]
+        return layer(tensors[0].unsqueeze(0), *tensors[1:], backend=backend)[1:]
 
     def _check_input_size(self, input):
         if input.size(-1) != self.input_size:
@@ -107,6 +123,9 @@ class LSTMCell(_CellBase, nn.LSTMCell):
     """
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input)
+        if backend == "torch":
+            return nn.LSTMCell.forward(self, input, hx)
         self._check_rank(input)
         if isinstance(hx, torch.Tensor):
             raise TypeError("LSTMCell: hx must be a tuple of two Tensors (h_0, c_0), not Tensor")
@@ -117,7 +136,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
                                      f"{value.dim()}D instead")
         self._check_input_size(input)
         input, hx, is_batched = self._batched(input, hx, count=2)
-        h, c = self._step(lstm_layer, lstm_cell, input, hx)
+        h, c = self._step(backend, lstm_layer, lstm_cell, input, hx)
         return (h, c) if is_batched else (h.squeeze(0), c.squeeze(0))
 
 
@@ -130,10 +149,13 @@ class GRUCell(_CellBase, nn.GRUCell):
     """
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input)
+        if backend == "torch":
+            return nn.GRUCell.forward(self, input, hx)
         self._check_rank(input)
         if hx is not None and hx.dim() not in (1, 2):
             raise ValueError(f"GRUCell: Expected hidden to be 1D or 2D, got {hx.dim()}D instead")
         self._check_input_size(input)
         input, hx, is_batched = self._batched(input, None if hx is None else (hx,), count=1)
-        (h,) = self._step(gru_layer, gru_cell, input, hx)
+        (h,) = self._step(backend, gru_layer, gru_cell, input, hx)
         return h if is_batched else h.squeeze(0)

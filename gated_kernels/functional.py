@@ -14,6 +14,15 @@ from gated_kernels.autograd import gru_cell, gru_recurrence, lstm_cell, lstm_rec
 from gated_kernels.backends import resolve_backend
 
 
+def _layer_backend(name, device):
+    backend = resolve_backend(name, device)
+    if backend == "torch":
+        raise ValueError("backend 'torch' runs torch.nn's own forward and exists for the modules "
+                         "(LSTM, GRU, LSTMCell, GRUCell) only, not for one layer; choose 'cpp', "
+                         "'triton' or 'reference' here")
+    return backend
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
                reverse=False, backend="auto"):
     """Returns y [T, B, P], h_n [B, P], c_n [B, H].
@@ -24,7 +33,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     >>> tuple(y.shape)
     (7, 2, 4)
     """
-    backend = resolve_backend(backend, x.device)
+    backend = _layer_backend(backend, x.device)
     if backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None:
         # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
         h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
@@ -51,7 +60,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     >>> tuple(h.shape)
     (2, 4)
     """
-    backend = resolve_backend(backend, x.device)
+    backend = _layer_backend(backend, x.device)
     if backend == "cpp" and x.size(0) == 1 and lengths is None:
         h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
         return h.unsqueeze(0), h.clone()

@@ -2,9 +2,11 @@
 
 Same constructor, parameters (names, shapes, order, initialisation), state_dict, forward
 signature, outputs and errors as torch.nn; the recurrence runs in gated_kernels' operators.
-The classes derive from nn.RNNBase, which builds the parameters exactly as torch.nn does, and not
-from nn.LSTM / nn.GRU: Dynamo refuses to trace those and their subclasses, while a model using
-these compiles with torch.compile(fullgraph=True).
+The classes derive from nn.RNNBase, which builds the parameters exactly as torch.nn does (and, on
+`.cuda()` / `.to()`, flattens them into one cuDNN buffer as torch.nn does), and not from
+nn.LSTM / nn.GRU: Dynamo refuses to trace those and their subclasses, while a model using these
+compiles with torch.compile(fullgraph=True). On the `torch` backend, and while torch.onnx exports
+the model, a call runs torch.nn's own forward (nn.LSTM.forward / nn.GRU.forward) on the module.
 """
 
 import warnings
@@ -13,8 +15,8 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gated_kernels import autocast, functional
-from gated_kernels.backends import BACKENDS
+from gated_kernels import autocast, dispatch, functional
+from gated_kernels.backends import BACKENDS, resolve_backend
 
 
 def check_backend_name(backend):
@@ -43,10 +45,6 @@ class _RecurrentBase(nn.RNNBase):
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
 
-    def flatten_parameters(self):
-        """No-op: the kernels read the parameters as they are. (torch.nn rewrites CUDA
-        parameters into one cuDNN buffer here; our kernels have no use for it.)"""
-
     def extra_repr(self):
         s = super().extra_repr()
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
@@ -64,6 +62,31 @@ class _RecurrentBase(nn.RNNBase):
         new = new.to_empty(device=weight.device)
         new.load_state_dict(module.state_dict())
         return new.train(module.training)
+
+    def _call_backend(self, input, hx):
+        """The backend of this call: `torch` while torch.onnx exports the model; else the
+        requested one resolved by device and, for `auto` on CUDA, by shape (dispatch)."""
+        if dispatch.exporting_onnx():
+            return "torch"
+        packed = isinstance(input, PackedSequence)
+        data = input.data if packed else input
+        backend = resolve_backend(self.backend, data.device)
+        if backend != "triton" or self.backend != "auto" or dispatch.forced():
+            return backend
+        if packed:
+            T, B = len(input.batch_sizes), int(input.batch_sizes[0])
+        elif data.dim() != 3:
+            T, B = data.size(0), 1
+        else:
+            T, B = (data.size(1), data.size(0)) if self.batch_first else data.shape[:2]
+        states = [] if hx is None else [hx] if isinstance(hx, torch.Tensor) else list(hx)
+        training = torch.is_grad_enabled() and any(
+            t.requires_grad for t in (data, *states, *self._flat_weights))
+        dtype = autocast.compute_dtype(type(self).__name__, data) or data.dtype
+        return dispatch.cuda_backend(torch.cuda.get_device_properties(data.device), self.mode,
+                                     dtype, T, B, self.input_size, self.hidden_size,
+                                     self.num_layers, self.bidirectional,
+                                     getattr(self, "proj_size", 0) > 0, packed, training)
 
     def _zeros(self, input, batch_sizes, size):
         D = 2 if self.bidirectional else 1
@@ -137,7 +160,7 @@ class _RecurrentBase(nn.RNNBase):
 
 class LSTM(_RecurrentBase):
     """Drop-in torch.nn.LSTM: the same arguments, plus the keyword `backend` ("auto", "cpp",
-    "triton", "reference").
+    "triton", "torch", "reference").
 
     >>> lstm = LSTM(10, 20, num_layers=2)
     >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
@@ -153,6 +176,7 @@ class LSTM(_RecurrentBase):
     # torch.nn.LSTM's own checks, so the errors are the same.
     get_expected_cell_size = nn.LSTM.get_expected_cell_size
     check_forward_args = nn.LSTM.check_forward_args
+    permute_hidden = nn.LSTM.permute_hidden  # for nn.LSTM.forward (the `torch` backend)
 
     def _check_forward(self, input, states, batch_sizes):
         self.check_forward_args(input, states, batch_sizes)
@@ -181,10 +205,14 @@ class LSTM(_RecurrentBase):
         return [h_n, c_n]
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input, hx)
+        if backend == "torch":
+            return nn.LSTM.forward(self, input, hx)
+
         def run(x, states, lengths, weights):
             return functional.lstm(
                 x, *states, weights, self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, self.proj_size > 0, lengths, self.backend)
+                self.dropout, self.training, self.bias, self.proj_size > 0, lengths, backend)
 
         output, (h_n, c_n) = self._run(input, hx, run)
         return output, (h_n, c_n)
@@ -224,10 +252,14 @@ class GRU(_RecurrentBase):
         return final
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input, hx)
+        if backend == "torch":
+            return nn.GRU.forward(self, input, hx)
+
         def run(x, states, lengths, weights):
             return functional.gru(
                 x, states[0], weights, self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, lengths, self.backend)
+                self.dropout, self.training, self.bias, lengths, backend)
 
         output, (h_n,) = self._run(input, hx, run)
         return output, h_n

@@ -68,3 +68,32 @@ def test_compile_fullgraph_cells_match_eager():
     assert max_abs_error(actual, expected) <= FP64_ATOL
     for k, (a, b) in enumerate(zip(actual_grads, expected_grads)):
         assert max_abs_error(a, b) <= FP64_ATOL, f"grad {k}"
+
+
+@pytest.mark.parametrize("backend", ["cpp", "torch"])
+def test_compile_fullgraph_modules_match_eager(backend):
+    """The modules themselves, on our kernels and on the `torch` backend (torch.nn's forward
+    called on our module): a bidirectional LSTM into a GRU into an LSTMCell step."""
+    import gated_kernels as gk
+
+    torch.manual_seed(0)
+    lstm = gk.LSTM(5, 6, num_layers=2, bidirectional=True, dtype=torch.float64, backend=backend)
+    gru = gk.GRU(12, 4, dtype=torch.float64, backend=backend)
+    cell = gk.LSTMCell(4, 3, dtype=torch.float64, backend=backend)
+    params = [*lstm.parameters(), *gru.parameters(), *cell.parameters()]
+    x = torch.randn(7, 2, 5, dtype=torch.float64, requires_grad=True)
+
+    def model(x):
+        y, _ = gru(lstm(x)[0])
+        h, c = cell(y[-1])
+        return h.square().sum() + c.sum() + y.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True)
+    expected = model(x)
+    expected_grads = torch.autograd.grad(expected, [x, *params])
+    actual = compiled(x)
+    actual_grads = torch.autograd.grad(actual, [x, *params])
+    assert max_abs_error(actual, expected) <= FP64_ATOL
+    for k, (a, b) in enumerate(zip(actual_grads, expected_grads)):
+        assert max_abs_error(a, b) <= FP64_ATOL, f"grad {k}"

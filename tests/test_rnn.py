@@ -1,5 +1,5 @@
 """gated_kernels.LSTM / GRU against torch.nn.LSTM / GRU: outputs, final states and every gradient
-over a hand-picked list of configurations, both the cpp and the reference backend."""
+over a hand-picked list of configurations, on the cpp, torch and reference backends."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ from torch.nn.utils.rnn import pack_padded_sequence
 import gated_kernels as gk
 from common import assert_close
 
-BACKENDS = ["cpp", "reference"]
+BACKENDS = ["cpp", "torch", "reference"]
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 
 # id: (cell, module kwargs, T, B, input kind, hx given). Input kinds: "tensor", "unbatched",

@@ -1,0 +1,74 @@
+"""Which backend a module call runs when its backend is `auto`, shape by shape.
+
+On the CPU `auto` is the C++ backend. On CUDA it is the Triton kernels only where they were
+measured faster than cuDNN, and torch.nn's own code (the `torch` backend) elsewhere, so that
+converting a model never makes it slower. The measurements: the `gpu` suite on an H200, T=256,
+B in {1, 16, 64, 256}, H in {256, 512, 1024}, bf16 and fp32, our kernels forced
+(benchmarks/results/2026-11-26-h200-331edbb-gpu_suite.md):
+- inference: 1.06x-3.92x wherever the forward kernel keeps W_hh on chip (the `small` and
+  `persistent` paths); 0.27x-0.79x wherever it runs one launch per step (`per_step`: H=2048, or
+  more than one program per SM, i.e. B > 16 at H=1024, B > 32 at H=512, B > 64 at H=256);
+- training: 1.42x-2.94x where the backward keeps W on chip too and H <= 512 (the LSTM's
+  backward does so up to H=256, the GRU's up to 1024); 0.74x-1.07x for the GRU at H=1024 and
+  the LSTM with a per-step backward (H >= 512).
+Not measured, so left to torch.nn:
+- float16 LSTMs where cuDNN runs its persistent kernel (cudnn/RNN.cpp `get_algo`: one layer,
+  one direction, no projection, unpacked, H <= 1024 with H and I multiples of 128, B a multiple
+  of 8 up to 128, on sm_80+ chips with >= 98 SMs but sm_86): about 2 us a step (FlashRNN's
+  H100 figures, reference/gpu_large_batch.md) against our persistent kernel's fixed ~4 us;
+- one step a call (cells, T=1): our single-step CUDA path is not built (issue 14), and one
+  step through the sequence kernels adds launches torch.nn's fused cell does not make.
+The `gpu` suite times our kernels forced and records this choice next to them.
+"""
+
+import os
+
+import torch
+
+# Training runs our kernels up to this H (measured above: GRU H=1024 training 0.91x-1.07x).
+TRAINING_MAX_H = 512
+
+
+def _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
+    """Whether cuDNN runs its persistent LSTM kernel for a float16 call (cudnn/RNN.cpp)."""
+    return (props.major >= 8 and props.multi_processor_count >= 98
+            and not (props.major == 8 and props.minor == 6)
+            and num_layers == 1 and not bidirectional and not proj and not packed
+            and H <= 1024 and H % 128 == 0 and I % 128 == 0 and B % 8 == 0 and B <= 128)
+
+
+def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=False, proj=False,
+                 packed=False, training=False):
+    """"triton" or "torch" for an `auto` call of `cell` ("LSTM" or "GRU") on a CUDA device with
+    properties `props` (torch.cuda.get_device_properties)."""
+    from gated_kernels.triton_kernels import common, lstm
+
+    if T == 1:
+        return "torch"
+    if dtype == torch.float16 and cell == "LSTM":
+        if _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
+            return "torch"
+    sms = props.multi_processor_count
+    shared = getattr(props, "shared_memory_per_block_optin", None)
+    if common.choose_path(H, B, dtype, sms, shared) == "per_step":
+        return "torch"
+    if training:
+        backward = (lstm.backward_path(H, B, dtype, sms, shared) if cell == "LSTM"
+                    else common.choose_path(H, B, dtype, sms, shared))
+        if backward == "per_step" or H > TRAINING_MAX_H:
+            return "torch"
+    return "triton"
+
+
+def exporting_onnx():
+    """True inside torch.onnx.export (either exporter): the modules then run torch.nn's code,
+    which the exporters turn into ONNX's LSTM and GRU operators. The cheap checks first: a call
+    that is neither traced nor exported pays 0.2 us, not is_in_onnx_export's 1.4 us."""
+    if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+        return False
+    return torch.onnx.is_in_onnx_export()
+
+
+def forced():
+    """Whether GATED_KERNELS_BACKEND overrides `auto` (then no shape rule applies)."""
+    return "GATED_KERNELS_BACKEND" in os.environ

@@ -1,0 +1,108 @@
+"""The `auto` choice on CUDA (gated_kernels.dispatch), the `torch` backend and ONNX-export mode:
+the rule against the H200 measurements it encodes, and the modules running torch.nn's forward
+when it says so. The rule is checked with an H100's properties, so it runs without a GPU."""
+
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import gated_kernels as gk
+from gated_kernels import dispatch
+from gated_kernels.functional import lstm_layer
+
+H100 = SimpleNamespace(major=9, minor=0, multi_processor_count=132,
+                       shared_memory_per_block_optin=227 * 1024)
+A40 = SimpleNamespace(major=8, minor=6, multi_processor_count=84,
+                      shared_memory_per_block_optin=99 * 1024)
+BF16, FP16, FP32 = torch.bfloat16, torch.float16, torch.float32
+
+
+def choice(cell, dtype, B, H, training=False, props=H100, T=256, I=None, **kwargs):
+    return dispatch.cuda_backend(props, cell, dtype, T, B, I or H, H, training=training, **kwargs)
+
+
+# (cell, dtype, B, H, training): the H200 gpu suite's ratios (our kernels / cuDNN) beside.
+MEASURED = {
+    ("LSTM", BF16, 16, 1024, False): ("triton", "1.56x"),
+    ("LSTM", FP32, 64, 256, False): ("triton", "2.71x"),
+    ("GRU", BF16, 16, 512, True): ("triton", "1.42x"),
+    ("GRU", FP32, 64, 256, True): ("triton", "2.58x"),
+    ("LSTM", BF16, 64, 256, True): ("triton", "1.97x"),
+    ("LSTM", BF16, 64, 512, False): ("torch", "0.61x"),
+    ("LSTM", FP32, 256, 256, False): ("torch", "0.59x"),
+    ("GRU", BF16, 64, 1024, False): ("torch", "0.59x"),
+    ("LSTM", FP32, 1, 1024, True): ("torch", "0.74x"),
+    ("LSTM", BF16, 16, 512, True): ("torch", "1.06x: per_step backward"),
+    ("GRU", FP32, 1, 1024, True): ("torch", "0.91x"),
+}
+
+
+@pytest.mark.parametrize("key", MEASURED, ids=lambda k: f"{k[0]}-{k[1]}-B{k[2]}-H{k[3]}-"
+                         f"{'train' if k[4] else 'infer'}")
+def test_auto_follows_the_h200_measurements(key):
+    cell, dtype, B, H, training = key
+    assert choice(cell, dtype, B, H, training) == MEASURED[key][0]
+
+
+def test_auto_leaves_h2048_and_single_steps_to_torch():
+    assert choice("GRU", BF16, 1, 2048) == "torch"  # per_step path
+    assert choice("LSTM", BF16, 1, 256, T=1) == "torch"
+    assert choice("LSTM", BF16, 1, 256, T=2) == "triton"
+
+
+def test_auto_leaves_cudnns_persistent_fp16_lstm_to_torch():
+    assert choice("LSTM", FP16, 16, 256) == "torch"
+    # Outside cuDNN's persistent conditions (cudnn/RNN.cpp get_algo) our kernels run.
+    assert choice("LSTM", FP16, 12, 256) == "triton"  # B not a multiple of 8
+    assert choice("LSTM", FP16, 16, 256, I=100) == "triton"  # I not a multiple of 128
+    assert choice("LSTM", FP16, 16, 256, bidirectional=True) == "triton"
+    assert choice("LSTM", FP16, 16, 256, packed=True) == "triton"
+    assert choice("LSTM", FP16, 16, 256, proj=True) == "triton"
+    assert choice("LSTM", FP16, 16, 256, props=A40) == "triton"  # sm_86: no persistent kernel
+    assert choice("GRU", FP16, 16, 256) == "triton"
+
+
+PAIRS = [(torch.nn.LSTM, dict(num_layers=2, bidirectional=True, batch_first=True)),
+         (torch.nn.LSTM, dict(proj_size=3)),
+         (torch.nn.GRU, dict(num_layers=2, bias=False))]
+
+
+@pytest.mark.parametrize("make,kwargs", PAIRS, ids=["LSTM-L2-bi", "LSTM-P3", "GRU-L2-nobias"])
+def test_torch_backend_runs_torch_nns_forward(make, kwargs):
+    torch.manual_seed(0)
+    theirs = make(4, 6, **kwargs)
+    ours = getattr(gk, make.__name__).from_torch(theirs, backend="torch")
+    batch_first = kwargs.get("batch_first", False)
+    x = torch.randn(3, 5, 4) if batch_first else torch.randn(5, 3, 4)
+    expected, got = theirs(x), ours(x)
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, [5, 2, 4], batch_first=batch_first,
+                                                     enforce_sorted=False)
+    expected, got = theirs(packed), ours(packed)
+    torch.testing.assert_close(got[0].data, expected[0].data, rtol=0, atol=0)
+    torch.testing.assert_close(got[1], expected[1], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("make", [torch.nn.LSTMCell, torch.nn.GRUCell])
+def test_torch_backend_runs_torch_nns_cells(make):
+    torch.manual_seed(0)
+    theirs = make(4, 6)
+    ours = getattr(gk, make.__name__).from_torch(theirs, backend="torch")
+    x = torch.randn(3, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_the_environment_selects_the_torch_backend(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_BACKEND", "torch")
+    torch.manual_seed(0)
+    theirs = torch.nn.GRU(4, 6)
+    ours = gk.GRU.from_torch(theirs)
+    x = torch.randn(5, 3, 4)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=0, atol=0)
+
+
+def test_one_layer_functions_refuse_the_torch_backend():
+    x, h = torch.randn(3, 2, 4), torch.zeros(2, 5)
+    with pytest.raises(ValueError, match="backend 'torch' .* modules"):
+        lstm_layer(x, h, h, torch.randn(20, 4), torch.randn(20, 5), backend="torch")
