@@ -41,23 +41,29 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
                  packed=False, training=False):
     """"triton" or "torch" for an `auto` call of `cell` ("LSTM" or "GRU") on a CUDA device with
     properties `props` (torch.cuda.get_device_properties)."""
-    from gated_kernels.triton_kernels import common, lstm
-
     if T == 1:
         return "torch"
     if dtype == torch.float16 and cell == "LSTM":
         if _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
             return "torch"
+    forward, backward = triton_paths(props, cell, dtype, B, H)
+    if forward == "per_step":
+        return "torch"
+    if training and (backward == "per_step" or H > TRAINING_MAX_H):
+        return "torch"
+    return "triton"
+
+
+def triton_paths(props, cell, dtype, B, H):
+    """(forward path, backward path) the Triton kernels take on a device with `props`."""
+    from gated_kernels.triton_kernels import common, lstm
+
     sms = props.multi_processor_count
     shared = getattr(props, "shared_memory_per_block_optin", None)
-    if common.choose_path(H, B, dtype, sms, shared) == "per_step":
-        return "torch"
-    if training:
-        backward = (lstm.backward_path(H, B, dtype, sms, shared) if cell == "LSTM"
-                    else common.choose_path(H, B, dtype, sms, shared))
-        if backward == "per_step" or H > TRAINING_MAX_H:
-            return "torch"
-    return "triton"
+    forward = common.choose_path(H, B, dtype, sms, shared)
+    if cell == "LSTM":
+        return forward, lstm.backward_path(H, B, dtype, sms, shared)
+    return forward, forward  # the GRU's backward takes the forward's path
 
 
 def exporting_onnx():

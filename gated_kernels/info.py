@@ -12,10 +12,12 @@ import importlib.metadata
 import os
 import sys
 
+from types import SimpleNamespace
+
 import torch
 
 import gated_kernels
-from gated_kernels import backends, cpu
+from gated_kernels import backends, cpu, dispatch
 from gated_kernels.bench.cli import sizes
 
 
@@ -44,19 +46,27 @@ def backend_status():
     return status
 
 
-# Without a GPU, the path is given for an H100 SXM: 132 SMs, 227 KB of shared memory a program.
-H100 = {"num_sms": 132, "shared_bytes": 227 * 1024}
+# Without a GPU, paths and choices are given for an H100 SXM: sm_90, 132 SMs, 227 KB of shared
+# memory a program.
+H100 = SimpleNamespace(major=9, minor=0, multi_processor_count=132,
+                       shared_memory_per_block_optin=227 * 1024)
+
+
+def _props():
+    return torch.cuda.get_device_properties(0) if torch.cuda.is_available() else H100
 
 
 def triton_path(B, H, dtype):
-    """The path the Triton heuristic picks for this shape on this machine's GPU, or on an H100."""
-    from gated_kernels.triton_kernels import common
+    """The forward path the Triton heuristic picks for this shape on this machine's GPU, or on
+    an H100."""
+    return dispatch.triton_paths(_props(), "LSTM", dtype, B, H)[0]
 
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-        return common.choose_path(H, B, dtype, common.sm_count(device),
-                                  common.shared_memory(device))
-    return common.choose_path(H, B, dtype, **H100)
+
+def auto_choice(cell, B, T, I, H, dtype):
+    """What backend='auto' runs for a one-layer `cell` on this machine's GPU (or an H100):
+    (inference, training)."""
+    return tuple(dispatch.cuda_backend(_props(), cell, dtype, T, B, I, H, training=training)
+                 for training in (False, True))
 
 
 def main(argv=None):
@@ -88,6 +98,10 @@ def main(argv=None):
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             print(f"triton path for B={B} T={T} I={I} H={H} {dtype} on {where}: "
                   f"{triton_path(B, H, dtype)}")
+            for cell in ("LSTM", "GRU"):
+                infer, train = auto_choice(cell, B, T, I, H, dtype)
+                print(f"  backend='auto' on CUDA, one-layer {cell}: {infer} for inference, "
+                      f"{train} for training")
 
 
 if __name__ == "__main__":

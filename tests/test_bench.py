@@ -111,6 +111,37 @@ def test_gate_passes_the_real_implementation():
     assert record["ours_grad_error"] <= record["allowed_grad_error"]
 
 
+def test_a_forced_backend_is_timed_next_to_autos_choice():
+    case = Case("GRU", "fwdbwd", T=6, B=3, I=5, H=4)
+    record = cli.run_case(case, report.provenance("cpu"), {}, backend="reference",
+                          min_seconds=0.01)
+    assert (record["backend"], record["auto_backend"]) == ("reference", "cpp")
+    assert record["auto_median_s"] > 0 and record["auto_median_s"] != record["ours_median_s"]
+    assert record["auto_speedup"] == record["torch_median_s"] / record["auto_median_s"]
+    assert "backend auto: geomean" in report.summary("x", [record])
+    assert "| reference | cpp |" in report.markdown("x", [record], report.provenance("cpu"))
+
+
+def test_gpu_suite_covers_the_training_grid_in_every_dtype():
+    cases = cli.suite("gpu", "cuda")
+    assert {c.B for c in cases} == {1, 16, 64, 128, 256}
+    assert {c.H for c in cases} == {256, 512, 1024, 2048}
+    assert {c.dtype for c in cases} == {"fp16", "bf16", "fp32"}
+    assert {(c.cell, c.mode) for c in cases} == {(c, m) for c in ("LSTM", "GRU")
+                                                for m in ("fwd", "fwdbwd")}
+
+
+@pytest.mark.cuda
+def test_torch_baseline_has_its_weights_flattened_as_users_do():
+    """cuDNN warns and copies the weights on every call when they are not one buffer."""
+    case = Case("LSTM", "fwd", T=4, B=2, I=8, H=16, layers=2, device="cuda")
+    theirs = measure.torch_module(case)
+    storages = {p.untyped_storage().data_ptr() for p in theirs.parameters()}
+    ours = measure.ours_module(theirs, backend="torch")
+    assert len(storages) == 1
+    assert len({p.untyped_storage().data_ptr() for p in ours.parameters()}) == 1
+
+
 def test_outputs_json_markdown_and_plot(tmp_path, capsys):
     paths = {k: tmp_path / f"out.{k}" for k in ("json", "md", "png")}
     cli.main(TINY + ["--json", str(paths["json"]), "--markdown", str(paths["md"]),

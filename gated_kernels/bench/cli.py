@@ -6,6 +6,7 @@ from dataclasses import asdict, replace
 
 import torch
 
+from gated_kernels.backends import BACKENDS
 from gated_kernels.bench import measure, peers, report
 from gated_kernels.bench.suites import CELL_MODULES, CELLS, DTYPES, MODES, SUITES, Case, suite
 
@@ -55,8 +56,9 @@ def parse_args(argv):
     p.add_argument("--bidirectional", action="store_true", help="make every case bidirectional")
     p.add_argument("--shape", type=sizes("T,B,I,H"), action="append", metavar="T,B,I,H",
                    help="custom shapes instead of the suite's (repeatable)")
-    p.add_argument("--backend", default="auto", choices=("auto", "cpp", "triton", "reference"),
-                   help="gated_kernels backend under test")
+    p.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="gated_kernels backend under test; other than auto, the auto choice is "
+                        "timed next to it where it differs")
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads")
     p.add_argument("--min-seconds", type=float, default=1.0,
                    help="timed runs per case: at least this long per implementation")
@@ -92,6 +94,7 @@ def select_cases(args):
 
 MEASURED = [f"{n}_{k}" for n in ("ours", "torch") for k in
             ("median_s", "p20_s", "p80_s", "runs", "peak_bytes", "out_error", "grad_error")]
+AUTO = ["auto_backend", "auto_median_s", "auto_speedup"]
 
 
 def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1.0):
@@ -100,11 +103,19 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
     run at all (say, a dtype one side does not support on this device) is recorded as ERROR with
     the reason, and the run goes on."""
     record = {"case": case.name, **asdict(case), **prov, "gate": "ERROR", "error": None,
-              "speedup": None, **dict.fromkeys(MEASURED)}
+              "speedup": None, "backend": None, **dict.fromkeys(MEASURED + AUTO)}
     try:
         theirs = measure.torch_module(case)
-        ours = (ours_factory or measure.ours_module)(theirs, backend=backend)
+        factory = ours_factory or measure.ours_module
+        ours = factory(theirs, backend=backend)
         args = measure.make_input(case)
+        record["backend"] = measure.backend_of(case, ours, args)
+        auto = None
+        if backend != "auto":  # what `auto` would run here, timed too where it differs
+            auto = factory(theirs, backend="auto")
+            record["auto_backend"] = measure.backend_of(case, auto, args)
+            if record["auto_backend"] == record["backend"]:
+                auto = None
         key = case.shape_key()
         if key not in gates:
             gates[key] = measure.gate(case, theirs, ours, args)
@@ -114,6 +125,8 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
             return record
         steps = {"ours": measure.step_fn(case, ours, args),
                  "torch": measure.step_fn(case, theirs, args)}
+        if auto is not None:
+            steps["auto"] = measure.step_fn(case, auto, args)
         record["peers"], record["peer_errors"] = {}, {}
         for name, factory in peers.available(case).items():
             try:
@@ -121,7 +134,10 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
             except Exception as error:  # noqa: BLE001 - a peer that cannot run this case
                 record["peer_errors"][name] = f"{type(error).__name__}: {error}"
         timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
-        for name in set(steps) - {"ours", "torch"}:
+        if backend != "auto":
+            record["auto_median_s"] = timing.pop("auto", timing["ours"])["median"]
+            record["auto_speedup"] = timing["torch"]["median"] / record["auto_median_s"]
+        for name in set(steps) - {"ours", "torch", "auto"}:
             record["peers"][name] = timing.pop(name)["median"]
         for name, t in timing.items():
             record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
@@ -143,6 +159,14 @@ def _progress(items):
     return tqdm(items, unit="case", leave=False, file=sys.stderr, disable=None)
 
 
+def _write(args, name, records, prov):
+    if args.json:
+        report.write_json(args.json, records)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(report.markdown(name, records, prov))
+
+
 def main(argv=None):
     args = parse_args(argv)
     if args.threads:
@@ -156,16 +180,12 @@ def main(argv=None):
     gates, records = {}, []
     for case in _progress(cases):
         records.append(run_case(case, prov, gates, args.backend, min_seconds=args.min_seconds))
+        _write(args, name, records, prov)  # after every case: a run cut short keeps its cases
     print(report.table(records))
     for r in records:
         if r["error"]:
             print(f"ERROR {r['case']}: {r['error']}")
     print(report.summary(name, records))
-    if args.json:
-        report.write_json(args.json, records)
-    if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(report.markdown(name, records, prov))
     if args.plot:
         report.plot(args.plot, name, records, prov)
     return records

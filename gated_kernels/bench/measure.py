@@ -28,13 +28,15 @@ def _quiet_stderr():
 
 
 def torch_module(case, seed=0):
-    """The torch.nn module of a case, with a fixed seed (so every implementation gets the same
-    weights)."""
+    """The torch.nn module of a case as a user has it, with a fixed seed (so every
+    implementation gets the same weights): built on the CPU and moved with `.to(device)`, which
+    on CUDA flattens an LSTM's or GRU's weights into one cuDNN buffer. (Built with device=cuda,
+    the weights stay apart and cuDNN copies them into a buffer on every call.)"""
     torch.manual_seed(seed)
-    kwargs = {"device": case.device, "dtype": DTYPES[case.dtype]}
+    kwargs = {"dtype": DTYPES[case.dtype]}
     if not case.is_cell:
         kwargs.update(num_layers=case.layers, bidirectional=case.bidirectional)
-    return getattr(torch.nn, case.cell)(case.I, case.H, **kwargs)
+    return getattr(torch.nn, case.cell)(case.I, case.H, **kwargs).to(case.device)
 
 
 def ours_module(theirs, backend="auto"):
@@ -59,6 +61,24 @@ def make_input(case, seed=1):
         return (x,)
     shape = (case.layers * (2 if case.bidirectional else 1), case.B, case.H)
     return (x, (draw(*shape), draw(*shape)) if case.cell == "LSTM" else draw(*shape))
+
+
+def backend_of(case, module, args):
+    """The backend a timed call of our `module` runs (auto resolved as in that call), and on
+    the Triton backend its forward and backward paths, e.g. "triton:persistent/per_step"."""
+    x, hx = args[0], (args[1] if len(args) > 1 else None)
+    with torch.set_grad_enabled(case.mode == "fwdbwd"):
+        if case.mode == "fwdbwd":
+            x = x.detach().requires_grad_()
+        backend = module._call_backend(x) if case.is_cell else module._call_backend(x, hx)
+    if backend != "triton" or not x.is_cuda:
+        return backend
+    from gated_kernels import dispatch
+
+    cell = case.cell.removesuffix("Cell")
+    paths = dispatch.triton_paths(torch.cuda.get_device_properties(x.device), cell,
+                                  DTYPES[case.dtype], case.B, case.H)
+    return f"triton:{paths[0]}/{paths[1]}"
 
 
 def _map(fn, args):

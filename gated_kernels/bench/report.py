@@ -78,27 +78,39 @@ def peer_names(records):
     return sorted({name for r in records for name in (r.get("peers") or {})})
 
 
+def has_auto(records):
+    """Whether the run forced a backend, so the `auto` choice was recorded next to it."""
+    return any(r.get("auto_backend") for r in records)
+
+
 def columns(records):
-    return COLUMNS + tuple(f"{name} ms" for name in peer_names(records))
+    auto = ("backend", "auto", "auto speedup") if has_auto(records) else ()
+    return COLUMNS + auto + tuple(f"{name} ms" for name in peer_names(records))
 
 
-def row(record, peer_columns=()):
-    """One table row; a case that failed the gate (or could not run) shows no speedup. Peer
+def row(record, peer_columns=(), auto=False):
+    """One table row; a case that failed the gate (or could not run) shows no speedup. With
+    `auto`, the backend timed (and its Triton paths), what `auto` runs and its speedup; peer
     medians follow, where a peer ran."""
     passed = record["gate"] == "PASS"
     speedup = f"{record['speedup']:.2f}x" if passed else "-"
     error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
+    extra = ()
+    if auto:
+        auto_speedup = record.get("auto_speedup")
+        extra = (record.get("backend") or "-", record.get("auto_backend") or "-",
+                 f"{auto_speedup:.2f}x" if passed and auto_speedup else "-")
     return (record["case"], record["gate"], _ms(record["ours_median_s"]),
             _ms(record["torch_median_s"]), speedup, _err(record["ours_" + error_key]),
             _err(record["torch_" + error_key]), _mb(record["ours_peak_bytes"]),
-            _mb(record["torch_peak_bytes"]),
+            _mb(record["torch_peak_bytes"]), *extra,
             *(_ms((record.get("peers") or {}).get(name)) for name in peer_columns))
 
 
 def table(records):
     names = peer_names(records)
     head = columns(records)
-    rows = [head] + [row(r, names) for r in records]
+    rows = [head] + [row(r, names, has_auto(records)) for r in records]
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
@@ -125,6 +137,11 @@ def summary(suite, records):
                 name = f"{dtype} {mode}" if len(dtypes) > 1 else mode
                 parts.append(f"{name} speedup geomean {_geomean(speedups):.2f}x "
                              f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    autos = [r["auto_speedup"] for r in passed if r.get("auto_speedup")]
+    if autos:
+        parts.append(f"backend auto: geomean {_geomean(autos):.2f}x (min {min(autos):.2f}x), "
+                     f"torch.nn's code at {sum(r['auto_backend'] == 'torch' for r in passed)} "
+                     f"of {len(autos)} cases")
     return "; ".join(parts)
 
 
@@ -135,9 +152,13 @@ def markdown(suite, records, prov):
              "Times are medians (20th-80th percentile in the JSON) of interleaved runs in one "
              "process; speedup = torch.nn time / gated_kernels time; errors are the largest "
              "relative error against a float64 reference (gradients for fwdbwd, outputs for "
-             "fwd); MB is peak memory allocated during one call.", "",
+             "fwd); MB is peak memory allocated during one call."
+             + (" With a backend forced, `backend` is what was timed as ours (and its Triton "
+                "forward/backward paths), `auto` what backend='auto' runs, timed in the same "
+                "interleaved runs where it differs." if has_auto(records) else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
-    lines += ["| " + " | ".join(row(r, peer_names(records))) + " |" for r in records]
+    lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records))) + " |"
+              for r in records]
     return "\n".join(lines) + "\n"
 
 
