@@ -38,8 +38,7 @@ class TritonLSTM(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
         dxg, dw_hh, dw_hr, dh0, dc0 = lstm_backward_triton(
-            dy.contiguous(), dh_n.contiguous(), dc_n.contiguous(), w_hh, w_hr, h0, c0, lengths,
-            ctx.reverse, y, gates, c_all)
+            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all)
         return dxg, dw_hh, dw_hr if w_hr is not None else None, dh0, dc0, None, None
 
 
@@ -137,6 +136,22 @@ def test_triton_lstm_gradients_through_autograd_are_written(monkeypatch):
     inputs = leaves(args)
     for name, g in zip(INPUTS, grads(triton_lstm(*inputs, lens, True), inputs)):
         assert torch.isfinite(g).all(), f"d{name}"
+
+
+@pytest.mark.parametrize("P", [None, 3], ids=["noproj", "P3"])
+def test_triton_lstm_backward_takes_strided_gradients(P):
+    """Gradients of a batch_first output arrive transposed ([T, B, P] with B-major strides)."""
+    T, B, H = 5, 2, 8
+    *args, lens = lstm_inputs(T, B, H, P, None, dtype=torch.float32)
+    args, _ = on_device(args, lens)
+    y, h_n, c_n, gates, c_all = lstm_forward_triton(*args, None, False)
+    dy = torch.randn(B, T, y.shape[-1], device=DEVICE)
+    dh_n, dc_n = torch.randn_like(h_n), torch.randn_like(c_n)
+    saved = (args[1], args[2], args[3], args[4], None, False, y, gates, c_all)
+    expected = lstm_backward_triton(dy.transpose(0, 1).contiguous(), dh_n, dc_n, *saved)
+    got = lstm_backward_triton(dy.transpose(0, 1), dh_n, dc_n, *saved)
+    for g, e in zip(got, expected):
+        torch.testing.assert_close(g, e, rtol=0, atol=0)
 
 
 def test_aot_configs_cover_every_path_once():

@@ -446,13 +446,16 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     _check_saved("c_all", c_all, (T, B, H), saved)
     path = backward_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
     lens = _lengths(lengths, T, B, device)
+    # Incoming gradients can be strided (batch_first outputs arrive transposed): the kernel and
+    # the .view()s below need them dense.
+    dy, dh_n, dc_n = dy.contiguous(), dh_n.contiguous(), dc_n.contiguous()
     if w_hr is None:
-        w, dm_in = w_hh.contiguous(), dy.contiguous()
+        w, dm_in = w_hh.contiguous(), dy
         dm = _fp32_copy(dh_n)
     else:
         # dm = dh W_hr: the loop runs on dm with W = W_hh W_hr, like the forward on m.
         w = (w_hh.float() @ w_hr.float()).to(dtype)
-        dm_in = (dy @ w_hr).contiguous()
+        dm_in = dy @ w_hr
         dm = dh_n.float() @ w_hr.float()
     dc = _fp32_copy(dc_n)
     dg = _new_output((T, B, G), torch.float32, device)
