@@ -124,9 +124,10 @@ def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend
         xg = F.linear(x, w_ih, bias)
         return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
-        # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
+        # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
         xg = F.linear(x, w_ih, bias)
-        return _op("lstm_forward", backend, x.device)(xg, w_hh, w_hr, h0, c0, lengths, reverse)[:3]
+        forward = _op("lstm_forward", backend, x.device)
+        return forward(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=False)[:3]
     return torch.ops.gated_kernels.lstm_inference(
         x.contiguous(), w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
     )
@@ -193,9 +194,10 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
         xg = F.linear(x, w_ih, b_ih)
         return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
-        # Triton's interpreter: no inference launcher, the forward's saved tensors are dropped.
+        # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
         xg = F.linear(x, w_ih, b_ih)
-        return _op("gru_forward", backend, x.device)(xg, w_hh, b_hh, h0, lengths, reverse)[:2]
+        forward = _op("gru_forward", backend, x.device)
+        return forward(xg, w_hh, b_hh, h0, lengths, reverse, save=False)[:2]
     return torch.ops.gated_kernels.gru_inference(
         x.contiguous(), w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
     )

@@ -154,27 +154,27 @@ def _triton_kernel(name):
     return kernel
 
 
-def _triton_from_input(name, outputs):
+def _triton_from_input(name, outputs, save):
     """The CUDA kernel of an operator that takes the layer input: the input projection, then the
-    Triton forward `name`, its first `outputs` outputs (an inference operator drops the saved
-    tensors: the Triton kernels have no variant without them yet)."""
+    Triton forward `name`, its first `outputs` outputs. An inference operator (save=False) has
+    the kernels skip the tensors backward would read."""
 
     def kernel(x, w_ih, bias, *args):
         from gated_kernels.triton_kernels import launchers
 
         with torch.no_grad():
             xg = torch.nn.functional.linear(x, w_ih, bias)
-            return getattr(launchers, name)(xg, *args)[:outputs]
+            return getattr(launchers, name)(xg, *args, save=save)[:outputs]
 
     return kernel
 
 
 for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
-LIBRARY.impl("lstm_inference", _triton_from_input("lstm_forward", 3), "CUDA")
-LIBRARY.impl("gru_inference", _triton_from_input("gru_forward", 2), "CUDA")
-LIBRARY.impl("lstm_forward_from_input", _triton_from_input("lstm_forward", 5), "CUDA")
-LIBRARY.impl("gru_forward_from_input", _triton_from_input("gru_forward", 3), "CUDA")
+LIBRARY.impl("lstm_inference", _triton_from_input("lstm_forward", 3, False), "CUDA")
+LIBRARY.impl("gru_inference", _triton_from_input("gru_forward", 2, False), "CUDA")
+LIBRARY.impl("lstm_forward_from_input", _triton_from_input("lstm_forward", 5, True), "CUDA")
+LIBRARY.impl("gru_forward_from_input", _triton_from_input("gru_forward", 3, True), "CUDA")
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 

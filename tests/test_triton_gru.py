@@ -58,6 +58,24 @@ def _on_device(t):
     return None if t is None else t.to(DEVICE)
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_triton_inference_saves_nothing_and_matches_training(path, reverse, monkeypatch):
+    """save=False (the inference operator) skips the gates; y and h_n are bitwise those of the
+    training forward."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H = 6, 4, 12
+    g = torch.Generator().manual_seed(0)
+    xg, w_hh = torch.randn(T, B, 3 * H, generator=g), torch.randn(3 * H, H, generator=g) / 4
+    b_hh, h0 = torch.randn(3 * H, generator=g), torch.randn(B, H, generator=g)
+    lengths = torch.tensor([6, 1, 3, 5])
+    args = [_on_device(t) for t in (xg, w_hh, b_hh, h0, lengths)]
+    y, h_n, gates = gru.gru_forward_triton(*args, reverse)
+    y_inf, h_inf, none = gru.gru_forward_triton(*args, reverse, save=False)
+    assert none is None
+    assert torch.isfinite(y_inf).all() and torch.equal(y_inf, y)
+    assert torch.isfinite(h_inf).all() and torch.equal(h_inf, h_n)
+
+
 def triton_gru(xg, w_hh, b_hh, h0, lengths, reverse):
     args = [_on_device(t) for t in (xg, w_hh, b_hh, h0, lengths)]
     return tuple(out.cpu() for out in _TritonGRU.apply(*args, reverse))

@@ -108,6 +108,24 @@ def test_triton_lstm_writes_every_output(monkeypatch, path):
     assert (back[0][1:, 1] == 0).all()  # row 1 ran one step: no gate gradient after it
 
 
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_triton_lstm_inference_saves_nothing_and_matches_training(monkeypatch, path, reverse):
+    """save=False (the inference operator) skips gates and c_all; y, h_n and c_n (taken from
+    the running state, not c_all) are bitwise those of the training forward."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", path)
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = lstm_inputs(6, 4, 9, 5, [6, 1, 3, 5], dtype=torch.float32)
+    args, lens = on_device(args, lens)
+    trained = lstm_forward_triton(*args, lens, reverse)
+    inferred = lstm_forward_triton(*args, lens, reverse, save=False)
+    assert inferred[3:] == (None, None)
+    for name, got, expected in zip(OUTPUTS, inferred, trained):
+        assert torch.isfinite(got).all() and torch.equal(got, expected), name
+    c_last = trained[4][0 if reverse else -1]  # c_all carries c past each row's length
+    assert torch.equal(inferred[2], c_last)
+
+
 def test_triton_lstm_half_types_save_float32_state(monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "small")
     *args, lens = lstm_inputs(3, 2, 8, dtype=torch.float16)

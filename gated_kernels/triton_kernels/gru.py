@@ -53,10 +53,11 @@ def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, 
                     T, B, H, step0, n_steps,
                     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, PERSISTENT: tl.constexpr,
                     RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                    BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+                    BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SAVE: tl.constexpr):
     """Steps [step0, step0 + n_steps) for units [p*BLOCK_H, ...) of rows [q*BLOCK_B, ...).
     h_ptr: [2, B, H] in the input dtype, slot 0 holds h0. RESIDENT: BLOCK_K covers all of H and
-    the W_hh slice is loaded once, before the time loop (Triton keeps it in shared memory)."""
+    the W_hh slice is loaded once, before the time loop (Triton keeps it in shared memory).
+    SAVE: store the gates backward reads (off for inference: 4H values a row and step fewer)."""
     pid_h = tl.program_id(0).to(tl.int64)
     pid_b = tl.program_id(1).to(tl.int64)
     units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -122,12 +123,13 @@ def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, 
                  mask=tile_ok)
         tl.store(y_ptr + row_t[:, None] * H + units[None, :],
                  tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
-        g = gates_ptr + row_t[:, None] * (4 * H) + units[None, :]
-        gate_ty = gates_ptr.dtype.element_ty
-        tl.store(g, tl.where(active, r, 0.0).to(gate_ty), mask=tile_ok)
-        tl.store(g + H, tl.where(active, z, 0.0).to(gate_ty), mask=tile_ok)
-        tl.store(g + 2 * H, tl.where(active, n, 0.0).to(gate_ty), mask=tile_ok)
-        tl.store(g + 3 * H, tl.where(active, hn, 0.0).to(gate_ty), mask=tile_ok)
+        if SAVE:
+            g = gates_ptr + row_t[:, None] * (4 * H) + units[None, :]
+            gate_ty = gates_ptr.dtype.element_ty
+            tl.store(g, tl.where(active, r, 0.0).to(gate_ty), mask=tile_ok)
+            tl.store(g + H, tl.where(active, z, 0.0).to(gate_ty), mask=tile_ok)
+            tl.store(g + 2 * H, tl.where(active, n, 0.0).to(gate_ty), mask=tile_ok)
+            tl.store(g + 3 * H, tl.where(active, hn, 0.0).to(gate_ty), mask=tile_ok)
         if PERSISTENT:
             grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b, tl.num_programs(0))
 
@@ -244,10 +246,11 @@ def _new_output(shape, dtype, device):
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _config(kind, path, H, dtype, precision, interpreted):
+def _config(kind, path, H, dtype, precision, interpreted, save=True):
     """Compile-time parameters and launch options of the `kind` ("fwd" or "bwd") kernel on one
-    path at hidden size H. Every rule below was checked by an ahead-of-time compile for sm_80 and
-    sm_90 (aot_configs): no local-memory spills, shared memory within 163 KB."""
+    path at hidden size H (save=False: the inference forward). Every rule below was checked by
+    an ahead-of-time compile for sm_80 and sm_90 (aot_configs): no local-memory spills, no stack
+    frame, shared memory within 163 KB."""
     # tl.dot needs K >= 16; H is padded to a power of two and masked.
     h_pad = max(16, triton.next_power_of_2(H))
     if path == "per_step":
@@ -279,9 +282,18 @@ def _config(kind, path, H, dtype, precision, interpreted):
         # unit block (small path) takes 16-wide chunks and 8 warps.
         block_k = min(16 if block_h > PER_STEP_BLOCK_H else STREAM_BLOCK_K, h_pad)
         num_warps = 8 if block_h > PER_STEP_BLOCK_H else 4
+    num_stages = 1 if resident else 2
+    if kind == "fwd" and not save and dtype == torch.float32:
+        # Without the gate stores ptxas gives sm_90 builds a stack frame: 24 bytes at 4 warps
+        # (fp32 H=128 persistent, 168 registers), 32 bytes for the whole-H streaming block at
+        # 2 stages (fp32 ieee small path, 128 registers). 8 warps and 1 stage compile clean.
+        if resident:
+            num_warps = max(num_warps, 8)
+        elif block_h > PER_STEP_BLOCK_H:
+            num_stages = 1
     meta = dict(PERSISTENT=path == "persistent", RESIDENT=resident, BLOCK_B=BLOCK_B,
                 BLOCK_H=block_h, BLOCK_K=block_k, INPUT_PRECISION=precision)
-    return meta, dict(num_warps=num_warps, num_stages=1 if resident else 2)
+    return meta, dict(num_warps=num_warps, num_stages=num_stages)
 
 
 def _cooperative():
@@ -295,8 +307,9 @@ def _cooperative():
     return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
 
 
-def _run(kernel, pointers, T, B, H, dtype, lengths, reverse):
-    """Launches `kernel` over all T steps on the path common.choose_path picks."""
+def _run(kernel, pointers, T, B, H, dtype, lengths, reverse, **flags):
+    """Launches `kernel` over all T steps on the path common.choose_path picks; `flags`: further
+    constexprs (the forward's SAVE)."""
     device = pointers[0].device
     num_sms = common.sm_count(device)
     path = common.choose_path(H, B, dtype, num_sms, common.shared_memory(device))
@@ -308,7 +321,7 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse):
                          f"{common.PERSISTENT_MAX_H}, got H = {H}")
     kind = "fwd" if kernel is _gru_fwd_kernel else "bwd"
     meta, options = _config(kind, path, H, dtype, common.input_precision(dtype),
-                            common.interpreting())
+                            common.interpreting(), flags.get("SAVE", True))
     grid = (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, BLOCK_B))
     if B == 0:
         return
@@ -323,7 +336,7 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse):
         counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
         options = {**options, **_cooperative()}
     args = [*pointers, counters, T, B, H]
-    flags = dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None)
+    flags = dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, **flags)
     if path == "per_step":
         for s in range(T):
             kernel[grid](*args, s, 1, **flags, **meta, **options)
@@ -336,11 +349,11 @@ def _check_dtype(dtype):
         raise ValueError(f"the triton backend supports {AOT_DTYPES}, got {dtype}")
 
 
-def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse):
+def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
     """gated_kernels::gru_forward on Triton. xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H],
     lengths [B] int64 or None (values in [1, T], not checked: that would sync the device).
     Returns y [T,B,H], h_n [B,H] (input dtype) and gates [T,B,4H] = r, z, n, W_hn h + b_hn
-    (ops.saved_dtype), all 0 past a row's length.
+    (ops.saved_dtype), all 0 past a row's length; gates is None with save=False (inference).
 
         y, h_n, gates = gru_forward_triton(xg, w_hh, b_hh, h0, None, False)
     """
@@ -349,11 +362,13 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse):
     T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
     _check_dtype(xg.dtype)
     y = _new_output((T, B, H), xg.dtype, xg.device)
-    gates = _new_output((T, B, 4 * H), saved_dtype(xg.dtype), xg.device)
+    gates = _new_output((T, B, 4 * H), saved_dtype(xg.dtype), xg.device) if save else None
     h = _new_output((2, B, H), xg.dtype, xg.device)  # step s reads slot s % 2
     h[0].copy_(h0)
-    pointers = [xg.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, h, y, gates]
-    _run(_gru_fwd_kernel, pointers, T, B, H, xg.dtype, lengths, reverse)
+    # Without saving, y stands in for the gates pointer (SAVE=False never touches it).
+    pointers = [xg.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, h, y,
+                y if gates is None else gates]
+    _run(_gru_fwd_kernel, pointers, T, B, H, xg.dtype, lengths, reverse, SAVE=save)
     return y, h[T % 2], gates
 
 
@@ -430,11 +445,17 @@ def aot_configs():
             for path in _paths(H, dtype):
                 for kind, kernel, pointers in (("fwd", _gru_fwd_kernel, _FWD_POINTERS),
                                                ("bwd", _gru_bwd_kernel, _BWD_POINTERS)):
-                    meta, options = _config(kind, path, H, dtype, precision, interpreted=False)
-                    constexprs = dict(REVERSE=True, HAS_LENGTHS=True, **meta)
-                    signature = {p: "*" + ptr_types[p] for p in (*pointers, "counter_ptr")}
-                    signature.update({a: "i32" for a in ("T", "B", "H", "step0", "n_steps")})
-                    signature.update({c: "constexpr" for c in constexprs})
-                    name = f"gru_{kind}-{path}-H{H}-{io}-{precision}"
-                    configs.append((name, kernel, signature, constexprs, options))
+                    # The forward with and without the saved gates (training, inference).
+                    for save in (True, False) if kind == "fwd" else (None,):
+                        meta, options = _config(kind, path, H, dtype, precision,
+                                                interpreted=False, save=save is not False)
+                        constexprs = dict(REVERSE=True, HAS_LENGTHS=True, **meta)
+                        name = f"gru_{kind}-{path}-H{H}-{io}-{precision}"
+                        if save is not None:
+                            constexprs["SAVE"] = save
+                            name += "" if save else "-inference"
+                        signature = {p: "*" + ptr_types[p] for p in (*pointers, "counter_ptr")}
+                        signature.update({a: "i32" for a in ("T", "B", "H", "step0", "n_steps")})
+                        signature.update({c: "constexpr" for c in constexprs})
+                        configs.append((name, kernel, signature, constexprs, options))
     return configs

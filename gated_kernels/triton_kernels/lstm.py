@@ -46,8 +46,10 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
                      counter_ptr, T, B, H, s0, n_steps, reverse,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                      PATH: tl.constexpr, RESIDENT: tl.constexpr, HAS_G0: tl.constexpr,
-                     PRECISION: tl.constexpr):
+                     PRECISION: tl.constexpr, SAVE: tl.constexpr):
     """Steps s0 .. s0+n_steps-1 of G_t = xg_t + h_{t-1} W^T, then the gates and the state.
+    SAVE: store the gates and cell states backward reads (off for inference: 5H fp32 values a
+    row and step fewer).
     RESIDENT: BLOCK_K covers H and the W slice is loaded once, before the loop; else W streams
     from L2 in BLOCK_K chunks every step (per_step, and ieee dots on every path).
     h_ptr: [2, B, H] ping-pong state in the input dtype (step s reads s % 2); c_ptr: [B, H] fp32
@@ -120,12 +122,13 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
         tl.store(h_nxt + unit_tile, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
         out = rows * H + u0 + unit_tile
         tl.store(y_ptr + out, tl.where(on, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
-        tl.store(c_all_ptr + out, c, mask=tile_ok)
-        gate = gates_ptr + rows * 4 * H + u0 + gate_tile
-        tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
-        tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
-        tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
-        tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
+        if SAVE:
+            tl.store(c_all_ptr + out, c, mask=tile_ok)
+            gate = gates_ptr + rows * 4 * H + u0 + gate_tile
+            tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
+            tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
+            tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
+            tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
         if PATH == "persistent":
             common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
                                 tl.num_programs(0))
@@ -361,11 +364,12 @@ def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs):
     kernel[grid](*args, counters, T, B, H, 0, T, int(reverse), **kw)
 
 
-def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
+def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     """gated_kernels::lstm_forward on CUDA tensors (CPU tensors under TRITON_INTERPRET=1).
     xg [T,B,4H], w_hh [4H,P], w_hr [P,H] or None, h0 [B,P], c0 [B,H], lengths [B] int64 or
     None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] and c_all [T,B,H] in
-    float32 (ops.saved_dtype for float32/float16/bfloat16)."""
+    float32 (ops.saved_dtype for float32/float16/bfloat16); those two are None with save=False
+    (inference)."""
     T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
@@ -384,11 +388,13 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     c = _fp32_copy(c0)
     m = _new_output((T, B, H), dtype, device)  # y itself without projection
     saved = ops.saved_dtype(dtype)
-    gates = _new_output((T, B, 4 * H), saved, device)
-    c_all = _new_output((T, B, H), saved, device)
-    args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m, gates, c_all)
+    gates = _new_output((T, B, 4 * H), saved, device) if save else None
+    c_all = _new_output((T, B, H), saved, device) if save else None
+    # Without saving, c stands in for the gates and c_all pointers (SAVE=False never uses them).
+    args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m,
+            c if gates is None else gates, c if c_all is None else c_all)
     precision = common.input_precision(dtype)
-    constexprs = dict(HAS_G0=g0 is not None, PRECISION=precision)
+    constexprs = dict(HAS_G0=g0 is not None, PRECISION=precision, SAVE=save)
     cfg = forward_config(path, H, precision)
     _launch(_lstm_fwd_kernel, path, cfg, T, B, H, reverse, args, constexprs)
 
@@ -398,9 +404,10 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse):
         y = _new_output((T, B, P), dtype, device)
         torch.matmul(m, w_hr.T, out=y)  # y = 0 past a row's length, where m = 0
     batch = torch.arange(B, device=device)
-    # A row's last step: lengths[b]-1, or 0 in reverse; c_all carries c past it.
+    # A row's last step: lengths[b]-1, or 0 in reverse. The kernel carries c past it and leaves
+    # the state after the last step processed in c.
     h_n = y[torch.zeros_like(lens) if reverse else lens - 1, batch]
-    c_n = c_all[0 if reverse else T - 1].to(dtype, copy=True)
+    c_n = c.to(dtype)
     return y, h_n, c_n, gates, c_all
 
 

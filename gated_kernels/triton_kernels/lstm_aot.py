@@ -2,6 +2,8 @@
 compile test): the same paths as lstm_forward_triton / lstm_backward_triton choose on each
 target, with the block sizes and launch options of lstm.forward_config / backward_config."""
 
+import itertools
+
 import torch
 
 from gated_kernels.triton_kernels import common
@@ -75,10 +77,11 @@ def aot_configs(hidden_sizes=HIDDEN_SIZES, dtypes=DTYPES):
                 for precision in precisions:
                     for path in sorted(_paths(common.choose_path, H, dtype, shared_bytes)):
                         cfg = forward_config(path, H, precision)
-                        for has_g0 in (False, True):
+                        for has_g0, save in itertools.product((False, True), repeat=2):
                             add(_aot_entry(_lstm_fwd_kernel, path, dtype, cfg,
                                            _pointers("fwd", dt, path, has_g0),
-                                           dict(HAS_G0=has_g0, PRECISION=precision)), target)
+                                           dict(HAS_G0=has_g0, PRECISION=precision,
+                                                SAVE=save)), target)
                     for path in sorted(_paths(backward_path, H, dtype, shared_bytes)):
                         cfg = backward_config(path, H, precision)
                         add(_aot_entry(_lstm_bwd_kernel, path, dtype, cfg,
