@@ -8,7 +8,7 @@ from gated_kernels import ops  # noqa: F401  (declares the operators first)
 from gated_kernels.autograd import GRUFunction, LSTMFunction
 from gated_kernels.backends import BACKENDS, cpp_available, resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
-from gated_kernels.convert import convert
+from gated_kernels.convert import convert, revert
 from gated_kernels.functional import gru_layer, lstm_layer
 from gated_kernels.rnn import GRU, LSTM
 from gated_kernels.version import __version__
@@ -27,4 +27,5 @@ __all__ = [
     "gru_layer",
     "lstm_layer",
     "resolve_backend",
+    "revert",
 ]

@@ -70,9 +70,18 @@ def exporting_onnx():
     """True inside torch.onnx.export (either exporter): the modules then run torch.nn's code,
     which the exporters turn into ONNX's LSTM and GRU operators. The cheap checks first: a call
     that is neither traced nor exported pays 0.2 us, not is_in_onnx_export's 1.4 us."""
-    if not (torch.jit.is_tracing() or torch.compiler.is_exporting()):
+    if torch.jit.is_tracing():  # the TorchScript exporter traces
+        return torch.onnx.is_in_onnx_export()
+    if not torch.compiler.is_exporting():
         return False
-    return torch.onnx.is_in_onnx_export()
+    # The dynamo exporter runs torch.export, non-strict first, then strict. Dynamo folds
+    # torch.onnx.is_in_onnx_export() to False, so the exporter's own flag is read (the exporter
+    # has imported its module by now).
+    try:
+        from torch.onnx._internal.exporter import _flags
+    except ImportError:  # a torch whose exporter keeps its flag elsewhere
+        return torch.onnx.is_in_onnx_export()
+    return bool(getattr(_flags, "_is_onnx_exporting", False)) or torch.onnx.is_in_onnx_export()
 
 
 def forced():

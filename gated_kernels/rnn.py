@@ -67,6 +67,12 @@ class _RecurrentBase(nn.RNNBase):
         """The backend of this call: `torch` while torch.onnx exports the model; else the
         requested one resolved by device and, for `auto` on CUDA, by shape (dispatch)."""
         if dispatch.exporting_onnx():
+            if getattr(self, "proj_size", 0) > 0:
+                raise RuntimeError(
+                    "gated_kernels.LSTM with proj_size > 0 cannot be exported to ONNX: ONNX's "
+                    "LSTM operator has no projection, and torch.nn.LSTM with proj_size cannot "
+                    "be exported either (the TorchScript exporter refuses it; the dynamo "
+                    "exporter writes a model onnxruntime rejects)")
             return "torch"
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input

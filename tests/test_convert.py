@@ -114,3 +114,51 @@ def test_ddp_one_step_equals_single_process_on_the_combined_batch(tmp_path):
     (model(tokens) - targets).square().mean().backward()
     optimizer.step()
     _assert_same(torch.load(tmp_path / "params.pt"), [p.detach() for p in model.parameters()])
+
+
+def test_an_optimizer_built_before_convert_still_trains_the_model():
+    """Training frameworks build the optimizer first: convert() must keep its parameters. Two
+    Adam steps on the converted model land where they land on torch.nn's."""
+    reference, model = _model(), _model()
+    reference_opt = torch.optim.Adam(reference.parameters(), lr=0.1)
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.1)
+    before = [p.detach().clone() for p in model.lstm.parameters()]
+    gk.convert(model)
+    assert type(model.lstm) is gk.LSTM
+    for net, opt in ((reference, reference_opt), (model, optimizer)):
+        for _ in range(2):
+            opt.zero_grad()
+            net(TOKENS).square().sum().backward()
+            opt.step()
+    moved = [not torch.equal(p, b) for p, b in zip(model.lstm.parameters(), before)]
+    assert len(moved) == 16 and all(moved), moved
+    _assert_same(list(model.parameters()), list(reference.parameters()))
+
+
+def test_convert_and_revert_keep_parameter_objects_and_hooks():
+    model = _model()
+    lstm, cell = model.lstm, model.cells[0]
+    ids = [id(p) for p in model.parameters()]
+    calls = []
+    lstm.register_forward_hook(lambda module, args, out: calls.append(type(module).__name__))
+    cell.weight_hh.register_hook(lambda grad: calls.append("grad"))
+    gk.convert(model)
+    assert [id(p) for p in model.parameters()] == ids
+    assert model.lstm._flat_weights[0] is lstm.weight_ih_l0
+    model(TOKENS).sum().backward()
+    assert calls == ["LSTM", "grad"] and type(model.lstm) is gk.LSTM
+    reverted = gk.revert(model)
+    assert reverted is model and [id(p) for p in model.parameters()] == ids
+    assert type(model.lstm) is nn.LSTM and type(model.cells[0]) is nn.LSTMCell
+    assert model.lstm._flat_weights[0] is lstm.weight_ih_l0
+    _assert_same(_outputs_and_grads(model, TOKENS), _outputs_and_grads(_model(), TOKENS))
+
+
+def test_convert_and_revert_keep_training_mode_and_configuration():
+    module = nn.LSTM(3, 5, num_layers=2, dropout=0.2, proj_size=2, batch_first=True).eval()
+    ours = gk.convert(module, backend="reference")
+    assert (ours.backend, ours.training, ours.proj_size, ours.dropout) == ("reference", False, 2,
+                                                                           0.2)
+    back = gk.revert(ours)
+    assert type(back) is nn.LSTM and back.batch_first and not back.training
+    assert repr(back) == repr(module)
