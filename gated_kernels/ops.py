@@ -279,16 +279,23 @@ def gru_saved_dtype(xg):
     return xg.dtype if xg.device.type == "cpu" else saved_dtype(xg.dtype)
 
 
+def lstm_gates_dtype(xg):
+    """dtype of the LSTM's saved gates: on CUDA float16 for 16-bit models (the Triton kernels,
+    triton_kernels/lstm.py GATES_DTYPE), on the CPU saved_dtype (csrc/lstm.cpp)."""
+    if xg.device.type == "cuda" and xg.dtype in (torch.float16, torch.bfloat16):
+        return torch.float16
+    return saved_dtype(xg.dtype)
+
+
 @torch.library.register_fake("gated_kernels::lstm_forward")
 def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
     T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
-    acc = saved_dtype(xg.dtype)
     return (
         xg.new_empty(T, B, P),
         xg.new_empty(B, P),
         xg.new_empty(B, H),
-        xg.new_empty(T, B, 4 * H, dtype=acc),
-        xg.new_empty(T, B, H, dtype=acc),
+        xg.new_empty(T, B, 4 * H, dtype=lstm_gates_dtype(xg)),
+        xg.new_empty(T, B, H, dtype=saved_dtype(xg.dtype)),
     )
 
 

@@ -126,13 +126,13 @@ def test_triton_lstm_inference_saves_nothing_and_matches_training(monkeypatch, p
     assert torch.equal(inferred[2], c_last)
 
 
-def test_triton_lstm_half_types_save_float32_state(monkeypatch):
+def test_triton_lstm_half_types_save_float16_gates_and_float32_state(monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "small")
     *args, lens = lstm_inputs(3, 2, 8, dtype=torch.float16)
     args, _ = on_device(args, lens)
     y, h_n, c_n, gates, c_all = lstm_forward_triton(*args, None, False)
     assert (y.dtype, h_n.dtype, c_n.dtype) == (torch.float16,) * 3
-    assert (gates.dtype, c_all.dtype) == (torch.float32,) * 2
+    assert (gates.dtype, c_all.dtype) == (torch.float16, torch.float32)
     xg, w_hh, w_hr, h0, c0 = args
     back = lstm_backward_triton(y, h_n, c_n, w_hh, w_hr, h0, c0, None, False, y, gates, c_all)
     assert [tuple(g.shape) for g in back] == [(3, 2, 32), (32, 8), (0,), (2, 8), (2, 8)]

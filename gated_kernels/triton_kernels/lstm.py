@@ -39,6 +39,11 @@ PER_STEP_BLOCK_K = 64
 # A100's 163 KB. Above H=256 the backward runs per_step.
 BWD_BLOCK_H = 16
 BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 256, torch.bfloat16: 256}
+# The saved gates (i, f, g, o: in [0, 1] or [-1, 1]) of a 16-bit model are float16: 11
+# significant bits where bfloat16 has 8, at half float32's memory (bf16 T=256 B=256 H=1024:
+# 0.5 GB instead of 1.1). The cell states stay float32 (unbounded).
+GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
+               torch.bfloat16: torch.float16}
 
 
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
@@ -146,7 +151,7 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
     """Backward steps s0 .. s0+n_steps-1 (step s processes t = T-1-s, or t = s in reverse):
     dm = dG_{t'} W[:, units] on rows active at the previously processed step t' (else carried),
     plus dm_ptr[t] (dy, or dy W_hr) on active rows; then the pointwise gate gradients into
-    dg_ptr [T, B, 4H] fp32. dmc_ptr / dc_ptr: [B, H] fp32 running dm and dc, read at the start
+    dg_ptr [T, B, 4H] (the model's dtype; computed in fp32, rounded as stored). dmc_ptr / dc_ptr: [B, H] fp32 running dm and dc, read at the start
     and written at the end of the launch. RESIDENT and addresses as in _lstm_fwd_kernel."""
     row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
     u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
@@ -194,10 +199,10 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
         out = rows * H + u0 + unit_tile
         dm_t = dm + tl.load(dm_ptr + out, mask=ld_ok, other=0.0).to(tl.float32)
         gate = rows * 4 * H + u0 + gate_tile
-        i = tl.load(gates_ptr + gate, mask=ld_ok, other=0.0)
-        f = tl.load(gates_ptr + gate + H, mask=ld_ok, other=0.0)
-        g = tl.load(gates_ptr + gate + 2 * H, mask=ld_ok, other=0.0)
-        o = tl.load(gates_ptr + gate + 3 * H, mask=ld_ok, other=0.0)
+        i = tl.load(gates_ptr + gate, mask=ld_ok, other=0.0).to(tl.float32)
+        f = tl.load(gates_ptr + gate + H, mask=ld_ok, other=0.0).to(tl.float32)
+        g = tl.load(gates_ptr + gate + 2 * H, mask=ld_ok, other=0.0).to(tl.float32)
+        o = tl.load(gates_ptr + gate + 3 * H, mask=ld_ok, other=0.0).to(tl.float32)
         tc = common.tanh(tl.load(c_all_ptr + out, mask=ld_ok, other=0.0))
         # c_{t-1}: c0 on the row's first step, else the saved state of the step before t.
         is_first = (t == first_t)[:, None]
@@ -367,9 +372,8 @@ def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs):
 def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     """gated_kernels::lstm_forward on CUDA tensors (CPU tensors under TRITON_INTERPRET=1).
     xg [T,B,4H], w_hh [4H,P], w_hr [P,H] or None, h0 [B,P], c0 [B,H], lengths [B] int64 or
-    None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] and c_all [T,B,H] in
-    float32 (ops.saved_dtype for float32/float16/bfloat16); those two are None with save=False
-    (inference)."""
+    None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] (GATES_DTYPE) and
+    c_all [T,B,H] (float32); those two are None with save=False (inference)."""
     T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
@@ -387,9 +391,8 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
         h[0] = 0
     c = _fp32_copy(c0)
     m = _new_output((T, B, H), dtype, device)  # y itself without projection
-    saved = ops.saved_dtype(dtype)
-    gates = _new_output((T, B, 4 * H), saved, device) if save else None
-    c_all = _new_output((T, B, H), saved, device) if save else None
+    gates = _new_output((T, B, 4 * H), GATES_DTYPE[dtype], device) if save else None
+    c_all = _new_output((T, B, H), torch.float32, device) if save else None
     # Without saving, c stands in for the gates and c_all pointers (SAVE=False never uses them).
     args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m,
             c if gates is None else gates, c if c_all is None else c_all)
@@ -417,22 +420,6 @@ def _check_saved(name, t, shape, dtype):
                          f"got {tuple(t.shape)} and {t.dtype}")
 
 
-def _previous_hidden(y, h0, lens, reverse):
-    """h_{t-1} of every step, like previous_hidden in csrc/common.cpp: y shifted by one step,
-    h0 at a row's first step (0, or lengths[b]-1 in reverse). Past a row's length dG is 0, so
-    what stands there does not matter."""
-    hprev = torch.empty_like(y)
-    T = y.shape[0]
-    if not reverse:
-        hprev[0] = h0
-        hprev[1:] = y[:-1]
-        return hprev
-    hprev[:-1] = y[1:]
-    hprev[T - 1] = h0
-    hprev[lens - 1, torch.arange(y.shape[1], device=y.device)] = h0
-    return hprev
-
-
 def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
     """gated_kernels::lstm_backward: gradients of lstm_forward_triton's y, h_n, c_n (dy, dh_n,
     dc_n) -> dxg [T,B,4H] (dG, the gradient of the pre-activation gates), dw_hh [4H,P], dw_hr
@@ -444,13 +431,12 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     _, _, _, P = ops.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(h0)
     dtype, device = h0.dtype, h0.device
-    saved = ops.saved_dtype(dtype)
     _check_saved("dy", dy, (T, B, P), dtype)
     _check_saved("y", y, (T, B, P), dtype)
     _check_saved("dh_n", dh_n, (B, P), dtype)
     _check_saved("dc_n", dc_n, (B, H), dtype)
-    _check_saved("gates", gates, (T, B, G), saved)
-    _check_saved("c_all", c_all, (T, B, H), saved)
+    _check_saved("gates", gates, (T, B, G), GATES_DTYPE[dtype])
+    _check_saved("c_all", c_all, (T, B, H), torch.float32)
     path = backward_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
     lens = _lengths(lengths, T, B, device)
     # Incoming gradients can be strided (batch_first outputs arrive transposed): the kernel and
@@ -465,7 +451,10 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
         dm_in = dy @ w_hr
         dm = dh_n.float() @ w_hr.float()
     dc = _fp32_copy(dc_n)
-    dg = _new_output((T, B, G), torch.float32, device)
+    # dG in the model's dtype: the kernel rounds it once as it stores it (the dh product reads it
+    # in that dtype anyway), and it is dxg itself, with no float32 copy beside it (bf16 T=256
+    # B=256 H=1024: 0.5 GB where float32 dG and its bf16 copy took 1.6 GB).
+    dg = _new_output((T, B, G), dtype, device)
     args = (dm_in, w, lens, dm, dc, c0.contiguous(), gates.contiguous(), c_all.contiguous(), dg)
     precision = common.input_precision(dtype)
     cfg = backward_config(path, H, precision)
@@ -473,10 +462,12 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
 
     batch = torch.arange(B, device=device)
     first = lens - 1 if reverse else torch.zeros_like(lens)
-    w32 = w_hh.float()
-    dh0 = (dg[first, batch] @ w32).to(dtype)
-    hprev = _previous_hidden(y, h0, lens, reverse).float()
-    dw_hh = (dg.view(T * B, G).T @ hprev.view(T * B, P)).to(dtype)
+    dg_first = dg[first, batch]  # [B, G]: each row's first step, whose h_{t-1} is h0
+    dh0 = (dg_first.float() @ w_hh.float()).to(dtype)
+    # dW_hh = sum_t dG_t^T h_{t-1}, with h_{t-1} read from y one step over (no copy of it): y is
+    # 0 past a row's length, where dG is 0 too, and the rows' first steps add dG^T h0.
+    dg_next, y_prev = (dg[:-1], y[1:]) if reverse else (dg[1:], y[:-1])
+    dw_hh = torch.addmm(dg_first.T @ h0, dg_next.reshape(-1, G).T, y_prev.reshape(-1, P))
     if w_hr is None:
         dw_hr = h0.new_empty(0)
     else:
@@ -487,12 +478,11 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
             nxt[1:] = dg[:-1]
         else:
             nxt[:-1] = dg[1:]
-        dh = dy.float() + nxt @ w32
+        dh = dy.float() + (nxt @ w_hh).float()
         dh[torch.zeros_like(lens) if reverse else lens - 1, batch] += dh_n.float()
         m = gates[..., 3 * H:].float() * torch.tanh(c_all.float())
         dw_hr = (dh.view(T * B, P).T @ m.view(T * B, H)).to(dtype)
-    dxg = dg.to(dtype, copy=dtype != torch.float32)
-    return dxg, dw_hh, dw_hr, dh0, dc.to(dtype, copy=True)
+    return dg, dw_hh, dw_hr, dh0, dc.to(dtype, copy=True)
 
 
 def aot_configs(*args, **kwargs):

@@ -9,6 +9,7 @@ import torch
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.lstm import (
     DTYPES,
+    GATES_DTYPE,
     TL_DTYPES,
     _cooperative_options,
     _lstm_bwd_kernel,
@@ -43,15 +44,16 @@ def _paths(choose, H, dtype, shared_bytes):
             choose(H, 1 << 20, dtype, 1, shared_bytes)}
 
 
-def _pointers(kind, dt, path, has_g0=False):
+def _pointers(kind, dtype, path, has_g0=False):
+    dt, gates = TL_DTYPES[dtype], TL_DTYPES[GATES_DTYPE[dtype]]
     counter = "*i32" if path == "persistent" else f"*{dt}"
     if kind == "fwd":
         return dict(xg_ptr=f"*{dt}", w_ptr=f"*{dt}", g0_ptr="*fp32" if has_g0 else f"*{dt}",
                     len_ptr="*i64", h_ptr=f"*{dt}", c_ptr="*fp32", y_ptr=f"*{dt}",
-                    gates_ptr="*fp32", c_all_ptr="*fp32", counter_ptr=counter)
+                    gates_ptr=f"*{gates}", c_all_ptr="*fp32", counter_ptr=counter)
     return dict(dm_ptr=f"*{dt}", w_ptr=f"*{dt}", len_ptr="*i64", dmc_ptr="*fp32",
-                dc_ptr="*fp32", c0_ptr=f"*{dt}", gates_ptr="*fp32", c_all_ptr="*fp32",
-                dg_ptr="*fp32", counter_ptr=counter)
+                dc_ptr="*fp32", c0_ptr=f"*{dt}", gates_ptr=f"*{gates}", c_all_ptr="*fp32",
+                dg_ptr=f"*{dt}", counter_ptr=counter)
 
 
 def aot_configs(hidden_sizes=HIDDEN_SIZES, dtypes=DTYPES):
@@ -71,7 +73,6 @@ def aot_configs(hidden_sizes=HIDDEN_SIZES, dtypes=DTYPES):
 
     for target, (_, shared_bytes) in TARGETS.items():
         for dtype in dtypes:
-            dt = TL_DTYPES[dtype]
             precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
             for H in hidden_sizes:
                 for precision in precisions:
@@ -79,13 +80,13 @@ def aot_configs(hidden_sizes=HIDDEN_SIZES, dtypes=DTYPES):
                         cfg = forward_config(path, H, precision)
                         for has_g0, save in itertools.product((False, True), repeat=2):
                             add(_aot_entry(_lstm_fwd_kernel, path, dtype, cfg,
-                                           _pointers("fwd", dt, path, has_g0),
+                                           _pointers("fwd", dtype, path, has_g0),
                                            dict(HAS_G0=has_g0, PRECISION=precision,
                                                 SAVE=save)), target)
                     for path in sorted(_paths(backward_path, H, dtype, shared_bytes)):
                         cfg = backward_config(path, H, precision)
                         add(_aot_entry(_lstm_bwd_kernel, path, dtype, cfg,
-                                       _pointers("bwd", dt, path), dict(PRECISION=precision)),
+                                       _pointers("bwd", dtype, path), dict(PRECISION=precision)),
                             target)
     every = set(TARGETS)
     return [entry if targets[name] == every else (*entry, tuple(sorted(targets[name])))
