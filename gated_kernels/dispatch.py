@@ -43,9 +43,9 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
     properties `props` (torch.cuda.get_device_properties)."""
     if T == 1:
         return "torch"
-    if dtype == torch.float16 and cell == "LSTM":
-        if _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
-            return "torch"
+    if dtype == torch.float16 and cell == "LSTM" and _cudnn_persistent_lstm(
+            props, T, B, I, H, num_layers, bidirectional, proj, packed):
+        return "torch"
     forward, backward = triton_paths(props, cell, dtype, B, H)
     if forward == "per_step":
         return "torch"

@@ -11,7 +11,6 @@ import argparse
 import importlib.metadata
 import os
 import sys
-
 from types import SimpleNamespace
 
 import torch
@@ -94,7 +93,8 @@ def main(argv=None):
         if _version("triton") == "not installed":
             print("triton path: Triton is not installed")
             return
-        where = torch.cuda.get_device_name() if torch.cuda.is_available() else "an H100 (no GPU here)"
+        where = (torch.cuda.get_device_name() if torch.cuda.is_available()
+                 else "an H100 (no GPU here)")
         for dtype in (torch.float32, torch.float16, torch.bfloat16):
             print(f"triton path for B={B} T={T} I={I} H={H} {dtype} on {where}: "
                   f"{triton_path(B, H, dtype)}")
