@@ -4,8 +4,8 @@
 # Those machines carry Python 3.12, torch 2.11 and Triton 3.6, can install nothing and cannot load
 # the C++ extension built elsewhere, so everything here runs from the source tree on the Triton
 # path only. It writes into OUT_DIR: gpu_check.log (everything printed), the GPU tests' result,
-# and the markdown and JSON of the runner's `gpu` and `flashrnn` suites (torch.nn measured in the
-# same process). Budget: under 7 minutes on an H100.
+# the markdown and JSON of the runner's `gpu` and `flashrnn` suites (torch.nn measured in the
+# same process) and the barrier benchmark's JSON. Budget: under 7 minutes on an H100.
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 mkdir -p "$out"
@@ -38,6 +38,8 @@ run 90 python -m pytest -q -m cuda tests --junitxml "$out/gpu_tests.xml"
 # markdown are rewritten after each case, so a run cut off at its limit keeps what it measured.
 run 240 python -m gated_kernels.bench --suite gpu --device cuda --backend triton --min-seconds 0.1 \
   --json "$out/gpu_suite.json" --markdown "$out/gpu_suite.md"
+# The fixed cost a persistent kernel pays per step: the grid barrier's two waits, and a launch.
+run 30 python -m gated_kernels.bench.barrier --json "$out/barrier.json"
 run 45 python -m gated_kernels.bench --suite flashrnn --device cuda --backend triton --min-seconds 0.5 \
   --json "$out/flashrnn_suite.json" --markdown "$out/flashrnn_suite.md"
 echo "== gpu_check finished with status $status"

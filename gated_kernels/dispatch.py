@@ -47,23 +47,30 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
             props, T, B, I, H, num_layers, bidirectional, proj, packed):
         return "torch"
     forward, backward = triton_paths(props, cell, dtype, B, H)
-    if forward == "per_step":
+    on_chip = ("small", "persistent")  # a persistent forward looping over tiles: not measured
+    if forward not in on_chip:
         return "torch"
-    if training and (backward == "per_step" or H > TRAINING_MAX_H):
+    if training and (backward not in on_chip or H > TRAINING_MAX_H):
         return "torch"
     return "triton"
 
 
 def triton_paths(props, cell, dtype, B, H):
-    """(forward path, backward path) the Triton kernels take on a device with `props`."""
+    """(forward path, backward path) the Triton kernels take on a device with `props`; a
+    persistent forward whose programs loop over N batch tiles a step reads
+    "persistent:N tiles"."""
     from gated_kernels.triton_kernels import common, lstm
 
     sms = props.multi_processor_count
     shared = getattr(props, "shared_memory_per_block_optin", None)
-    forward = common.choose_path(H, B, dtype, sms, shared)
+    forward = common.choose_path(H, B, dtype, sms, shared, tiles=True)
+    if forward == "persistent":
+        unit_blocks = -(-H // common.PERSISTENT_BLOCK_H)
+        tiles = common.persistent_grid(unit_blocks, -(-B // common.BLOCK_B), sms)[1]
+        forward = forward if tiles == 1 else f"persistent:{tiles} tiles"
     if cell == "LSTM":
         return forward, lstm.backward_path(H, B, dtype, sms, shared)
-    return forward, forward  # the GRU's backward takes the forward's path
+    return forward, common.choose_path(H, B, dtype, sms, shared)
 
 
 def exporting_onnx():

@@ -48,3 +48,34 @@ def test_persistent_kernels_hold_the_barrier_atomics(records):
     assert persistent
     missing = [(r["config"], r["arch"]) for r in persistent if not (r["release"] and r["acquire"])]
     assert not missing, missing
+
+
+def test_barrier_benchmark_kernels_compile_with_their_atomics():
+    """gpu_check.sh times the grid barrier's two waits (bench/barrier.py); both compile for
+    sm_80 and sm_90, the acquire poll as a plain ld.acquire.gpu load."""
+    code = """
+import json, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from gated_kernels.bench import barrier
+from gated_kernels.triton_kernels import common
+out = {}
+signature = {"counter_ptr": "*i32", "sink_ptr": "*fp32", "steps": "i32", "MODE": "constexpr",
+             "STORES": "constexpr"}
+for mode in ("rmw", "acquire"):
+    for cc in (80, 90):
+        source = ASTSource(fn=barrier._barrier_kernel, signature=signature,
+                           constexprs={"MODE": mode, "STORES": 8192})
+        ptx = triton.compile(source, target=GPUTarget("cuda", cc, 32),
+                             options=dict(num_warps=4, **common.persistent_options())).asm["ptx"]
+        out[f"{mode}{cc}"] = ["ld.acquire.gpu" in ptx, "atom.release" in ptx or ".release." in ptx]
+print(json.dumps(out))
+"""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    found = json.loads(result.stdout)
+    for cc in (80, 90):
+        assert found[f"acquire{cc}"] == [True, True]
+        assert found[f"rmw{cc}"] == [False, True]

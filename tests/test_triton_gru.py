@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from common import check_against_reference, gru_inputs, leaves  # noqa: E402
+
 from gated_kernels import reference  # noqa: E402
 from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
 from gated_kernels.triton_kernels import gru  # noqa: E402
@@ -88,6 +89,23 @@ def test_gru_triton_matches_reference(path, case, dtype):
     *args, lens = gru_inputs(T, B, H, lengths)
     check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse, dtype,
                             OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+def test_gru_triton_persistent_forward_loops_over_batch_tiles(monkeypatch, reverse, dtype):
+    """More batch tiles than SMs to spare: each persistent forward program loops over its
+    group's tiles every step. With one SM, one program loops over B=40's 3 tiles (lengths 1 and
+    T); y, h_n and the saved gates are bitwise those of one program per tile."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "persistent")
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    *args, lens = gru_inputs(5, 40, 12, [5, 1, 3, 5, 2] * 8)
+    args = [_on_device(t.to(dtype)) for t in args] + [_on_device(lens)]
+    expected = gru.gru_forward_triton(*args, reverse)
+    monkeypatch.setattr(triton_common, "sm_count", lambda device: 1)
+    tiled = gru.gru_forward_triton(*args, reverse)
+    for name, got, want in zip(("y", "h_n", "gates"), tiled, expected):
+        assert torch.isfinite(got).all() and torch.equal(got, want), name
 
 
 def test_gru_triton_ieee_streams_w_hh(path, monkeypatch):

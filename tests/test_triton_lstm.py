@@ -8,6 +8,7 @@ import torch
 pytest.importorskip("triton")
 
 from common import check_against_reference, grads, leaves, lstm_inputs  # noqa: E402
+
 from gated_kernels import reference  # noqa: E402
 from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
 from gated_kernels.triton_kernels.lstm import (  # noqa: E402
@@ -82,6 +83,34 @@ def test_triton_lstm_matches_reference(monkeypatch, path, case, dtype):
     args, lens = on_device(args, lens)
     check_against_reference(triton_lstm, reference.lstm_recurrence, args, lens, reverse, dtype,
                             OUTPUTS, INPUTS)
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", ["T6-B18-H12-lengths-reverse", "T5-B4-H24-P9-lengths"])
+def test_triton_lstm_persistent_forward_loops_over_batch_tiles(monkeypatch, case, dtype):
+    """A batch with more tiles than SMs to spare: each persistent forward program loops over
+    its group's tiles every step. With one SM (the interpreter's programs hold all units), one
+    program loops over every tile (B=18 and, widened, B=40: 2 and 3 tiles); each output, saved
+    tensors included, is bitwise that of one program per tile."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "persistent")
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H, P, lengths, reverse = CASES[case]
+    if B < 16:
+        B, lengths = 40, (lengths * 10)[:40]
+    *args, lens = lstm_inputs(T, B, H, P, lengths, dtype=dtype)
+    args, lens = on_device(args, lens)
+    expected = lstm_forward_triton(*args, lens, reverse)
+    monkeypatch.setattr(triton_common, "sm_count", lambda device: 1)
+    tiled = lstm_forward_triton(*args, lens, reverse)
+    for name, got, want in zip(OUTPUTS + ("gates", "c_all"), tiled, expected):
+        assert torch.isfinite(got).all() and torch.equal(got, want), name
+
+
+def test_persistent_grid_splits_tiles_over_the_free_sms():
+    assert triton_common.persistent_grid(128, 1, 132) == (1, 1)  # B <= 16 at H=1024
+    assert triton_common.persistent_grid(128, 16, 132) == (1, 16)  # B=256 at H=1024
+    assert triton_common.persistent_grid(64, 16, 132) == (2, 8)  # B=256 at H=512
+    assert triton_common.persistent_grid(32, 5, 132) == (4, 2)  # B=80 at H=256
 
 
 @pytest.mark.parametrize("path", PATHS)

@@ -58,6 +58,27 @@ def shared_memory(device):
     return getattr(torch.cuda.get_device_properties(device), "shared_memory_per_block_optin", None)
 
 
+def persistent_options(maxnreg=True):
+    """Compile and launch options of a persistent kernel, one program per SM (CUDAOptions fields
+    from Triton 3.6 on; none in the interpreter):
+    - launch_cooperative_grid: the driver refuses a grid that cannot be co-resident instead of
+      letting the barrier deadlock;
+    - maxnreg=255 (where asked): ptxas otherwise aims for several programs per SM, which a
+      persistent grid never has. It held the LSTM forward (one tile or several) and the GRU's
+      multi-tile forward to 128 or 168 registers with 8-56 bytes of stack on sm_80 / sm_90;
+      lifted, they compile clean (149-209 registers). The GRU's single-tile kernels go the
+      other way (clean without it, 255 registers and 8-112 bytes of stack with it)."""
+    if interpreting():
+        return {}
+    try:
+        from triton.backends.nvidia.compiler import CUDAOptions
+    except ImportError:
+        return {}
+    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
+    wanted = {"launch_cooperative_grid": True, **({"maxnreg": 255} if maxnreg else {})}
+    return {k: v for k, v in wanted.items() if k in fields}
+
+
 def persistent_max_h(dtype, shared_bytes=None):
     if dtype == torch.float32 and shared_bytes is not None:
         if shared_bytes < FP32_PERSISTENT_SHARED_MEMORY:
@@ -65,12 +86,23 @@ def persistent_max_h(dtype, shared_bytes=None):
     return PERSISTENT_MAX_H
 
 
-def choose_path(H, B, dtype, num_sms, shared_bytes=None):
+def persistent_grid(unit_blocks, batch_tiles, num_sms):
+    """(groups, tiles) of a persistent forward whose unit_blocks x batch_tiles programs do not
+    fit one per SM: `groups` programs along the batch, each looping over `tiles` batch tiles a
+    step, so unit_blocks x groups programs fit (W_hh is read from shared memory once a tile
+    either way, where one launch a step reads it from L2)."""
+    groups = max(1, min(batch_tiles, num_sms // unit_blocks))
+    return groups, -(-batch_tiles // groups)
+
+
+def choose_path(H, B, dtype, num_sms, shared_bytes=None, tiles=False):
     """Which forward/backward kernel runs (GATED_KERNELS_TRITON_PATH forces one):
     - small: H within SMALL_MAX_H; one program per batch tile holds all of W_hh, no barrier;
     - persistent: H up to 1024 (fp32 on chips with under 200 KB of shared memory per program:
       512) when (H / 8 unit blocks) x (batch tiles) programs fit one per SM; W_hh slices stay on
-      chip, programs meet at a grid barrier each step;
+      chip, programs meet at a grid barrier each step. With `tiles` (the forward kernels) also
+      when only the unit blocks fit: programs then loop over several batch tiles a step
+      (persistent_grid);
     - per_step: otherwise (H=2048, large batches); one fused launch per step.
     """
     forced = os.environ.get("GATED_KERNELS_TRITON_PATH")
@@ -80,7 +112,8 @@ def choose_path(H, B, dtype, num_sms, shared_bytes=None):
         return forced
     if H <= SMALL_MAX_H.get(dtype, 64):
         return "small"
-    programs = triton.cdiv(H, PERSISTENT_BLOCK_H) * triton.cdiv(B, BLOCK_B)
+    unit_blocks = triton.cdiv(H, PERSISTENT_BLOCK_H)
+    programs = unit_blocks * (1 if tiles else triton.cdiv(B, BLOCK_B))
     if H <= persistent_max_h(dtype, shared_bytes) and programs <= num_sms:
         return "persistent"
     return "per_step"

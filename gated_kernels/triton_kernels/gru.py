@@ -12,6 +12,7 @@ State crosses steps through global memory: h in a two-slot buffer (a step reads 
 writes slot (s + 1) % 2, so one barrier per step suffices), dh in a [B, H] buffer.
 """
 
+import itertools
 import os
 
 import torch
@@ -48,90 +49,122 @@ def _fwd_dots(acc_r, acc_z, acc_n, h_ptr, w_ptr, rows, row_ok, units, unit_ok, k
     return acc_r, acc_z, acc_n
 
 
+@triton.jit
+def _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_z, b_n, k,
+                  rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
+                  HAS_LENGTHS: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
+                  BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+                  SAVE: tl.constexpr):
+    """Step s (time t) of one batch tile (`rows`) for the program's units."""
+    h_in = h_ptr + (s % 2) * B * H
+    h_out = h_ptr + ((s + 1) % 2) * B * H
+    acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    acc_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
+    if RESIDENT:
+        h = tl.load(h_in + rows[:, None] * H + k[None, :],
+                    mask=row_ok[:, None] & (k < H)[None, :], other=0.0,
+                    cache_modifier=".cg").to(w_ptr.dtype.element_ty)
+        acc_r = tl.dot(h, w_r, acc_r, input_precision=INPUT_PRECISION)
+        acc_z = tl.dot(h, w_z, acc_z, input_precision=INPUT_PRECISION)
+        acc_n = tl.dot(h, w_n, acc_n, input_precision=INPUT_PRECISION)
+    else:
+        for k0 in range(0, H, BLOCK_K):
+            acc_r, acc_z, acc_n = _fwd_dots(acc_r, acc_z, acc_n, h_in, w_ptr, rows, row_ok,
+                                            units, unit_ok, k0 + tl.arange(0, BLOCK_K), H,
+                                            INPUT_PRECISION)
+    # Pointwise: the gates of this program's units, then h' = n + z * (h - n).
+    row_t = t * B + rows
+    x = xg_ptr + row_t[:, None] * (3 * H) + units[None, :]
+    x_r = tl.load(x, mask=tile_ok, other=0.0).to(tl.float32)
+    x_z = tl.load(x + H, mask=tile_ok, other=0.0).to(tl.float32)
+    x_n = tl.load(x + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
+    r = sigmoid(x_r + acc_r + b_r)
+    z = sigmoid(x_z + acc_z + b_z)
+    hn = acc_n + b_n
+    n = tanh(x_n + r * hn)
+    own = rows[:, None] * H + units[None, :]
+    h_prev = tl.load(h_in + own, mask=tile_ok, other=0.0, cache_modifier=".cg")
+    h_prev = h_prev.to(tl.float32)
+    h_new = n + z * (h_prev - n)
+    # Rows past their length carry h; their y and gates are 0.
+    if HAS_LENGTHS:
+        active = (t < lengths)[:, None]
+    else:
+        active = row_ok[:, None]
+    tl.store(h_out + own, tl.where(active, h_new, h_prev).to(h_ptr.dtype.element_ty),
+             mask=tile_ok)
+    tl.store(y_ptr + row_t[:, None] * H + units[None, :],
+             tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
+    if SAVE:
+        g = gates_ptr + row_t[:, None] * (4 * H) + units[None, :]
+        gate_ty = gates_ptr.dtype.element_ty
+        tl.store(g, tl.where(active, r, 0.0).to(gate_ty), mask=tile_ok)
+        tl.store(g + H, tl.where(active, z, 0.0).to(gate_ty), mask=tile_ok)
+        tl.store(g + 2 * H, tl.where(active, n, 0.0).to(gate_ty), mask=tile_ok)
+        tl.store(g + 3 * H, tl.where(active, hn, 0.0).to(gate_ty), mask=tile_ok)
+
+
 @triton.jit(do_not_specialize=NO_SPECIALIZE)
 def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, counter_ptr,
-                    T, B, H, step0, n_steps,
+                    T, B, H, step0, n_steps, tiles,
                     REVERSE: tl.constexpr, HAS_LENGTHS: tl.constexpr, PERSISTENT: tl.constexpr,
                     RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
-                    BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SAVE: tl.constexpr):
+                    BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr, SAVE: tl.constexpr,
+                    TILED: tl.constexpr):
     """Steps [step0, step0 + n_steps) for units [p*BLOCK_H, ...) of rows [q*BLOCK_B, ...).
     h_ptr: [2, B, H] in the input dtype, slot 0 holds h0. RESIDENT: BLOCK_K covers all of H and
     the W_hh slice is loaded once, before the time loop (Triton keeps it in shared memory).
-    SAVE: store the gates backward reads (off for inference: 4H values a row and step fewer)."""
+    SAVE: store the gates backward reads (off for inference: 4H values a row and step fewer).
+    TILED (persistent, as in _lstm_fwd_kernel): the program loops over `tiles` batch tiles,
+    j * P + q for j < tiles (P programs along axis 1), every step, on its W_hh slice."""
     pid_h = tl.program_id(0).to(tl.int64)
     pid_b = tl.program_id(1).to(tl.int64)
     units = pid_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
     unit_ok = units < H
-    row_ok = rows < B
-    tile_ok = row_ok[:, None] & unit_ok[None, :]
-    if HAS_LENGTHS:
-        lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
     b_r = tl.load(b_ptr + units, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
     b_z = tl.load(b_ptr + H + units, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
     b_n = tl.load(b_ptr + 2 * H + units, mask=unit_ok, other=0.0).to(tl.float32)[None, :]
+    k = tl.arange(0, BLOCK_K)
+    # Placeholders when W_hh streams.
+    w_r = w_ptr
+    w_z = w_ptr
+    w_n = w_ptr
     if RESIDENT:
-        k = tl.arange(0, BLOCK_K)
         w = w_ptr + units[None, :] * H + k[:, None]
         w_ok = (k < H)[:, None] & unit_ok[None, :]
         w_r = tl.load(w, mask=w_ok, other=0.0)
         w_z = tl.load(w + H * H, mask=w_ok, other=0.0)
         w_n = tl.load(w + 2 * H * H, mask=w_ok, other=0.0)
-    for s in range(step0, step0 + n_steps):
-        # t * B stays far below 2**31; adding the int64 rows makes every offset int64.
-        if REVERSE:
-            t = T - 1 - s
-        else:
-            t = s
-        h_in = h_ptr + (s % 2) * B * H
-        h_out = h_ptr + ((s + 1) % 2) * B * H
-        acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        acc_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
-        if RESIDENT:
-            h = tl.load(h_in + rows[:, None] * H + k[None, :],
-                        mask=row_ok[:, None] & (k < H)[None, :], other=0.0,
-                        cache_modifier=".cg").to(w_ptr.dtype.element_ty)
-            acc_r = tl.dot(h, w_r, acc_r, input_precision=INPUT_PRECISION)
-            acc_z = tl.dot(h, w_z, acc_z, input_precision=INPUT_PRECISION)
-            acc_n = tl.dot(h, w_n, acc_n, input_precision=INPUT_PRECISION)
-        else:
-            for k0 in range(0, H, BLOCK_K):
-                acc_r, acc_z, acc_n = _fwd_dots(acc_r, acc_z, acc_n, h_in, w_ptr, rows, row_ok,
-                                                units, unit_ok, k0 + tl.arange(0, BLOCK_K), H,
-                                                INPUT_PRECISION)
-        # Pointwise: the gates of this program's units, then h' = n + z * (h - n).
-        row_t = t * B + rows
-        x = xg_ptr + row_t[:, None] * (3 * H) + units[None, :]
-        x_r = tl.load(x, mask=tile_ok, other=0.0).to(tl.float32)
-        x_z = tl.load(x + H, mask=tile_ok, other=0.0).to(tl.float32)
-        x_n = tl.load(x + 2 * H, mask=tile_ok, other=0.0).to(tl.float32)
-        r = sigmoid(x_r + acc_r + b_r)
-        z = sigmoid(x_z + acc_z + b_z)
-        hn = acc_n + b_n
-        n = tanh(x_n + r * hn)
-        own = rows[:, None] * H + units[None, :]
-        h_prev = tl.load(h_in + own, mask=tile_ok, other=0.0, cache_modifier=".cg")
-        h_prev = h_prev.to(tl.float32)
-        h_new = n + z * (h_prev - n)
-        # Rows past their length carry h; their y and gates are 0.
-        if HAS_LENGTHS:
-            active = (t < lengths)[:, None]
-        else:
-            active = row_ok[:, None]
-        tl.store(h_out + own, tl.where(active, h_new, h_prev).to(h_ptr.dtype.element_ty),
-                 mask=tile_ok)
-        tl.store(y_ptr + row_t[:, None] * H + units[None, :],
-                 tl.where(active, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
-        if SAVE:
-            g = gates_ptr + row_t[:, None] * (4 * H) + units[None, :]
-            gate_ty = gates_ptr.dtype.element_ty
-            tl.store(g, tl.where(active, r, 0.0).to(gate_ty), mask=tile_ok)
-            tl.store(g + H, tl.where(active, z, 0.0).to(gate_ty), mask=tile_ok)
-            tl.store(g + 2 * H, tl.where(active, n, 0.0).to(gate_ty), mask=tile_ok)
-            tl.store(g + 3 * H, tl.where(active, hn, 0.0).to(gate_ty), mask=tile_ok)
-        if PERSISTENT:
+    lengths = tl.zeros((BLOCK_B,), dtype=tl.int64)  # a placeholder without lengths
+    if TILED:
+        for s in range(step0, step0 + n_steps):
+            t = T - 1 - s if REVERSE else s
+            for j in range(tiles):
+                rows = (j * tl.num_programs(1) + pid_b) * BLOCK_B + tl.arange(0, BLOCK_B)
+                row_ok = rows < B
+                tile_ok = row_ok[:, None] & unit_ok[None, :]
+                if HAS_LENGTHS:
+                    lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+                _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_z,
+                              b_n, k, rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
+                              HAS_LENGTHS, RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K, INPUT_PRECISION,
+                              SAVE)
             grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b, tl.num_programs(0))
+    else:
+        rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
+        row_ok = rows < B
+        tile_ok = row_ok[:, None] & unit_ok[None, :]
+        if HAS_LENGTHS:
+            lengths = tl.load(lengths_ptr + rows, mask=row_ok, other=0)
+        for s in range(step0, step0 + n_steps):
+            # t * B stays far below 2**31; adding the int64 rows makes every offset int64.
+            t = T - 1 - s if REVERSE else s
+            _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_z, b_n,
+                          k, rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
+                          HAS_LENGTHS, RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K, INPUT_PRECISION, SAVE)
+            if PERSISTENT:
+                grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b, tl.num_programs(0))
 
 
 @triton.jit
@@ -296,30 +329,21 @@ def _config(kind, path, H, dtype, precision, interpreted, save=True):
     return meta, dict(num_warps=num_warps, num_stages=num_stages)
 
 
-def _cooperative():
-    """launch_cooperative_grid=True where this Triton has it (CUDAOptions field since 3.6): the
-    driver then refuses a grid that cannot be co-resident instead of deadlocking at the barrier."""
-    if common.interpreting():
-        return {}
-    from triton.backends.nvidia.compiler import CUDAOptions
-
-    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
-    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
-
-
 def _run(kernel, pointers, T, B, H, dtype, lengths, reverse, **flags):
     """Launches `kernel` over all T steps on the path common.choose_path picks; `flags`: further
-    constexprs (the forward's SAVE)."""
+    constexprs (the forward's SAVE). The forward's persistent path also takes a batch with more
+    tiles than SMs to spare: its programs loop over several tiles (common.persistent_grid)."""
     device = pointers[0].device
     num_sms = common.sm_count(device)
-    path = common.choose_path(H, B, dtype, num_sms, common.shared_memory(device))
+    forward = kernel is _gru_fwd_kernel
+    path = common.choose_path(H, B, dtype, num_sms, common.shared_memory(device), tiles=forward)
     if path == "small" and H > common.SMALL_MAX_H[dtype]:
         raise ValueError(f"the small path holds all of W_hh in one program: H <= "
                          f"{common.SMALL_MAX_H[dtype]} for {dtype}, got H = {H}")
     if path == "persistent" and H > common.PERSISTENT_MAX_H:
         raise ValueError(f"the persistent path keeps W_hh on chip: H <= "
                          f"{common.PERSISTENT_MAX_H}, got H = {H}")
-    kind = "fwd" if kernel is _gru_fwd_kernel else "bwd"
+    kind = "fwd" if forward else "bwd"
     meta, options = _config(kind, path, H, dtype, common.input_precision(dtype),
                             common.interpreting(), flags.get("SAVE", True))
     grid = (triton.cdiv(H, meta["BLOCK_H"]), triton.cdiv(B, BLOCK_B))
@@ -329,19 +353,25 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse, **flags):
     # path): the constexpr flags keep the kernel from touching it.
     counters = pointers[0]
     pointers = [counters if p is None else p for p in pointers]
+    tiles = ()  # the forward kernel's runtime tile count
+    if forward:
+        tiles, flags["TILED"] = (1,), False
     if path == "persistent":
+        if forward and grid[0] * grid[1] > num_sms and grid[0] <= num_sms:
+            groups, count = common.persistent_grid(grid[0], grid[1], num_sms)
+            grid, tiles, flags["TILED"] = (grid[0], groups), (count,), True
         if grid[0] * grid[1] > num_sms:
             raise ValueError(f"the persistent path needs its {grid[0] * grid[1]} programs "
                              f"co-resident, one per SM, but the device has {num_sms} SMs")
         counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
-        options = {**options, **_cooperative()}
+        options = {**options, **common.persistent_options(maxnreg=flags.get("TILED", False))}
     args = [*pointers, counters, T, B, H]
     flags = dict(REVERSE=reverse, HAS_LENGTHS=lengths is not None, **flags)
     if path == "per_step":
         for s in range(T):
-            kernel[grid](*args, s, 1, **flags, **meta, **options)
+            kernel[grid](*args, s, 1, *tiles, **flags, **meta, **options)
     else:
-        kernel[grid](*args, 0, T, **flags, **meta, **options)
+        kernel[grid](*args, 0, T, *tiles, **flags, **meta, **options)
 
 
 def _check_dtype(dtype):
@@ -445,17 +475,25 @@ def aot_configs():
             for path in _paths(H, dtype):
                 for kind, kernel, pointers in (("fwd", _gru_fwd_kernel, _FWD_POINTERS),
                                                ("bwd", _gru_bwd_kernel, _BWD_POINTERS)):
-                    # The forward with and without the saved gates (training, inference).
-                    for save in (True, False) if kind == "fwd" else (None,):
+                    # The forward with and without the saved gates (training, inference) and,
+                    # when persistent, with one batch tile a program or several (TILED).
+                    saves = (True, False) if kind == "fwd" else (None,)
+                    tilings = (False, True) if kind == "fwd" and path == "persistent" else (None,)
+                    for save, tiled in itertools.product(saves, tilings):
                         meta, options = _config(kind, path, H, dtype, precision,
                                                 interpreted=False, save=save is not False)
+                        if path == "persistent":
+                            options = {**options,
+                                       **common.persistent_options(maxnreg=bool(tiled))}
                         constexprs = dict(REVERSE=True, HAS_LENGTHS=True, **meta)
                         name = f"gru_{kind}-{path}-H{H}-{io}-{precision}"
+                        scalars = ("T", "B", "H", "step0", "n_steps")
                         if save is not None:
-                            constexprs["SAVE"] = save
-                            name += "" if save else "-inference"
+                            constexprs.update(SAVE=save, TILED=bool(tiled))
+                            name += ("" if save else "-inference") + ("-tiled" if tiled else "")
+                            scalars += ("tiles",)
                         signature = {p: "*" + ptr_types[p] for p in (*pointers, "counter_ptr")}
-                        signature.update({a: "i32" for a in ("T", "B", "H", "step0", "n_steps")})
+                        signature.update({a: "i32" for a in scalars})
                         signature.update({c: "constexpr" for c in constexprs})
                         configs.append((name, kernel, signature, constexprs, options))
     return configs

@@ -46,36 +46,92 @@ GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
                torch.bfloat16: torch.float16}
 
 
+@triton.jit
+def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+                   BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
+                   RESIDENT: tl.constexpr, PRECISION: tl.constexpr):
+    """h_{t-1} W^T for one batch tile's rows (h_cur: their [., H] rows) and the program's
+    4*BLOCK_H gate columns: the resident W slice `w`, or W streamed in BLOCK_K chunks."""
+    if not RESIDENT:
+        acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
+        for k0 in range(0, H, BLOCK_K):
+            k = k0 + offs_k
+            h_k = tl.load(h_cur + lb[:, None] * H + k[None, :],
+                          mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
+            w_k = tl.load(w_base + col_n[None, :] * H + k[:, None],
+                          mask=col_ok[None, :] & (k[:, None] < H), other=0.0)
+            acc = tl.dot(h_k, w_k, acc, input_precision=PRECISION)
+    else:
+        h_prev = tl.load(h_cur + lb[:, None] * H + offs_k[None, :],
+                         mask=row_ok[:, None] & (offs_k[None, :] < H), other=0.0)
+        acc = tl.dot(h_prev, w, input_precision=PRECISION)
+    return acc
+
+
+@triton.jit
+def _cell_update(acc, c, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
+    """The gates of a pre-activation tile (columns interleaved i, f, g, o per unit) and the
+    new state: (i, f, g, o, c_new, h_new)."""
+    ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
+    i, g = tl.split(ig)
+    f, o = tl.split(fo)
+    i = common.sigmoid(i)
+    f = common.sigmoid(f)
+    g = common.tanh(g)
+    o = common.sigmoid(o)
+    c_new = f * c + i * g
+    return i, f, g, o, c_new, o * common.tanh(c_new)
+
+
+@triton.jit
+def _store_step(h_cur, h_nxt, y_ptr, gates_ptr, c_all_ptr, rows, u0, unit_tile, gate_tile,
+                tile_ok, on, i, f, g, o, c, h_new, H, SAVE: tl.constexpr):
+    """One tile's step results: h_t (carried on inactive rows), y (0 there), and with SAVE the
+    gates (0 there) and c_t."""
+    h_old = tl.load(h_cur + u0 + unit_tile, mask=tile_ok, other=0.0)
+    tl.store(h_nxt + unit_tile, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
+    out = rows * H + u0 + unit_tile
+    tl.store(y_ptr + out, tl.where(on, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
+    if SAVE:
+        tl.store(c_all_ptr + out, c, mask=tile_ok)
+        gate = gates_ptr + rows * 4 * H + u0 + gate_tile
+        tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
+        tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
+        tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
+        tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
+
+
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
 def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_ptr, c_all_ptr,
-                     counter_ptr, T, B, H, s0, n_steps, reverse,
+                     counter_ptr, T, B, H, s0, n_steps, reverse, tiles,
                      BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                      PATH: tl.constexpr, RESIDENT: tl.constexpr, HAS_G0: tl.constexpr,
-                     PRECISION: tl.constexpr, SAVE: tl.constexpr):
+                     PRECISION: tl.constexpr, SAVE: tl.constexpr, TILED: tl.constexpr):
     """Steps s0 .. s0+n_steps-1 of G_t = xg_t + h_{t-1} W^T, then the gates and the state.
     SAVE: store the gates and cell states backward reads (off for inference: 5H fp32 values a
     row and step fewer).
     RESIDENT: BLOCK_K covers H and the W slice is loaded once, before the loop; else W streams
     from L2 in BLOCK_K chunks every step (per_step, and ieee dots on every path).
+    TILED (persistent path, a batch with more tiles than SMs to spare): the program loops over
+    `tiles` batch tiles, q * P + program_id(1) for q < tiles (P programs along axis 1), every
+    step, all on its W slice; their cell states wait in c_ptr between steps. Else the program
+    owns batch tile program_id(1) and keeps its cell state in registers. (The single-tile loop
+    is kept as it was: written as the tiled loop with one tile, 17 builds spilled 8-56 bytes.)
     h_ptr: [2, B, H] ping-pong state in the input dtype (step s reads s % 2); c_ptr: [B, H] fp32
     cell state, read at the start and written at the end of the launch.
     Addresses: int64 scalar bases per step plus int32 tile offsets, which stay live across the
     loop at one register per element instead of two."""
-    row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
     u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
     lb = tl.arange(0, BLOCK_B)
     lu = tl.arange(0, BLOCK_H)
-    row_ok = row0 + lb < B
-    tile_ok = row_ok[:, None] & (u0 + lu < H)[None, :]
     # Gate columns interleaved: column 4u + k of the dot is gate k (i, f, g, o) of unit u, so
     # one dot of N = 4*BLOCK_H yields every gate of the program's units.
     offs_n = tl.arange(0, 4 * BLOCK_H)
     col_n = (offs_n % 4) * H + offs_n // 4  # relative to unit u0
     col_ok = u0 + offs_n // 4 < H
-    length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
-    first_t = reverse * (length - 1)  # a row's first step: 0, or lengths[b]-1 in reverse
     offs_k = tl.arange(0, BLOCK_K)
     w_base = w_ptr + u0 * H
+    w = w_base  # a placeholder when W streams
     if RESIDENT:
         # W slice [H, 4*BLOCK_H], loaded once; Triton keeps it in shared memory for the loop.
         w = tl.load(w_base + col_n[None, :] * H + offs_k[:, None],
@@ -83,64 +139,74 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
     unit_tile = lb[:, None] * H + lu[None, :]  # [b, u] in a [., H] tensor
     gate_tile = lb[:, None] * 4 * H + lu[None, :]  # [b, u] of gate i in a [., 4H] tensor
     xg_tile = lb[:, None] * 4 * H + col_n[None, :]
-    xg_ok = row_ok[:, None] & col_ok[None, :]
-    state = row0 * H + u0
-    c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
-    if HAS_G0:
-        # Loaded once: the values hold fewer registers across the loop than their 64-bit
-        # addresses (the small path spilled 8 bytes at 16 warps on sm_90 with the addresses).
-        g0 = tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile, mask=xg_ok, other=0.0)
-    for s in range(s0, s0 + n_steps):
-        t = s + reverse * (T - 1 - 2 * s)
-        h_cur = h_ptr + (s % 2) * B * H + row0 * H
-        h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
-        if not RESIDENT:
-            acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
-            for k0 in range(0, H, BLOCK_K):
-                k = k0 + offs_k
-                h_k = tl.load(h_cur + lb[:, None] * H + k[None, :],
-                              mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
-                w_k = tl.load(w_base + col_n[None, :] * H + k[:, None],
-                              mask=col_ok[None, :] & (k[:, None] < H), other=0.0)
-                acc = tl.dot(h_k, w_k, acc, input_precision=PRECISION)
-        else:
-            h_prev = tl.load(h_cur + lb[:, None] * H + offs_k[None, :],
-                             mask=row_ok[:, None] & (offs_k[None, :] < H), other=0.0)
-            acc = tl.dot(h_prev, w, input_precision=PRECISION)
-        rows = t.to(tl.int64) * B + row0
-        acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok, other=0.0).to(tl.float32)
-        active = (t < length) & row_ok
-        if HAS_G0:
-            acc += tl.where((active & (t == first_t))[:, None], g0, 0.0)
-        ig, fo = tl.split(tl.reshape(acc, (BLOCK_B, BLOCK_H, 2, 2)))
-        i, g = tl.split(ig)
-        f, o = tl.split(fo)
-        i = common.sigmoid(i)
-        f = common.sigmoid(f)
-        g = common.tanh(g)
-        o = common.sigmoid(o)
-        c_new = f * c + i * g
-        h_new = o * common.tanh(c_new)
-        on = active[:, None]
-        c = tl.where(on, c_new, c)
-        h_old = tl.load(h_cur + u0 + unit_tile, mask=tile_ok, other=0.0)
-        tl.store(h_nxt + unit_tile, tl.where(on, h_new.to(h_old.dtype), h_old), mask=tile_ok)
-        out = rows * H + u0 + unit_tile
-        tl.store(y_ptr + out, tl.where(on, h_new, 0.0).to(y_ptr.dtype.element_ty), mask=tile_ok)
-        if SAVE:
-            tl.store(c_all_ptr + out, c, mask=tile_ok)
-            gate = gates_ptr + rows * 4 * H + u0 + gate_tile
-            tl.store(gate, tl.where(on, i, 0.0), mask=tile_ok)
-            tl.store(gate + H, tl.where(on, f, 0.0), mask=tile_ok)
-            tl.store(gate + 2 * H, tl.where(on, g, 0.0), mask=tile_ok)
-            tl.store(gate + 3 * H, tl.where(on, o, 0.0), mask=tile_ok)
-        if PATH == "persistent":
+    if TILED:
+        for s in range(s0, s0 + n_steps):
+            t = s + reverse * (T - 1 - 2 * s)
+            for q in range(tiles):
+                row0 = (q * tl.num_programs(1) + tl.program_id(1)).to(tl.int64) * BLOCK_B
+                row_ok = row0 + lb < B
+                tile_ok = row_ok[:, None] & (u0 + lu < H)[None, :]
+                xg_ok = row_ok[:, None] & col_ok[None, :]
+                length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
+                state = row0 * H + u0
+                c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+                h_cur = h_ptr + (s % 2) * B * H + row0 * H
+                acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+                                     BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
+                rows = t.to(tl.int64) * B + row0
+                acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
+                               other=0.0).to(tl.float32)
+                active = (t < length) & row_ok
+                if HAS_G0:  # h0 W_hh^T on a row's first step (0, or lengths[b]-1 in reverse)
+                    first = active & (t == reverse * (length - 1))
+                    acc += tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile,
+                                   mask=xg_ok & first[:, None], other=0.0)
+                i, f, g, o, c_new, h_new = _cell_update(acc, c, BLOCK_B, BLOCK_H)
+                on = active[:, None]
+                c = tl.where(on, c_new, c)
+                tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
+                h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
+                _store_step(h_cur, h_nxt, y_ptr, gates_ptr, c_all_ptr, rows, u0, unit_tile,
+                            gate_tile, tile_ok, on, i, f, g, o, c, h_new, H, SAVE)
             common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
                                 tl.num_programs(0))
-        elif PATH == "small":
-            # The next step reads h columns that other warps of this program wrote.
-            tl.debug_barrier()
-    tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
+    else:
+        row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
+        row_ok = row0 + lb < B
+        tile_ok = row_ok[:, None] & (u0 + lu < H)[None, :]
+        length = tl.load(len_ptr + row0 + lb, mask=row_ok, other=0)
+        first_t = reverse * (length - 1)  # a row's first step: 0, or lengths[b]-1 in reverse
+        xg_ok = row_ok[:, None] & col_ok[None, :]
+        state = row0 * H + u0
+        c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
+        if HAS_G0:
+            # Loaded once: the values hold fewer registers across the loop than their 64-bit
+            # addresses (the small path spilled 8 bytes at 16 warps on sm_90 with the addresses).
+            g0 = tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile, mask=xg_ok, other=0.0)
+        for s in range(s0, s0 + n_steps):
+            t = s + reverse * (T - 1 - 2 * s)
+            h_cur = h_ptr + (s % 2) * B * H + row0 * H
+            h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
+            acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+                                 BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
+            rows = t.to(tl.int64) * B + row0
+            acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
+                           other=0.0).to(tl.float32)
+            active = (t < length) & row_ok
+            if HAS_G0:
+                acc += tl.where((active & (t == first_t))[:, None], g0, 0.0)
+            i, f, g, o, c_new, h_new = _cell_update(acc, c, BLOCK_B, BLOCK_H)
+            on = active[:, None]
+            c = tl.where(on, c_new, c)
+            _store_step(h_cur, h_nxt, y_ptr, gates_ptr, c_all_ptr, rows, u0, unit_tile,
+                        gate_tile, tile_ok, on, i, f, g, o, c, h_new, H, SAVE)
+            if PATH == "persistent":
+                common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
+                                    tl.num_programs(0))
+            elif PATH == "small":
+                # The next step reads h columns that other warps of this program wrote.
+                tl.debug_barrier()
+        tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
 
 
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
@@ -151,8 +217,9 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
     """Backward steps s0 .. s0+n_steps-1 (step s processes t = T-1-s, or t = s in reverse):
     dm = dG_{t'} W[:, units] on rows active at the previously processed step t' (else carried),
     plus dm_ptr[t] (dy, or dy W_hr) on active rows; then the pointwise gate gradients into
-    dg_ptr [T, B, 4H] (the model's dtype; computed in fp32, rounded as stored). dmc_ptr / dc_ptr: [B, H] fp32 running dm and dc, read at the start
-    and written at the end of the launch. RESIDENT and addresses as in _lstm_fwd_kernel."""
+    dg_ptr [T, B, 4H] (the model's dtype; computed in fp32, rounded as stored). dmc_ptr /
+    dc_ptr: [B, H] fp32 running dm and dc, read at the start and written at the end of the
+    launch. RESIDENT and addresses as in _lstm_fwd_kernel."""
     row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
     u0 = tl.program_id(0).to(tl.int64) * BLOCK_H
     lb = tl.arange(0, BLOCK_B)
@@ -305,17 +372,6 @@ def backward_config(path, H, precision):
                 num_stages=3)
 
 
-def _cooperative_options():
-    """launch_cooperative_grid makes the driver refuse a grid that cannot be co-resident
-    instead of letting the barrier deadlock; CUDAOptions has it from Triton 3.6 on."""
-    try:
-        from triton.backends.nvidia.compiler import CUDAOptions
-    except ImportError:
-        return {}
-    fields = getattr(CUDAOptions, "__dataclass_fields__", {})
-    return {"launch_cooperative_grid": True} if "launch_cooperative_grid" in fields else {}
-
-
 def _new_output(shape, dtype, device):
     """With GATED_KERNELS_POISON_OUTPUTS=1 outputs start as NaN, like the C++ kernels', so an
     element a kernel never writes fails the tests."""
@@ -345,28 +401,36 @@ def _lengths(lengths, T, B, device):
     return lengths.contiguous()
 
 
-def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs):
-    """Runs `kernel` over all T steps: one launch (small, persistent) or one per step."""
+def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs, tiled=False):
+    """Runs `kernel` over all T steps: one launch (small, persistent) or one per step. With
+    `tiled` (the forward kernel), a persistent batch with more tiles than SMs to spare is split
+    into groups whose programs loop over their tiles (common.persistent_grid)."""
     cfg = dict(cfg)
     block_h = cfg.pop("BLOCK_H")
     grid = (triton.cdiv(H, block_h), triton.cdiv(B, common.BLOCK_B))
     kw = dict(BLOCK_B=common.BLOCK_B, BLOCK_H=block_h, PATH=path, **constexprs, **cfg)
+    extra = (1,) if tiled else ()  # the forward kernel's runtime tile count
     device = args[0].device
     if path == "per_step":
         for s in range(T):
-            kernel[grid](*args, args[0], T, B, H, s, 1, int(reverse), **kw)
+            kernel[grid](*args, args[0], T, B, H, s, 1, int(reverse), *extra, **kw)
         return
     counters = args[0]  # unused without a grid barrier
     if path == "persistent":
-        programs = grid[0] * grid[1]
         num_sms = common.sm_count(device)
+        if tiled and grid[0] * grid[1] > num_sms and grid[0] <= num_sms:
+            groups, tiles = common.persistent_grid(grid[0], grid[1], num_sms)
+            grid, extra = (grid[0], groups), (tiles,)
+            kw["TILED"] = True
+        programs = grid[0] * grid[1]
         if programs > num_sms:
             raise ValueError(f"the persistent LSTM kernel needs {programs} co-resident "
                              f"programs, more than the {num_sms} SMs of {device}")
-        # One zeroed int32 per (step, batch tile): no reset between steps (kernel_design 1.1).
+        # One zeroed int32 per (step, group of programs): no reset between steps
+        # (kernel_design 1.1).
         counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
-        kw.update(_cooperative_options())
-    kernel[grid](*args, counters, T, B, H, 0, T, int(reverse), **kw)
+        kw.update(common.persistent_options())
+    kernel[grid](*args, counters, T, B, H, 0, T, int(reverse), *extra, **kw)
 
 
 def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
@@ -377,7 +441,8 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
-    path = common.choose_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
+    path = common.choose_path(H, B, dtype, common.sm_count(device), common.shared_memory(device),
+                              tiles=True)
     lens = _lengths(lengths, T, B, device)
     h = torch.empty(2, B, H, dtype=dtype, device=device)
     if w_hr is None:
@@ -397,9 +462,9 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m,
             c if gates is None else gates, c if c_all is None else c_all)
     precision = common.input_precision(dtype)
-    constexprs = dict(HAS_G0=g0 is not None, PRECISION=precision, SAVE=save)
+    constexprs = dict(HAS_G0=g0 is not None, PRECISION=precision, SAVE=save, TILED=False)
     cfg = forward_config(path, H, precision)
-    _launch(_lstm_fwd_kernel, path, cfg, T, B, H, reverse, args, constexprs)
+    _launch(_lstm_fwd_kernel, path, cfg, T, B, H, reverse, args, constexprs, tiled=True)
 
     if w_hr is None:
         y = m

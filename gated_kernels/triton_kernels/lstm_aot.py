@@ -11,7 +11,6 @@ from gated_kernels.triton_kernels.lstm import (
     DTYPES,
     GATES_DTYPE,
     TL_DTYPES,
-    _cooperative_options,
     _lstm_bwd_kernel,
     _lstm_fwd_kernel,
     backward_config,
@@ -27,10 +26,12 @@ def _aot_entry(kernel, path, dtype, cfg, pointers, constexprs):
     cfg = dict(cfg)
     options = dict(num_warps=cfg.pop("num_warps"), num_stages=cfg.pop("num_stages"))
     if path == "persistent":
-        options.update(_cooperative_options())
+        options.update(common.persistent_options())
     scalars = ("T", "B", "H", "s0", "n_steps", "reverse")
+    scalars += ("tiles",) if kernel is _lstm_fwd_kernel else ()
     constexprs = dict(BLOCK_B=common.BLOCK_B, PATH=path, **cfg, **constexprs)
-    signature = dict(pointers, **{n: "i32" for n in scalars}, **{n: "constexpr" for n in constexprs})
+    signature = dict(pointers, **{n: "i32" for n in scalars},
+                     **{n: "constexpr" for n in constexprs})
     flags = "-".join(f"{k}{v}" for k, v in constexprs.items() if k not in ("BLOCK_B", "PATH"))
     name = f"{kernel.__name__}-{path}-{TL_DTYPES[dtype]}-{flags}"
     return name, kernel, signature, constexprs, options
@@ -78,11 +79,14 @@ def aot_configs(hidden_sizes=HIDDEN_SIZES, dtypes=DTYPES):
                 for precision in precisions:
                     for path in sorted(_paths(common.choose_path, H, dtype, shared_bytes)):
                         cfg = forward_config(path, H, precision)
-                        for has_g0, save in itertools.product((False, True), repeat=2):
+                        # Persistent: one batch tile a program, or several (TILED).
+                        tilings = (False, True) if path == "persistent" else (False,)
+                        for has_g0, save, tiled in itertools.product((False, True), (False, True),
+                                                                     tilings):
                             add(_aot_entry(_lstm_fwd_kernel, path, dtype, cfg,
                                            _pointers("fwd", dtype, path, has_g0),
                                            dict(HAS_G0=has_g0, PRECISION=precision,
-                                                SAVE=save)), target)
+                                                SAVE=save, TILED=tiled)), target)
                     for path in sorted(_paths(backward_path, H, dtype, shared_bytes)):
                         cfg = backward_config(path, H, precision)
                         add(_aot_entry(_lstm_bwd_kernel, path, dtype, cfg,
