@@ -5,13 +5,17 @@ measured faster than cuDNN, and torch.nn's own code (the `torch` backend) elsewh
 converting a model never makes it slower. The measurements: the `gpu` suite on an H200, T=256,
 B in {1, 16, 64, 256}, H in {256, 512, 1024}, bf16 and fp32, our kernels forced
 (benchmarks/results/2026-11-26-h200-331edbb-gpu_suite.md):
-- inference: 1.06x-3.92x wherever the forward kernel keeps W_hh on chip (the `small` and
-  `persistent` paths); 0.27x-0.79x wherever it runs one launch per step (`per_step`: H=2048, or
-  more than one program per SM, i.e. B > 16 at H=1024, B > 32 at H=512, B > 64 at H=256);
-- training: 1.42x-2.94x where the backward keeps W on chip too and H <= 512 (the LSTM's
-  backward does so up to H=256, the GRU's up to 1024); 0.74x-1.07x for the GRU at H=1024 and
+- inference: 1.06x-3.92x wherever the forward kernel kept W_hh on chip with one batch tile a
+  program (the `small` and `persistent` paths); 0.27x-0.79x wherever it ran one launch per step
+  (`per_step`: more than one program per SM, i.e. B > 16 at H=1024, B > 32 at H=512, B > 64 at
+  H=256);
+- training: 1.42x-2.94x where the backward kept W on chip too and H <= 512 (the LSTM's
+  backward did so up to H=256, the GRU's up to 1024); 0.74x-1.07x for the GRU at H=1024 and
   the LSTM with a per-step backward (H >= 512).
 Not measured, so left to torch.nn:
+- what came after that run: the persistent forward looping over several batch tiles a program,
+  the 16-bit LSTM's persistent backward at H=512, W_hh streamed inside one launch above
+  H=1024 (and H=2048 itself);
 - float16 LSTMs where cuDNN runs its persistent kernel (cudnn/RNN.cpp `get_algo`: one layer,
   one direction, no projection, unpacked, H <= 1024 with H and I multiples of 128, B a multiple
   of 8 up to 128, on sm_80+ chips with >= 98 SMs but sm_86): about 2 us a step (FlashRNN's
@@ -25,8 +29,12 @@ import os
 
 import torch
 
-# Training runs our kernels up to this H (measured above: GRU H=1024 training 0.91x-1.07x).
-TRAINING_MAX_H = 512
+# Training runs our kernels up to this H: measured above for the GRU (H=1024: 0.91x-1.07x) and,
+# for the LSTM, up to where its backward was persistent then (H=256; the 16-bit persistent
+# backward at H=512 came later and is not measured yet).
+TRAINING_MAX_H = {"LSTM": 256, "GRU": 512}
+# The largest H measured (the persistent path streaming W_hh at H=2048 is not).
+MEASURED_MAX_H = 1024
 
 
 def _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
@@ -46,11 +54,13 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
     if dtype == torch.float16 and cell == "LSTM" and _cudnn_persistent_lstm(
             props, T, B, I, H, num_layers, bidirectional, proj, packed):
         return "torch"
+    if H > MEASURED_MAX_H:
+        return "torch"
     forward, backward = triton_paths(props, cell, dtype, B, H)
     on_chip = ("small", "persistent")  # a persistent forward looping over tiles: not measured
     if forward not in on_chip:
         return "torch"
-    if training and (backward not in on_chip or H > TRAINING_MAX_H):
+    if training and (backward not in on_chip or H > TRAINING_MAX_H[cell]):
         return "torch"
     return "triton"
 
@@ -65,7 +75,8 @@ def triton_paths(props, cell, dtype, B, H):
     shared = getattr(props, "shared_memory_per_block_optin", None)
     forward = common.choose_path(H, B, dtype, sms, shared, tiles=True)
     if forward == "persistent":
-        unit_blocks = -(-H // common.PERSISTENT_BLOCK_H)
+        block = common.PERSISTENT_BLOCK_H if H <= common.PERSISTENT_MAX_H else common.STREAM_BLOCK_H
+        unit_blocks = -(-H // block)
         tiles = common.persistent_grid(unit_blocks, -(-B // common.BLOCK_B), sms)[1]
         forward = forward if tiles == 1 else f"persistent:{tiles} tiles"
     if cell == "LSTM":

@@ -18,10 +18,14 @@ def test_reports_versions_backends_and_tf32(capsys):
 
 
 def test_reports_the_triton_path_for_a_shape(capsys):
-    info.main(["--shape", "16,100,256,2048"])
+    info.main(["--shape", "16,100,256,4096"])
     out = capsys.readouterr().out
-    assert out.count("triton path for B=16 T=100 I=256 H=2048") == 3
-    assert "per_step" in out  # W_hh of H=2048 cannot stay on chip
+    assert out.count("triton path for B=16 T=100 I=256 H=4096") == 3
+    assert "per_step" in out  # 256 programs of 16 units: more than an H100's 132 SMs
+    info.main(["--shape", "64,100,256,1024"])
+    out = capsys.readouterr().out
+    assert "persistent:4 tiles" in out  # 128 programs a tile: each loops over 4
+    assert "backend='auto' on CUDA, one-layer LSTM: torch for inference" in out
 
 
 def test_an_unavailable_backend_says_why(monkeypatch):

@@ -108,6 +108,21 @@ def test_gru_triton_persistent_forward_loops_over_batch_tiles(monkeypatch, rever
         assert torch.isfinite(got).all() and torch.equal(got, want), name
 
 
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_gru_triton_persistent_streams_w_above_the_on_chip_limit(monkeypatch, dtype):
+    """Above PERSISTENT_MAX_H (H=2048 on a GPU; lowered to 16 here) the persistent kernels
+    stream W_hh in K chunks inside their one launch, forward and backward."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "persistent")
+    monkeypatch.setattr(triton_common, "PERSISTENT_MAX_H", 16)
+    for kind in ("fwd", "bwd"):
+        meta, _ = gru._config(kind, "persistent", 24, dtype, "tf32", interpreted=True)
+        assert not meta["RESIDENT"], kind
+    T, B, H, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
+    *args, lens = gru_inputs(T, B, 24, lengths)
+    check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse, dtype,
+                            OUTPUTS, INPUTS)
+
+
 def test_gru_triton_ieee_streams_w_hh(path, monkeypatch):
     """With TF32 off the dots run in ieee fp32 and every path streams W_hh in K chunks."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)

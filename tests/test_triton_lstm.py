@@ -13,6 +13,7 @@ from gated_kernels import reference  # noqa: E402
 from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
 from gated_kernels.triton_kernels.lstm import (  # noqa: E402
     aot_configs,
+    forward_config,
     lstm_backward_triton,
     lstm_forward_triton,
 )
@@ -104,6 +105,20 @@ def test_triton_lstm_persistent_forward_loops_over_batch_tiles(monkeypatch, case
     tiled = lstm_forward_triton(*args, lens, reverse)
     for name, got, want in zip(OUTPUTS + ("gates", "c_all"), tiled, expected):
         assert torch.isfinite(got).all() and torch.equal(got, want), name
+
+
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+def test_triton_lstm_persistent_streams_w_above_the_on_chip_limit(monkeypatch, dtype):
+    """Above PERSISTENT_MAX_H (H=2048 on a GPU; lowered to 16 here) the persistent forward
+    streams W_hh in K chunks inside its one launch."""
+    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "persistent")
+    monkeypatch.setattr(triton_common, "PERSISTENT_MAX_H", 16)
+    assert not forward_config("persistent", 24, "tf32")["RESIDENT"]
+    T, B, H, P, lengths, reverse = CASES["T6-B18-H12-lengths-reverse"]
+    *args, lens = lstm_inputs(T, B, 24, P, lengths)
+    args, lens = on_device(args, lens)
+    check_against_reference(triton_lstm, reference.lstm_recurrence, args, lens, reverse, dtype,
+                            OUTPUTS, INPUTS)
 
 
 def test_persistent_grid_splits_tiles_over_the_free_sms():

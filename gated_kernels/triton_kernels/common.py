@@ -21,6 +21,11 @@ SMALL_MAX_H = {torch.float32: 64, torch.float16: 64, torch.bfloat16: 64}
 # fp32 stops at 512 (98 KB).
 PERSISTENT_MAX_H = 1024
 FP32_PERSISTENT_SHARED_MEMORY = 200 * 1024
+# Above PERSISTENT_MAX_H W_hh streams from L2 every step (bf16 H=2048: 33.5 MB, more than 132
+# SMs' shared memory) and a persistent program owns 16 units, as a per_step one does: H=2048
+# then needs 128 programs. That saves the per-step launches (20-22 us a step on the H200 against
+# ~5.6 us of streamed W, reference/gpu_large_batch.md 3d).
+STREAM_BLOCK_H = 16
 PATHS = ("small", "persistent", "per_step")
 # Triton compiles an integer argument equal to 1 as a constant. At B=1 that turned the fp32 GRU
 # forward at H=1024 into a 32-register build with 1204 spilled bytes, 36.9 ms against 2.2 ms at
@@ -103,7 +108,10 @@ def choose_path(H, B, dtype, num_sms, shared_bytes=None, tiles=False):
       chip, programs meet at a grid barrier each step. With `tiles` (the forward kernels) also
       when only the unit blocks fit: programs then loop over several batch tiles a step
       (persistent_grid);
-    - per_step: otherwise (H=2048, large batches); one fused launch per step.
+    - persistent, streaming: above PERSISTENT_MAX_H, when its 16-unit programs fit (H=2048 at
+      B <= 16 on an H100, any B with `tiles`): W_hh streams from L2 each step inside one launch;
+    - per_step: otherwise (large batches without `tiles`, H > 2112 on an H100, fp32 H=1024 on
+      chips with under 200 KB a program); one fused launch per step.
     """
     forced = os.environ.get("GATED_KERNELS_TRITON_PATH")
     if forced:
@@ -112,11 +120,14 @@ def choose_path(H, B, dtype, num_sms, shared_bytes=None, tiles=False):
         return forced
     if H <= SMALL_MAX_H.get(dtype, 64):
         return "small"
-    unit_blocks = triton.cdiv(H, PERSISTENT_BLOCK_H)
+    if H <= persistent_max_h(dtype, shared_bytes):
+        unit_blocks = triton.cdiv(H, PERSISTENT_BLOCK_H)
+    elif H > PERSISTENT_MAX_H:
+        unit_blocks = triton.cdiv(H, STREAM_BLOCK_H)
+    else:
+        return "per_step"
     programs = unit_blocks * (1 if tiles else triton.cdiv(B, BLOCK_B))
-    if H <= persistent_max_h(dtype, shared_bytes) and programs <= num_sms:
-        return "persistent"
-    return "per_step"
+    return "persistent" if programs <= num_sms else "per_step"
 
 
 @triton.jit

@@ -6,7 +6,9 @@ n = tanh(xg_n + r * (W_hn h + b_hn)), h' = (1 - z) * n + z * h, gate order r, z,
 One forward and one backward kernel, each serving the three paths of common.choose_path:
 - small: one program per batch tile owns all H units (and all of W_hh) and runs every step;
 - persistent: program (p, q) owns units [p*BLOCK_H, (p+1)*BLOCK_H) of batch tile q for every
-  step, its W_hh slice loaded once; the programs of a batch tile meet at a grid barrier per step;
+  step, its W_hh slice loaded once; the programs of a batch tile meet at a grid barrier per step.
+  A forward batch with more tiles than SMs to spare has each program loop over a group of tiles
+  (TILED); above PERSISTENT_MAX_H W_hh streams in K chunks inside the one launch;
 - per_step: the same kernel launched once per step (n_steps=1), W_hh streamed in K chunks.
 State crosses steps through global memory: h in a two-slot buffer (a step reads slot s % 2 and
 writes slot (s + 1) % 2, so one barrier per step suffices), dh in a [B, H] buffer.
@@ -286,20 +288,22 @@ def _config(kind, path, H, dtype, precision, interpreted, save=True):
     frame, shared memory within 163 KB."""
     # tl.dot needs K >= 16; H is padded to a power of two and masked.
     h_pad = max(16, triton.next_power_of_2(H))
+    # Above PERSISTENT_MAX_H the persistent path streams W_hh with per_step's 16-unit programs.
+    stream = path == "persistent" and H > common.PERSISTENT_MAX_H
     if path == "per_step":
         block_h = PER_STEP_BLOCK_H
     elif path == "small" or interpreted:
         # The interpreter runs programs one after another: a barrier group of one program.
         block_h = h_pad
     else:
-        block_h = common.PERSISTENT_BLOCK_H
+        block_h = common.STREAM_BLOCK_H if stream else common.PERSISTENT_BLOCK_H
     # W_hh stays resident (loaded once, kept in shared memory) except: per_step (one step per
     # launch); ieee fp32 dots, which lower to FMA with the whole K-wide operand in registers
     # (255 registers and spills from H=64 on); the backward from H=1024, whose three fp32
     # K-wide dGh tiles (3 x 64 KB a program) spill even at 8 warps; the forward of a 128-unit
     # block (small path), whose 3 x 128 x 128 W_hh prologue spills even at 16 warps. Those
     # stream W_hh in K chunks.
-    resident = (path != "per_step" and precision != "ieee"
+    resident = (path != "per_step" and not stream and precision != "ieee"
                 and not (kind == "bwd" and h_pad >= 1024)
                 and not (kind == "fwd" and block_h >= 128))
     if resident:
@@ -314,7 +318,9 @@ def _config(kind, path, H, dtype, precision, interpreted, save=True):
         # 32-wide chunks: 64 spill in fp32 at 16 units a program (255 registers); a whole-H
         # unit block (small path) takes 16-wide chunks and 8 warps.
         block_k = min(16 if block_h > PER_STEP_BLOCK_H else STREAM_BLOCK_K, h_pad)
-        num_warps = 8 if block_h > PER_STEP_BLOCK_H else 4
+        # The persistent loop streaming ieee dots: 4 warps left 24-32 bytes of stack on sm_90
+        # (255 registers), 8 none.
+        num_warps = 8 if block_h > PER_STEP_BLOCK_H or (stream and precision == "ieee") else 4
     num_stages = 1 if resident else 2
     if kind == "fwd" and not save and dtype == torch.float32:
         # Without the gate stores ptxas gives sm_90 builds a stack frame: 24 bytes at 4 warps
@@ -340,9 +346,6 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse, **flags):
     if path == "small" and H > common.SMALL_MAX_H[dtype]:
         raise ValueError(f"the small path holds all of W_hh in one program: H <= "
                          f"{common.SMALL_MAX_H[dtype]} for {dtype}, got H = {H}")
-    if path == "persistent" and H > common.PERSISTENT_MAX_H:
-        raise ValueError(f"the persistent path keeps W_hh on chip: H <= "
-                         f"{common.PERSISTENT_MAX_H}, got H = {H}")
     kind = "fwd" if forward else "bwd"
     meta, options = _config(kind, path, H, dtype, common.input_precision(dtype),
                             common.interpreting(), flags.get("SAVE", True))
@@ -456,7 +459,7 @@ _BWD_POINTERS = ("dy_ptr", "w_ptr", "lengths_ptr", "hprev_ptr", "gates_ptr", "dh
 def _paths(H, dtype):
     """The paths the launchers accept at hidden size H (choose_path's pick, or a forced one)."""
     paths = ["small"] if H <= common.SMALL_MAX_H[dtype] else []
-    return paths + (["persistent"] if H <= common.PERSISTENT_MAX_H else []) + ["per_step"]
+    return [*paths, "persistent", "per_step"]
 
 
 def aot_configs():

@@ -5,7 +5,9 @@ One forward kernel and one backward kernel, each serving the three paths of comm
 - small: one program per batch tile owns all H units; the time loop runs inside the kernel and a
   CTA barrier orders the steps;
 - persistent: program (p, q) owns units [p*BLOCK_H, (p+1)*BLOCK_H) of batch tile q, keeps its
-  W_hh slice on chip across steps and meets the other programs of tile q at a grid barrier;
+  W_hh slice on chip across steps and meets the other programs of tile q at a grid barrier. A
+  forward batch with more tiles than SMs to spare has each program loop over a group of tiles
+  (TILED); above PERSISTENT_MAX_H the W_hh slice streams from L2 inside the one launch;
 - per_step: the same kernel launched once per step (n_steps=1), W_hh streamed from L2 in
   BLOCK_K chunks; the state waits in global memory between launches.
 
@@ -34,11 +36,12 @@ TL_DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16
 PER_STEP_BLOCK_H = 16
 PER_STEP_BLOCK_K = 64
 # Backward: the dh product is (BLOCK_B x 4H) @ (4H x BLOCK_H) and tl.dot needs N >= 16, so a
-# backward program owns 16 units. Its W slice (4H x 16) and the dG operand (16 x 4H) both sit in
-# shared memory: 96 KB at H=256 in fp16, 128 KB in fp32, but 192 KB at H=512 in fp16, over the
-# A100's 163 KB. Above H=256 the backward runs per_step.
+# backward program owns 16 units. Its W slice (4H x 16) and the dG operand (16 x 4H, in the
+# model's dtype) both sit in shared memory: 128 KB at H=512 in fp16 / bf16 and at H=256 in fp32
+# (255 registers at 8 warps, no spill on sm_80 or sm_90), 256 KB at H=1024 in 16 bits or H=512
+# in fp32, over the H100's 227 KB. Above these the backward runs per_step.
 BWD_BLOCK_H = 16
-BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 256, torch.bfloat16: 256}
+BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 512, torch.bfloat16: 512}
 # The saved gates (i, f, g, o: in [0, 1] or [-1, 1]) of a 16-bit model are float16: 11
 # significant bits where bfloat16 has 8, at half float32's memory (bf16 T=256 B=256 H=1024:
 # 0.5 GB instead of 1.1). The cell states stay float32 (unbounded).
@@ -306,6 +309,10 @@ def forward_config(path, H, precision):
     an ahead-of-time compile for sm_80 and sm_90 (lstm_aot, python -m ...triton_kernels.aot): no
     local memory, shared memory within the chip's limit."""
     full = _block(H)
+    if path == "persistent" and H > common.PERSISTENT_MAX_H:
+        # W_hh does not stay on chip: the per_step program, looped over the steps at a barrier.
+        cfg = forward_config("per_step", H, precision)
+        return dict(cfg, BLOCK_H=full) if common.interpreting() else cfg
     # The interpreter runs programs one after another: one program per barrier group.
     block_h = full if path == "small" or common.interpreting() else common.PERSISTENT_BLOCK_H
     if path == "per_step":
