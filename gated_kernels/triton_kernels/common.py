@@ -155,3 +155,14 @@ def grid_barrier(counter_ptr, expected):
     while arrived < expected:
         arrived = tl.atomic_add(counter_ptr, 0, sem="acquire", scope="gpu")
     tl.debug_barrier()
+
+
+@triton.jit
+def end_step(counter_ptr, s, PATH: tl.constexpr):
+    """Between two steps: on the persistent path the grid barrier of the programs that share a
+    batch group (program_id(1)); on the small path the CTA barrier, since the next step reads
+    what other warps of the program wrote."""
+    if PATH == "persistent":
+        grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1), tl.num_programs(0))
+    elif PATH == "small":
+        tl.debug_barrier()

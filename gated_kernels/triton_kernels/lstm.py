@@ -171,8 +171,7 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
                 h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
                 _store_step(h_cur, h_nxt, y_ptr, gates_ptr, c_all_ptr, rows, u0, unit_tile,
                             gate_tile, tile_ok, on, i, f, g, o, c, h_new, H, SAVE)
-            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
-                                tl.num_programs(0))
+            common.end_step(counter_ptr, s, PATH)
     else:
         row0 = tl.program_id(1).to(tl.int64) * BLOCK_B
         row_ok = row0 + lb < B
@@ -203,12 +202,7 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
             c = tl.where(on, c_new, c)
             _store_step(h_cur, h_nxt, y_ptr, gates_ptr, c_all_ptr, rows, u0, unit_tile,
                         gate_tile, tile_ok, on, i, f, g, o, c, h_new, H, SAVE)
-            if PATH == "persistent":
-                common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
-                                    tl.num_programs(0))
-            elif PATH == "small":
-                # The next step reads h columns that other warps of this program wrote.
-                tl.debug_barrier()
+            common.end_step(counter_ptr, s, PATH)
         tl.store(c_ptr + state + unit_tile, c, mask=tile_ok)
 
 
@@ -289,12 +283,7 @@ def _lstm_bwd_kernel(dm_ptr, w_ptr, len_ptr, dmc_ptr, dc_ptr, c0_ptr, gates_ptr,
         tl.store(dg_ptr + gate + 3 * H, tl.where(on, dm_t * tc * o * (1.0 - o), 0.0),
                  mask=tile_ok)
         dc = tl.where(on, dcv * f, dc)
-        if PATH == "persistent":
-            common.grid_barrier(counter_ptr + s * tl.num_programs(1) + tl.program_id(1),
-                                tl.num_programs(0))
-        elif PATH == "small":
-            # The next step reads dG columns that other warps of this program wrote.
-            tl.debug_barrier()
+        common.end_step(counter_ptr, s, PATH)
     tl.store(dmc_ptr + state + unit_tile, dm, mask=tile_ok)
     tl.store(dc_ptr + state + unit_tile, dc, mask=tile_ok)
 
