@@ -32,11 +32,11 @@ import torch, triton
 print(f"torch {torch.__version__}, triton {triton.__version__}, cudnn {torch.backends.cudnn.version()}, "
     f"{torch.cuda.get_device_name()} ({torch.cuda.get_device_properties(0).multi_processor_count} SMs)")
 PY
-run 90 python -m pytest -q -m cuda tests --junitxml "$out/gpu_tests.xml"
+run 60 python -m pytest -q -m cuda tests --junitxml "$out/gpu_tests.xml"
 # Our kernels forced (--backend triton), torch.nn as users have it (weights flattened), and what
 # backend='auto' runs timed beside them where it picks torch.nn's code. 240 cases; the JSON and
 # markdown are rewritten after each case, so a run cut off at its limit keeps what it measured.
-run 240 python -m gated_kernels.bench --suite gpu --device cuda --backend triton --min-seconds 0.1 \
+run 270 python -m gated_kernels.bench --suite gpu --device cuda --backend triton --min-seconds 0.1 \
   --json "$out/gpu_suite.json" --markdown "$out/gpu_suite.md"
 # The fixed cost a persistent kernel pays per step: the grid barrier's two waits, and a launch.
 run 30 python -m gated_kernels.bench.barrier --json "$out/barrier.json"
