@@ -19,8 +19,9 @@ Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
       -> y, h_n: gru_forward's for xg = x w_ih^T + b_ih, nothing saved, no xg made on the CPU
   gru_backward(dy, dh_n, w_hh, h0, lengths?, reverse, y, gates)
       -> dxg [T,B,3H], dw_hh [3H,H], db_hh [3H], dh0 [B,H]
-`gates` and `c_all` are saved for backward: the LSTM's in float32 for 16-bit inputs; the GRU's in
-float32 for 16-bit inputs on CUDA and in the input's dtype on the CPU (gru_saved_dtype).
+`gates` and `c_all` are saved for backward: the LSTM's gates in float32 for 16-bit inputs on the
+CPU and in float16 on CUDA (lstm_gates_dtype), its cell states in float32; the GRU's gates in
+the input's dtype.
 
 The C++ backend's training path takes the layer input, as the inference operators do, and saves
 what backward needs; the input projection's gradients come from their own operator:
@@ -273,12 +274,6 @@ def saved_dtype(dtype):
     return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
 
-def gru_saved_dtype(xg):
-    """dtype of the GRU's saved gates: the input's on the CPU, where the C++ kernel stores them
-    rounded so that a bfloat16 model's training keeps half (csrc/gru.cpp); saved_dtype on CUDA."""
-    return xg.dtype if xg.device.type == "cpu" else saved_dtype(xg.dtype)
-
-
 def lstm_gates_dtype(xg):
     """dtype of the LSTM's saved gates: on CUDA float16 for 16-bit models (the Triton kernels,
     triton_kernels/lstm.py GATES_DTYPE), on the CPU saved_dtype (csrc/lstm.cpp)."""
@@ -347,7 +342,7 @@ def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
     return (
         xg.new_empty(T, B, H),
         xg.new_empty(B, H),
-        xg.new_empty(T, B, 4 * H, dtype=gru_saved_dtype(xg)),
+        xg.new_empty(T, B, 4 * H, dtype=xg.dtype),
     )
 
 

@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gated_kernels.ops import saved_dtype
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.common import BLOCK_B, NO_SPECIALIZE, grid_barrier, sigmoid, tanh
 
@@ -265,9 +264,10 @@ def _gru_bwd_kernel(dy_ptr, w_ptr, lengths_ptr, hprev_ptr, gates_ptr, dh_ptr, dx
         tl.store(dx + H, d_z.to(dx_ty), mask=tile_ok)
         tl.store(dx + 2 * H, d_n.to(dx_ty), mask=tile_ok)
         dg = dgh_ptr + row_t[:, None] * (3 * H) + units[None, :]
-        tl.store(dg, d_r, mask=tile_ok)
-        tl.store(dg + H, d_z, mask=tile_ok)
-        tl.store(dg + 2 * H, d_n * r, mask=tile_ok)
+        dg_ty = dgh_ptr.dtype.element_ty
+        tl.store(dg, d_r.to(dg_ty), mask=tile_ok)
+        tl.store(dg + H, d_z.to(dg_ty), mask=tile_ok)
+        tl.store(dg + 2 * H, (d_n * r).to(dg_ty), mask=tile_ok)
         tl.store(dh_ptr + own, tl.where(active, dh_total * z, dh), mask=tile_ok)
         if PERSISTENT:
             grid_barrier(counter_ptr + u * tl.num_programs(1) + pid_b, tl.num_programs(0))
@@ -386,7 +386,8 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
     """gated_kernels::gru_forward on Triton. xg [T,B,3H], w_hh [3H,H], b_hh [3H], h0 [B,H],
     lengths [B] int64 or None (values in [1, T], not checked: that would sync the device).
     Returns y [T,B,H], h_n [B,H] (input dtype) and gates [T,B,4H] = r, z, n, W_hn h + b_hn
-    (ops.saved_dtype), all 0 past a row's length; gates is None with save=False (inference).
+    (in the input's dtype, as the C++ kernel saves them: a bfloat16 model trains in half the
+    memory), all 0 past a row's length; gates is None with save=False (inference).
 
         y, h_n, gates = gru_forward_triton(xg, w_hh, b_hh, h0, None, False)
     """
@@ -395,7 +396,7 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
     T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
     _check_dtype(xg.dtype)
     y = _new_output((T, B, H), xg.dtype, xg.device)
-    gates = _new_output((T, B, 4 * H), saved_dtype(xg.dtype), xg.device) if save else None
+    gates = _new_output((T, B, 4 * H), xg.dtype, xg.device) if save else None
     h = _new_output((2, B, H), xg.dtype, xg.device)  # step s reads slot s % 2
     h[0].copy_(h0)
     # Without saving, y stands in for the gates pointer (SAVE=False never touches it).
@@ -438,16 +439,19 @@ def gru_backward_triton(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
     hprev = _previous_hidden(y, h0, lengths, reverse)
     dxg = _new_output((T, B, 3 * H), dtype, y.device)
-    dgh = _new_output((T, B, 3 * H), torch.float32, y.device)
+    # dGh in the model's dtype, as the C++ kernel keeps it: computed in fp32, rounded as stored,
+    # read by the next step's product in that dtype anyway (bf16 T=256 B=256 H=1024: 0.4 GB
+    # where float32 took 0.8).
+    dgh = _new_output((T, B, 3 * H), dtype, y.device)
     dh = dh_n.to(torch.float32, copy=True).contiguous()
     w = w_hh.contiguous()
     pointers = [dy.contiguous(), w, lengths, hprev, gates.contiguous(), dh, dxg, dgh]
     _run(_gru_bwd_kernel, pointers, T, B, H, dtype, lengths, reverse)
     # The kernel leaves dh_carry of the last backward step; its dGh @ W_hh completes dh0.
-    dh0 = dh.addmm(dgh[T - 1 if reverse else 0], w.float())
+    dh0 = dh.addmm(dgh[T - 1 if reverse else 0].float(), w.float())
     dgh_2d = dgh.view(T * B, 3 * H)
-    dw_hh = dgh_2d.t().mm(hprev.view(T * B, H).float())
-    return dxg, dw_hh.to(dtype), dgh_2d.sum(0).to(dtype), dh0.to(dtype)
+    dw_hh = dgh_2d.t().mm(hprev.view(T * B, H))  # float32 sums inside the product
+    return dxg, dw_hh, dgh_2d.sum(0, dtype=torch.float32).to(dtype), dh0.to(dtype)
 
 
 _TYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
@@ -469,10 +473,10 @@ def aot_configs():
     Each is specialised with lengths and reverse on: the other variants only drop code."""
     configs = []
     for dtype in AOT_DTYPES:
-        io, acc = _TYPE_NAMES[dtype], _TYPE_NAMES[saved_dtype(dtype)]
+        io = _TYPE_NAMES[dtype]
         ptr_types = {"xg_ptr": io, "w_ptr": io, "b_ptr": io, "lengths_ptr": "i64", "h_ptr": io,
-                     "y_ptr": io, "gates_ptr": acc, "dy_ptr": io, "hprev_ptr": io,
-                     "dh_ptr": "fp32", "dxg_ptr": io, "dgh_ptr": "fp32", "counter_ptr": "i32"}
+                     "y_ptr": io, "gates_ptr": io, "dy_ptr": io, "hprev_ptr": io,
+                     "dh_ptr": "fp32", "dxg_ptr": io, "dgh_ptr": io, "counter_ptr": "i32"}
         precisions = ("tf32", "ieee") if dtype == torch.float32 else ("tf32",)
         for precision, H in ((p, H) for p in precisions for H in AOT_HIDDEN_SIZES):
             for path in _paths(H, dtype):
