@@ -1,8 +1,9 @@
 """Which backend a module call runs when its backend is `auto`, shape by shape.
 
-On the CPU `auto` is the C++ backend. On CUDA it is the Triton kernels only where they were
-measured faster than cuDNN, and torch.nn's own code (the `torch` backend) elsewhere, so that
-converting a model never makes it slower. The measurements: the `gpu` suite on an H200, T=256,
+On the CPU `auto` is the C++ backend, but for the one-step calls cpu_backend names. On CUDA it
+is the Triton kernels only where they were measured faster than cuDNN, and torch.nn's own code
+(the `torch` backend) elsewhere, so that converting a model never makes it slower. The
+measurements: the `gpu` suite on an H200, T=256,
 B in {1, 16, 64, 256}, H in {256, 512, 1024}, bf16 and fp32, our kernels forced
 (benchmarks/results/2026-11-26-h200-331edbb-gpu_suite.md):
 - inference: 1.06x-3.92x wherever the forward kernel kept W_hh on chip with one batch tile a
@@ -82,6 +83,20 @@ def triton_paths(props, cell, dtype, B, H):
     if cell == "LSTM":
         return forward, lstm.backward_path(H, B, dtype, sms, shared)
     return forward, common.choose_path(H, B, dtype, sms, shared)
+
+
+def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
+                 training=False):
+    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 8
+    rows at H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does the
+    step in one fused call where our cell operators run two products and a pass, 0.72x-0.90x of
+    torch.nn on an AMD EPYC (Zen 4) in two runs of the `step` suite, where torch.nn's code
+    behind our module measured 1.00x-1.12x (2026-11-30, 4ed7df0 and c0881f1). Everything else
+    measured at parity or faster on our kernels."""
+    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and H <= 256
+            and not training and num_layers == 1 and not bidirectional and not proj):
+        return "torch"
+    return "cpp"
 
 
 def exporting_onnx():

@@ -77,7 +77,12 @@ class _RecurrentBase(nn.RNNBase):
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
         backend = resolve_backend(self.backend, data.device)
-        if backend != "triton" or self.backend != "auto" or dispatch.forced():
+        if self.backend != "auto":
+            return backend
+        # The CPU rule concerns bfloat16 only: float32 calls pay nothing more here.
+        if backend == "cpp" and data.dtype != torch.bfloat16:
+            return backend
+        if backend not in ("cpp", "triton") or dispatch.forced():
             return backend
         if packed:
             T, B = len(input.batch_sizes), int(input.batch_sizes[0])
@@ -88,11 +93,14 @@ class _RecurrentBase(nn.RNNBase):
         states = [] if hx is None else [hx] if isinstance(hx, torch.Tensor) else list(hx)
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in (data, *states, *self._flat_weights))
+        proj = getattr(self, "proj_size", 0) > 0
+        if backend == "cpp":
+            return dispatch.cpu_backend(self.mode, data.dtype, T, B, self.hidden_size,
+                                        self.num_layers, self.bidirectional, proj, training)
         dtype = autocast.compute_dtype(type(self).__name__, data) or data.dtype
         return dispatch.cuda_backend(torch.cuda.get_device_properties(data.device), self.mode,
                                      dtype, T, B, self.input_size, self.hidden_size,
-                                     self.num_layers, self.bidirectional,
-                                     getattr(self, "proj_size", 0) > 0, packed, training)
+                                     self.num_layers, self.bidirectional, proj, packed, training)
 
     def _zeros(self, input, batch_sizes, size):
         D = 2 if self.bidirectional else 1
