@@ -87,14 +87,14 @@ def triton_paths(props, cell, dtype, B, H):
 
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
                  training=False):
-    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 step (T=1) of B >= 8 rows at
-    H <= 256, in inference, runs torch.nn's code, measured on an AMD EPYC (Zen 4, step suite,
-    2026-11-30): there our cell operators' two products and pass ran at 0.72x-0.90x of torch.nn's
-    fused oneDNN LSTM step (runs at 4ed7df0 and f602811) and 0.86x-0.98x of its GRU step
-    (f602811), where torch.nn's code behind our module measured 0.95x-1.12x. Everything else
+    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 8
+    rows at H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does the
+    step in one fused call where our cell operators run two products and a pass, 0.72x-0.90x of
+    torch.nn on an AMD EPYC (Zen 4) in two runs of the `step` suite, where torch.nn's code
+    behind our module measured 1.00x-1.12x (2026-11-30, 4ed7df0 and c0881f1). Everything else
     measured at parity or faster on our kernels."""
-    if (dtype == torch.bfloat16 and T == 1 and B >= 8 and H <= 256 and not training
-            and num_layers == 1 and not bidirectional and not proj):
+    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and H <= 256
+            and not training and num_layers == 1 and not bidirectional and not proj):
         return "torch"
     return "cpp"
 
