@@ -72,6 +72,17 @@ def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
 
 
 @triton.jit
+def _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, xg_tile, xg_ok,
+                   rows, u0, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                   BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr, PRECISION: tl.constexpr):
+    """G_t = xg_t + h_{t-1} W^T for one batch tile (rows: its [t*B + b] row index), fp32."""
+    acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+                         BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
+    return acc + tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
+                         other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _cell_update(acc, c, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr):
     """The gates of a pre-activation tile (columns interleaved i, f, g, o per unit) and the
     new state: (i, f, g, o, c_new, h_new)."""
@@ -154,11 +165,10 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
                 state = row0 * H + u0
                 c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
                 h_cur = h_ptr + (s % 2) * B * H + row0 * H
-                acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
-                                     BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
                 rows = t.to(tl.int64) * B + row0
-                acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
-                               other=0.0).to(tl.float32)
+                acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
+                                     xg_tile, xg_ok, rows, u0, H, BLOCK_B, BLOCK_H, BLOCK_K,
+                                     RESIDENT, PRECISION)
                 active = (t < length) & row_ok
                 if HAS_G0:  # h0 W_hh^T on a row's first step (0, or lengths[b]-1 in reverse)
                     first = active & (t == reverse * (length - 1))
@@ -189,11 +199,10 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
             t = s + reverse * (T - 1 - 2 * s)
             h_cur = h_ptr + (s % 2) * B * H + row0 * H
             h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
-            acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
-                                 BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
             rows = t.to(tl.int64) * B + row0
-            acc += tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
-                           other=0.0).to(tl.float32)
+            acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
+                                 xg_tile, xg_ok, rows, u0, H, BLOCK_B, BLOCK_H, BLOCK_K,
+                                 RESIDENT, PRECISION)
             active = (t < length) & row_ok
             if HAS_G0:
                 acc += tl.where((active & (t == first_t))[:, None], g0, 0.0)
