@@ -26,9 +26,9 @@ Not measured, so left to torch.nn:
 The `gpu` suite times our kernels forced and records this choice next to them.
 """
 
-import os
-
 import torch
+
+from gated_kernels.backends import backend_forced
 
 # Training runs our kernels up to this H: measured above for the GRU (H=1024: 0.91x-1.07x) and,
 # for the LSTM, up to where its backward was persistent then (H=256; the 16-bit persistent
@@ -119,4 +119,4 @@ def exporting_onnx():
 
 def forced():
     """Whether GATED_KERNELS_BACKEND overrides `auto` (then no shape rule applies)."""
-    return "GATED_KERNELS_BACKEND" in os.environ
+    return backend_forced()
