@@ -12,7 +12,7 @@ from torch import nn
 
 from gated_kernels import autocast, dispatch
 from gated_kernels.autograd import gru_cell, lstm_cell
-from gated_kernels.backends import resolve_backend
+from gated_kernels.backends import backend_forced, resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
 from gated_kernels.rnn import check_backend_name
 
@@ -59,7 +59,7 @@ class _CellBase:
         if dispatch.exporting_onnx():
             return "torch"
         backend = resolve_backend(self.backend, input.device)
-        if backend != "triton" or self.backend != "auto" or dispatch.forced():
+        if backend != "triton" or self.backend != "auto" or backend_forced():
             return backend
         cell = type(self).__name__.removesuffix("Cell")
         dtype = autocast.compute_dtype(type(self).__name__, input) or input.dtype

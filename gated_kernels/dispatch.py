@@ -28,8 +28,6 @@ The `gpu` suite times our kernels forced and records this choice next to them.
 
 import torch
 
-from gated_kernels.backends import backend_forced
-
 # Training runs our kernels up to this H: measured above for the GRU (H=1024: 0.91x-1.07x) and,
 # for the LSTM, up to where its backward was persistent then (H=256; the 16-bit persistent
 # backward at H=512 came later and is not measured yet).
@@ -38,7 +36,7 @@ TRAINING_MAX_H = {"LSTM": 256, "GRU": 512}
 MEASURED_MAX_H = 1024
 
 
-def _cudnn_persistent_lstm(props, T, B, I, H, num_layers, bidirectional, proj, packed):
+def _cudnn_persistent_lstm(props, B, I, H, num_layers, bidirectional, proj, packed):
     """Whether cuDNN runs its persistent LSTM kernel for a float16 call (cudnn/RNN.cpp)."""
     return (props.major >= 8 and props.multi_processor_count >= 98
             and not (props.major == 8 and props.minor == 6)
@@ -53,7 +51,7 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
     if T == 1:
         return "torch"
     if dtype == torch.float16 and cell == "LSTM" and _cudnn_persistent_lstm(
-            props, T, B, I, H, num_layers, bidirectional, proj, packed):
+            props, B, I, H, num_layers, bidirectional, proj, packed):
         return "torch"
     if H > MEASURED_MAX_H:
         return "torch"
@@ -89,10 +87,11 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
                  training=False):
     """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 8
     rows at H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does the
-    step in one fused call where our cell operators run two products and a pass, 0.72x-0.90x of
-    torch.nn on an AMD EPYC (Zen 4) in two runs of the `step` suite, where torch.nn's code
-    behind our module measured 1.00x-1.12x (2026-11-30, 4ed7df0 and c0881f1). Everything else
-    measured at parity or faster on our kernels."""
+    step in one fused call where our cell operators run two products and a pass. On an AMD EPYC
+    (Zen 4), step suite, 2026-11-30: ours 0.72x-0.90x of torch.nn there (4ed7df0, and timed
+    beside backend='torch' at d40f73c), torch.nn's code behind our module (backend='torch')
+    0.98x-1.12x, and through this rule 0.83x-0.95x (eb7e269; the rest is the module's Python,
+    benchmarks/cpu_profile.md). Everything else measured at parity or faster on our kernels."""
     if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and H <= 256
             and not training and num_layers == 1 and not bidirectional and not proj):
         return "torch"
@@ -116,7 +115,3 @@ def exporting_onnx():
         return torch.onnx.is_in_onnx_export()
     return bool(getattr(_flags, "_is_onnx_exporting", False)) or torch.onnx.is_in_onnx_export()
 
-
-def forced():
-    """Whether GATED_KERNELS_BACKEND overrides `auto` (then no shape rule applies)."""
-    return backend_forced()

@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gated_kernels import autocast, dispatch, functional
-from gated_kernels.backends import BACKENDS, resolve_backend
+from gated_kernels.backends import BACKENDS, backend_forced, resolve_backend
 
 
 def check_backend_name(backend):
@@ -82,7 +82,7 @@ class _RecurrentBase(nn.RNNBase):
         # The CPU rule concerns bfloat16 only: float32 calls pay nothing more here.
         if backend == "cpp" and data.dtype != torch.bfloat16:
             return backend
-        if backend not in ("cpp", "triton") or dispatch.forced():
+        if backend not in ("cpp", "triton") or backend_forced():
             return backend
         if packed:
             T, B = len(input.batch_sizes), int(input.batch_sizes[0])

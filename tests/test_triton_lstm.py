@@ -126,6 +126,11 @@ def test_persistent_grid_splits_tiles_over_the_free_sms():
     assert triton_common.persistent_grid(128, 16, 132) == (1, 16)  # B=256 at H=1024
     assert triton_common.persistent_grid(64, 16, 132) == (2, 8)  # B=256 at H=512
     assert triton_common.persistent_grid(32, 5, 132) == (4, 2)  # B=80 at H=256
+    # A launch: tiled where the forward may loop over tiles, refused where it cannot.
+    assert triton_common.persistent_launch((64, 16), 132, True, "cuda") == ((64, 2), 8)
+    assert triton_common.persistent_launch((64, 2), 132, True, "cuda") == ((64, 2), 1)
+    with pytest.raises(ValueError, match="128 programs co-resident, one per SM, but cuda has 100"):
+        triton_common.persistent_launch((64, 2), 100, False, "cuda")
 
 
 @pytest.mark.parametrize("path", PATHS)

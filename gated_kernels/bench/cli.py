@@ -106,13 +106,13 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
               "speedup": None, "backend": None, **dict.fromkeys(MEASURED + AUTO)}
     try:
         theirs = measure.torch_module(case)
-        factory = ours_factory or measure.ours_module
-        ours = factory(theirs, backend=backend)
+        make_ours = ours_factory or measure.ours_module
+        ours = make_ours(theirs, backend=backend)
         args = measure.make_input(case)
         record["backend"] = measure.backend_of(case, ours, args)
         auto = None
         if backend != "auto":  # what `auto` would run here, timed too where it differs
-            auto = factory(theirs, backend="auto")
+            auto = make_ours(theirs, backend="auto")
             record["auto_backend"] = measure.backend_of(case, auto, args)
             if record["auto_backend"] == record["backend"]:
                 auto = None

@@ -100,6 +100,21 @@ def persistent_grid(unit_blocks, batch_tiles, num_sms):
     return groups, -(-batch_tiles // groups)
 
 
+def persistent_launch(grid, num_sms, tiled, device):
+    """(grid, tiles) of a persistent launch of grid = (unit blocks, batch tiles) programs. With
+    `tiled` (the forward kernels), a grid with more programs than SMs becomes groups whose
+    programs loop over `tiles` batch tiles each (persistent_grid). Raises where the programs
+    still cannot be one per SM, which the grid barrier needs."""
+    tiles = 1
+    if tiled and grid[0] * grid[1] > num_sms and grid[0] <= num_sms:
+        groups, tiles = persistent_grid(grid[0], grid[1], num_sms)
+        grid = (grid[0], groups)
+    if grid[0] * grid[1] > num_sms:
+        raise ValueError(f"the persistent path needs its {grid[0] * grid[1]} programs "
+                         f"co-resident, one per SM, but {device} has {num_sms} SMs")
+    return grid, tiles
+
+
 def choose_path(H, B, dtype, num_sms, shared_bytes=None, tiles=False):
     """Which forward/backward kernel runs (GATED_KERNELS_TRITON_PATH forces one):
     - small: H within SMALL_MAX_H; one program per batch tile holds all of W_hh, no barrier;

@@ -360,12 +360,9 @@ def _run(kernel, pointers, T, B, H, dtype, lengths, reverse, **flags):
     if forward:
         tiles, flags["TILED"] = (1,), False
     if path == "persistent":
-        if forward and grid[0] * grid[1] > num_sms and grid[0] <= num_sms:
-            groups, count = common.persistent_grid(grid[0], grid[1], num_sms)
-            grid, tiles, flags["TILED"] = (grid[0], groups), (count,), True
-        if grid[0] * grid[1] > num_sms:
-            raise ValueError(f"the persistent path needs its {grid[0] * grid[1]} programs "
-                             f"co-resident, one per SM, but the device has {num_sms} SMs")
+        grid, count = common.persistent_launch(grid, num_sms, forward, device)
+        if count > 1:
+            tiles, flags["TILED"] = (count,), True
         counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
         options = {**options, **common.persistent_options(maxnreg=flags.get("TILED", False))}
     args = [*pointers, counters, T, B, H]

@@ -422,15 +422,9 @@ def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs, tiled=False):
         return
     counters = args[0]  # unused without a grid barrier
     if path == "persistent":
-        num_sms = common.sm_count(device)
-        if tiled and grid[0] * grid[1] > num_sms and grid[0] <= num_sms:
-            groups, tiles = common.persistent_grid(grid[0], grid[1], num_sms)
-            grid, extra = (grid[0], groups), (tiles,)
-            kw["TILED"] = True
-        programs = grid[0] * grid[1]
-        if programs > num_sms:
-            raise ValueError(f"the persistent LSTM kernel needs {programs} co-resident "
-                             f"programs, more than the {num_sms} SMs of {device}")
+        grid, tiles = common.persistent_launch(grid, common.sm_count(device), tiled, device)
+        if tiles > 1:
+            extra, kw["TILED"] = (tiles,), True
         # One zeroed int32 per (step, group of programs): no reset between steps
         # (kernel_design 1.1).
         counters = torch.zeros(T * grid[1], dtype=torch.int32, device=device)
