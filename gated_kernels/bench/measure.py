@@ -12,7 +12,6 @@ from gated_kernels.bench.suites import DTYPES
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 
-
 @contextlib.contextmanager
 def _quiet_stderr():
     """Kineto prints profiler start/stop lines straight to file descriptor 2, through the
@@ -167,7 +166,15 @@ def step_fn(case, module, args):
 
 
 class _Timer:
-    """Wall time of a call: CUDA events on a GPU, time.perf_counter on the CPU."""
+    """Wall time of a call: CUDA events on a GPU, time.perf_counter on the CPU.
+
+    On a GPU each call starts on an idle device: the events then time the call as a user's
+    loop sees it, the larger of its GPU time and the time the CPU takes to launch its kernels.
+    Left queued behind the previous call, a call whose launches outlast its kernels (cuDNN
+    launches a few kernels a step) would be timed on kernels the CPU had queued while the GPU
+    ran the previous call. The H200 run of 2026-11-30, queued, timed torch.nn's GRU forward
+    (T=256, B=64, H=512, bf16) at 3.0 ms on torch.nn's module, which always followed a long
+    kernel, and at 4.8 ms as the same code run by ours, which mostly followed its own launches."""
 
     def __init__(self, device):
         self.cuda = device.startswith("cuda")
@@ -175,6 +182,7 @@ class _Timer:
     def __call__(self, fn):
         if self.cuda:
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            torch.cuda.synchronize()
             start.record()
             fn()
             end.record()
