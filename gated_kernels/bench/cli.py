@@ -59,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--backend", default="auto", choices=BACKENDS,
                    help="gated_kernels backend under test; other than auto, the auto choice is "
                         "timed next to it where it differs")
+    p.add_argument("--only-auto", choices=("triton", "torch", "cpp"),
+                   help="with a forced --backend: only the cases where `auto` picks this one")
     p.add_argument("--threads", type=_positive, help="torch.set_num_threads")
     p.add_argument("--min-seconds", type=float, default=1.0,
                    help="timed runs per case: at least this long per implementation")
@@ -68,6 +70,8 @@ def parse_args(argv):
     args = p.parse_args(argv)
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.only_auto and args.backend == "auto":
+        p.error("--only-auto needs a forced --backend (the `auto` choice is recorded beside it)")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda was requested but no CUDA GPU is available")
     if args.plot:
@@ -93,15 +97,18 @@ def select_cases(args):
 
 
 MEASURED = [f"{n}_{k}" for n in ("ours", "torch") for k in
-            ("median_s", "p20_s", "p80_s", "runs", "peak_bytes", "out_error", "grad_error")]
+            ("median_s", "gpu_median_s", "p20_s", "p80_s", "runs", "peak_bytes", "out_error",
+             "grad_error")] + ["gpu_speedup"]
 AUTO = ["auto_backend", "auto_median_s", "auto_speedup"]
 
 
-def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1.0):
+def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1.0,
+             only_auto=None):
     """One record: the gate (shared by the fwd and fwdbwd case of a shape), then, if it
     passed, interleaved timing and peak memory of gated_kernels and torch.nn. A case that cannot
     run at all (say, a dtype one side does not support on this device) is recorded as ERROR with
-    the reason, and the run goes on."""
+    the reason, and the run goes on. With `only_auto`, None for a case whose `auto` choice is
+    another backend. On a GPU, gpu_speedup compares the GPU's work alone (measure._Timer)."""
     record = {"case": case.name, **asdict(case), **prov, "gate": "ERROR", "error": None,
               "speedup": None, "backend": None, **dict.fromkeys(MEASURED + AUTO)}
     try:
@@ -116,6 +123,8 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
             record["auto_backend"] = measure.backend_of(case, auto, args)
             if record["auto_backend"] == record["backend"]:
                 auto = None
+        if only_auto and not (record["auto_backend"] or "").startswith(only_auto):
+            return None
         key = case.shape_key()
         if key not in gates:
             gates[key] = measure.gate(case, theirs, ours, args)
@@ -144,7 +153,10 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
                            f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
                            f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name],
                                                                            case.device)})
+            record[f"{name}_gpu_median_s"] = t.get("gpu_median")
         record["speedup"] = timing["torch"]["median"] / timing["ours"]["median"]
+        if "gpu_median" in timing["ours"]:
+            record["gpu_speedup"] = timing["torch"]["gpu_median"] / timing["ours"]["gpu_median"]
     except Exception as error:  # noqa: BLE001 - reported in the record, the suite goes on
         record.update(gate="ERROR", speedup=None, error=f"{type(error).__name__}: {error}")
     return record
@@ -179,7 +191,11 @@ def main(argv=None):
     print(f"suite {name}: {len(cases)} cases on {report.header(prov)}", flush=True)
     gates, records = {}, []
     for case in _progress(cases):
-        records.append(run_case(case, prov, gates, args.backend, min_seconds=args.min_seconds))
+        record = run_case(case, prov, gates, args.backend, min_seconds=args.min_seconds,
+                          only_auto=args.only_auto)
+        if record is None:
+            continue
+        records.append(record)
         _write(args, name, records, prov)  # after every case: a run cut short keeps its cases
     print(report.table(records))
     for r in records:

@@ -174,28 +174,65 @@ class _Timer:
     launches a few kernels a step) would be timed on kernels the CPU had queued while the GPU
     ran the previous call. The H200 run of 2026-11-30, queued, timed torch.nn's GRU forward
     (T=256, B=64, H=512, bf16) at 3.0 ms on torch.nn's module, which always followed a long
-    kernel, and at 4.8 ms as the same code run by ours, which mostly followed its own launches."""
+    kernel, and at 4.8 ms as the same code run by ours, which mostly followed its own launches.
+
+    `gpu_time(fn, launch_s)` times the GPU's work alone, as in a model whose other layers keep
+    the GPU busy while the CPU launches: the device first sleeps longer than the call takes to
+    launch (launch_s), so every kernel of the call is queued before the start event passes."""
 
     def __init__(self, device):
         self.cuda = device.startswith("cuda")
+        if self.cuda:  # torch.cuda._sleep counts clock cycles: how many a second, measured
+            cycles = 10**7
+            elapsed = self._events(lambda: torch.cuda._sleep(cycles))
+            torch.cuda.synchronize()
+            self.cycles_per_s = cycles / elapsed()
 
     def __call__(self, fn):
         if self.cuda:
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             torch.cuda.synchronize()
-            start.record()
-            fn()
-            end.record()
-            return lambda: start.elapsed_time(end) / 1e3
+            return self._events(fn)
         start = time.perf_counter()
         fn()
         elapsed = time.perf_counter() - start
         return lambda: elapsed
 
+    def gpu_time(self, fn, launch_s):
+        torch.cuda.synchronize()
+        torch.cuda._sleep(int((1.5 * launch_s + 1e-4) * self.cycles_per_s))
+        return self._events(fn)
+
+    @staticmethod
+    def _events(fn):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        return lambda: start.elapsed_time(end) / 1e3
+
+
+def _launch_seconds(step):
+    """CPU time of one call with the GPU left to run behind it (synchronized before and after,
+    not within)."""
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    step()
+    elapsed = time.perf_counter() - start
+    torch.cuda.synchronize()
+    return elapsed
+
+
+def _stats(times):
+    times = sorted(times)
+    quantiles = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return {"median": statistics.median(times), "p20": quantiles[0], "p80": quantiles[3],
+            "runs": len(times)}
+
 
 def time_interleaved(steps, device, warmup=2, min_seconds=1.0, min_runs=5, max_runs=1000):
     """Median and 20th/80th percentiles (seconds) per step function. Runs alternate between the
-    implementations, so a busy moment on a shared machine hits both alike."""
+    implementations, so a busy moment on a shared machine hits both alike. On a GPU each run
+    also times the GPU's work alone (_Timer.gpu_time): "gpu_median"."""
     timer = _Timer(device)
     for _ in range(warmup):
         for step in steps.values():
@@ -207,19 +244,20 @@ def time_interleaved(steps, device, warmup=2, min_seconds=1.0, min_runs=5, max_r
         torch.cuda.synchronize()
     slowest = max(t() for t in probe.values())
     runs = int(min(max_runs, max(min_runs, min_seconds / max(slowest, 1e-6))))
+    launch = {name: _launch_seconds(step) for name, step in steps.items()} if timer.cuda else {}
     pending = {name: [] for name in steps}
+    gpu_pending = {name: [] for name in launch}
     order = list(steps)
     for r in range(runs):
         for name in order if r % 2 == 0 else reversed(order):
             pending[name].append(timer(steps[name]))
+            if timer.cuda:
+                gpu_pending[name].append(timer.gpu_time(steps[name], launch[name]))
     if timer.cuda:
         torch.cuda.synchronize()
-    result = {}
-    for name, timings in pending.items():
-        times = sorted(t() for t in timings)
-        quantiles = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
-        result[name] = {"median": statistics.median(times), "p20": quantiles[0],
-                        "p80": quantiles[3], "runs": len(times)}
+    result = {name: _stats([t() for t in timings]) for name, timings in pending.items()}
+    for name, timings in gpu_pending.items():
+        result[name]["gpu_median"] = statistics.median(t() for t in timings)
     return result
 
 

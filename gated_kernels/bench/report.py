@@ -83,22 +83,31 @@ def has_auto(records):
     return any(r.get("auto_backend") for r in records)
 
 
+def has_gpu_time(records):
+    """Whether the GPU's work alone was timed too (on CUDA: measure._Timer.gpu_time)."""
+    return any(r.get("gpu_speedup") for r in records)
+
+
 def columns(records):
+    gpu = ("gpu speedup",) if has_gpu_time(records) else ()
     auto = ("backend", "auto", "auto speedup") if has_auto(records) else ()
-    return COLUMNS + auto + tuple(f"{name} ms" for name in peer_names(records))
+    return COLUMNS + gpu + auto + tuple(f"{name} ms" for name in peer_names(records))
 
 
-def row(record, peer_columns=(), auto=False):
+def row(record, peer_columns=(), auto=False, gpu=False):
     """One table row; a case that failed the gate (or could not run) shows no speedup. With
-    `auto`, the backend timed (and its Triton paths), what `auto` runs and its speedup; peer
-    medians follow, where a peer ran."""
+    `gpu`, the speedup of the GPU's work alone; with `auto`, the backend timed (and its Triton
+    paths), what `auto` runs and its speedup; peer medians follow, where a peer ran."""
     passed = record["gate"] == "PASS"
     speedup = f"{record['speedup']:.2f}x" if passed else "-"
     error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
     extra = ()
+    if gpu:
+        gpu_speedup = record.get("gpu_speedup")
+        extra = (f"{gpu_speedup:.2f}x" if passed and gpu_speedup else "-",)
     if auto:
         auto_speedup = record.get("auto_speedup")
-        extra = (record.get("backend") or "-", record.get("auto_backend") or "-",
+        extra += (record.get("backend") or "-", record.get("auto_backend") or "-",
                  f"{auto_speedup:.2f}x" if passed and auto_speedup else "-")
     return (record["case"], record["gate"], _ms(record["ours_median_s"]),
             _ms(record["torch_median_s"]), speedup, _err(record["ours_" + error_key]),
@@ -110,7 +119,7 @@ def row(record, peer_columns=(), auto=False):
 def table(records):
     names = peer_names(records)
     head = columns(records)
-    rows = [head] + [row(r, names, has_auto(records)) for r in records]
+    rows = [head] + [row(r, names, has_auto(records), has_gpu_time(records)) for r in records]
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
@@ -137,6 +146,9 @@ def summary(suite, records):
                 name = f"{dtype} {mode}" if len(dtypes) > 1 else mode
                 parts.append(f"{name} speedup geomean {_geomean(speedups):.2f}x "
                              f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    gpus = [r["gpu_speedup"] for r in passed if r.get("gpu_speedup")]
+    if gpus:
+        parts.append(f"GPU work alone: geomean {_geomean(gpus):.2f}x (min {min(gpus):.2f}x)")
     autos = [r["auto_speedup"] for r in passed if r.get("auto_speedup")]
     if autos:
         parts.append(f"backend auto: geomean {_geomean(autos):.2f}x (min {min(autos):.2f}x), "
@@ -155,9 +167,14 @@ def markdown(suite, records, prov):
              "fwd); MB is peak memory allocated during one call."
              + (" With a backend forced, `backend` is what was timed as ours (and its Triton "
                 "forward/backward paths), `auto` what backend='auto' runs, timed in the same "
-                "interleaved runs where it differs." if has_auto(records) else ""), "",
+                "interleaved runs where it differs." if has_auto(records) else "")
+             + (" Each call starts on an idle GPU, so its time is the larger of its kernels' "
+                "and its launches' time; `gpu speedup` compares the kernels' time alone, each "
+                "call queued behind a GPU sleep longer than its launches (as in a model whose "
+                "other layers keep the GPU busy)." if has_gpu_time(records) else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
-    lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records))) + " |"
+    lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records),
+                                    has_gpu_time(records))) + " |"
               for r in records]
     return "\n".join(lines) + "\n"
 
