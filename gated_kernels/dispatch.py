@@ -2,25 +2,24 @@
 
 On the CPU `auto` is the C++ backend, but for the one-step calls cpu_backend names. On CUDA it
 is the Triton kernels only where they were measured faster than cuDNN, and torch.nn's own code
-(the `torch` backend) elsewhere, so that converting a model never makes it slower. The
-measurements: the `gpu` suite on an H200, T=256,
-B in {1, 16, 64, 256}, H in {256, 512, 1024}, bf16 and fp32, our kernels forced
-(benchmarks/results/2026-11-26-h200-331edbb-gpu_suite.md):
-- inference: 1.06x-3.92x wherever the forward kernel kept W_hh on chip with one batch tile a
-  program (the `small` and `persistent` paths); 0.27x-0.79x wherever it ran one launch per step
-  (`per_step`: more than one program per SM, i.e. B > 16 at H=1024, B > 32 at H=512, B > 64 at
-  H=256);
-- training: 1.42x-2.94x where the backward kept W on chip too and H <= 512 (the LSTM's
-  backward did so up to H=256, the GRU's up to 1024); 0.74x-1.07x for the GRU at H=1024 and
-  the LSTM with a per-step backward (H >= 512).
-Not measured, so left to torch.nn:
-- what came after that run: the persistent forward looping over several batch tiles a program,
-  the 16-bit LSTM's persistent backward at H=512, W_hh streamed inside one launch above
-  H=1024 (and H=2048 itself);
+(the `torch` backend) elsewhere, so that converting a model never makes it slower.
+
+The measurements: the `gpu` suite on an H200 (132 SMs), our kernels forced against torch.nn as
+users have it, each call timed from an idle GPU: T=256, one layer, B in {1, 16, 64, 128, 256},
+H in {256, 512, 1024, 2048}, float16, bfloat16 and float32, inference and training
+(benchmarks/results/2026-11-30-h200-f0ad29a-gpu_suite.md). What decides is how many batch
+tiles each program of our persistent forward loops over a step (1 while (H/8) x (B/16)
+programs fit one per SM; on the H200 2 at H=256 B=128, 4 at H=512 B=128 or H=1024 B=64):
+cuDNN's time barely moves with B (about 3 ms a forward at H <= 1024 in bfloat16), ours grows
+with the tiles. MAX_TILES keeps our kernels wherever every measured point of a (cell, mode,
+dtype, H) at that many tiles or fewer ran at >= 1.05x; everywhere else torch.nn's code runs.
+Left to torch.nn besides:
 - float16 LSTMs where cuDNN runs its persistent kernel (cudnn/RNN.cpp `get_algo`: one layer,
   one direction, no projection, unpacked, H <= 1024 with H and I multiples of 128, B a multiple
-  of 8 up to 128, on sm_80+ chips with >= 98 SMs but sm_86): about 2 us a step (FlashRNN's
-  H100 figures, reference/gpu_large_batch.md) against our persistent kernel's fixed ~4 us;
+  of 8 up to 128, on sm_80+ chips with >= 98 SMs but sm_86): 0.45x-0.91x at B=16 and 128.
+  (At B=64 it ran slower than at B=128 and ours won, 1.14x-1.87x: too erratic to route on.)
+- a forward that runs one launch a step (`per_step`: the unit blocks alone do not fit the SMs,
+  e.g. H=1024 on chips with under 128 SMs), and H > 2048 (not measured);
 - one step a call (cells, T=1): our single-step CUDA path is not built (issue 14), and one
   step through the sequence kernels adds launches torch.nn's fused cell does not make.
 The `gpu` suite times our kernels forced and records this choice next to them.
@@ -28,12 +27,36 @@ The `gpu` suite times our kernels forced and records this choice next to them.
 
 import torch
 
-# Training runs our kernels up to this H: measured above for the GRU (H=1024: 0.91x-1.07x) and,
-# for the LSTM, up to where its backward was persistent then (H=256; the 16-bit persistent
-# backward at H=512 came later and is not measured yet).
-TRAINING_MAX_H = {"LSTM": 256, "GRU": 512}
-# The largest H measured (the persistent path streaming W_hh at H=2048 is not).
-MEASURED_MAX_H = 1024
+# The measured H; a call takes the entry of the smallest one at or above its H.
+MEASURED_H = (256, 512, 1024, 2048)
+# (cell, training, dtype) -> the most batch tiles a forward program may loop over for our
+# kernels to run, at each MEASURED_H (0: never). The H200 ratios that set them, at 1 / 2 / 4
+# tiles (the first ratio below the 1.05x bar in brackets):
+# - LSTM inference: 2.4x-3.7x / 2.0x-2.1x / 1.25x-1.5x at H <= 512 in 16 bits; float32
+#   2.2x-2.6x / 1.5x-1.7x / [0.93x]; H=1024 1.3x-2.5x / - / [0.52x-0.75x]; H=2048 1.07x-1.32x
+#   at one tile but float16 [0.96x at B=16].
+# - LSTM training: H <= 256 1.8x-3.0x at one tile, 2 tiles [1.01x float32]; H=512 2.0x-2.2x
+#   in 16 bits, float32 [1.00x at B=1]; H=1024 1.09x-1.14x in 16 bits, float32 [0.73x];
+#   H=2048 [0.53x-0.66x].
+# - GRU inference: H <= 512 1.5x-2.9x / 1.26x-1.64x in 16 bits (float32 1.09x at H=256,
+#   [1.02x] at H=512), 4 tiles [0.64x-1.00x]; H=1024 1.5x-2.0x in 16 bits, float32 [0.98x];
+#   H=2048 [0.30x-0.50x].
+# - GRU training: H=256 2.2x-3.3x / 1.12x-1.24x / 1.26x-1.27x; H=512 1.5x-2.6x at one tile,
+#   2 tiles 1.16x float32 but [0.94x-1.05x] in 16 bits; H >= 1024 [0.32x-0.99x].
+MAX_TILES = {
+    ("LSTM", False, torch.float16): (4, 4, 1, 0),
+    ("LSTM", False, torch.bfloat16): (4, 4, 1, 1),
+    ("LSTM", False, torch.float32): (2, 2, 1, 1),
+    ("LSTM", True, torch.float16): (1, 1, 1, 0),
+    ("LSTM", True, torch.bfloat16): (1, 1, 1, 0),
+    ("LSTM", True, torch.float32): (1, 0, 0, 0),
+    ("GRU", False, torch.float16): (2, 2, 1, 0),
+    ("GRU", False, torch.bfloat16): (2, 2, 1, 0),
+    ("GRU", False, torch.float32): (2, 1, 0, 0),
+    ("GRU", True, torch.float16): (4, 1, 0, 0),
+    ("GRU", True, torch.bfloat16): (4, 1, 0, 0),
+    ("GRU", True, torch.float32): (4, 2, 0, 0),
+}
 
 
 def _cudnn_persistent_lstm(props, B, I, H, num_layers, bidirectional, proj, packed):
@@ -48,20 +71,28 @@ def cuda_backend(props, cell, dtype, T, B, I, H, num_layers=1, bidirectional=Fal
                  packed=False, training=False):
     """"triton" or "torch" for an `auto` call of `cell` ("LSTM" or "GRU") on a CUDA device with
     properties `props` (torch.cuda.get_device_properties)."""
-    if T == 1:
+    limits = MAX_TILES.get((cell, training, dtype))
+    if T == 1 or H > MEASURED_H[-1] or limits is None:
         return "torch"
     if dtype == torch.float16 and cell == "LSTM" and _cudnn_persistent_lstm(
             props, B, I, H, num_layers, bidirectional, proj, packed):
         return "torch"
-    if H > MEASURED_MAX_H:
-        return "torch"
-    forward, backward = triton_paths(props, cell, dtype, B, H)
-    on_chip = ("small", "persistent")  # a persistent forward looping over tiles: not measured
-    if forward not in on_chip:
-        return "torch"
-    if training and (backward not in on_chip or H > TRAINING_MAX_H[cell]):
-        return "torch"
-    return "triton"
+    path, tiles = _forward_path(props, dtype, B, H)
+    limit = next(m for h, m in zip(MEASURED_H, limits) if H <= h)
+    return "triton" if path != "per_step" and tiles <= limit else "torch"
+
+
+def _forward_path(props, dtype, B, H):
+    """(path, batch tiles a program loops over each step) of the Triton forward on `props`."""
+    from gated_kernels.triton_kernels import common
+
+    sms = props.multi_processor_count
+    shared = getattr(props, "shared_memory_per_block_optin", None)
+    path = common.choose_path(H, B, dtype, sms, shared, tiles=True)
+    if path != "persistent":
+        return path, 1
+    block = common.PERSISTENT_BLOCK_H if H <= common.PERSISTENT_MAX_H else common.STREAM_BLOCK_H
+    return path, common.persistent_grid(-(-H // block), -(-B // common.BLOCK_B), sms)[1]
 
 
 def triton_paths(props, cell, dtype, B, H):
@@ -70,14 +101,10 @@ def triton_paths(props, cell, dtype, B, H):
     "persistent:N tiles"."""
     from gated_kernels.triton_kernels import common, lstm
 
+    forward, tiles = _forward_path(props, dtype, B, H)
+    forward = forward if tiles == 1 else f"{forward}:{tiles} tiles"
     sms = props.multi_processor_count
     shared = getattr(props, "shared_memory_per_block_optin", None)
-    forward = common.choose_path(H, B, dtype, sms, shared, tiles=True)
-    if forward == "persistent":
-        block = common.PERSISTENT_BLOCK_H if H <= common.PERSISTENT_MAX_H else common.STREAM_BLOCK_H
-        unit_blocks = -(-H // block)
-        tiles = common.persistent_grid(unit_blocks, -(-B // common.BLOCK_B), sms)[1]
-        forward = forward if tiles == 1 else f"persistent:{tiles} tiles"
     if cell == "LSTM":
         return forward, lstm.backward_path(H, B, dtype, sms, shared)
     return forward, common.choose_path(H, B, dtype, sms, shared)
