@@ -122,6 +122,41 @@ def test_a_forced_backend_is_timed_next_to_autos_choice():
     assert "| reference | cpp |" in report.markdown("x", [record], report.provenance("cpu"))
 
 
+def test_only_auto_keeps_the_cases_auto_routes_to_that_backend():
+    case = Case("GRU", "fwd", T=6, B=3, I=5, H=4)
+    prov = report.provenance("cpu")
+    assert cli.run_case(case, prov, {}, backend="reference", min_seconds=0.01,
+                        only_auto="torch") is None  # auto runs cpp here
+    record = cli.run_case(case, prov, {}, backend="reference", min_seconds=0.01, only_auto="cpp")
+    assert record["gate"] == "PASS" and record["auto_backend"] == "cpp"
+
+
+def test_the_gpu_work_alone_gets_a_column_and_a_summary():
+    case = Case("GRU", "fwd", T=6, B=3, I=5, H=4)
+    prov = report.provenance("cpu")
+    record = cli.run_case(case, prov, {}, min_seconds=0.01)
+    assert record["gpu_speedup"] is None  # timed on a GPU only
+    assert "gpu speedup" not in report.table([record])
+    record["gpu_speedup"] = 2.5
+    assert "| gpu speedup |" in report.markdown("x", [record], prov)
+    assert "| 2.50x |" in report.markdown("x", [record], prov)
+    assert "GPU work alone: geomean 2.50x (min 2.50x)" in report.summary("x", [record])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("mode", ["fwd", "fwdbwd"])
+def test_cuda_cases_time_the_gpu_work_alone(mode):
+    """The GPU's work alone is never longer than the call timed from an idle GPU, which adds
+    the launches the GPU waits for."""
+    case = Case("LSTM", mode, T=64, B=16, I=256, H=256, dtype="bf16", device="cuda")
+    record = cli.run_case(case, report.provenance("cuda"), {}, backend="torch",
+                          min_seconds=0.05)
+    assert record["gate"] == "PASS"
+    for name in ("ours", "torch"):
+        assert 0 < record[f"{name}_gpu_median_s"] <= 1.1 * record[f"{name}_median_s"]
+    assert record["gpu_speedup"] == record["torch_gpu_median_s"] / record["ours_gpu_median_s"]
+
+
 def test_gpu_suite_covers_the_training_grid_in_every_dtype():
     cases = cli.suite("gpu", "cuda")
     assert {c.B for c in cases} == {1, 16, 64, 128, 256}
@@ -172,6 +207,7 @@ BAD_ARGUMENTS = {
     "malformed-shape": ["--shape", "10,4,4"],
     "zero-layers": ["--layers", "0"],
     "cuda-without-gpu": ["--device", "cuda"],
+    "only-auto-without-a-forced-backend": ["--only-auto", "triton"],
 }
 
 
