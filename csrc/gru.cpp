@@ -77,6 +77,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
   h[0].copy_(h_state);
   acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  const std::vector<int64_t> running = running_rows(len, T, B);
   const auto& kernels = pointwise_kernels<scalar_t>();
   const auto pass = save ? kernels.gru_forward : kernels.gru_inference;
 
@@ -87,7 +88,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
                       (B > 1 || 3 * units.size() * H * w_hh.element_size() <= l2_bytes() / 2);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     GruForwardThread<scalar_t> thread{
-        units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1),
+        units, InputGates<scalar_t>::make(in, 3, units, nthreads > 1, running),
         ThreadProduct<scalar_t>(gate_columns(w_hh, 3, units), h, slot), {}};
     thread.step = {0, B, H, len, nullptr, 0, 0, 0, nullptr, units.begin, units.size(),
                    b_hh.data_ptr<acc_t>(), nullptr, nullptr,
@@ -105,7 +106,7 @@ void gru_forward_loop(const GruSizes& n, const GateInputs& in, const at::Tensor&
       team.work([&] {
         if (units.size() == 0) return;
         thread.input.prepare(t);
-        step.gh = thread.recurrent(s % 2);
+        step.gh = thread.recurrent(s % 2, running[t]);
         step.t = t;
         thread.input.point(step);
         step.h_prev = h_prev;
@@ -200,6 +201,7 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
   at::Tensor dGh = at::empty({B, 3 * H}, dh.options());
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  const std::vector<int64_t> running = running_rows(len, T, B);
   const scalar_t* gates_p = gates.data_ptr<scalar_t>();
   acc_t* dh_p = dh.data_ptr<acc_t>();
   const GruBackwardStep<scalar_t> step0{0, T, B, H, reverse, len, gates_p,
@@ -225,9 +227,11 @@ void gru_backward_loop(const GruSizes& n, const at::Tensor& dy, const at::Tensor
         const int64_t t_next = time_index(s - 1, T, reverse);
         prefetch(gates_p + (t_next * B + rows.begin) * 4 * H, rows.size() * 4 * H);
       }
-      // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh).
-      const acc_t* product = recurrent(0);
-      for (int64_t k = 0; k < rows.size() * H; ++k) dh_p[rows.begin * H + k] += product[k];
+      // dh_{t-1} += dGh_t W_hh (rows past their length have dGh = 0 and keep dh), on the
+      // thread's rows up to the last one still running.
+      const int64_t m = std::clamp<int64_t>(running[step.t] - rows.begin, 0, rows.size());
+      const acc_t* product = recurrent(0, m);
+      for (int64_t k = 0; k < m * H; ++k) dh_p[rows.begin * H + k] += product[k];
     }
   };
   const auto loop = [&](int, int, auto& thread, Team& team) {

@@ -5,6 +5,7 @@
 #include <c10/util/irange.h>
 
 #include <algorithm>
+#include <cstring>
 
 namespace gated_kernels {
 namespace {
@@ -37,7 +38,8 @@ InputGates<scalar_t> InputGates<scalar_t>::precomputed(const at::Tensor& xg, int
 template <typename scalar_t>
 InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const at::Tensor& w_ih,
                                                       const at::Tensor& bias, int64_t num_gates,
-                                                      UnitRange units, bool pack) {
+                                                      UnitRange units, bool pack,
+                                                      const std::vector<int64_t>& running) {
   InputGates gates;
   const int64_t T = x.size(0), B = x.size(1);
   gates.B_ = B;
@@ -49,17 +51,41 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
   gates.own_ = units;
   const std::vector<at::Tensor> w = gate_columns(w_ih, num_gates, units);
   const at::Tensor b = bias.defined() ? gate_rows(bias, num_gates, units) : at::Tensor();
+  const int64_t I = x.size(2);
+  const auto pack_slot = pack ? PackSlot::kInput : PackSlot::kNone;
+  if (*std::min_element(running.begin(), running.end()) < B) {
+    // Rows of several lengths: chunks of consecutive steps' running rows, up to kChunkRows (or
+    // one step's B) each.
+    const int64_t cap = std::max(kChunkRows, B);
+    gates.chunk_of_.resize(T);
+    gates.offset_.resize(T);
+    for (const auto t : c10::irange(T)) {
+      if (gates.chunk_rows_.empty() || gates.chunk_rows_.back() + running[t] > cap) {
+        gates.chunk_begin_.push_back(t);
+        gates.chunk_rows_.push_back(0);
+      }
+      gates.chunk_of_[t] = static_cast<int64_t>(gates.chunk_rows_.size()) - 1;
+      gates.offset_[t] = gates.chunk_rows_.back();
+      gates.chunk_rows_.back() += running[t];
+    }
+    gates.running_ = running.data();
+    gates.x_ = x;
+    gates.packed_ = at::empty({1, cap, I}, x.options());
+    gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(w, gates.packed_, pack_slot, b);
+    if constexpr (!std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
+      gates.rounded_ = at::empty({cap, num_gates * units.size()}, x.options());
+    }
+    return gates;
+  }
   const int64_t steps = std::clamp<int64_t>((kChunkRows + B - 1) / std::max<int64_t>(B, 1), 1, T);
   gates.chunk_steps_ = steps;
   gates.whole_chunks_ = T / steps;
   // The input rows of every whole chunk, [whole_chunks, steps * B, I]; MKL's packed product is
   // specific to the row count, so a shorter last chunk gets a product of its own.
-  const int64_t I = x.size(2);
   if (gates.whole_chunks_ > 0) {
     const at::Tensor whole =
         x.narrow(0, 0, gates.whole_chunks_ * steps).view({gates.whole_chunks_, steps * B, I});
-    gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(
-        w, whole, pack ? PackSlot::kInput : PackSlot::kNone, b);
+    gates.whole_ = std::make_shared<ThreadProduct<scalar_t>>(w, whole, pack_slot, b);
   }
   if (T % steps != 0) {
     const at::Tensor rest = x.narrow(0, gates.whole_chunks_ * steps, T % steps).flatten(0, 1);
@@ -74,7 +100,8 @@ InputGates<scalar_t> InputGates<scalar_t>::from_input(const at::Tensor& x, const
 
 template <typename scalar_t>
 void InputGates<scalar_t>::prepare(int64_t t) {
-  if (chunk_steps_ == 0) {
+  t_ = t;
+  if (chunk_steps_ == 0 && offset_.empty()) {
     // Precomputed: ask for step t's rows of its units now; they arrive while the recurrent
     // product runs (loaded in the pass instead, the waits were about 40% of the LSTM pass at
     // T=100, B=64, H=256, where xg is 26 MB).
@@ -86,17 +113,33 @@ void InputGates<scalar_t>::prepare(int64_t t) {
     }
     return;
   }
-  const int64_t chunk = t / chunk_steps_;
+  const bool packed = !offset_.empty();
+  const int64_t chunk = packed ? chunk_of_[t] : t / chunk_steps_;
   if (chunk == chunk_) return;
   chunk_ = chunk;
-  t0_ = chunk * chunk_steps_;
-  const auto* sums = chunk < whole_chunks_ ? (*whole_)(chunk) : (*last_)(0);
+  int64_t rows = 0;
+  const at::opmath_type<scalar_t>* sums = nullptr;
+  if (packed) {
+    // Gather the chunk's running rows: step s's first running[s] rows of x, one block each.
+    rows = chunk_rows_[chunk];
+    const int64_t I = x_.size(2);
+    const auto* x = static_cast<const char*>(x_.data_ptr());
+    auto* to = static_cast<char*>(packed_.data_ptr());
+    const int64_t row_bytes = I * x_.element_size();
+    for (int64_t s = chunk_begin_[chunk]; s < T_ && chunk_of_[s] == chunk; ++s) {
+      std::memcpy(to + offset_[s] * row_bytes, x + s * B_ * row_bytes, running_[s] * row_bytes);
+    }
+    sums = (*whole_)(0, rows);
+  } else {
+    t0_ = chunk * chunk_steps_;
+    rows = std::min(chunk_steps_, T_ - t0_) * B_;
+    sums = chunk < whole_chunks_ ? (*whole_)(chunk) : (*last_)(0);
+  }
   if constexpr (std::is_same_v<scalar_t, at::opmath_type<scalar_t>>) {
     data_ = sums;
   } else {
-    const int64_t steps = std::min(chunk_steps_, T_ - t0_);
     scalar_t* rounded = rounded_.data_ptr<scalar_t>();
-    panel_kernels().round_bf16(sums, rounded, steps * B_ * num_gates_ * units_);
+    panel_kernels().round_bf16(sums, rounded, rows * num_gates_ * units_);
     data_ = rounded;
   }
 }

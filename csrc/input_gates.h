@@ -34,10 +34,12 @@ template <typename scalar_t>
 class InputGates {
  public:
   // The thread's source of input gates for its units, from either form of GateInputs.
-  // `pack`: the mkl kernel's packing (product.h).
-  static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units, bool pack) {
+  // `pack`: the mkl kernel's packing (product.h). `running`: the rows each step's products
+  // cover (running_rows in pointwise.h), which must outlive this.
+  static InputGates make(const GateInputs& in, int64_t num_gates, UnitRange units, bool pack,
+                         const std::vector<int64_t>& running) {
     return in.xg.defined() ? precomputed(in.xg, num_gates, units)
-                           : from_input(in.x, in.w_ih, in.bias, num_gates, units, pack);
+                           : from_input(in.x, in.w_ih, in.bias, num_gates, units, pack, running);
   }
 
  public:
@@ -47,16 +49,19 @@ class InputGates {
   // thread's rows of W_ih (its units of each gate, side by side) are gathered here.
   static InputGates from_input(const at::Tensor& x, const at::Tensor& w_ih,
                                const at::Tensor& bias, int64_t num_gates, UnitRange units,
-                               bool pack);
+                               bool pack, const std::vector<int64_t>& running);
 
   // Makes step t's gates readable (see point()); call once per step, in processing order.
   // Allocates nothing.
   void prepare(int64_t t);
-  // Points a pass's step arguments (LstmForwardStep, GruForwardStep) at step t's gates.
+  // Points a pass's step arguments (LstmForwardStep, GruForwardStep) at the gates of the step
+  // last prepared. Packed rows: that step's rows start at its offset in the chunk, and the pass
+  // reads them as a chunk of that one step.
   template <typename Step>
   void point(Step& step) const {
-    step.xg = data_;
-    step.xg_t0 = t0_;
+    const bool packed = !offset_.empty();
+    step.xg = packed ? data_ + offset_[t_] * num_gates_ * units_ : data_;
+    step.xg_t0 = packed ? t_ : t0_;
     step.xg_units = units_;
     step.xg_first = first_;
   }
@@ -72,6 +77,14 @@ class InputGates {
   // the accumulation type; for bfloat16 a chunk is rounded into `rounded_`, as the input
   // projection of the training ops rounds xg.
   int64_t chunk_steps_ = 0, whole_chunks_ = 0, chunk_ = -1;
+  // Packed rows, for a batch of rows of several lengths: a chunk holds the running rows of
+  // consecutive steps (step t's are its first running[t] rows), gathered from x into packed_
+  // before its product, so the products cost in proportion to the real lengths. Per step: its
+  // chunk, its first row there; per chunk: its first step and its rows.
+  std::vector<int64_t> chunk_of_, offset_, chunk_begin_, chunk_rows_;
+  const int64_t* running_ = nullptr;
+  at::Tensor x_, packed_;
+  int64_t t_ = 0;  // the step last prepared
   std::shared_ptr<ThreadProduct<scalar_t>> whole_, last_;
   at::Tensor rounded_;
 };

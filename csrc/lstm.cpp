@@ -108,6 +108,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
   at::Tensor m = proj ? at::zeros({B, H}, h_state.options()) : at::Tensor();
 
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  const std::vector<int64_t> running = running_rows(len, T, B);
   scalar_t* y_p = y.data_ptr<scalar_t>();
   acc_t* h_p[2] = {h[0].data_ptr<acc_t>(), h[1].data_ptr<acc_t>()};
   const auto& kernels = pointwise_kernels<scalar_t>();
@@ -122,7 +123,8 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
                       (B > 1 || 4 * units.size() * P * w_hh.element_size() <= l2_bytes() / 2);
     const PackSlot slot = pack ? PackSlot::kRecurrent : PackSlot::kNone;
     LstmForwardThread<scalar_t> thread{
-        units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1),
+        units, team_units(P, tid, nthreads), InputGates<scalar_t>::make(in, 4, units, nthreads > 1,
+                                                               running),
         ThreadProduct<scalar_t>(gate_columns(w_hh, 4, units), h, slot), std::nullopt, {}};
     if (proj) {
       thread.projection.emplace(
@@ -147,7 +149,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
         if (units.size() == 0) return;
         // G_t = xg_t + h_{t-1} W_hh^T: the product here, the sum inside the pointwise pass.
         thread.input.prepare(t);
-        step.gh = thread.recurrent(s % 2);
+        step.gh = thread.recurrent(s % 2, running[t]);
         step.t = t;
         thread.input.point(step);
         step.m = proj ? m.data_ptr<acc_t>() : h_next;
@@ -165,7 +167,7 @@ void lstm_forward_loop(const LstmSizes& n, const GateInputs& in, const at::Tenso
         // h_t = (o * tanh(c)) W_hr^T on its projected units; only active rows take it.
         team.work([&] {
           if (pu.size() == 0) return;
-          const acc_t* hp = (*thread.projection)(0);
+          const acc_t* hp = (*thread.projection)(0, running[t]);
           for (const auto b : c10::irange(B)) {
             scalar_t* y_row = y_p + (t * B + b) * P;
             if (row_active(len, b, t)) {
@@ -278,6 +280,7 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
 
   const scalar_t* dy_p = dy.data_ptr<scalar_t>();
   const int64_t* len = lengths.defined() ? lengths.data_ptr<int64_t>() : nullptr;
+  const std::vector<int64_t> running = running_rows(len, T, B);
   acc_t* dh_p = dh.data_ptr<acc_t>();
   acc_t* dm_p = proj ? dm.data_ptr<acc_t>() : nullptr;
   acc_t* dh_all_p = proj ? dh_all.data_ptr<acc_t>() : nullptr;
@@ -311,6 +314,10 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const auto backward_rows = [&](LstmBackwardThread<scalar_t>& thread) {
     const UnitRange rows = thread.rows;
     if (rows.size() == 0) return;
+    // The thread's rows up to the last one still running at step t: all its products need.
+    const auto running_here = [&](int64_t t) {
+      return std::clamp<int64_t>(running[t] - rows.begin, 0, rows.size());
+    };
     LstmBackwardStep<scalar_t> step = step0;
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_index(s, T, reverse);
@@ -323,8 +330,8 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
       if (proj) {
         // dW_hr = sum_t dh_t^T m_t needs dh_t, kept per step; dm = dh W_hr.
         std::copy(dh_p + rows.begin * P, dh_p + rows.end * P, dh_all_p + (t * B + rows.begin) * P);
-        const acc_t* dm_rows = (*thread.projection)(0);
-        std::copy(dm_rows, dm_rows + rows.size() * H, dm_p + rows.begin * H);
+        const acc_t* dm_rows = (*thread.projection)(0, running_here(t));
+        std::copy(dm_rows, dm_rows + running_here(t) * H, dm_p + rows.begin * H);
       }
       step.t = t;
       pass(step, rows.begin * H, rows.end * H);
@@ -336,8 +343,8 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
         prefetch(c_all_p + (t_next * B + rows.begin) * H, rows.size() * H);
       }
       // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0).
-      const acc_t* dh_rows = thread.recurrent(t);
-      for (int64_t b = rows.begin; b < rows.end; ++b) {
+      const acc_t* dh_rows = thread.recurrent(t, running_here(t));
+      for (int64_t b = rows.begin; b < rows.begin + running_here(t); ++b) {
         if (!row_active(len, b, t)) continue;
         const acc_t* src = dh_rows + (b - rows.begin) * P;
         std::copy(src, src + P, dh_p + b * P);

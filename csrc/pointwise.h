@@ -13,13 +13,29 @@
 
 #include <ATen/OpMathType.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 namespace gated_kernels {
 
 // Row b takes part in step t when t < lengths[b]; with no lengths every row always does.
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
+}
+
+// How many leading rows a step's products must cover: rows[t] = 1 + the last row b still
+// running at step t (t < lengths[b]), 0 when none is; B at every step without lengths. For a
+// batch sorted by decreasing length, as a PackedSequence gives it, that is exactly the rows still
+// running, so a step's products cost in proportion to them; rows past it take no product, and
+// the passes never read a product row of a row that has ended.
+inline std::vector<int64_t> running_rows(const int64_t* lengths, int64_t T, int64_t B) {
+  if (lengths == nullptr) return std::vector<int64_t>(T, B);
+  // last[t]: 1 + the last row whose final step is t; then a running maximum from the end.
+  std::vector<int64_t> rows(T, 0);
+  for (int64_t b = 0; b < B; ++b) rows[lengths[b] - 1] = b + 1;
+  for (int64_t t = T - 2; t >= 0; --t) rows[t] = std::max(rows[t], rows[t + 1]);
+  return rows;
 }
 
 // The step a row starts from: its first step in processing order.

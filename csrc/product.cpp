@@ -281,31 +281,37 @@ ThreadProduct<scalar_t>::TileRelease::~TileRelease() {
 }
 
 template <typename scalar_t>
-const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator()(int64_t which) {
+const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::operator()(int64_t which,
+                                                                                int64_t rows) {
   acc_t* out = out_.data_ptr<acc_t>();
-  if (out_.numel() == 0) return out;
+  const int64_t M = rows < 0 ? M_ : rows;
+  TORCH_INTERNAL_ASSERT(M <= M_, "ThreadProduct: ", M, " rows asked of ", M_);
+  if (out_.numel() == 0 || M == 0) return out;
   // Buffer `which` by pointer: a view per call (or per step, made up front) cost about a
   // microsecond each, 1000 of them for a T=500 backward on two threads.
-  const char* rows =
+  const char* a_rows =
       static_cast<const char*>(a_.data_ptr()) + which * a_.stride(0) * a_.element_size();
   switch (kernel_) {
-    case ProductKernel::kOwn: return own(rows, out);
-    case ProductKernel::kBrgemm: return brgemm(rows, out);
-    case ProductKernel::kMkl: return mkl(a_.select(0, which), out);
+    case ProductKernel::kOwn: return own(a_rows, M, out);
+    case ProductKernel::kBrgemm: return brgemm(a_rows, M, out);
+    case ProductKernel::kMkl: return mkl(a_.select(0, which).narrow(0, 0, M), out);
     case ProductKernel::kAten: break;
   }
-  const at::Tensor a = a_.select(0, which);
-  const at::Tensor& rows_t = a_cast_.defined() ? a_cast_.copy_(a) : a;
+  const at::Tensor a = a_.select(0, which).narrow(0, 0, M);
+  // A value, not a reference: copy_ returns the temporary view it was called on.
+  const at::Tensor rows_t = a_cast_.defined() ? a_cast_.narrow(0, 0, M).copy_(a) : a;
+  at::Tensor out_rows = out_.narrow(0, 0, M);
   if (bias_.defined()) {
-    at::cpu::addmm_out(out_, bias_, rows_t, w_);
+    at::cpu::addmm_out(out_rows, bias_, rows_t, w_);
   } else {
-    at::cpu::mm_out(out_, rows_t, w_);
+    at::cpu::mm_out(out_rows, rows_t, w_);
   }
   return out;
 }
 
 template <typename scalar_t>
 const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(const char* a,
+                                                                            int64_t M,
                                                                             acc_t* out) {
   if constexpr (std::is_same_v<acc_t, float>) {
     const PanelKernels& kernels = panel_kernels();
@@ -314,7 +320,7 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(cons
     if (a_cast_.defined()) {  // bfloat16 rows (the input gates' x), widened
       float* cast = a_cast_.data_ptr<float>();
       const auto* src = reinterpret_cast<const c10::BFloat16*>(a);
-      for (const auto m : c10::irange(M_)) kernels.widen_bf16(src + m * a_ld_, cast + m * K_, K_);
+      for (const auto m : c10::irange(M)) kernels.widen_bf16(src + m * a_ld_, cast + m * K_, K_);
       rows = cast;
     } else {
       rows = reinterpret_cast<const float*>(a);
@@ -325,9 +331,9 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(cons
     const bool reverse = calls_++ % 2 == 1;
     const float* bias = bias_.defined() ? bias_.data_ptr<float>() : nullptr;
     if constexpr (std::is_same_v<scalar_t, float>) {
-      kernels.f32({rows, lda, M_, K_, N_, w_.data_ptr<float>(), bias, out, N_, reverse});
+      kernels.f32({rows, lda, M, K_, N_, w_.data_ptr<float>(), bias, out, N_, reverse});
     } else {
-      kernels.bf16({rows, lda, M_, K_, N_, w_.data_ptr<c10::BFloat16>(), bias, out, N_, reverse});
+      kernels.bf16({rows, lda, M, K_, N_, w_.data_ptr<c10::BFloat16>(), bias, out, N_, reverse});
     }
   } else {
     TORCH_INTERNAL_ASSERT(false, "ThreadProduct: the own kernel is float and bfloat16 only");
@@ -337,6 +343,7 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::own(cons
 
 template <typename scalar_t>
 const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(const char* a,
+                                                                               int64_t M,
                                                                                acc_t* out) {
 #ifdef GATED_KERNELS_BRGEMM
   if constexpr (std::is_same_v<acc_t, float>) {
@@ -344,11 +351,11 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(c
     const bool add = bias_.defined();
     if (add) {
       const float* b = bias_.data_ptr<float>();
-      for (const auto m : c10::irange(M_)) std::copy(b, b + N_, out + m * N_);
+      for (const auto m : c10::irange(M)) std::copy(b, b + N_, out + m * N_);
     }
     if constexpr (std::is_same_v<scalar_t, float>) {
       // a is float here (a float weight's rows come in float).
-      at::native::cpublas::brgemm(M_, N_, K_, a_ld_, ld_, N_, add,
+      at::native::cpublas::brgemm(M, N_, K_, a_ld_, ld_, N_, add,
                                   reinterpret_cast<const float*>(a), w_.data_ptr<float>(), out);
     } else {
       // bfloat16: a rounded (or, for an odd K, copied) into a row buffer padded to w's pairs.
@@ -359,12 +366,12 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(c
         c10::BFloat16* cast = a_cast_.data_ptr<c10::BFloat16>();
         if (a_.scalar_type() == at::kFloat) {
           const auto* src = reinterpret_cast<const float*>(a);
-          for (const auto m : c10::irange(M_)) {
+          for (const auto m : c10::irange(M)) {
             panel_kernels().round_bf16(src + m * a_ld_, cast + m * K2, K_);
           }
         } else {
           const auto* src = reinterpret_cast<const c10::BFloat16*>(a);
-          for (const auto m : c10::irange(M_)) {
+          for (const auto m : c10::irange(M)) {
             std::copy(src + m * a_ld_, src + m * a_ld_ + K_, cast + m * K2);
           }
         }
@@ -373,7 +380,7 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(c
         rows = reinterpret_cast<const c10::BFloat16*>(a);
         lda = M_ == 1 ? K2 : a_ld_;
       }
-      at::native::cpublas::brgemm(M_, N_, K2, lda, ld_, N_, add, rows,
+      at::native::cpublas::brgemm(M, N_, K2, lda, ld_, N_, add, rows,
                                   w_.data_ptr<c10::BFloat16>(), out, /*is_vnni=*/true);
     }
     return out;
@@ -385,11 +392,14 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::brgemm(c
 template <typename scalar_t>
 const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::mkl(const at::Tensor& a,
                                                                             acc_t* out) {
-  const at::Tensor& h = a_cast_.defined() ? a_cast_.copy_(a) : a;
+  // a: the rows asked for (product.h), M <= M_ of them.
+  const int64_t M = a.size(0);
+  const at::Tensor h = a_cast_.defined() ? a_cast_.narrow(0, 0, M).copy_(a) : a;  // see above
 #ifdef GATED_KERNELS_MKL_PACKED
   if constexpr (std::is_same_v<acc_t, float>) {
-    if (packed_ != nullptr) {
-      const int B = M_, N = N_, K = K_;
+    // Packed for M_ rows: a call with fewer runs unpacked, below.
+    if (packed_ != nullptr && M == M_) {
+      const int B = M, N = N_, K = K_;
       if (bias_.defined()) {
         const float* b = bias_.data_ptr<float>();
         for (const auto row : c10::irange(B)) std::copy(b, b + N, out + row * N);
@@ -425,10 +435,11 @@ const typename ThreadProduct<scalar_t>::acc_t* ThreadProduct<scalar_t>::mkl(cons
     }
   }
 #endif
+  at::Tensor out_rows = out_.narrow(0, 0, M);
   if (bias_.defined()) {
-    at::cpu::addmm_out(out_, bias_, h, w_);
+    at::cpu::addmm_out(out_rows, bias_, h, w_);
   } else {
-    at::cpu::mm_out(out_, h, w_);
+    at::cpu::mm_out(out_rows, h, w_);
   }
   return out;
 }

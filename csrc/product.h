@@ -70,14 +70,16 @@ class ThreadProduct {
   ThreadProduct(const std::vector<at::Tensor>& w, const at::Tensor& a, PackSlot slot,
                 const at::Tensor& bias = at::Tensor());
 
-  // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call.
-  const acc_t* operator()(int64_t which);
+  // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call. With
+  // `rows` in [0, M], only the first `rows` rows of a[which] (the rows still running at a step
+  // of a batch sorted by length): the rest of the output is left as it was.
+  const acc_t* operator()(int64_t which, int64_t rows = -1);
 
   ProductKernel kernel() const { return kernel_; }
 
  private:
-  const acc_t* own(const char* a, acc_t* out);
-  const acc_t* brgemm(const char* a, acc_t* out);
+  const acc_t* own(const char* a, int64_t M, acc_t* out);
+  const acc_t* brgemm(const char* a, int64_t M, acc_t* out);
   const acc_t* mkl(const at::Tensor& a, acc_t* out);
 
   ProductKernel kernel_;

@@ -61,19 +61,30 @@ class InputGates(torch.autograd.Function):
     against torch.nn's 2.7 MB)."""
 
     @staticmethod
-    def forward(ctx, x, w_ih, bias):
-        ctx.save_for_backward(x, w_ih)
+    def forward(ctx, x, w_ih, bias, lengths):
+        ctx.save_for_backward(x, w_ih, lengths)
         ctx.bias = bias is not None
         return x.new_empty_strided((x.shape[0], x.shape[1], w_ih.shape[0]), (0, 0, 0))
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dxg):
-        x, w_ih = ctx.saved_tensors
-        dx, dw_ih, dbias = torch.ops.gated_kernels.input_projection_backward(
-            dxg, x, w_ih, ctx.bias
-        )
-        return dx, dw_ih, dbias if ctx.bias else None
+        x, w_ih, lengths = ctx.saved_tensors
+        project = torch.ops.gated_kernels.input_projection_backward
+        T, B = x.shape[:2]
+        if lengths is not None:
+            # dxg is 0 past each row's length: where under 90% of the rows run, the products
+            # take the running rows alone, in proportion to the real lengths.
+            steps = torch.arange(T, device=lengths.device).unsqueeze(1)
+            rows = (steps < lengths.unsqueeze(0)).flatten().nonzero().squeeze(1)
+            if rows.numel() < 0.9 * T * B:
+                d = dxg.reshape(T * B, -1).index_select(0, rows).unsqueeze(1)
+                x_rows = x.reshape(T * B, -1).index_select(0, rows).unsqueeze(1)
+                dx_rows, dw_ih, dbias = project(d, x_rows, w_ih, ctx.bias)
+                dx = x.new_zeros(T * B, x.shape[2]).index_copy_(0, rows, dx_rows.squeeze(1))
+                return dx.view(x.shape), dw_ih, dbias if ctx.bias else None, None
+        dx, dw_ih, dbias = project(dxg, x, w_ih, ctx.bias)
+        return dx, dw_ih, dbias if ctx.bias else None, None
 
 
 class LSTMFromInput(torch.autograd.Function):
@@ -103,7 +114,7 @@ class LSTMFromInput(torch.autograd.Function):
 
 def lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
     """(y, h_n, c_n) of one layer-direction on the C++ backend's training path."""
-    xg = InputGates.apply(x, w_ih, bias)
+    xg = InputGates.apply(x, w_ih, bias, lengths)
     return LSTMFromInput.apply(xg, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
 
 
@@ -180,7 +191,7 @@ class GRUFromInput(torch.autograd.Function):
 
 def gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
     """(y, h_n) of one layer-direction on the C++ backend's training path."""
-    xg = InputGates.apply(x, w_ih, b_ih)
+    xg = InputGates.apply(x, w_ih, b_ih, lengths)
     return GRUFromInput.apply(xg, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
 
 

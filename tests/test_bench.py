@@ -157,6 +157,28 @@ def test_cuda_cases_time_the_gpu_work_alone(mode):
     assert record["gpu_speedup"] == record["torch_gpu_median_s"] / record["ours_gpu_median_s"]
 
 
+def test_packed_suite_covers_the_issue_grid():
+    cases = cli.suite("packed", "cpu")
+    assert {(c.cell, c.layers, c.lengths) for c in cases} == {
+        (cell, layers, lengths) for cell in ("LSTM", "GRU") for layers in (1, 2)
+        for lengths in ("uniform", "longtail")}
+    assert all(c.bidirectional for c in cases) and {c.dtype for c in cases} == {"fp32", "bf16"}
+
+
+@pytest.mark.parametrize("lengths,fill", [("uniform", (0.35, 0.75)), ("longtail", (0.1, 0.45))])
+def test_a_packed_case_records_its_fill_and_time_against_full_length(lengths, fill):
+    case = Case("LSTM", "fwdbwd", T=40, B=16, I=8, H=8, bidirectional=True, lengths=lengths)
+    (packed,) = measure.make_input(case)
+    assert isinstance(packed, torch.nn.utils.rnn.PackedSequence)
+    assert int(packed.batch_sizes[-1]) >= 1 and len(packed.batch_sizes) == case.T
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0
+    assert fill[0] < record["fill"] < fill[1]
+    assert record["proportionality"] == record["ours_median_s"] / (
+        record["fill"] * record["ours_full_median_s"])
+    assert "| vs fill |" in report.markdown("x", [record], report.provenance("cpu"))
+
+
 def test_gpu_suite_covers_the_training_grid_in_every_dtype():
     cases = cli.suite("gpu", "cuda")
     assert {c.B for c in cases} == {1, 16, 64, 128, 256}

@@ -34,9 +34,18 @@ CONFIGS = {
     "GRU-L2-bi-unbatched-T6-hx": ("GRU", dict(input_size=4, hidden_size=5, num_layers=2, bidirectional=True), 6, 1, "unbatched", True),
     "GRU-L2-packed-sorted-hx": ("GRU", dict(input_size=4, hidden_size=6, num_layers=2), 7, 3, "packed-sorted", True),
     "GRU-L2-bi-packed-unsorted": ("GRU", dict(input_size=4, hidden_size=6, num_layers=2, bidirectional=True), 7, 4, "packed-unsorted", False),
+    # B >= 8 rows of a third of the steps: the products take each step's running rows alone
+    # (input gates a step at a time, the weight gradients over the running rows), on a
+    # two-thread team at H=40.
+    "LSTM-L2-bi-H40-packed-longtail": ("LSTM", dict(input_size=4, hidden_size=40, num_layers=2, bidirectional=True), 9, 12, "packed-longtail", True),
+    "LSTM-L1-bi-P3-packed-longtail-sorted": ("LSTM", dict(input_size=5, hidden_size=8, bidirectional=True, proj_size=3), 9, 12, "packed-longtail-sorted", False),
+    "GRU-L2-bi-H40-packed-longtail": ("GRU", dict(input_size=4, hidden_size=40, num_layers=2, bidirectional=True), 9, 12, "packed-longtail", False),
+    "GRU-L1-packed-longtail-sorted-hx": ("GRU", dict(input_size=5, hidden_size=8), 9, 12, "packed-longtail-sorted", True),
     "GRU-L2-B0-T3-hx": ("GRU", dict(input_size=4, hidden_size=6, num_layers=2), 3, 0, "tensor", True),
 }
-LENGTHS = {"packed-sorted": [7, 5, 1], "packed-unsorted": [3, 7, 1, 5]}
+LENGTHS = {"packed-sorted": [7, 5, 1], "packed-unsorted": [3, 7, 1, 5],
+           "packed-longtail": [9, 1, 2, 1, 3, 1, 1, 2, 9, 1, 4, 1],
+           "packed-longtail-sorted": [9, 9, 4, 3, 2, 2, 1, 1, 1, 1, 1, 1]}
 
 
 def make_pair(cell, kwargs, dtype, backend):
@@ -70,7 +79,7 @@ def make_inputs(cell, kwargs, T, B, kind, with_hx, dtype):
     input = x
     if kind.startswith("packed"):
         input = pack_padded_sequence(x, torch.tensor(LENGTHS[kind]), batch_first=batch_first,
-                                     enforce_sorted=kind == "packed-sorted")
+                                     enforce_sorted=kind in ("packed-sorted", "packed-longtail-sorted"))
     return input, hx, [x, *states]
 
 

@@ -136,6 +136,9 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
                  "torch": measure.step_fn(case, theirs, args)}
         if auto is not None:
             steps["auto"] = measure.step_fn(case, auto, args)
+        if case.lengths:  # ours on the same batch with every row of length T
+            record["fill"] = measure.fill_ratio(args)
+            steps["full"] = measure.step_fn(case, ours, measure.full_length_args(case, args))
         record["peers"], record["peer_errors"] = {}, {}
         for name, factory in peers.available(case).items():
             try:
@@ -146,7 +149,12 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
         if backend != "auto":
             record["auto_median_s"] = timing.pop("auto", timing["ours"])["median"]
             record["auto_speedup"] = timing["torch"]["median"] / record["auto_median_s"]
-        for name in set(steps) - {"ours", "torch", "auto"}:
+        if case.lengths:
+            record["ours_full_median_s"] = timing.pop("full")["median"]
+            # 1.0: time in proportion to the rows' steps; above: work spent on ended rows.
+            record["proportionality"] = timing["ours"]["median"] / (
+                record["fill"] * record["ours_full_median_s"])
+        for name in set(steps) - {"ours", "torch", "auto", "full"}:
             record["peers"][name] = timing.pop(name)["median"]
         for name, t in timing.items():
             record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],

@@ -6,9 +6,10 @@ import statistics
 import time
 
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gated_kernels
-from gated_kernels.bench.suites import DTYPES
+from gated_kernels.bench.suites import DTYPES, draw_lengths
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 
@@ -46,7 +47,8 @@ def ours_module(theirs, backend="auto"):
 def make_input(case, seed=1):
     """The arguments of a call: (x [T, B, I],) for a sequence; for a one-step call (a cell, or
     T=1) the input and the state a loop over steps passes along: (x [B, I], (h, c) or h) for a
-    cell, (x [1, B, I], (h0, c0) or h0) with states [L*D, B, H] for T=1."""
+    cell, (x [1, B, I], (h0, c0) or h0) with states [L*D, B, H] for T=1; for a case with
+    `lengths`, (x as a PackedSequence of rows in no particular order,)."""
     g = torch.Generator(device=case.device).manual_seed(seed)
 
     def draw(*shape):
@@ -56,6 +58,9 @@ def make_input(case, seed=1):
         x, state = draw(case.B, case.I), draw(case.B, case.H)
         return (x, (state, draw(case.B, case.H)) if case.cell == "LSTMCell" else state)
     x = draw(case.T, case.B, case.I)
+    if case.lengths:
+        lengths = draw_lengths(case, torch.Generator().manual_seed(seed))
+        return (pack_padded_sequence(x, lengths, enforce_sorted=False),)
     if case.T != 1:
         return (x,)
     shape = (case.layers * (2 if case.bidirectional else 1), case.B, case.H)
@@ -68,7 +73,7 @@ def backend_of(case, module, args):
     x, hx = args[0], (args[1] if len(args) > 1 else None)
     with torch.set_grad_enabled(case.mode == "fwdbwd"):
         if case.mode == "fwdbwd":
-            x = x.detach().requires_grad_()
+            x = _with_grad(x)
         backend = module._call_backend(x) if case.is_cell else module._call_backend(x, hx)
     if backend != "triton" or not x.is_cuda:
         return backend
@@ -81,25 +86,44 @@ def backend_of(case, module, args):
 
 
 def _map(fn, args):
-    """fn applied to every tensor of nested tuples of tensors, the nesting kept."""
+    """fn applied to every tensor of nested tuples of tensors, the nesting kept; a
+    PackedSequence's data counts as a tensor."""
     if isinstance(args, torch.Tensor):
         return fn(args)
+    if isinstance(args, PackedSequence):
+        return args._replace(data=fn(args.data))
     return tuple(_map(fn, a) for a in args)
 
 
 def _leaves(args):
-    """The tensors of nested tuples, in order."""
+    """The tensors of nested tuples, in order (a PackedSequence's data)."""
     if isinstance(args, torch.Tensor):
         return [args]
+    if isinstance(args, PackedSequence):
+        return [args.data]
     return [t for a in args for t in _leaves(a)]
 
 
 def _outputs(case, out):
-    """A call's output tensors: [h] (GRUCell), [h, c] (LSTMCell), [y, *final states]."""
+    """A call's output tensors: [h] (GRUCell), [h, c] (LSTMCell), [y, *final states] (y's
+    data for a PackedSequence)."""
     if case.is_cell:
         return list(out) if isinstance(out, tuple) else [out]
     y, state = out
+    y = y.data if isinstance(y, PackedSequence) else y
     return [y, *(state if isinstance(state, tuple) else (state,))]
+
+
+def fill_ratio(args):
+    """sum(lengths) / (T B) of a PackedSequence input."""
+    batch_sizes = args[0].batch_sizes
+    return float(batch_sizes.sum()) / (len(batch_sizes) * int(batch_sizes[0]))
+
+
+def full_length_args(case, args):
+    """The same batch with every row running all T steps: the padded input, [T, B, I]."""
+    x = pad_packed_sequence(args[0], total_length=case.T)[0]
+    return (x,)
 
 
 def _with_grad(args):

@@ -88,16 +88,23 @@ def has_gpu_time(records):
     return any(r.get("gpu_speedup") for r in records)
 
 
+def has_lengths(records):
+    """Whether the cases ran PackedSequence inputs (the `packed` suite)."""
+    return any(r.get("fill") for r in records)
+
+
 def columns(records):
     gpu = ("gpu speedup",) if has_gpu_time(records) else ()
+    gpu += ("fill", "vs fill") if has_lengths(records) else ()
     auto = ("backend", "auto", "auto speedup") if has_auto(records) else ()
     return COLUMNS + gpu + auto + tuple(f"{name} ms" for name in peer_names(records))
 
 
-def row(record, peer_columns=(), auto=False, gpu=False):
+def row(record, peer_columns=(), auto=False, gpu=False, lengths=False):
     """One table row; a case that failed the gate (or could not run) shows no speedup. With
-    `gpu`, the speedup of the GPU's work alone; with `auto`, the backend timed (and its Triton
-    paths), what `auto` runs and its speedup; peer medians follow, where a peer ran."""
+    `gpu`, the speedup of the GPU's work alone; with `lengths`, the fill ratio and our time
+    against fill x our time with every row of length T; with `auto`, the backend timed (and its
+    Triton paths), what `auto` runs and its speedup; peer medians follow, where a peer ran."""
     passed = record["gate"] == "PASS"
     speedup = f"{record['speedup']:.2f}x" if passed else "-"
     error_key = "grad_error" if record["mode"] == "fwdbwd" else "out_error"
@@ -105,6 +112,10 @@ def row(record, peer_columns=(), auto=False, gpu=False):
     if gpu:
         gpu_speedup = record.get("gpu_speedup")
         extra = (f"{gpu_speedup:.2f}x" if passed and gpu_speedup else "-",)
+    if lengths:
+        ratio = record.get("proportionality")
+        extra += (f"{record['fill']:.2f}" if record.get("fill") else "-",
+                  f"{ratio:.2f}x" if passed and ratio else "-")
     if auto:
         auto_speedup = record.get("auto_speedup")
         extra += (record.get("backend") or "-", record.get("auto_backend") or "-",
@@ -119,7 +130,8 @@ def row(record, peer_columns=(), auto=False, gpu=False):
 def table(records):
     names = peer_names(records)
     head = columns(records)
-    rows = [head] + [row(r, names, has_auto(records), has_gpu_time(records)) for r in records]
+    rows = [head] + [row(r, names, has_auto(records), has_gpu_time(records), has_lengths(records))
+                     for r in records]
     widths = [max(len(r[k]) for r in rows) for k in range(len(head))]
     lines = ["  ".join(c.ljust(w) if k == 0 else c.rjust(w) for k, (c, w) in
                        enumerate(zip(r, widths))) for r in rows]
@@ -146,6 +158,9 @@ def summary(suite, records):
                 name = f"{dtype} {mode}" if len(dtypes) > 1 else mode
                 parts.append(f"{name} speedup geomean {_geomean(speedups):.2f}x "
                              f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    ratios = [r["proportionality"] for r in passed if r.get("proportionality")]
+    if ratios:
+        parts.append(f"time / (fill x time at full length) {min(ratios):.2f}x-{max(ratios):.2f}x")
     gpus = [r["gpu_speedup"] for r in passed if r.get("gpu_speedup")]
     if gpus:
         parts.append(f"GPU work alone: geomean {_geomean(gpus):.2f}x (min {min(gpus):.2f}x)")
@@ -171,10 +186,14 @@ def markdown(suite, records, prov):
              + (" Each call starts on an idle GPU, so its time is the larger of its kernels' "
                 "and its launches' time; `gpu speedup` compares the kernels' time alone, each "
                 "call queued behind a GPU sleep longer than its launches (as in a model whose "
-                "other layers keep the GPU busy)." if has_gpu_time(records) else ""), "",
+                "other layers keep the GPU busy)." if has_gpu_time(records) else "")
+             + (" The inputs are PackedSequences of rows of different lengths: `fill` is "
+                "sum(lengths) / (T B), `vs fill` our time over fill x our time on the same batch "
+                "with every row of length T (1.00x: time in proportion to the real lengths)."
+                if has_lengths(records) else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
     lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records),
-                                    has_gpu_time(records))) + " |"
+                                    has_gpu_time(records), has_lengths(records))) + " |"
               for r in records]
     return "\n".join(lines) + "\n"
 

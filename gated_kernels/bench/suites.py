@@ -30,11 +30,14 @@ class Case:
     layers: int = 1
     bidirectional: bool = False
     device: str = "cpu"
+    # Row lengths of a PackedSequence input (LENGTHS), or None: every row runs all T steps.
+    lengths: str = None
 
     @property
     def name(self):
         extra = f"-L{self.layers}" if self.layers > 1 else ""
         extra += "-bi" if self.bidirectional else ""
+        extra += f"-{self.lengths}" if self.lengths else ""
         return (f"{self.cell}-{self.mode}-T{self.T}-B{self.B}-I{self.I}-H{self.H}"
                 f"{extra}-{self.dtype}")
 
@@ -52,6 +55,34 @@ class Case:
 def _grid(cells, Ts, Bs, Hs, dtypes, device, layers=1, bidirectional=False):
     return [Case(cell, mode, T, B, H, H, dtype, layers, bidirectional, device)
             for cell, dtype, T, H, B, mode in itertools.product(cells, dtypes, Ts, Hs, Bs, MODES)]
+
+
+# Length distributions of the `packed` suite: the longest row runs all T steps, as in a padded
+# batch. uniform: lengths uniform in [T/10, T] (fill ratio sum(lengths) / (T B) about 55%);
+# longtail: T u^3 for u uniform in (0, 1], most rows short (fill about 25%).
+LENGTHS = ("uniform", "longtail")
+
+
+def draw_lengths(case, generator):
+    """The row lengths of a `packed` case, int64 [B] on the CPU, in no particular order."""
+    u = torch.rand(case.B, generator=generator, dtype=torch.float64)
+    if case.lengths == "uniform":
+        lengths = case.T // 10 + (u * (case.T - case.T // 10 + 1)).long()
+    else:
+        lengths = (case.T * u**3).ceil().long()
+    lengths = lengths.clamp(1, case.T)
+    lengths[int(torch.randint(case.B, (1,), generator=generator))] = case.T
+    return lengths
+
+
+def _packed(device):
+    """The `packed` suite: the issue's batches (PackedSequence input, bidirectional), 1 and 2
+    layers, float32 and bfloat16."""
+    shapes = [(200, 32, 256, "uniform"), (200, 32, 256, "longtail"), (100, 64, 512, "longtail"),
+              (300, 16, 384, "longtail")]
+    return [Case(cell, mode, T, B, H, H, dtype, layers, True, device, lengths)
+            for cell, dtype, layers, (T, B, H, lengths), mode in itertools.product(
+                CELLS, ("fp32", "bf16"), (1, 2), shapes, MODES)]
 
 
 def suite(name, device):
@@ -72,7 +103,9 @@ def suite(name, device):
         return _grid(CELLS, [100], [64], [512], ["fp32"], device)
     if name == "flashrnn":  # the FlashRNN paper's setting (Pöppel et al., 2024)
         return _grid(["LSTM"], [1024], [16], [768], ["bf16"], device)
+    if name == "packed":
+        return _packed(device)
     raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
 
 
-SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn")
+SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn", "packed")
