@@ -4,9 +4,11 @@
 // product over all T*B rows on oneDNN's matmul (matmul.h: ATen's own float32 product runs MKL's
 // generic code on AMD).
 //
-// input_projection_backward(dxg, x, w_ih, bias) -> (dx, dw_ih, dbias)
+// input_projection_backward(dxg, x, w_ih, bias, lengths) -> (dx, dw_ih, dbias)
 //   dxg [T, B, G]: dx [T, B, I] = dxg w_ih, dw_ih [G, I] = dxg^T x, dbias [G] = dxg summed over
-//   T and B, or [0] when `bias` is false. No output aliases an input.
+//   T and B, or [0] when `bias` is false. lengths [B] int64, optional: dxg is 0 past each
+//   row's length (the recurrence's backward writes it so), and the products skip those rows.
+//   No output aliases an input.
 #include "common.h"
 #include "matmul.h"
 
@@ -16,17 +18,34 @@ namespace gated_kernels {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> input_projection_backward_cpu(
-    const at::Tensor& dxg, const at::Tensor& x, const at::Tensor& w_ih, bool bias) {
+    const at::Tensor& dxg, const at::Tensor& x, const at::Tensor& w_ih, bool bias,
+    const std::optional<at::Tensor>& lengths) {
   const KernelGuard guard;
   const int64_t G = check_input_projection(x, w_ih, std::nullopt, 1);
   const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
   check_saved("dxg", dxg, {T, B, G}, x.scalar_type());
-  const at::Tensor d = dxg.reshape({T * B, G});
+  const at::Tensor lens = check_lengths(lengths, T, B);
+  at::Tensor d = dxg.reshape({T * B, G});
+  at::Tensor x_rows = x.reshape({T * B, I});
   at::Tensor dx = new_output({T, B, I}, x.options());
   at::Tensor dx_rows = dx.view({T * B, I});
-  matmul_into(dx_rows, d, w_ih, 0.0f);
+  if (lens.defined()) {
+    // dxg is 0 past each row's length: where under 90% of the rows run, the products take the
+    // running rows alone, in proportion to the real lengths, and dx is 0 elsewhere.
+    const at::Tensor steps = at::arange(T, lens.options()).unsqueeze(1);
+    const at::Tensor rows = (steps < lens.unsqueeze(0)).flatten().nonzero().squeeze(1);
+    if (rows.numel() < 0.9 * static_cast<double>(T * B)) {
+      d = d.index_select(0, rows);
+      x_rows = x_rows.index_select(0, rows);
+      at::Tensor running = at::empty({rows.numel(), I}, x.options());
+      matmul_into(running, d, w_ih, 0.0f);
+      dx_rows.zero_().index_copy_(0, rows, running);
+      dx_rows = at::Tensor();
+    }
+  }
+  if (dx_rows.defined()) matmul_into(dx_rows, d, w_ih, 0.0f);
   at::Tensor dw_ih = new_output({G, I}, x.options());
-  matmul_into(dw_ih, d.t(), x.reshape({T * B, I}), 0.0f);
+  matmul_into(dw_ih, d.t(), x_rows, 0.0f);
   at::Tensor dbias = bias ? d.sum(0) : at::empty({0}, x.options());
   return {dx, dw_ih, dbias};
 }

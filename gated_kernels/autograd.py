@@ -70,20 +70,9 @@ class InputGates(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dxg):
         x, w_ih, lengths = ctx.saved_tensors
-        project = torch.ops.gated_kernels.input_projection_backward
-        T, B = x.shape[:2]
-        if lengths is not None:
-            # dxg is 0 past each row's length: where under 90% of the rows run, the products
-            # take the running rows alone, in proportion to the real lengths.
-            steps = torch.arange(T, device=lengths.device).unsqueeze(1)
-            rows = (steps < lengths.unsqueeze(0)).flatten().nonzero().squeeze(1)
-            if rows.numel() < 0.9 * T * B:
-                d = dxg.reshape(T * B, -1).index_select(0, rows).unsqueeze(1)
-                x_rows = x.reshape(T * B, -1).index_select(0, rows).unsqueeze(1)
-                dx_rows, dw_ih, dbias = project(d, x_rows, w_ih, ctx.bias)
-                dx = x.new_zeros(T * B, x.shape[2]).index_copy_(0, rows, dx_rows.squeeze(1))
-                return dx.view(x.shape), dw_ih, dbias if ctx.bias else None, None
-        dx, dw_ih, dbias = project(dxg, x, w_ih, ctx.bias)
+        dx, dw_ih, dbias = torch.ops.gated_kernels.input_projection_backward(
+            dxg, x, w_ih, ctx.bias, lengths
+        )
         return dx, dw_ih, dbias if ctx.bias else None, None
 
 

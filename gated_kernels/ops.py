@@ -29,8 +29,9 @@ what backward needs; the input projection's gradients come from their own operat
       -> lstm_forward's outputs for xg = x w_ih^T + bias, without making xg on the CPU
   gru_forward_from_input(x, w_ih, b_ih?, w_hh, b_hh, h0, lengths?, reverse)
       -> gru_forward's outputs for xg = x w_ih^T + b_ih
-  input_projection_backward(dxg [T,B,G], x [T,B,I], w_ih [G,I], bias: bool)
-      -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0])
+  input_projection_backward(dxg [T,B,G], x [T,B,I], w_ih [G,I], bias: bool, lengths?)
+      -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0]); with lengths, dxg is 0 past each row's
+      length and the products take the running rows alone
 (csrc/input_projection.cpp: one product each on oneDNN's matmul, where ATen's float32 product
 would run MKL's generic code on AMD CPUs.)
 
@@ -94,7 +95,8 @@ for _name in OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 LIBRARY.define(
-    "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias) "
+    "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias, "
+    "Tensor? lengths=None) "
     "-> (Tensor dx, Tensor dw_ih, Tensor dbias)"
 )
 LIBRARY.impl("input_projection_backward", torch.library.fallthrough_kernel, "Autograd")
@@ -371,7 +373,7 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
 
 
 @torch.library.register_fake("gated_kernels::input_projection_backward")
-def _input_projection_backward_fake(dxg, x, w_ih, bias):
+def _input_projection_backward_fake(dxg, x, w_ih, bias, lengths=None):
     dbias = x.new_empty(dxg.shape[2] if bias else 0)
     return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), dbias
 

@@ -130,6 +130,26 @@ def test_from_input_poisoned_outputs_are_all_written(monkeypatch):
         assert torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("lengths", [[6, 1, 2, 1, 3], [6, 6, 5, 6, 6]], ids=["fill-43%", "fill-97%"])
+def test_input_projection_backward_with_lengths_skips_only_zero_rows(lengths, monkeypatch):
+    """Past each row's length dxg is 0 (the recurrence's backward writes it so): with lengths
+    the products take the running rows alone (under 90% of them) and every output matches the
+    op without lengths; dx past the lengths is 0 and written."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B = 6, 5
+    x, w_ih, _ = input_projection(T, B, 9, 12, torch.float32)
+    lens = torch.tensor(lengths)
+    running = (torch.arange(T).unsqueeze(1) < lens).unsqueeze(2)
+    dxg = torch.randn(T, B, 12) * running
+    expected = ops.input_projection_backward(dxg, x, w_ih, True)
+    got = ops.input_projection_backward(dxg, x, w_ih, True, lens)
+    for name, e, g in zip(("dx", "dw_ih", "dbias"), expected, got):
+        assert torch.isfinite(g).all(), name
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5, msg=name)
+    assert (got[0] * ~running == 0).all()
+    torch.library.opcheck(ops.input_projection_backward.default, (dxg, x, w_ih, True, lens))
+
+
 def test_from_input_opcheck():
     args, lens, reverse = lstm_from_input_args(CASES["T10-B4-I6-H20-P7-lengths"])
     torch.library.opcheck(ops.lstm_forward_from_input.default,
