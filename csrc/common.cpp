@@ -108,6 +108,12 @@ void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
+at::Tensor sparse_running_rows(const at::Tensor& lengths, int64_t first, int64_t steps) {
+  const at::Tensor s = at::arange(first, first + steps, lengths.options()).unsqueeze(1);
+  const at::Tensor rows = (s < lengths.unsqueeze(0)).flatten().nonzero().squeeze(1);
+  return rows.numel() < 0.9 * static_cast<double>(steps * lengths.size(0)) ? rows : at::Tensor();
+}
+
 at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const at::Tensor& h0,
                                  const at::Tensor& lengths, bool reverse) {
   const int64_t T = d.size(0);
@@ -118,16 +124,13 @@ at::Tensor times_previous_hidden(const at::Tensor& d, const at::Tensor& y, const
     // row's first step (t = lengths[b] - 1 < T - 1): that row reads h0, counted below.
     at::Tensor d_rest = d.narrow(0, reverse ? 0 : 1, T - 1).flatten(0, 1);
     at::Tensor y_prev = y.narrow(0, reverse ? 1 : 0, T - 1).flatten(0, 1);
-    if (lengths.defined()) {
-      // Row (s, b) of both, s in [0, T-1), pairs a nonzero d with a nonzero y only while
-      // s + 1 < lengths[b]. Where fewer than 90% of the rows do (a batch of several lengths),
-      // the product takes those rows alone, so it costs in proportion to the real lengths.
-      const at::Tensor steps = at::arange(1, T, lengths.options()).unsqueeze(1);
-      const at::Tensor rows = (steps < lengths.unsqueeze(0)).flatten().nonzero().squeeze(1);
-      if (rows.numel() < 0.9 * static_cast<double>(d_rest.size(0))) {
-        d_rest = d_rest.index_select(0, rows);
-        y_prev = y_prev.index_select(0, rows);
-      }
+    // Row (s, b) of both, s in [0, T-1), pairs a nonzero d with a nonzero y only while
+    // s + 1 < lengths[b].
+    if (const at::Tensor rows = lengths.defined() ? sparse_running_rows(lengths, 1, T - 1)
+                                                  : at::Tensor();
+        rows.defined()) {
+      d_rest = d_rest.index_select(0, rows);
+      y_prev = y_prev.index_select(0, rows);
     }
     matmul_into(out, d_rest.t(), y_prev, 0.0f);
   } else {

@@ -67,6 +67,12 @@ at::Tensor to_acc(const at::Tensor& t, bool copy = false);
 void check_saved(const char* name, const at::Tensor& t, at::IntArrayRef sizes,
                  at::ScalarType dtype);
 
+// The flat indices s * B + b of rows (s, b), s in [0, steps), that run, s + first < lengths[b]
+// (lengths [B] int64, checked), where under 90% of the steps x B rows do; else undefined, and a
+// product over every row costs about as much as the gather. Products whose rows past each
+// length are 0 take these rows alone, in proportion to the real lengths.
+at::Tensor sparse_running_rows(const at::Tensor& lengths, int64_t first, int64_t steps);
+
 // sum_t d_t^T h_{t-1}: the weight gradient dW = dG^T h_prev of a recurrent product, for d
 // [T, B, k] (strided rows allowed), y [T, B, P] and h0 [B, P], all in the accumulation type.
 // h_{t-1} is y at the step before, or h0 at a row's first step; it is read in place rather

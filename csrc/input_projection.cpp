@@ -29,21 +29,18 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> input_projection_backward_cpu(
   at::Tensor x_rows = x.reshape({T * B, I});
   at::Tensor dx = new_output({T, B, I}, x.options());
   at::Tensor dx_rows = dx.view({T * B, I});
-  if (lens.defined()) {
-    // dxg is 0 past each row's length: where under 90% of the rows run, the products take the
-    // running rows alone, in proportion to the real lengths, and dx is 0 elsewhere.
-    const at::Tensor steps = at::arange(T, lens.options()).unsqueeze(1);
-    const at::Tensor rows = (steps < lens.unsqueeze(0)).flatten().nonzero().squeeze(1);
-    if (rows.numel() < 0.9 * static_cast<double>(T * B)) {
-      d = d.index_select(0, rows);
-      x_rows = x_rows.index_select(0, rows);
-      at::Tensor running = at::empty({rows.numel(), I}, x.options());
-      matmul_into(running, d, w_ih, 0.0f);
-      dx_rows.zero_().index_copy_(0, rows, running);
-      dx_rows = at::Tensor();
-    }
+  // dxg is 0 past each row's length: the products may take the running rows alone, dx being
+  // 0 elsewhere.
+  const at::Tensor rows = lens.defined() ? sparse_running_rows(lens, 0, T) : at::Tensor();
+  if (rows.defined()) {
+    d = d.index_select(0, rows);
+    x_rows = x_rows.index_select(0, rows);
+    at::Tensor running = at::empty({rows.numel(), I}, x.options());
+    matmul_into(running, d, w_ih, 0.0f);
+    dx_rows.zero_().index_copy_(0, rows, running);
+  } else {
+    matmul_into(dx_rows, d, w_ih, 0.0f);
   }
-  if (dx_rows.defined()) matmul_into(dx_rows, d, w_ih, 0.0f);
   at::Tensor dw_ih = new_output({G, I}, x.options());
   matmul_into(dw_ih, d.t(), x_rows, 0.0f);
   at::Tensor dbias = bias ? d.sum(0) : at::empty({0}, x.options());

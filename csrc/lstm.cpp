@@ -314,13 +314,11 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
   const auto backward_rows = [&](LstmBackwardThread<scalar_t>& thread) {
     const UnitRange rows = thread.rows;
     if (rows.size() == 0) return;
-    // The thread's rows up to the last one still running at step t: all its products need.
-    const auto running_here = [&](int64_t t) {
-      return std::clamp<int64_t>(running[t] - rows.begin, 0, rows.size());
-    };
     LstmBackwardStep<scalar_t> step = step0;
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_index(s, T, reverse);
+      // The thread's rows up to the last one still running: all its products need.
+      const int64_t m = std::clamp<int64_t>(running[t] - rows.begin, 0, rows.size());
       // dh += dy_t on active rows (y is a constant 0 past a row's length).
       for (int64_t b = rows.begin; b < rows.end; ++b) {
         if (!row_active(len, b, t)) continue;
@@ -330,8 +328,8 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
       if (proj) {
         // dW_hr = sum_t dh_t^T m_t needs dh_t, kept per step; dm = dh W_hr.
         std::copy(dh_p + rows.begin * P, dh_p + rows.end * P, dh_all_p + (t * B + rows.begin) * P);
-        const acc_t* dm_rows = (*thread.projection)(0, running_here(t));
-        std::copy(dm_rows, dm_rows + running_here(t) * H, dm_p + rows.begin * H);
+        const acc_t* dm_rows = (*thread.projection)(0, m);
+        std::copy(dm_rows, dm_rows + m * H, dm_p + rows.begin * H);
       }
       step.t = t;
       pass(step, rows.begin * H, rows.end * H);
@@ -343,8 +341,8 @@ void lstm_backward_loop(const LstmSizes& n, const at::Tensor& dy, const at::Tens
         prefetch(c_all_p + (t_next * B + rows.begin) * H, rows.size() * H);
       }
       // dh_{t-1} = dG_t W_hh on active rows; carried rows keep dh (their dG row is 0).
-      const acc_t* dh_rows = thread.recurrent(t, running_here(t));
-      for (int64_t b = rows.begin; b < rows.begin + running_here(t); ++b) {
+      const acc_t* dh_rows = thread.recurrent(t, m);
+      for (int64_t b = rows.begin; b < rows.begin + m; ++b) {
         if (!row_active(len, b, t)) continue;
         const acc_t* src = dh_rows + (b - rows.begin) * P;
         std::copy(src, src + P, dh_p + b * P);

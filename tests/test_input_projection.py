@@ -170,3 +170,11 @@ def test_from_input_rejects_bad_input():
         ops.lstm_forward_from_input(x, w_ih, b[:7], *rest, lens, reverse)
     with pytest.raises(RuntimeError, match="dxg must have shape"):
         ops.input_projection_backward(torch.randn(1, 3, 9, dtype=x.dtype), x, w_ih, True)
+    x, w_ih, _ = input_projection(6, 5, 9, 12, torch.float32)
+    dxg = torch.randn(6, 5, 12)
+    with pytest.raises(RuntimeError, match=r"lengths.size\(0\) must be B"):
+        ops.input_projection_backward(dxg, x, w_ih, True, torch.tensor([6, 1, 2]))
+    with pytest.raises(RuntimeError, match=r"lengths\[1\] must be in \[1, T\] = \[1, 6\]"):
+        ops.input_projection_backward(dxg, x, w_ih, True, torch.tensor([6, 7, 2, 1, 3]))
+    with pytest.raises(RuntimeError, match="lengths must have dtype int64"):
+        ops.input_projection_backward(dxg, x, w_ih, True, torch.ones(5, dtype=torch.int32))

@@ -151,7 +151,8 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
             record["auto_speedup"] = timing["torch"]["median"] / record["auto_median_s"]
         if case.lengths:
             record["ours_full_median_s"] = timing.pop("full")["median"]
-            # 1.0: time in proportion to the rows' steps; above: work spent on ended rows.
+            # 1.0: time in proportion to the real lengths; above: what the padded batch costs
+            # beyond the running rows' share.
             record["proportionality"] = timing["ours"]["median"] / (
                 record["fill"] * record["ours_full_median_s"])
         for name in set(steps) - {"ours", "torch", "auto", "full"}:
