@@ -179,6 +179,12 @@ def test_a_packed_case_records_its_fill_and_time_against_full_length(lengths, fi
     assert "| vs fill |" in report.markdown("x", [record], report.provenance("cpu"))
 
 
+def test_an_unknown_length_distribution_is_refused():
+    case = Case("GRU", "fwd", T=6, B=3, I=5, H=4, lengths="zipf")
+    with pytest.raises(ValueError, match=r"lengths must be one of \('uniform', 'longtail'\), got 'zipf'"):
+        measure.make_input(case)
+
+
 def test_gpu_suite_covers_the_training_grid_in_every_dtype():
     cases = cli.suite("gpu", "cuda")
     assert {c.B for c in cases} == {1, 16, 64, 128, 256}

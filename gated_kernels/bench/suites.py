@@ -65,6 +65,8 @@ LENGTHS = ("uniform", "longtail")
 
 def draw_lengths(case, generator):
     """The row lengths of a `packed` case, int64 [B] on the CPU, in no particular order."""
+    if case.lengths not in LENGTHS:
+        raise ValueError(f"lengths must be one of {LENGTHS}, got {case.lengths!r}")
     u = torch.rand(case.B, generator=generator, dtype=torch.float64)
     if case.lengths == "uniform":
         lengths = case.T // 10 + (u * (case.T - case.T // 10 + 1)).long()
