@@ -28,6 +28,7 @@
 #include "common.h"
 #include "matmul.h"
 #include "panel.h"
+#include "product.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -53,8 +54,8 @@ void run_pass(Pass pass, const Step& step, int64_t units) {
 // 45 us against 11 us on ATen's product) and took an outer product (the weight gradient at
 // B=1) in 3.3 ms where ATen took 0.38 ms for the whole backward; ATen's float product is MKL's,
 // which on AMD runs generic SSE code for one row (B=1 H=512: 185 us against oneDNN's 111 us).
-// So: small batches on our own kernels over the weights in place (panel.h: dot, axpy), large
-// products on oneDNN, the rest on ATen.
+// So: small batches on our own kernels over the weights in place (panel.h: dot, axpy), small
+// bfloat16 weights on brgemm, large products on oneDNN, the rest on ATen.
 
 // Rows of a batch our own kernels take. They stream a weight faster than MKL's one-row code on
 // AMD (B=1 H=1024: 228 against 863 us for x W^T, 274 against 898 for dG W), but a dot product
@@ -65,6 +66,13 @@ constexpr int64_t kOwnRows = 2;
 // 2^22 ([64, 128] x [128, 512]) it took 62 us against ATen's 58, at 2^23 ([32, 256] x
 // [256, 1024]) 111 against 135.
 constexpr int64_t kOnednnWork = int64_t(1) << 23;
+// bfloat16 weight values up to which a product of more rows than ours take goes to brgemm, the
+// weight put into its pairs for the call (product.h, brgemm_bf16_product), with the product in
+// float: ATen's bfloat16 product costs about 18 us before any work and rounds to bfloat16,
+// which then costs a widening pass. [B, H] x [H, 4H] (EPYC Zen 4, 2 threads, B = 4 to 64):
+// H=64 8-17 us against ATen's 18-24, H=128 16-37 against 24-44; at H=256 (2^18 values) 42-120
+// against 40-108, and at H=512 102-406 against 77-372: the pairing pass outgrows what it saves.
+constexpr int64_t kPairsMaxWeight = int64_t(1) << 17;
 // Weight or output bytes a thread of our kernels takes before a second one joins.
 constexpr int64_t kOwnBytesPerThread = int64_t(1) << 20;
 
@@ -128,6 +136,14 @@ bool dot_takes(const at::Tensor& a, const at::Tensor& b) {
   return a.size(0) <= kOwnRows && b.stride(0) == 1 && a.stride(1) == 1;
 }
 
+// Whether brgemm takes a @ b for a bfloat16 b (where brgemm runs for bfloat16): a small b, and
+// a with contiguous rows (dG^T x, with its rows strided, stays on the libraries: the copy to
+// rows made it slower than ATen from H=128 on).
+bool pairs_take(const at::Tensor& a, const at::Tensor& b) {
+  return b.scalar_type() == at::kBFloat16 && a.stride(1) == 1 &&
+         b.size(0) * b.size(1) <= kPairsMaxWeight && brgemm_available(at::kBFloat16);
+}
+
 // Whether our own kernels take out = a b: a in float with a few rows (or a short sum, dG^T x),
 // b and out in the combinations panel.h provides.
 bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
@@ -160,6 +176,17 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
     }
     return;
   }
+  if (pairs_take(a, b)) {
+    if (out.scalar_type() == at::kFloat) {
+      brgemm_bf16_product(out, a, b, beta != 0.0f);
+      return;
+    }
+    at::Tensor part = at::empty({M, N}, out.options().dtype(at::kFloat));
+    brgemm_bf16_product(part, a, b, false);
+    if (beta == 0.0f) out.copy_(part);
+    else out.add_(part);
+    return;
+  }
   const at::Tensor a_like = a.to(b.scalar_type());
   if (out.scalar_type() != b.scalar_type()) {
     at::Tensor part = at::empty({M, N}, out.options().dtype(b.scalar_type()));
@@ -187,11 +214,12 @@ at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
   const auto acc = at::toOpMathType(a.scalar_type());
   const int64_t M = a.size(0), N = w.size(0), K = a.size(1);
   const bool own = M <= kOwnRows && acc == at::kFloat;
-  if (!own && !onednn_takes(M, N, K) && K > 0) {
+  const bool pairs = !own && K > 0 && pairs_take(a, w.t());
+  if (!own && !pairs && !onednn_takes(M, N, K) && K > 0) {
     const at::Tensor out = bias.has_value() ? at::addmm(*bias, a, w.t()) : at::mm(a, w.t());
     return out.to(acc);
   }
-  at::Tensor out = at::empty({M, N}, a.options().dtype(own ? acc : a.scalar_type()));
+  at::Tensor out = at::empty({M, N}, a.options().dtype(own || pairs ? acc : a.scalar_type()));
   if (bias.has_value()) out.copy_(bias->expand({M, N}));
   cell_matmul(out, own ? to_acc(a) : a, w.t(), bias.has_value() ? 1.0f : 0.0f);
   return out.to(acc);

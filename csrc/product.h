@@ -45,6 +45,12 @@ ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype);
 // trial product).
 bool brgemm_available(at::ScalarType dtype);
 
+// out [M, N] (float, contiguous) = a [M, K] w [K, N] (+ out where `add`), for a bfloat16 w of
+// any strides and a in float or bfloat16 (rounded to bfloat16), on brgemm (brgemm_available
+// for bfloat16 must hold). For a product that runs once (a cell's): w goes into brgemm's pairs
+// for this call alone, split by columns over the threads where the work repays a fork.
+void brgemm_bf16_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add);
+
 // For the mkl kernel: MKL's packed copy of a weight lives in a buffer of the calling thread, one
 // per slot, kept from call to call (outside torch's allocator): MKL asks 8-13 MB of address space
 // per packed matrix whatever its size, and allocating that per call cost a fresh mapping each

@@ -117,13 +117,14 @@ def triton_paths(props, cell, dtype, B, H):
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
                  training=False):
     """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 8
-    rows at H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does the
-    step in one fused call where our cell operators run two products and a pass. On an AMD EPYC
-    (Zen 4), step suite, 2026-11-30: ours 0.72x-0.90x of torch.nn there (4ed7df0, and timed
-    beside backend='torch' at d40f73c), torch.nn's code behind our module (backend='torch')
-    0.98x-1.12x, and through this rule 0.83x-0.95x (eb7e269; the rest is the module's Python,
-    benchmarks/cpu_profile.md). Everything else measured at parity or faster on our kernels."""
-    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and H <= 256
+    rows at 128 < H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does
+    the step in one fused call where our cell operators run two library products and a pass.
+    On an AMD EPYC (Zen 4), 2 threads, 2026-12-01, a step with the state passed, medians of 40
+    interleaved runs: at H=256, B in {8, 32, 64}, ours 173-364 us against torch.nn's 166-323
+    (0.89x-0.96x). At H <= 128 our products run on brgemm (csrc/cell.cpp, kPairsMaxWeight)
+    and ours wins: 57-140 us against 92-225 (1.2x-2.2x). Everything else measured at parity
+    or faster on our kernels."""
+    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and 128 < H <= 256
             and not training and num_layers == 1 and not bidirectional and not proj):
         return "torch"
     return "cpp"

@@ -162,9 +162,11 @@ def test_lstm_cell_errors_name_the_argument(case):
 
 
 # (M, K, N) for _cell_matmul, each kernel at odd sizes: one or two rows of a (dot, axpy over
-# rows), a sum of one or two terms (axpy in blocks), the libraries beyond (3 rows, 40 rows).
+# rows), a sum of one or two terms (axpy in blocks), the libraries beyond (3 rows, 40 rows);
+# for a bfloat16 weight, brgemm split over threads (64 x 128 x 1000) and a weight beyond its
+# bound (300 x 500).
 MATMUL_SHAPES = [(1, 37, 70), (2, 129, 1), (1, 1, 17), (2, 600, 131), (130, 2, 70), (4099, 1, 300),
-                 (3, 17, 70), (40, 64, 90)]
+                 (3, 17, 70), (40, 64, 90), (64, 128, 1000), (5, 300, 500)]
 
 
 def check_cell_matmul():
@@ -193,6 +195,21 @@ def check_cell_matmul():
             actual = torch.ops.gated_kernels._cell_matmul(a, right, None)
             assert actual.dtype == torch.float32
             assert_close(actual, expected, torch.float32, "out", f"{name} {M}x{K}x{N}")
+        # bfloat16 rows by a bfloat16 weight into float: a weight of up to 2^17 values goes
+        # into brgemm's pairs, whose products of bfloat16 values are exact in float (float32's
+        # error, then); a larger one to a library in bfloat16 (one rounding: 2^-8).
+        a16 = a.bfloat16()
+        for name, right in {"a16 w16^T": w16.t(), "a16 w16": w16.t().contiguous()}.items():
+            for c in (None, torch.randn(M, N, generator=g)):
+                expected = a16.double() @ right.double()
+                if c is not None:
+                    expected += c.double()
+                actual = torch.ops.gated_kernels._cell_matmul(a16, right, c, torch.float32)
+                what = f"{name} {M}x{K}x{N}{' + c' if c is not None else ''}"
+                if K * N <= 2**17:
+                    assert_close(actual, expected, torch.float32, "out", what)
+                else:
+                    assert max_rel_error(actual, expected) <= 2.0**-8, what
         left, right = a.t().contiguous().t(), w.t().contiguous()
         actual = torch.ops.gated_kernels._cell_matmul(left, right, None, torch.bfloat16)
         expected = left.double() @ right.double()
