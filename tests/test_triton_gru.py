@@ -15,7 +15,8 @@ from gated_kernels.triton_kernels import gru  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 # (T, B, H, lengths, reverse): T=1, odd T with B=1 and a non-power-of-two H, two batch tiles
-# (B=17) with lengths 1 and T, reverse with lengths.
+# (B=17) with lengths 1 and T (the second tile's one row ends after a step: its dots are
+# skipped from then on), reverse with lengths.
 CASES = {
     "T1-B3-H8": (1, 3, 8, None, False),
     "T7-B1-H20": (7, 1, 20, None, False),
@@ -96,10 +97,11 @@ def test_gru_triton_matches_reference(path, case, dtype):
 def test_gru_triton_persistent_forward_loops_over_batch_tiles(monkeypatch, reverse, dtype):
     """More batch tiles than SMs to spare: each persistent forward program loops over its
     group's tiles every step. With one SM, one program loops over B=40's 3 tiles (lengths 1 and
-    T); y, h_n and the saved gates are bitwise those of one program per tile."""
+    T; the last tile's rows of lengths 2 and 1 skip its dots once they have all ended); y, h_n
+    and the saved gates are bitwise those of one program per tile."""
     monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", "persistent")
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
-    *args, lens = gru_inputs(5, 40, 12, [5, 1, 3, 5, 2] * 8)
+    *args, lens = gru_inputs(5, 40, 12, [5, 1, 3, 5, 2] * 6 + [2] * 3 + [1] * 7)
     args = [_on_device(t.to(dtype)) for t in args] + [_on_device(lens)]
     expected = gru.gru_forward_triton(*args, reverse)
     monkeypatch.setattr(triton_common, "sm_count", lambda device: 1)

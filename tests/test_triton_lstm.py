@@ -60,12 +60,13 @@ def _fp32_without_tf32(monkeypatch):
 
 
 PATHS = ("small", "persistent", "per_step")
-# (T, B, H, P, lengths, reverse): T=1, odd T, non-power-of-two H, B=1, two batch tiles (B=18),
-# lengths including 1 and T, reverse, projection.
+# (T, B, H, P, lengths, reverse): T=1, odd T, non-power-of-two H, B=1, two batch tiles (B=18,
+# the second of rows of lengths 2 and 1: it skips its dot until it starts, in reverse), lengths
+# including 1 and T, reverse, projection.
 CASES = {
     "T1-B3-H8": (1, 3, 8, None, None, False),
     "T5-B1-H20-reverse": (5, 1, 20, None, None, True),
-    "T6-B18-H12-lengths-reverse": (6, 18, 12, None, [6, 1, 4] + [3, 6] * 7 + [2], True),
+    "T6-B18-H12-lengths-reverse": (6, 18, 12, None, [6, 1, 4] + [3, 6] * 6 + [5, 2, 1], True),
     "T5-B4-H24-P9-lengths": (5, 4, 24, 9, [5, 1, 3, 5], False),
     "T4-B3-H16-P5-lengths-reverse": (4, 3, 16, 5, [4, 1, 2], True),
 }

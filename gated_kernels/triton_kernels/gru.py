@@ -55,20 +55,28 @@ def _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_
                   rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
                   HAS_LENGTHS: tl.constexpr, RESIDENT: tl.constexpr, BLOCK_B: tl.constexpr,
                   BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
-                  SAVE: tl.constexpr):
-    """Step s (time t) of one batch tile (`rows`) for the program's units."""
+                  SAVE: tl.constexpr, SKIP_ENDED: tl.constexpr):
+    """Step s (time t) of one batch tile (`rows`) for the program's units. SKIP_ENDED (a program
+    looping over several tiles a step): a tile whose rows have all ended skips the dots, which
+    shortens the step; in a batch sorted by length (a PackedSequence) the last tiles end first.
+    With W_hh resident only: the multi-tile kernel streaming it (float32 at ieee precision) has
+    its 255 registers full, and a skip there spilled 8-16 bytes at H=2048."""
     h_in = h_ptr + (s % 2) * B * H
     h_out = h_ptr + ((s + 1) % 2) * B * H
     acc_r = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc_z = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     acc_n = tl.zeros((BLOCK_B, BLOCK_H), dtype=tl.float32)
     if RESIDENT:
-        h = tl.load(h_in + rows[:, None] * H + k[None, :],
-                    mask=row_ok[:, None] & (k < H)[None, :], other=0.0,
-                    cache_modifier=".cg").to(w_ptr.dtype.element_ty)
-        acc_r = tl.dot(h, w_r, acc_r, input_precision=INPUT_PRECISION)
-        acc_z = tl.dot(h, w_z, acc_z, input_precision=INPUT_PRECISION)
-        acc_n = tl.dot(h, w_n, acc_n, input_precision=INPUT_PRECISION)
+        running = 1  # a constant without SKIP_ENDED
+        if SKIP_ENDED:
+            running = tl.max(((t < lengths) & row_ok).to(tl.int32), axis=0)
+        if running > 0:
+            h = tl.load(h_in + rows[:, None] * H + k[None, :],
+                        mask=row_ok[:, None] & (k < H)[None, :], other=0.0,
+                        cache_modifier=".cg").to(w_ptr.dtype.element_ty)
+            acc_r = tl.dot(h, w_r, acc_r, input_precision=INPUT_PRECISION)
+            acc_z = tl.dot(h, w_z, acc_z, input_precision=INPUT_PRECISION)
+            acc_n = tl.dot(h, w_n, acc_n, input_precision=INPUT_PRECISION)
     else:
         for k0 in range(0, H, BLOCK_K):
             acc_r, acc_z, acc_n = _fwd_dots(acc_r, acc_z, acc_n, h_in, w_ptr, rows, row_ok,
@@ -150,7 +158,7 @@ def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, 
                 _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_z,
                               b_n, k, rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
                               HAS_LENGTHS, RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K, INPUT_PRECISION,
-                              SAVE)
+                              SAVE, HAS_LENGTHS)
             grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b, tl.num_programs(0))
     else:
         rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -163,7 +171,8 @@ def _gru_fwd_kernel(xg_ptr, w_ptr, b_ptr, lengths_ptr, h_ptr, y_ptr, gates_ptr, 
             t = T - 1 - s if REVERSE else s
             _gru_fwd_tile(xg_ptr, w_ptr, h_ptr, y_ptr, gates_ptr, w_r, w_z, w_n, b_r, b_z, b_n,
                           k, rows, row_ok, tile_ok, lengths, units, unit_ok, s, t, B, H,
-                          HAS_LENGTHS, RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K, INPUT_PRECISION, SAVE)
+                          HAS_LENGTHS, RESIDENT, BLOCK_B, BLOCK_H, BLOCK_K, INPUT_PRECISION, SAVE,
+                          False)
             if PERSISTENT:
                 grid_barrier(counter_ptr + s * tl.num_programs(1) + pid_b, tl.num_programs(0))
 

@@ -50,21 +50,24 @@ GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
 
 
 @triton.jit
-def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H, running,
                    BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_K: tl.constexpr,
                    RESIDENT: tl.constexpr, PRECISION: tl.constexpr):
     """h_{t-1} W^T for one batch tile's rows (h_cur: their [., H] rows) and the program's
-    4*BLOCK_H gate columns: the resident W slice `w`, or W streamed in BLOCK_K chunks."""
+    4*BLOCK_H gate columns: the resident W slice `w`, or W streamed in BLOCK_K chunks. 0 where
+    `running` is 0 (every row of the tile has ended), skipping the dot: in a batch sorted by
+    length (a PackedSequence) the last tiles end first. The streamed dot skips by its loop
+    bound: a branch around the loop spilled 8 bytes (float32 ieee, sm_80)."""
+    acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
     if not RESIDENT:
-        acc = tl.zeros((BLOCK_B, 4 * BLOCK_H), dtype=tl.float32)
-        for k0 in range(0, H, BLOCK_K):
+        for k0 in range(0, H * running, BLOCK_K):
             k = k0 + offs_k
             h_k = tl.load(h_cur + lb[:, None] * H + k[None, :],
                           mask=row_ok[:, None] & (k[None, :] < H), other=0.0)
             w_k = tl.load(w_base + col_n[None, :] * H + k[:, None],
                           mask=col_ok[None, :] & (k[:, None] < H), other=0.0)
             acc = tl.dot(h_k, w_k, acc, input_precision=PRECISION)
-    else:
+    elif running > 0:
         h_prev = tl.load(h_cur + lb[:, None] * H + offs_k[None, :],
                          mask=row_ok[:, None] & (offs_k[None, :] < H), other=0.0)
         acc = tl.dot(h_prev, w, input_precision=PRECISION)
@@ -73,10 +76,11 @@ def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
 
 @triton.jit
 def _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, xg_tile, xg_ok,
-                   rows, u0, H, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
+                   rows, u0, H, running, BLOCK_B: tl.constexpr, BLOCK_H: tl.constexpr,
                    BLOCK_K: tl.constexpr, RESIDENT: tl.constexpr, PRECISION: tl.constexpr):
-    """G_t = xg_t + h_{t-1} W^T for one batch tile (rows: its [t*B + b] row index), fp32."""
-    acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H,
+    """G_t = xg_t + h_{t-1} W^T for one batch tile (rows: its [t*B + b] row index), fp32; the
+    dot skipped where `running` is 0 (_recurrent_dot)."""
+    acc = _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H, running,
                          BLOCK_B, BLOCK_H, BLOCK_K, RESIDENT, PRECISION)
     return acc + tl.load(xg_ptr + rows * 4 * H + u0 + xg_tile, mask=xg_ok,
                          other=0.0).to(tl.float32)
@@ -166,10 +170,13 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
                 c = tl.load(c_ptr + state + unit_tile, mask=tile_ok, other=0.0)
                 h_cur = h_ptr + (s % 2) * B * H + row0 * H
                 rows = t.to(tl.int64) * B + row0
-                acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
-                                     xg_tile, xg_ok, rows, u0, H, BLOCK_B, BLOCK_H, BLOCK_K,
-                                     RESIDENT, PRECISION)
                 active = (t < length) & row_ok
+                # A program loops over several tiles a step here: one whose rows have all ended
+                # skips its dot, which shortens the step.
+                running = tl.max(active.to(tl.int32), axis=0)
+                acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
+                                     xg_tile, xg_ok, rows, u0, H, running, BLOCK_B, BLOCK_H,
+                                     BLOCK_K, RESIDENT, PRECISION)
                 if HAS_G0:  # h0 W_hh^T on a row's first step (0, or lengths[b]-1 in reverse)
                     first = active & (t == reverse * (length - 1))
                     acc += tl.load(g0_ptr + row0 * 4 * H + u0 + xg_tile,
@@ -200,10 +207,12 @@ def _lstm_fwd_kernel(xg_ptr, w_ptr, g0_ptr, len_ptr, h_ptr, c_ptr, y_ptr, gates_
             h_cur = h_ptr + (s % 2) * B * H + row0 * H
             h_nxt = h_ptr + ((s + 1) % 2) * B * H + state
             rows = t.to(tl.int64) * B + row0
-            acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
-                                 xg_tile, xg_ok, rows, u0, H, BLOCK_B, BLOCK_H, BLOCK_K,
-                                 RESIDENT, PRECISION)
             active = (t < length) & row_ok
+            # One tile a program: the step waits for the slowest program anyway, so every dot
+            # runs (`running` 1, a constant).
+            acc = _preactivation(xg_ptr, h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k,
+                                 xg_tile, xg_ok, rows, u0, H, 1, BLOCK_B, BLOCK_H, BLOCK_K,
+                                 RESIDENT, PRECISION)
             if HAS_G0:
                 acc += tl.where((active & (t == first_t))[:, None], g0, 0.0)
             i, f, g, o, c_new, h_new = _cell_update(acc, c, BLOCK_B, BLOCK_H)
