@@ -84,6 +84,10 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
     """Layers and directions as torch.nn runs them: directions concatenated on the feature dim,
     dropout on the output of every layer but the last, in training only. `states` holds the
     initial state tensors [L*D, B, *]; run_layer(x, k, reverse) runs layer-direction k."""
+    if num_layers == 1 and not bidirectional:
+        # One layer-direction: its output and final states as views, not copies.
+        y, *final = run_layer(x, 0, False)
+        return (y, *(f.unsqueeze(0) for f in final))
     D = 2 if bidirectional else 1
     finals = [[] for _ in states]
     layer_input = x
@@ -97,8 +101,7 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
         layer_input = outputs[0] if D == 1 else torch.cat(outputs, dim=2)
         if dropout > 0 and training and layer < num_layers - 1:
             layer_input = F.dropout(layer_input, dropout, training=True)
-    # One layer-direction: its final state as a view, not a copy (2 us of a T=1 call).
-    return (layer_input, *(f[0].unsqueeze(0) if len(f) == 1 else torch.stack(f) for f in finals))
+    return (layer_input, *(torch.stack(f) for f in finals))
 
 
 def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,

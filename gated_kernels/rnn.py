@@ -134,7 +134,8 @@ class _RecurrentBase(nn.RNNBase):
             if not is_batched:
                 states = tuple(s.unsqueeze(1) for s in states)
         self._check_forward(input, states, batch_sizes)
-        states = tuple(self._permute(s, sorted_indices) for s in states)
+        if sorted_indices is not None:
+            states = tuple(s.index_select(1, sorted_indices) for s in states)
 
         # Time-major [T, B, I]; packed data comes padded in sorted batch order, with lengths.
         if packed:
@@ -156,7 +157,8 @@ class _RecurrentBase(nn.RNNBase):
             final = self._autocast_states(final, states)
         else:
             y, *final = run(x, states, lengths, weights)
-        final = tuple(self._permute(s, unsorted_indices) for s in final)
+        if unsorted_indices is not None:
+            final = tuple(s.index_select(1, unsorted_indices) for s in final)
         if packed:
             output = PackedSequence(_pack(y, lengths_cpu), batch_sizes, sorted_indices,
                                     unsorted_indices)
@@ -166,10 +168,6 @@ class _RecurrentBase(nn.RNNBase):
                 output = output.squeeze(batch_dim)
                 final = tuple(s.squeeze(1) for s in final)
         return output, final
-
-    @staticmethod
-    def _permute(state, permutation):
-        return state if permutation is None else state.index_select(1, permutation)
 
 
 class LSTM(_RecurrentBase):

@@ -1,5 +1,5 @@
-"""torch.export of an inference model and torch.func.functional_call use the operators and the
-parameters they are given."""
+"""torch.export of an inference model, torch.func.functional_call and parametrized weights use
+the operators and the parameters they are given."""
 
 import torch
 
@@ -40,3 +40,33 @@ def test_functional_call_uses_the_given_parameters():
     reference.load_state_dict(doubled)
     out = torch.func.functional_call(model, doubled, (x,))
     assert all(torch.equal(a, b) for a, b in zip(out, reference(x)))
+
+
+class _DropConnect(torch.nn.Module):
+    """A fixed mask on a weight, as AWD-LSTM's weight drop applies one (by parametrization)."""
+
+    def __init__(self, mask):
+        super().__init__()
+        self.mask = mask
+
+    def forward(self, weight):
+        return weight * self.mask
+
+
+def test_parametrized_weights_are_read_at_each_call():
+    """torch.nn.utils.parametrize moves weight_hh_l1 out of the module's parameters behind a
+    property; the modules read it as torch.nn does, at every call."""
+    from torch.nn.utils import parametrize
+
+    torch.manual_seed(0)
+    ours, theirs = gk.LSTM(4, 6, num_layers=2), torch.nn.LSTM(4, 6, num_layers=2)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(5, 3, 4)
+    y_plain, _ = ours(x)
+    mask = (torch.rand(24, 6) > 0.5).float()
+    for module in (ours, theirs):
+        parametrize.register_parametrization(module, "weight_hh_l1", _DropConnect(mask))
+    (y, (h, c)), (y_ref, (h_ref, c_ref)) = ours(x), theirs(x)
+    for a, b in ((y, y_ref), (h, h_ref), (c, c_ref)):
+        torch.testing.assert_close(a, b)
+    assert not torch.allclose(y, y_plain)  # the mask changed the output
