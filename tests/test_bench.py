@@ -35,6 +35,15 @@ def test_gate_fails_a_wrong_implementation_and_reports_no_speedup(mode):
     assert "1 failed the gate" in report.summary("custom", [record])
 
 
+def test_a_custom_shape_of_one_step_runs_the_cells_too():
+    def cells(argv):
+        return {c.cell for c in cli.select_cases(cli.parse_args(argv))}
+
+    assert cells(["--shape", "1,3,5,4"]) == {"LSTM", "GRU", "LSTMCell", "GRUCell"}
+    assert cells(["--shape", "6,3,5,4"]) == {"LSTM", "GRU"}
+    assert cells(["--shape", "1,3,5,4", "--cell", "GRUCell"]) == {"GRUCell"}
+
+
 def test_a_case_that_cannot_run_is_an_error_record():
     def broken(theirs, backend="auto"):
         raise RuntimeError("no kernel for this dtype")

@@ -86,8 +86,10 @@ def select_cases(args):
     cases = suite(args.suite, args.device)
     if args.shape:
         dtype = args.dtype or "fp32"
+        # A shape of one step (T=1) runs the cells too.
         cases = [Case(cell, mode, T, B, I, H, dtype, device=args.device)
-                 for T, B, I, H in args.shape for cell in CELLS for mode in MODES]
+                 for T, B, I, H in args.shape
+                 for cell in CELLS + (CELL_MODULES if T == 1 else ()) for mode in MODES]
     changes = {k: v for k, v in (("dtype", args.dtype), ("layers", args.layers)) if v}
     if args.bidirectional:
         changes["bidirectional"] = True
