@@ -21,6 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
+from gated_kernels import contract
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.common import BLOCK_B, NO_SPECIALIZE, grid_barrier, sigmoid, tanh
 
@@ -397,9 +398,7 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
 
         y, h_n, gates = gru_forward_triton(xg, w_hh, b_hh, h0, None, False)
     """
-    from gated_kernels.ops import check_gru_args
-
-    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
+    T, B, H = contract.check_gru_args(xg, w_hh, b_hh, h0, lengths)
     _check_dtype(xg.dtype)
     y = _new_output((T, B, H), xg.dtype, xg.device)
     gates = _new_output((T, B, 4 * H), xg.dtype, xg.device) if save else None

@@ -1,5 +1,5 @@
 """LSTM recurrence in Triton: the kernels and launchers behind gated_kernels::lstm_forward and
-lstm_backward (contract: ops.py and the header of csrc/lstm.cpp).
+lstm_backward (contract: ops.py, contract.py and the header of csrc/lstm.cpp).
 
 One forward kernel and one backward kernel, each serving the three paths of common.choose_path:
 - small: one program per batch tile owns all H units; the time loop runs inside the kernel and a
@@ -26,7 +26,8 @@ import torch
 import triton
 import triton.language as tl
 
-from gated_kernels import ops
+from gated_kernels import contract
+from gated_kernels.contract import CUDA_GATES_DTYPE
 from gated_kernels.triton_kernels import common
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -42,12 +43,6 @@ PER_STEP_BLOCK_K = 64
 # in fp32, over the H100's 227 KB. Above these the backward runs per_step.
 BWD_BLOCK_H = 16
 BWD_PERSISTENT_MAX_H = {torch.float32: 256, torch.float16: 512, torch.bfloat16: 512}
-# The saved gates (i, f, g, o: in [0, 1] or [-1, 1]) of a 16-bit model are float16: 11
-# significant bits where bfloat16 has 8, at half float32's memory (bf16 T=256 B=256 H=1024:
-# 0.5 GB instead of 1.1). The cell states stay float32 (unbounded).
-GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
-               torch.bfloat16: torch.float16}
-
 
 @triton.jit
 def _recurrent_dot(h_cur, w, w_base, lb, row_ok, col_n, col_ok, offs_k, H, running,
@@ -444,9 +439,9 @@ def _launch(kernel, path, cfg, T, B, H, reverse, args, constexprs, tiled=False):
 def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     """gated_kernels::lstm_forward on CUDA tensors (CPU tensors under TRITON_INTERPRET=1).
     xg [T,B,4H], w_hh [4H,P], w_hr [P,H] or None, h0 [B,P], c0 [B,H], lengths [B] int64 or
-    None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] (GATES_DTYPE) and
+    None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] (CUDA_GATES_DTYPE) and
     c_all [T,B,H] (float32); those two are None with save=False (inference)."""
-    T, B, H, P = ops.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    T, B, H, P = contract.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
     path = common.choose_path(H, B, dtype, common.sm_count(device), common.shared_memory(device),
@@ -464,7 +459,7 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
         h[0] = 0
     c = _fp32_copy(c0)
     m = _new_output((T, B, H), dtype, device)  # y itself without projection
-    gates = _new_output((T, B, 4 * H), GATES_DTYPE[dtype], device) if save else None
+    gates = _new_output((T, B, 4 * H), CUDA_GATES_DTYPE[dtype], device) if save else None
     c_all = _new_output((T, B, H), torch.float32, device) if save else None
     # Without saving, c stands in for the gates and c_all pointers (SAVE=False never uses them).
     args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m,
@@ -501,14 +496,14 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     T, B, G = gates.shape
     H = G // 4
     xg_shape = h0.new_empty(1, 1, 1).expand(T, B, G)  # the checks read only shape and dtype
-    _, _, _, P = ops.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
+    _, _, _, P = contract.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
     _check_device_and_dtype(h0)
     dtype, device = h0.dtype, h0.device
     _check_saved("dy", dy, (T, B, P), dtype)
     _check_saved("y", y, (T, B, P), dtype)
     _check_saved("dh_n", dh_n, (B, P), dtype)
     _check_saved("dc_n", dc_n, (B, H), dtype)
-    _check_saved("gates", gates, (T, B, G), GATES_DTYPE[dtype])
+    _check_saved("gates", gates, (T, B, G), CUDA_GATES_DTYPE[dtype])
     _check_saved("c_all", c_all, (T, B, H), torch.float32)
     path = backward_path(H, B, dtype, common.sm_count(device), common.shared_memory(device))
     lens = _lengths(lengths, T, B, device)

@@ -6,10 +6,10 @@ import itertools
 
 import torch
 
+from gated_kernels.contract import CUDA_GATES_DTYPE
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.lstm import (
     DTYPES,
-    GATES_DTYPE,
     TL_DTYPES,
     _lstm_bwd_kernel,
     _lstm_fwd_kernel,
@@ -46,7 +46,7 @@ def _paths(choose, H, dtype, shared_bytes):
 
 
 def _pointers(kind, dtype, path, has_g0=False):
-    dt, gates = TL_DTYPES[dtype], TL_DTYPES[GATES_DTYPE[dtype]]
+    dt, gates = TL_DTYPES[dtype], TL_DTYPES[CUDA_GATES_DTYPE[dtype]]
     counter = "*i32" if path == "persistent" else f"*{dt}"
     if kind == "fwd":
         return dict(xg_ptr=f"*{dt}", w_ptr=f"*{dt}", g0_ptr="*fp32" if has_g0 else f"*{dt}",

@@ -1,0 +1,153 @@
+"""The operators' contract in code: the argument checks, the gate counts and the dtypes of the
+saved tensors. A leaf (it imports torch alone): ops.py, which declares the operators and their
+fake implementations, and the Triton launchers both import it, so imports run one way (ops.py
+imports the launchers, on first use, and nothing below imports ops.py).
+"""
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def _expect(cond, exc, message):
+    if not cond:
+        raise exc(message)
+
+
+def _check_tensor(name, t, shape, dtype, device):
+    """One argument against its expected shape (None entries are free), dtype and device."""
+    _expect(
+        isinstance(t, torch.Tensor),
+        TypeError,
+        f"{name} must be a Tensor, got {type(t).__name__}",
+    )
+    _expect(
+        t.dim() == len(shape),
+        ValueError,
+        f"{name} must be {len(shape)}-D, got {t.dim()}-D with shape {tuple(t.shape)}",
+    )
+    expected = tuple(t.shape[k] if s is None else s for k, s in enumerate(shape))
+    _expect(
+        tuple(t.shape) == expected,
+        ValueError,
+        f"{name} must have shape {expected}, got {tuple(t.shape)}",
+    )
+    _expect(
+        t.dtype == dtype,
+        ValueError,
+        f"{name} must have dtype {dtype} (the dtype of the input, xg or x), got {t.dtype}",
+    )
+    _expect(
+        t.device == device,
+        ValueError,
+        f"{name} must be on {device} (the device of the input, xg or x), got {t.device}",
+    )
+
+
+def _check_xg(xg, cell, gates):
+    _check_tensor("xg", xg, (None, None, None), xg.dtype, xg.device)
+    _expect(
+        xg.dtype in FLOAT_DTYPES,
+        ValueError,
+        f"xg must have a floating dtype {FLOAT_DTYPES}, got {xg.dtype}",
+    )
+    T, B, G = xg.shape
+    _expect(T >= 1, ValueError, f"xg must have at least one step (T >= 1), got T = {T}")
+    _expect(
+        G % gates == 0,
+        ValueError,
+        f"xg.size(2) must be {gates}H for {cell}, got {G}",
+    )
+    return T, B, G // gates
+
+
+def _check_lengths(lengths, T, B, device):
+    """Shape, dtype and device only: checking values in [1, T] would read device memory (a host
+    sync on CUDA), so value checks belong to the CPU kernel and the module layer."""
+    if lengths is None:
+        return
+    _expect(
+        lengths.dtype == torch.int64,
+        ValueError,
+        f"lengths must have dtype torch.int64, got {lengths.dtype}",
+    )
+    _check_tensor("lengths", lengths, (B,), torch.int64, device)
+
+
+def check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths):
+    """Validates lstm_forward's arguments; returns (T, B, H, P)."""
+    T, B, H = _check_xg(xg, "LSTM", 4)
+    P = H
+    if w_hr is not None:
+        _check_tensor("w_hr", w_hr, (None, H), xg.dtype, xg.device)
+        P = w_hr.shape[0]
+    _check_tensor("w_hh", w_hh, (4 * H, P), xg.dtype, xg.device)
+    _check_tensor("h0", h0, (B, P), xg.dtype, xg.device)
+    _check_tensor("c0", c0, (B, H), xg.dtype, xg.device)
+    _check_lengths(lengths, T, B, xg.device)
+    return T, B, H, P
+
+
+def check_gru_args(xg, w_hh, b_hh, h0, lengths):
+    """Validates gru_forward's arguments; returns (T, B, H)."""
+    T, B, H = _check_xg(xg, "GRU", 3)
+    _check_tensor("w_hh", w_hh, (3 * H, H), xg.dtype, xg.device)
+    _check_tensor("b_hh", b_hh, (3 * H,), xg.dtype, xg.device)
+    _check_tensor("h0", h0, (B, H), xg.dtype, xg.device)
+    _check_lengths(lengths, T, B, xg.device)
+    return T, B, H
+
+
+def saved_dtype(dtype):
+    """dtype of the saved gates and cell states: float32 for half types, else the input dtype."""
+    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+
+# The LSTM's saved gates on CUDA (the Triton kernels): the gates (i, f, g, o: in [0, 1] or
+# [-1, 1]) of a 16-bit model are float16, 11 significant bits where bfloat16 has 8, at half
+# float32's memory (bf16 T=256 B=256 H=1024: 0.5 GB instead of 1.1). The cell states stay
+# float32 (unbounded).
+CUDA_GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
+                    torch.bfloat16: torch.float16}
+
+
+def lstm_gates_dtype(xg):
+    """dtype of the LSTM's saved gates: CUDA_GATES_DTYPE on CUDA, saved_dtype on the CPU
+    (csrc/lstm.cpp)."""
+    if xg.device.type == "cuda" and xg.dtype in CUDA_GATES_DTYPE:
+        return CUDA_GATES_DTYPE[xg.dtype]
+    return saved_dtype(xg.dtype)
+
+
+def input_gates_like(x, w_ih, bias, cell, gates):
+    """Validates an inference operator's input projection (x [T,B,I], w_ih [G,I], bias [G]?);
+    returns an empty tensor shaped like its input gates xg [T,B,G], for the checks of xg."""
+    _check_tensor("x", x, (None, None, None), x.dtype, x.device)
+    _check_tensor("w_ih", w_ih, (None, x.shape[2]), x.dtype, x.device)
+    _expect(
+        w_ih.shape[0] % gates == 0,
+        ValueError,
+        f"w_ih.size(0) must be {gates}H for {cell}, got {w_ih.shape[0]}",
+    )
+    if bias is not None:
+        _check_tensor("bias", bias, (w_ih.shape[0],), x.dtype, x.device)
+    return x.new_empty(x.shape[0], x.shape[1], w_ih.shape[0])
+
+
+def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates, c=None):
+    """Validates a cell operator's arguments (x [B,I], h [B,H], w_ih [G,I], w_hh [G,H], biases
+    [G] or None, G = gates * H; the LSTM's c [B,H]); returns (B, H)."""
+    _check_tensor("x", x, (None, None), x.dtype, x.device)
+    _check_tensor("w_hh", w_hh, (None, None), x.dtype, x.device)
+    B, H = x.shape[0], w_hh.shape[1]
+    _check_tensor("w_hh", w_hh, (gates * H, H), x.dtype, x.device)
+    _check_tensor("w_ih", w_ih, (gates * H, x.shape[1]), x.dtype, x.device)
+    _check_tensor("h", h, (B, H), x.dtype, x.device)
+    _expect((b_ih is None) == (b_hh is None), ValueError,
+            "b_ih and b_hh must be given together or both be None")
+    for name, b in (("b_ih", b_ih), ("b_hh", b_hh)):
+        if b is not None:
+            _check_tensor(name, b, (gates * H,), x.dtype, x.device)
+    if c is not None:
+        _check_tensor("c", c, (B, H), x.dtype, x.device)
+    return B, H
