@@ -6,6 +6,7 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from common import FP64_ATOL, max_abs_error
+from gated_kernels import reference
 from gated_kernels.functional import gru_layer, lstm_layer
 
 # (cell, T, B, I, H, P): T=1, an odd T with a non-power-of-two H, B=1, projection.
@@ -85,3 +86,117 @@ def test_reference_lengths_and_reverse_match_packed_bidirectional(cell, P):
     ours = [torch.cat([fwd[0], bwd[0]], dim=2)] + [torch.stack([f, b]) for f, b in zip(fwd[1:], bwd[1:])]
     theirs = [theirs_y] + (list(theirs_state) if cell == "LSTM" else [theirs_state])
     _check_all(ours, theirs, [x, *states, *module.parameters()])
+
+
+# ---- the options of issue 17: LayerNorm and zoneout (no kernel runs them yet) ----
+
+
+def _ln(size, g):
+    """A LayerNorm's (weight, bias), away from the initial (1, 0) so that both matter."""
+    return (1 + 0.3 * torch.randn(size, generator=g, dtype=torch.float64),
+            0.3 * torch.randn(size, generator=g, dtype=torch.float64))
+
+
+def test_layer_norm_is_torch_layer_norm():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(4, 3, 24, generator=g, dtype=torch.float64)
+    weight, bias = _ln(24, g)
+    expected = torch.nn.functional.layer_norm(v, (24,), weight, bias, eps=reference.LN_EPS)
+    assert max_abs_error(reference.layer_norm(v, (weight, bias)), expected) <= FP64_ATOL
+
+
+def _ln_lstm_steps(x, w_ih, w_hh, b, ln_ih, ln_hh, ln_c, h, c):
+    """LayerNorm LSTM as issue 17 writes it, with torch's layer_norm, gates by name:
+    G = LN(x W_ih^T) + LN(h W_hh^T) + b; c = f c + i g; h = o tanh(LN(c))."""
+    ln = torch.nn.functional.layer_norm
+    H = c.shape[1]
+    ys = []
+    for x_t in x:
+        G = (ln(x_t @ w_ih.T, (4 * H,), *ln_ih) + ln(h @ w_hh.T, (4 * H,), *ln_hh) + b)
+        i, f, g, o = G[:, :H], G[:, H:2 * H], G[:, 2 * H:3 * H], G[:, 3 * H:]
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(ln(c, (H,), *ln_c))
+        ys.append(h)
+    return torch.stack(ys), h, c
+
+
+def _ln_gru_steps(x, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, h):
+    """LayerNorm GRU as issue 17 writes it: A = LN(x W_ih^T) + b_ih, R = LN(h W_hh^T) + b_hh;
+    r, z from A + R, n = tanh(A_n + r R_n), h = (1 - z) n + z h."""
+    ln = torch.nn.functional.layer_norm
+    H = h.shape[1]
+    ys = []
+    for x_t in x:
+        A = ln(x_t @ w_ih.T, (3 * H,), *ln_ih) + b_ih
+        R = ln(h @ w_hh.T, (3 * H,), *ln_hh) + b_hh
+        r = torch.sigmoid(A[:, :H] + R[:, :H])
+        z = torch.sigmoid(A[:, H:2 * H] + R[:, H:2 * H])
+        n = torch.tanh(A[:, 2 * H:] + r * R[:, 2 * H:])
+        h = (1 - z) * n + z * h
+        ys.append(h)
+    return torch.stack(ys), h
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_layernorm_recurrence_matches_the_formulas(cell):
+    """Outputs, final states and every gradient (LayerNorm parameters included) against the
+    formulas written out with torch's layer_norm."""
+    g = torch.Generator().manual_seed(1)
+    T, B, I, H = 6, 3, 5, 7
+    G = (4 if cell == "LSTM" else 3) * H
+
+    def rand(*shape):
+        return (0.5 * torch.randn(*shape, generator=g, dtype=torch.float64)).requires_grad_()
+
+    x, w_ih, w_hh, b_ih, b_hh, h0 = rand(T, B, I), rand(G, I), rand(G, H), rand(G), rand(G), rand(B, H)
+    ln_ih, ln_hh = [tuple(t.requires_grad_() for t in _ln(G, g)) for _ in range(2)]
+    if cell == "LSTM":
+        c0 = rand(B, H)
+        ln_c = tuple(t.requires_grad_() for t in _ln(H, g))
+        xg = reference.layer_norm(x @ w_ih.T, ln_ih) + b_ih + b_hh
+        ours = reference.lstm_recurrence(xg, w_hh, None, h0, c0, ln_hh=ln_hh, ln_c=ln_c)
+        theirs = _ln_lstm_steps(x, w_ih, w_hh, b_ih + b_hh, ln_ih, ln_hh, ln_c, h0, c0)
+        inputs = [x, w_ih, w_hh, b_ih, b_hh, h0, c0, *ln_ih, *ln_hh, *ln_c]
+    else:
+        xg = reference.layer_norm(x @ w_ih.T, ln_ih) + b_ih
+        ours = reference.gru_recurrence(xg, w_hh, b_hh, h0, ln_hh=ln_hh)
+        theirs = _ln_gru_steps(x, w_ih, w_hh, b_ih, b_hh, ln_ih, ln_hh, h0)
+        inputs = [x, w_ih, w_hh, b_ih, b_hh, h0, *ln_ih, *ln_hh]
+    _check_all(ours, theirs, inputs)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_zoneout_mixes_each_state_with_its_previous_value(cell):
+    """Each step against one un-zoned step of the reference from the zoned state: h_t =
+    keep_t h_{t-1} + (1 - keep_t) h_new, and c likewise, where the LSTM's h_new comes from the
+    un-zoned new cell; training masks (0 / 1) and eval's p alike; a row past its length carries
+    its state."""
+    g = torch.Generator().manual_seed(2)
+    T, B, H = 5, 4, 6
+    G = (4 if cell == "LSTM" else 3) * H
+    xg = torch.randn(T, B, G, generator=g, dtype=torch.float64)
+    w_hh = 0.5 * torch.randn(G, H, generator=g, dtype=torch.float64)
+    b_hh = torch.randn(G, generator=g, dtype=torch.float64)
+    states0 = [torch.randn(B, H, generator=g, dtype=torch.float64) for _ in range(2)]
+    lengths = torch.tensor([5, 2, 4, 1])
+    masks = [(torch.rand(T, B, H, generator=g) < 0.3).double() for _ in range(2)]
+    for keep in (masks, [torch.full((T, B, H), 0.3, dtype=torch.float64)] * 2):
+        if cell == "LSTM":
+            y, *final = reference.lstm_recurrence(xg, w_hh, None, *states0, lengths,
+                                                  keep_h=keep[0], keep_c=keep[1])
+        else:
+            y, *final = reference.gru_recurrence(xg, w_hh, b_hh, states0[0], lengths,
+                                                 keep_h=keep[0])
+        states = [s.clone() for s in states0[:len(final)]]
+        for t in range(T):
+            if cell == "LSTM":
+                _, *new = reference.lstm_recurrence(xg[t:t + 1], w_hh, None, *states)
+            else:
+                _, *new = reference.gru_recurrence(xg[t:t + 1], w_hh, b_hh, *states)
+            on = (t < lengths)[:, None]
+            zoned = [k[t] * s + (1 - k[t]) * n for k, s, n in zip(keep, states, new)]
+            expected_y = torch.where(on, zoned[0], 0.0)
+            assert max_abs_error(y[t], expected_y) <= FP64_ATOL, f"y at t={t}"
+            states = [torch.where(on, z, s) for z, s in zip(zoned, states)]
+        for k, (a, b) in enumerate(zip(final, states)):
+            assert max_abs_error(a, b) <= FP64_ATOL, f"final state {k}"
