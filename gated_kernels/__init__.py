@@ -10,6 +10,7 @@ from gated_kernels.backends import BACKENDS, cpp_available, resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.convert import convert, revert
 from gated_kernels.functional import gru_layer, lstm_layer
+from gated_kernels.layernorm import LayerNormGRU, LayerNormLSTM
 from gated_kernels.rnn import GRU, LSTM
 from gated_kernels.version import __version__
 
@@ -21,6 +22,8 @@ __all__ = [
     "LSTM",
     "LSTMCell",
     "LSTMFunction",
+    "LayerNormGRU",
+    "LayerNormLSTM",
     "__version__",
     "convert",
     "cpp_available",

@@ -136,3 +136,72 @@ def gru(x, h0, weights, num_layers=1, bidirectional=False, dropout=0.0, training
                          reverse=reverse, backend=backend)
 
     return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)
+
+
+# ---- LayerNorm cells, zoneout and DropConnect (issue 17): the reference backend alone so far ----
+
+
+def zoneout_keep(p, training, shape, like):
+    """zoneout's weights of the previous state, [T, B, H] (reference.lstm_recurrence's keep_h /
+    keep_c): Bernoulli(p) masks drawn from torch's RNG in training, p everywhere in eval, None
+    without zoneout."""
+    if p == 0.0:
+        return None
+    if training:
+        return (torch.rand(shape, dtype=like.dtype, device=like.device) < p).to(like.dtype)
+    return torch.full((), p, dtype=like.dtype, device=like.device).expand(shape)
+
+
+def drop_connect(w_hh, p, training):
+    """W_hh times a Bernoulli(1 - p) mask / (1 - p), drawn once per call, in training; W_hh in
+    eval."""
+    if p == 0.0 or not training:
+        return w_hh
+    return w_hh * (torch.rand_like(w_hh) >= p) / (1.0 - p)
+
+
+def layernorm_lstm(x, h0, c0, weights, layer_norms, num_layers=1, bidirectional=False,
+                   dropout=0.0, training=False, has_bias=True, lengths=None, zoneout=0.0,
+                   dropconnect=0.0):
+    """A stacked LayerNorm LSTM (reference.lstm_recurrence's LayerNorm), with optional zoneout
+    and DropConnect, as `lstm` takes it; layer_norms: per layer-direction (ln_ih, ln_hh, ln_c),
+    each a (weight, bias) pair. G = LN(x W_ih^T; ln_ih) + LN(h W_hh^T; ln_hh) + b_ih + b_hh.
+    Random draws, per layer-direction in order: the DropConnect mask, then zoneout's h and c."""
+    n = len(weights) // (num_layers * (2 if bidirectional else 1))
+
+    def run_layer(layer_input, k, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
+        ln_ih, ln_hh, ln_c = layer_norms[k]
+        w_hh = drop_connect(w_hh, dropconnect, training)
+        xg = reference.layer_norm(layer_input @ w_ih.T, ln_ih)
+        if has_bias:
+            xg = xg + b_ih + b_hh
+        shape = (*layer_input.shape[:2], c0.shape[-1])
+        keep_h, keep_c = (zoneout_keep(zoneout, training, shape, xg) for _ in range(2))
+        return reference.lstm_recurrence(xg, w_hh, None, h0[k], c0[k], lengths, reverse,
+                                         ln_hh=ln_hh, ln_c=ln_c, keep_h=keep_h, keep_c=keep_c)
+
+    return _stack(run_layer, x, (h0, c0), num_layers, bidirectional, dropout, training)
+
+
+def layernorm_gru(x, h0, weights, layer_norms, num_layers=1, bidirectional=False, dropout=0.0,
+                  training=False, has_bias=True, lengths=None, zoneout=0.0, dropconnect=0.0):
+    """A stacked LayerNorm GRU (reference.gru_recurrence's LayerNorm), as layernorm_lstm;
+    layer_norms: per layer-direction (ln_ih, ln_hh). A = LN(x W_ih^T; ln_ih) + b_ih,
+    R = LN(h W_hh^T; ln_hh) + b_hh."""
+    n = len(weights) // (num_layers * (2 if bidirectional else 1))
+
+    def run_layer(layer_input, k, reverse):
+        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
+        ln_ih, ln_hh = layer_norms[k]
+        w_hh = drop_connect(w_hh, dropconnect, training)
+        xg = reference.layer_norm(layer_input @ w_ih.T, ln_ih)
+        if has_bias:
+            xg = xg + b_ih
+        else:
+            b_hh = w_hh.new_zeros(w_hh.shape[0])
+        keep_h = zoneout_keep(zoneout, training, (*layer_input.shape[:2], h0.shape[-1]), xg)
+        return reference.gru_recurrence(xg, w_hh, b_hh, h0[k], lengths, reverse, ln_hh=ln_hh,
+                                        keep_h=keep_h)
+
+    return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)

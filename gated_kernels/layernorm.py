@@ -1,0 +1,144 @@
+"""LayerNormLSTM and LayerNormGRU (Ba et al. 2016, "Layer Normalization"), with zoneout (Krueger
+et al. 2016) and DropConnect (Wan et al. 2013; AWD-LSTM's weight drop) as keywords.
+
+torch.nn.LSTM / torch.nn.GRU's constructor arguments (num_layers, bias, batch_first, dropout,
+bidirectional; no proj_size), inputs (PackedSequence, batched or unbatched, hx) and outputs.
+Each layer and direction has torch.nn's four parameters (`weight_ih_l{k}{sfx}` ...) and, per
+LayerNorm, a weight (starting at 1) and a bias (starting at 0):
+  ln_ih_weight_l{k}{sfx}, ln_ih_bias_l{k}{sfx}   [G]   on x W_ih^T (G = 4H or 3H)
+  ln_hh_weight_l{k}{sfx}, ln_hh_bias_l{k}{sfx}   [G]   on h W_hh^T
+  ln_c_weight_l{k}{sfx}, ln_c_bias_l{k}{sfx}     [H]   on the LSTM's cell state, before its tanh
+(sfx: '' or '_reverse'). The math is reference.py's (lstm_recurrence, gru_recurrence with
+LayerNorm) and functional.layernorm_lstm / layernorm_gru's.
+
+Issue 17's fused kernels are not built yet: these run the `reference` backend (a loop of torch
+ops over the steps, as users write these cells today); any other backend is refused.
+"""
+
+import torch
+from torch import nn
+
+from gated_kernels import functional
+from gated_kernels.rnn import GRU, LSTM
+
+
+def _check_rate(name, p, closed):
+    """A probability argument: in [0, 1] (closed) or [0, 1)."""
+    if not (0.0 <= p <= 1.0) or (not closed and p == 1.0):
+        interval = "[0, 1]" if closed else "[0, 1)"
+        raise ValueError(f"{name} must be in {interval}, got {p}")
+
+
+class _LayerNormBase:
+    """What both LayerNorm modules share: the extra parameters, the keywords, the backend. A
+    mixin placed before LSTM / GRU. _NORMS: the LayerNorms of a layer-direction and their size
+    in units of H (gate width G = _GATES * H)."""
+
+    _NORMS = ()
+    _GATES = 0
+
+    def _init_layer_norms(self, zoneout, dropconnect, backend):
+        if self.backend not in ("auto", "reference"):
+            raise ValueError(
+                f"{type(self).__name__} runs on the 'reference' backend only (its fused kernels "
+                f"are not built yet), got backend={backend!r}")
+        _check_rate("zoneout", zoneout, closed=True)
+        _check_rate("dropconnect", dropconnect, closed=False)
+        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
+        weight = self.weight_ih_l0
+        factory = {"device": weight.device, "dtype": weight.dtype}
+        self._ln_names = []  # per layer-direction, in torch.nn's order of layers and directions
+        for layer in range(self.num_layers):
+            for sfx in ("", "_reverse")[:2 if self.bidirectional else 1]:
+                names = []
+                for norm, units in self._NORMS:
+                    for part in ("weight", "bias"):
+                        name = f"ln_{norm}_{part}_l{layer}{sfx}"
+                        size = units * self.hidden_size
+                        self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))
+                        names.append(name)
+                self._ln_names.append(names)
+        self._reset_layer_norms()
+
+    def _reset_layer_norms(self):
+        with torch.no_grad():
+            for names in self._ln_names:
+                for name in names:
+                    getattr(self, name).fill_(1.0 if "_weight" in name else 0.0)
+
+    def reset_parameters(self):
+        """torch.nn's initialisation for torch.nn's parameters; LayerNorm weights 1, biases 0."""
+        super().reset_parameters()
+        if hasattr(self, "_ln_names"):  # RNNBase.__init__ calls this before they exist
+            self._reset_layer_norms()
+
+    def _layer_norms(self):
+        """Per layer-direction, its LayerNorms as (weight, bias) pairs, read by name."""
+        return [tuple((getattr(self, names[2 * j]), getattr(self, names[2 * j + 1]))
+                      for j in range(len(self._NORMS))) for names in self._ln_names]
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        for name in ("zoneout", "dropconnect"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    @classmethod
+    def from_torch(cls, module, *, backend="auto"):
+        raise TypeError(f"{cls.__name__} has no torch.nn counterpart to convert from")
+
+
+class LayerNormLSTM(_LayerNormBase, LSTM):
+    """An LSTM with LayerNorm on both products and on the cell state:
+    G = LN(x W_ih^T) + LN(h W_hh^T) + b_ih + b_hh; c' = f c + i g; h' = o tanh(LN(c')).
+
+    >>> lstm = LayerNormLSTM(10, 20, num_layers=2, zoneout=0.1)
+    >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
+    >>> tuple(output.shape), tuple(lstm.ln_c_weight_l1.shape)
+    ((5, 3, 20), (20,))
+    """
+
+    _NORMS = (("ih", 4), ("hh", 4), ("c", 1))
+
+    def __init__(self, *args, zoneout=0.0, dropconnect=0.0, backend="auto", **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+        if self.proj_size > 0:
+            raise ValueError("LayerNormLSTM has no proj_size")
+        self._init_layer_norms(zoneout, dropconnect, backend)
+
+    def forward(self, input, hx=None):
+        def run(x, states, lengths, weights):
+            return functional.layernorm_lstm(
+                x, *states, weights, self._layer_norms(), self.num_layers, self.bidirectional,
+                self.dropout, self.training, self.bias, lengths, self.zoneout, self.dropconnect)
+
+        output, (h_n, c_n) = self._run(input, hx, run)
+        return output, (h_n, c_n)
+
+
+class LayerNormGRU(_LayerNormBase, GRU):
+    """A GRU with LayerNorm on both products: A = LN(x W_ih^T) + b_ih, R = LN(h W_hh^T) + b_hh,
+    r = sigmoid(A_r + R_r), z = sigmoid(A_z + R_z), n = tanh(A_n + r R_n),
+    h' = (1 - z) n + z h.
+
+    >>> gru = LayerNormGRU(10, 20, bidirectional=True)
+    >>> output, h_n = gru(torch.randn(5, 3, 10))
+    >>> tuple(output.shape), tuple(gru.ln_hh_bias_l0_reverse.shape)
+    ((5, 3, 40), (60,))
+    """
+
+    _NORMS = (("ih", 3), ("hh", 3))
+
+    def __init__(self, *args, zoneout=0.0, dropconnect=0.0, backend="auto", **kwargs):
+        super().__init__(*args, backend=backend, **kwargs)
+        self._init_layer_norms(zoneout, dropconnect, backend)
+
+    def forward(self, input, hx=None):
+        def run(x, states, lengths, weights):
+            return functional.layernorm_gru(
+                x, states[0], weights, self._layer_norms(), self.num_layers, self.bidirectional,
+                self.dropout, self.training, self.bias, lengths, self.zoneout, self.dropconnect)
+
+        output, (h_n,) = self._run(input, hx, run)
+        return output, h_n
