@@ -23,9 +23,19 @@ def _layer_backend(name, device):
     return backend
 
 
+def _check_options(backend, options):
+    """LayerNorm and zoneout (issue 17) run on the reference backend alone so far."""
+    if backend != "reference" and any(o is not None for o in options):
+        raise ValueError(f"LayerNorm and zoneout run on the 'reference' backend only (their fused "
+                         f"kernels are not built yet), got backend {backend!r}")
+
+
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
-               reverse=False, backend="auto"):
-    """Returns y [T, B, P], h_n [B, P], c_n [B, H].
+               reverse=False, backend="auto", *, layer_norm=None, keep=None):
+    """Returns y [T, B, P], h_n [B, P], c_n [B, H]. layer_norm: (ln_ih, ln_hh, ln_c), each a
+    (weight, bias) pair, for G = LN(x W_ih^T; ln_ih) + b_ih + b_hh + LN(h W_hh^T; ln_hh) and
+    h = o tanh(LN(c; ln_c)); keep: zoneout's (keep_h [T, B, P], keep_c [T, B, H]) (see
+    reference.py); both on the reference backend only.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h, c = lstm_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.zeros(B, H),
@@ -34,6 +44,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     (7, 2, 4)
     """
     backend = _layer_backend(backend, x.device)
+    _check_options(backend, (layer_norm, keep))
     if backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None:
         # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
         h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
@@ -41,8 +52,11 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
     if backend == "reference":
-        xg = F.linear(x, w_ih, bias)
-        return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+        ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
+        xg = _input_gates(x, w_ih, bias, ln_ih)
+        keep_h, keep_c = keep or (None, None)
+        return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, ln_hh=ln_hh,
+                                         ln_c=ln_c, keep_h=keep_h, keep_c=keep_c)
     if c0 is h0:
         # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
         # refuses an autograd.Function that gets the same tensor as two inputs.
@@ -51,8 +65,10 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
-              backend="auto"):
-    """Returns y [T, B, H], h_n [B, H].
+              backend="auto", *, layer_norm=None, keep=None):
+    """Returns y [T, B, H], h_n [B, H]. layer_norm: (ln_ih, ln_hh) for A = LN(x W_ih^T; ln_ih)
+    + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],); both on the
+    reference backend only.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h = gru_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I),
@@ -61,6 +77,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     (2, 4)
     """
     backend = _layer_backend(backend, x.device)
+    _check_options(backend, (layer_norm, keep))
     if backend == "cpp" and x.size(0) == 1 and lengths is None:
         h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
         return h.unsqueeze(0), h.clone()
@@ -68,8 +85,35 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     if backend == "reference":
-        return reference.gru_recurrence(F.linear(x, w_ih, b_ih), w_hh, b_hh, h0, lengths, reverse)
+        ln_ih, ln_hh = layer_norm or (None, None)
+        (keep_h,) = keep or (None,)
+        return reference.gru_recurrence(_input_gates(x, w_ih, b_ih, ln_ih), w_hh, b_hh, h0,
+                                        lengths, reverse, ln_hh=ln_hh, keep_h=keep_h)
     return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)
+
+
+def _input_gates(x, w_ih, bias, ln_ih):
+    """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias (the reference backend's)."""
+    if ln_ih is None:
+        return F.linear(x, w_ih, bias)
+    xg = reference.layer_norm(x @ w_ih.T, ln_ih)
+    return xg if bias is None else xg + bias
+
+
+def zoneout_keep(p, training, shape, like):
+    """zoneout's weights of the previous state, `shape` [T, B, H] (reference.py's keep_h /
+    keep_c): Bernoulli(p) masks drawn from torch's RNG in training, p everywhere in eval."""
+    if training:
+        return (torch.rand(shape, dtype=like.dtype, device=like.device) < p).to(like.dtype)
+    return torch.full((), p, dtype=like.dtype, device=like.device).expand(shape)
+
+
+def drop_connect(w_hh, p, training):
+    """DropConnect: W_hh times a Bernoulli(1 - p) mask / (1 - p), drawn once per call, in
+    training; W_hh in eval (or with p = 0)."""
+    if p == 0.0 or not training:
+        return w_hh
+    return w_hh * (torch.rand_like(w_hh) >= p) / (1.0 - p)
 
 
 def _split_weights(weights, has_bias, has_proj):
@@ -105,103 +149,53 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
 
 
 def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-         has_bias=True, has_proj=False, lengths=None, backend="auto"):
+         has_bias=True, has_proj=False, lengths=None, backend="auto", *, layer_norms=None,
+         zoneout=0.0, dropconnect=0.0):
     """A stacked, optionally bidirectional LSTM over a time-major sequence.
 
     x [T, B, I]; h0 [L*D, B, P]; c0 [L*D, B, H]; weights: the flat parameter list in torch.nn
     order (`module._flat_weights`). Returns y [T, B, D*P], h_n [L*D, B, P], c_n [L*D, B, H].
+    layer_norms: per layer-direction, lstm_layer's layer_norm; zoneout, dropconnect: their rates
+    (lstm_layer's keep, drop_connect). Random draws per layer-direction, in order: the
+    DropConnect mask, zoneout's h masks, its c masks.
     """
     n = len(weights) // (num_layers * (2 if bidirectional else 1))
 
     def run_layer(layer_input, k, reverse):
-        w = _split_weights(weights[k * n:(k + 1) * n], has_bias, has_proj)
-        return lstm_layer(layer_input, h0[k], c0[k], *w, lengths=lengths, reverse=reverse,
-                          backend=backend)
+        w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights[k * n:(k + 1) * n], has_bias,
+                                                      has_proj)
+        w_hh = drop_connect(w_hh, dropconnect, training)
+        keep = None
+        if zoneout > 0.0:
+            T, B = layer_input.shape[:2]
+            keep = tuple(zoneout_keep(zoneout, training, (T, B, s.shape[-1]), layer_input)
+                         for s in (h0, c0))
+        return lstm_layer(layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
+                          lengths=lengths, reverse=reverse, backend=backend,
+                          layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
 
     return _stack(run_layer, x, (h0, c0), num_layers, bidirectional, dropout, training)
 
 
 def gru(x, h0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
-        has_bias=True, lengths=None, backend="auto"):
+        has_bias=True, lengths=None, backend="auto", *, layer_norms=None, zoneout=0.0,
+        dropconnect=0.0):
     """A stacked, optionally bidirectional GRU over a time-major sequence.
 
     x [T, B, I]; h0 [L*D, B, H]; weights: the flat parameter list in torch.nn order.
-    Returns y [T, B, D*H], h_n [L*D, B, H].
+    Returns y [T, B, D*H], h_n [L*D, B, H]. layer_norms, zoneout, dropconnect: as lstm's.
     """
     n = len(weights) // (num_layers * (2 if bidirectional else 1))
 
     def run_layer(layer_input, k, reverse):
         w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
+        w_hh = drop_connect(w_hh, dropconnect, training)
+        keep = None
+        if zoneout > 0.0:
+            keep = (zoneout_keep(zoneout, training, (*layer_input.shape[:2], h0.shape[-1]),
+                                 layer_input),)
         return gru_layer(layer_input, h0[k], w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                         reverse=reverse, backend=backend)
-
-    return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)
-
-
-# ---- LayerNorm cells, zoneout and DropConnect (issue 17): the reference backend alone so far ----
-
-
-def zoneout_keep(p, training, shape, like):
-    """zoneout's weights of the previous state, [T, B, H] (reference.lstm_recurrence's keep_h /
-    keep_c): Bernoulli(p) masks drawn from torch's RNG in training, p everywhere in eval, None
-    without zoneout."""
-    if p == 0.0:
-        return None
-    if training:
-        return (torch.rand(shape, dtype=like.dtype, device=like.device) < p).to(like.dtype)
-    return torch.full((), p, dtype=like.dtype, device=like.device).expand(shape)
-
-
-def drop_connect(w_hh, p, training):
-    """W_hh times a Bernoulli(1 - p) mask / (1 - p), drawn once per call, in training; W_hh in
-    eval."""
-    if p == 0.0 or not training:
-        return w_hh
-    return w_hh * (torch.rand_like(w_hh) >= p) / (1.0 - p)
-
-
-def layernorm_lstm(x, h0, c0, weights, layer_norms, num_layers=1, bidirectional=False,
-                   dropout=0.0, training=False, has_bias=True, lengths=None, zoneout=0.0,
-                   dropconnect=0.0):
-    """A stacked LayerNorm LSTM (reference.lstm_recurrence's LayerNorm), with optional zoneout
-    and DropConnect, as `lstm` takes it; layer_norms: per layer-direction (ln_ih, ln_hh, ln_c),
-    each a (weight, bias) pair. G = LN(x W_ih^T; ln_ih) + LN(h W_hh^T; ln_hh) + b_ih + b_hh.
-    Random draws, per layer-direction in order: the DropConnect mask, then zoneout's h and c."""
-    n = len(weights) // (num_layers * (2 if bidirectional else 1))
-
-    def run_layer(layer_input, k, reverse):
-        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
-        ln_ih, ln_hh, ln_c = layer_norms[k]
-        w_hh = drop_connect(w_hh, dropconnect, training)
-        xg = reference.layer_norm(layer_input @ w_ih.T, ln_ih)
-        if has_bias:
-            xg = xg + b_ih + b_hh
-        shape = (*layer_input.shape[:2], c0.shape[-1])
-        keep_h, keep_c = (zoneout_keep(zoneout, training, shape, xg) for _ in range(2))
-        return reference.lstm_recurrence(xg, w_hh, None, h0[k], c0[k], lengths, reverse,
-                                         ln_hh=ln_hh, ln_c=ln_c, keep_h=keep_h, keep_c=keep_c)
-
-    return _stack(run_layer, x, (h0, c0), num_layers, bidirectional, dropout, training)
-
-
-def layernorm_gru(x, h0, weights, layer_norms, num_layers=1, bidirectional=False, dropout=0.0,
-                  training=False, has_bias=True, lengths=None, zoneout=0.0, dropconnect=0.0):
-    """A stacked LayerNorm GRU (reference.gru_recurrence's LayerNorm), as layernorm_lstm;
-    layer_norms: per layer-direction (ln_ih, ln_hh). A = LN(x W_ih^T; ln_ih) + b_ih,
-    R = LN(h W_hh^T; ln_hh) + b_hh."""
-    n = len(weights) // (num_layers * (2 if bidirectional else 1))
-
-    def run_layer(layer_input, k, reverse):
-        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
-        ln_ih, ln_hh = layer_norms[k]
-        w_hh = drop_connect(w_hh, dropconnect, training)
-        xg = reference.layer_norm(layer_input @ w_ih.T, ln_ih)
-        if has_bias:
-            xg = xg + b_ih
-        else:
-            b_hh = w_hh.new_zeros(w_hh.shape[0])
-        keep_h = zoneout_keep(zoneout, training, (*layer_input.shape[:2], h0.shape[-1]), xg)
-        return reference.gru_recurrence(xg, w_hh, b_hh, h0[k], lengths, reverse, ln_hh=ln_hh,
-                                        keep_h=keep_h)
+                         reverse=reverse, backend=backend,
+                         layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
 
     return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)

@@ -12,7 +12,8 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 LayerNorm) and functional.layernorm_lstm / layernorm_gru's.
 
 Issue 17's fused kernels are not built yet: these run the `reference` backend (a loop of torch
-ops over the steps, as users write these cells today); any other backend is refused.
+ops over the steps, as users write these cells today); any other backend is refused. zoneout and
+DropConnect are LSTM / GRU's keywords (rnn.py, functional.lstm).
 """
 
 import torch
@@ -22,29 +23,21 @@ from gated_kernels import functional
 from gated_kernels.rnn import GRU, LSTM
 
 
-def _check_rate(name, p, closed):
-    """A probability argument: in [0, 1] (closed) or [0, 1)."""
-    if not (0.0 <= p <= 1.0) or (not closed and p == 1.0):
-        interval = "[0, 1]" if closed else "[0, 1)"
-        raise ValueError(f"{name} must be in {interval}, got {p}")
-
-
 class _LayerNormBase:
-    """What both LayerNorm modules share: the extra parameters, the keywords, the backend. A
-    mixin placed before LSTM / GRU. _NORMS: the LayerNorms of a layer-direction and their size
+    """What both LayerNorm modules share: the extra parameters and the backend. A mixin placed
+    before LSTM / GRU (which hold the zoneout and dropconnect keywords). _NORMS: the LayerNorms of a layer-direction and their size
     in units of H (gate width G = _GATES * H)."""
 
     _NORMS = ()
     _GATES = 0
 
-    def _init_layer_norms(self, zoneout, dropconnect, backend):
-        if self.backend not in ("auto", "reference"):
+    def _check_backend(self, backend):
+        if backend not in ("auto", "reference"):
             raise ValueError(
                 f"{type(self).__name__} runs on the 'reference' backend only (its fused kernels "
                 f"are not built yet), got backend={backend!r}")
-        _check_rate("zoneout", zoneout, closed=True)
-        _check_rate("dropconnect", dropconnect, closed=False)
-        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
+
+    def _init_layer_norms(self):
         weight = self.weight_ih_l0
         factory = {"device": weight.device, "dtype": weight.dtype}
         self._ln_names = []  # per layer-direction, in torch.nn's order of layers and directions
@@ -77,13 +70,6 @@ class _LayerNormBase:
         return [tuple((getattr(self, names[2 * j]), getattr(self, names[2 * j + 1]))
                       for j in range(len(self._NORMS))) for names in self._ln_names]
 
-    def extra_repr(self):
-        s = super().extra_repr()
-        for name in ("zoneout", "dropconnect"):
-            if getattr(self, name):
-                s += f", {name}={getattr(self, name)}"
-        return s
-
     @classmethod
     def from_torch(cls, module, *, backend="auto"):
         raise TypeError(f"{cls.__name__} has no torch.nn counterpart to convert from")
@@ -101,17 +87,20 @@ class LayerNormLSTM(_LayerNormBase, LSTM):
 
     _NORMS = (("ih", 4), ("hh", 4), ("c", 1))
 
-    def __init__(self, *args, zoneout=0.0, dropconnect=0.0, backend="auto", **kwargs):
+    def __init__(self, *args, backend="auto", **kwargs):
+        self._check_backend(backend)
         super().__init__(*args, backend=backend, **kwargs)
         if self.proj_size > 0:
             raise ValueError("LayerNormLSTM has no proj_size")
-        self._init_layer_norms(zoneout, dropconnect, backend)
+        self._init_layer_norms()
 
     def forward(self, input, hx=None):
         def run(x, states, lengths, weights):
-            return functional.layernorm_lstm(
-                x, *states, weights, self._layer_norms(), self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, lengths, self.zoneout, self.dropconnect)
+            return functional.lstm(
+                x, *states, weights, self.num_layers, self.bidirectional, self.dropout,
+                self.training, self.bias, False, lengths, "reference",
+                layer_norms=self._layer_norms(), zoneout=self.zoneout,
+                dropconnect=self.dropconnect)
 
         output, (h_n, c_n) = self._run(input, hx, run)
         return output, (h_n, c_n)
@@ -130,15 +119,17 @@ class LayerNormGRU(_LayerNormBase, GRU):
 
     _NORMS = (("ih", 3), ("hh", 3))
 
-    def __init__(self, *args, zoneout=0.0, dropconnect=0.0, backend="auto", **kwargs):
+    def __init__(self, *args, backend="auto", **kwargs):
+        self._check_backend(backend)
         super().__init__(*args, backend=backend, **kwargs)
-        self._init_layer_norms(zoneout, dropconnect, backend)
+        self._init_layer_norms()
 
     def forward(self, input, hx=None):
         def run(x, states, lengths, weights):
-            return functional.layernorm_gru(
-                x, states[0], weights, self._layer_norms(), self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, lengths, self.zoneout, self.dropconnect)
+            return functional.gru(
+                x, states[0], weights, self.num_layers, self.bidirectional, self.dropout,
+                self.training, self.bias, lengths, "reference", layer_norms=self._layer_norms(),
+                zoneout=self.zoneout, dropconnect=self.dropconnect)
 
         output, (h_n,) = self._run(input, hx, run)
         return output, h_n

@@ -24,6 +24,25 @@ def check_backend_name(backend):
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
 
 
+def _check_rate(name, p, closed):
+    """A probability argument: in [0, 1] (closed) or [0, 1)."""
+    if not (0.0 <= p <= 1.0) or (not closed and p == 1.0):
+        raise ValueError(f"{name} must be in {'[0, 1]' if closed else '[0, 1)'}, got {p}")
+
+
+def check_regularizers(backend, zoneout, dropconnect):
+    """zoneout runs on the reference backend alone so far (its masks change the state every
+    step); DropConnect on every backend but `torch` (torch.nn's forward reads its own weights)."""
+    _check_rate("zoneout", zoneout, closed=True)
+    _check_rate("dropconnect", dropconnect, closed=False)
+    if zoneout > 0.0 and backend not in ("auto", "reference"):
+        raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
+                         f"not built yet), got backend={backend!r}")
+    if dropconnect > 0.0 and backend == "torch":
+        raise ValueError("dropconnect cannot run on backend='torch': torch.nn's forward reads "
+                         "the module's own weights")
+
+
 def _pad(data, batch_sizes):
     """Packed data [sum(lengths), I] -> time-major padded [T, B, I] in sorted batch order, and
     lengths [B] (int64, CPU, decreasing)."""
@@ -40,13 +59,18 @@ class _RecurrentBase(nn.RNNBase):
 
     _CONFIG = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
 
-    def __init__(self, mode, *args, backend="auto", **kwargs):
+    def __init__(self, mode, *args, backend="auto", zoneout=0.0, dropconnect=0.0, **kwargs):
         check_backend_name(backend)
+        check_regularizers(backend, zoneout, dropconnect)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
+        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
 
     def extra_repr(self):
         s = super().extra_repr()
+        for name in ("zoneout", "dropconnect"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     @classmethod
@@ -64,8 +88,20 @@ class _RecurrentBase(nn.RNNBase):
         return new.train(module.training)
 
     def _call_backend(self, input, hx):
-        """The backend of this call: `torch` while torch.onnx exports the model; else the
-        requested one resolved by device and, for `auto` on CUDA, by shape (dispatch)."""
+        """The backend of this call: `reference` with zoneout; `torch` while torch.onnx exports
+        the model; else the requested one resolved by device and, for `auto`, by shape
+        (dispatch), but never torch.nn's code for a DropConnect training call (it would read
+        the unmasked weights)."""
+        if self.zoneout > 0.0:
+            return "reference"  # the constructor allowed `auto` or `reference` alone
+        backend = self._shape_backend(input, hx)
+        if backend == "torch" and self.dropconnect > 0.0 and self.training:
+            data = input.data if isinstance(input, PackedSequence) else input
+            return "cpp" if data.device.type == "cpu" else "triton"
+        return backend
+
+    def _shape_backend(self, input, hx):
+        """_call_backend's choice for a call without regularizers."""
         if dispatch.exporting_onnx():
             if getattr(self, "proj_size", 0) > 0:
                 raise RuntimeError(
@@ -171,8 +207,9 @@ class _RecurrentBase(nn.RNNBase):
 
 
 class LSTM(_RecurrentBase):
-    """Drop-in torch.nn.LSTM: the same arguments, plus the keyword `backend` ("auto", "cpp",
-    "triton", "torch", "reference").
+    """Drop-in torch.nn.LSTM: the same arguments, plus the keywords `backend` ("auto", "cpp",
+    "triton", "torch", "reference"), `zoneout` and `dropconnect` (rates, 0 by default; see
+    functional.lstm: zoneout runs the reference backend).
 
     >>> lstm = LSTM(10, 20, num_layers=2)
     >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))
@@ -224,14 +261,16 @@ class LSTM(_RecurrentBase):
         def run(x, states, lengths, weights):
             return functional.lstm(
                 x, *states, weights, self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, self.proj_size > 0, lengths, backend)
+                self.dropout, self.training, self.bias, self.proj_size > 0, lengths, backend,
+                zoneout=self.zoneout, dropconnect=self.dropconnect)
 
         output, (h_n, c_n) = self._run(input, hx, run)
         return output, (h_n, c_n)
 
 
 class GRU(_RecurrentBase):
-    """Drop-in torch.nn.GRU: the same arguments, plus the keyword `backend`.
+    """Drop-in torch.nn.GRU: the same arguments, plus the keywords `backend`, `zoneout` and
+    `dropconnect` (as LSTM's).
 
     >>> gru = GRU(10, 20, bidirectional=True)
     >>> output, h_n = gru(torch.randn(5, 3, 10))
@@ -271,7 +310,8 @@ class GRU(_RecurrentBase):
         def run(x, states, lengths, weights):
             return functional.gru(
                 x, states[0], weights, self.num_layers, self.bidirectional,
-                self.dropout, self.training, self.bias, lengths, backend)
+                self.dropout, self.training, self.bias, lengths, backend,
+                zoneout=self.zoneout, dropconnect=self.dropconnect)
 
         output, (h_n,) = self._run(input, hx, run)
         return output, h_n
