@@ -10,20 +10,22 @@ from gated_kernels.backends import BACKENDS, cpp_available, resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.convert import convert, revert
 from gated_kernels.functional import gru_layer, lstm_layer
-from gated_kernels.layernorm import LayerNormGRU, LayerNormLSTM
+from gated_kernels.layernorm import LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell
 from gated_kernels.rnn import GRU, LSTM
 from gated_kernels.version import __version__
 
 __all__ = [
     "BACKENDS",
     "GRU",
+    "LSTM",
     "GRUCell",
     "GRUFunction",
-    "LSTM",
     "LSTMCell",
     "LSTMFunction",
     "LayerNormGRU",
+    "LayerNormGRUCell",
     "LayerNormLSTM",
+    "LayerNormLSTMCell",
     "__version__",
     "convert",
     "cpp_available",

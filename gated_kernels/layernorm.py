@@ -20,16 +20,16 @@ import torch
 from torch import nn
 
 from gated_kernels import functional
-from gated_kernels.rnn import GRU, LSTM
+from gated_kernels.cells import GRUCell, LSTMCell
+from gated_kernels.rnn import GRU, LSTM, check_regularizers
 
 
 class _LayerNormBase:
-    """What both LayerNorm modules share: the extra parameters and the backend. A mixin placed
-    before LSTM / GRU (which hold the zoneout and dropconnect keywords). _NORMS: the LayerNorms of a layer-direction and their size
-    in units of H (gate width G = _GATES * H)."""
+    """What the LayerNorm modules and cells share: the extra parameters and the backend. A mixin
+    placed before LSTM / GRU (which hold the zoneout and dropconnect keywords) or the cells.
+    _NORMS: the LayerNorms of a layer-direction and their size in units of H."""
 
     _NORMS = ()
-    _GATES = 0
 
     def _check_backend(self, backend):
         if backend not in ("auto", "reference"):
@@ -37,20 +37,24 @@ class _LayerNormBase:
                 f"{type(self).__name__} runs on the 'reference' backend only (its fused kernels "
                 f"are not built yet), got backend={backend!r}")
 
+    def _suffixes(self):
+        """The parameter-name suffix of each layer-direction, in torch.nn's order."""
+        directions = ("", "_reverse")[:2 if self.bidirectional else 1]
+        return [f"_l{layer}{sfx}" for layer in range(self.num_layers) for sfx in directions]
+
     def _init_layer_norms(self):
-        weight = self.weight_ih_l0
-        factory = {"device": weight.device, "dtype": weight.dtype}
-        self._ln_names = []  # per layer-direction, in torch.nn's order of layers and directions
-        for layer in range(self.num_layers):
-            for sfx in ("", "_reverse")[:2 if self.bidirectional else 1]:
-                names = []
-                for norm, units in self._NORMS:
-                    for part in ("weight", "bias"):
-                        name = f"ln_{norm}_{part}_l{layer}{sfx}"
-                        size = units * self.hidden_size
-                        self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))
-                        names.append(name)
-                self._ln_names.append(names)
+        first = next(self.parameters())  # torch.nn's weight_ih(_l0)
+        factory = {"device": first.device, "dtype": first.dtype}
+        self._ln_names = []  # per layer-direction
+        for sfx in self._suffixes():
+            names = []
+            for norm, units in self._NORMS:
+                for part in ("weight", "bias"):
+                    name = f"ln_{norm}_{part}{sfx}"
+                    size = units * self.hidden_size
+                    self.register_parameter(name, nn.Parameter(torch.empty(size, **factory)))
+                    names.append(name)
+            self._ln_names.append(names)
         self._reset_layer_norms()
 
     def _reset_layer_norms(self):
@@ -133,3 +137,68 @@ class LayerNormGRU(_LayerNormBase, GRU):
 
         output, (h_n,) = self._run(input, hx, run)
         return output, h_n
+
+
+class _LayerNormCellBase(_LayerNormBase):
+    """The LayerNorm cells: the parameters without `_l{k}{sfx}`, the zoneout and dropconnect
+    keywords (one step: zoneout's masks and the DropConnect mask are drawn at every call), and
+    one step of the layer on the reference backend."""
+
+    def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
+                 zoneout=0.0, dropconnect=0.0, backend="auto"):
+        self._check_backend(backend)
+        check_regularizers(backend, zoneout, dropconnect)
+        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
+        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
+        self._init_layer_norms()
+
+    def _suffixes(self):
+        return [""]
+
+    def _call_backend(self, input):
+        return "reference"
+
+    def extra_repr(self):
+        s = super().extra_repr()
+        for name in ("zoneout", "dropconnect"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
+        return s
+
+    def _step(self, backend, layer, cell_step, input, states):
+        """One step of `layer` (lstm_layer or gru_layer) with this cell's LayerNorms, zoneout
+        and DropConnect."""
+        w_hh = functional.drop_connect(self.weight_hh, self.dropconnect, self.training)
+        keep = None
+        if self.zoneout > 0.0:
+            keep = tuple(functional.zoneout_keep(self.zoneout, self.training, (1, *s.shape),
+                                                 input) for s in states)
+        out = layer(input.unsqueeze(0), *states, self.weight_ih, w_hh, self.bias_ih,
+                    self.bias_hh, backend="reference", layer_norm=self._layer_norms()[0],
+                    keep=keep)
+        return out[1:]
+
+
+class LayerNormLSTMCell(_LayerNormCellBase, LSTMCell):
+    """One step of LayerNormLSTM: parameters weight_ih, weight_hh, bias_ih, bias_hh, then
+    ln_ih_weight, ln_ih_bias, ln_hh_weight, ln_hh_bias [4H], ln_c_weight, ln_c_bias [H].
+
+    >>> cell = LayerNormLSTMCell(10, 20)
+    >>> h, c = cell(torch.randn(3, 10))
+    >>> tuple(h.shape), tuple(cell.ln_hh_weight.shape)
+    ((3, 20), (80,))
+    """
+
+    _NORMS = (("ih", 4), ("hh", 4), ("c", 1))
+
+
+class LayerNormGRUCell(_LayerNormCellBase, GRUCell):
+    """One step of LayerNormGRU: torch.nn.GRUCell's parameters, then ln_ih_weight, ln_ih_bias,
+    ln_hh_weight, ln_hh_bias [3H].
+
+    >>> cell = LayerNormGRUCell(10, 20)
+    >>> tuple(cell(torch.randn(3, 10)).shape)
+    (3, 20)
+    """
+
+    _NORMS = (("ih", 3), ("hh", 3))

@@ -1,6 +1,7 @@
-"""LayerNormLSTM and LayerNormGRU (issue 17; the reference backend so far): parameters as the
-issue names them, each layer-direction wired to its own LayerNorms, torch.nn's input forms, and
-the zoneout and DropConnect keywords, against gated_kernels.reference in float64."""
+"""LayerNormLSTM, LayerNormGRU and their cells (issue 17; the reference backend so far):
+parameters as the issue names them, each layer-direction wired to its own LayerNorms, torch.nn's
+input forms, and the zoneout and DropConnect keywords, against gated_kernels.reference in
+float64."""
 
 import math
 
@@ -9,7 +10,8 @@ import torch
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from common import FP64_ATOL, max_abs_error
-from gated_kernels import LayerNormGRU, LayerNormLSTM, reference
+from gated_kernels import (LayerNormGRU, LayerNormGRUCell, LayerNormLSTM, LayerNormLSTMCell,
+                           reference)
 
 MODULES = {"LSTM": LayerNormLSTM, "GRU": LayerNormGRU}
 NORMS = {"LSTM": (("ih", 4), ("hh", 4), ("c", 1)), "GRU": (("ih", 3), ("hh", 3))}
@@ -208,3 +210,48 @@ def test_revert_leaves_the_layer_norm_modules_alone():
     model = torch.nn.Sequential(LayerNormLSTM(3, 4), LayerNormGRU(4, 4))
     reverted = gated_kernels.revert(model)
     assert [type(m) for m in reverted] == [LayerNormLSTM, LayerNormGRU]
+
+
+CELLS = {"LSTM": LayerNormLSTMCell, "GRU": LayerNormGRUCell}
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_a_cell_is_one_step_of_the_module(cell):
+    """The cell's parameters are the module's layer 0 without `_l0` (LayerNorms at 1 and 0 to
+    start); a call, batched or not, is one step of the module with them."""
+    torch.manual_seed(4)
+    module = _module(cell, 3, 4)
+    cell_module = CELLS[cell](3, 4, dtype=torch.float64)
+    names = [n for n, _ in cell_module.named_parameters()]
+    assert names == [n.removesuffix("_l0") for n, _ in module.named_parameters()]
+    for name in names:
+        p = getattr(cell_module, name)
+        if name.startswith("ln_"):
+            assert torch.equal(p, torch.full_like(p, 1.0 if "_weight" in name else 0.0)), name
+    cell_module.load_state_dict({k.removesuffix("_l0"): v for k, v in module.state_dict().items()})
+    x = torch.randn(2, 3, dtype=torch.float64)
+    states = [torch.randn(2, 4, dtype=torch.float64) for _ in range(2 if cell == "LSTM" else 1)]
+    seq_states = tuple(s[None] for s in states) if cell == "LSTM" else states[0][None]
+    _, final = module(x[None], seq_states)
+    out = cell_module(x, tuple(states) if cell == "LSTM" else states[0])
+    expected = [f[0] for f in final] if cell == "LSTM" else [final[0]]
+    for a, b in zip(out if cell == "LSTM" else (out,), expected):
+        assert max_abs_error(a, b) <= FP64_ATOL
+    single = cell_module(x[1], tuple(s[1] for s in states) if cell == "LSTM" else states[0][1])
+    assert max_abs_error(single[0] if cell == "LSTM" else single, expected[0][1]) <= FP64_ATOL
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_a_cell_s_zoneout_in_eval_mixes_in_p_of_the_previous_state(cell):
+    torch.manual_seed(5)
+    cell_module = CELLS[cell](3, 4, dtype=torch.float64, zoneout=0.4).eval()
+    plain = CELLS[cell](3, 4, dtype=torch.float64).eval()
+    plain.load_state_dict(cell_module.state_dict())
+    x = torch.randn(2, 3, dtype=torch.float64)
+    states = [torch.randn(2, 4, dtype=torch.float64) for _ in range(2 if cell == "LSTM" else 1)]
+    hx = tuple(states) if cell == "LSTM" else states[0]
+    zoned, new = (o if cell == "LSTM" else (o,) for o in (cell_module(x, hx), plain(x, hx)))
+    for a, b, s in zip(zoned, new, states):
+        assert max_abs_error(a, 0.4 * s + 0.6 * b) <= FP64_ATOL
+    with pytest.raises(ValueError, match="'reference' backend only.*backend='triton'"):
+        CELLS[cell](3, 4, backend="triton")
