@@ -21,11 +21,10 @@ LN_EPS = 1e-5  # torch.nn.LayerNorm's default
 
 def layer_norm(v, ln):
     """(v - mean(v)) / sqrt(var(v) + LN_EPS) * weight + bias over the last dimension, with the
-    biased variance; ln = (weight, bias)."""
-    weight, bias = ln
-    mean = v.mean(dim=-1, keepdim=True)
-    var = ((v - mean) ** 2).mean(dim=-1, keepdim=True)
-    return (v - mean) / torch.sqrt(var + LN_EPS) * weight + bias
+    biased variance; ln = (weight, bias). torch's fused layer_norm: as the formula written out
+    in ops, it took the LayerNorm modules' training step at B=32, H=256 (T=100, float32) to
+    2.3x the time of a user's loop over torch's layer_norm, and float32 errors to 3.3x."""
+    return torch.nn.functional.layer_norm(v, v.shape[-1:], *ln, eps=LN_EPS)
 
 
 def _zone(keep, t, new, old):
@@ -40,6 +39,13 @@ def _steps(T, reverse):
 def _carry(active, new, old):
     """The new state on rows still inside their length, the old one elsewhere."""
     return new if active is None else torch.where(active, new, old)
+
+
+def _unbind(xg):
+    """xg's steps as views with one backward node for all: indexed step by step, autograd's
+    backward of each step's view builds a zero tensor the size of all of xg, T of them (a
+    LayerNormLSTM training step, T=100, B=32, H=128: 132 ms indexed, 64 ms unbound)."""
+    return xg.unbind(0)
 
 
 def _active_rows(lengths, t):
@@ -61,11 +67,12 @@ def lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths=None, reverse=False, *, ln_h
     """
     h, c = h0, c0
     ys = [None] * xg.shape[0]
+    xgs = _unbind(xg)
     for t in _steps(xg.shape[0], reverse):
         recurrent = h @ w_hh.T
         if ln_hh is not None:
             recurrent = layer_norm(recurrent, ln_hh)
-        i, f, g, o = (xg[t] + recurrent).chunk(4, dim=1)
+        i, f, g, o = (xgs[t] + recurrent).chunk(4, dim=1)
         c_new = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
         h_new = torch.sigmoid(o) * torch.tanh(c_new if ln_c is None else layer_norm(c_new, ln_c))
         if w_hr is not None:
@@ -88,8 +95,9 @@ def gru_recurrence(xg, w_hh, b_hh, h0, lengths=None, reverse=False, *, ln_hh=Non
     """
     h = h0
     ys = [None] * xg.shape[0]
+    xgs = _unbind(xg)
     for t in _steps(xg.shape[0], reverse):
-        x_r, x_z, x_n = xg[t].chunk(3, dim=1)
+        x_r, x_z, x_n = xgs[t].chunk(3, dim=1)
         recurrent = h @ w_hh.T
         if ln_hh is not None:
             recurrent = layer_norm(recurrent, ln_hh)

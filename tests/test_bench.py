@@ -44,6 +44,18 @@ def test_a_custom_shape_of_one_step_runs_the_cells_too():
     assert cells(["--shape", "1,3,5,4", "--cell", "GRUCell"]) == {"GRUCell"}
 
 
+@pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU"])
+def test_a_layernorm_case_is_timed_against_the_python_loop(cell):
+    """No torch.nn twin: the baseline is bench/loops.py's loop, with the same parameters."""
+    case = Case(cell, "fwdbwd", T=6, B=3, I=5, H=4)
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0, record["error"]
+    theirs = measure.torch_module(case)
+    assert type(theirs).__name__ == f"Loop{cell}"
+    ours = measure.ours_module(theirs)
+    assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+
+
 def test_a_case_that_cannot_run_is_an_error_record():
     def broken(theirs, backend="auto"):
         raise RuntimeError("no kernel for this dtype")

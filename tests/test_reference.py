@@ -97,11 +97,14 @@ def _ln(size, g):
             0.3 * torch.randn(size, generator=g, dtype=torch.float64))
 
 
-def test_layer_norm_is_torch_layer_norm():
+def test_layer_norm_is_the_issue_s_formula():
+    """LN(v; w, b) = (v - mean(v)) / sqrt(var(v) + 1e-5) * w + b, biased variance."""
     g = torch.Generator().manual_seed(0)
     v = torch.randn(4, 3, 24, generator=g, dtype=torch.float64)
     weight, bias = _ln(24, g)
-    expected = torch.nn.functional.layer_norm(v, (24,), weight, bias, eps=reference.LN_EPS)
+    mean = v.mean(dim=-1, keepdim=True)
+    var = ((v - mean) ** 2).mean(dim=-1, keepdim=True)
+    expected = (v - mean) / torch.sqrt(var + 1e-5) * weight + bias
     assert max_abs_error(reference.layer_norm(v, (weight, bias)), expected) <= FP64_ATOL
 
 

@@ -9,6 +9,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gated_kernels
+from gated_kernels.bench import loops
 from gated_kernels.bench.suites import DTYPES, draw_lengths
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
@@ -33,6 +34,8 @@ def torch_module(case, seed=0):
     on CUDA flattens an LSTM's or GRU's weights into one cuDNN buffer. (Built with device=cuda,
     the weights stay apart and cuDNN copies them into a buffer on every call.)"""
     torch.manual_seed(seed)
+    if case.cell in loops.LOOPS:  # no torch.nn module: the Python loop users write
+        return loops.LOOPS[case.cell](case.I, case.H, dtype=DTYPES[case.dtype]).to(case.device)
     kwargs = {"dtype": DTYPES[case.dtype]}
     if not case.is_cell:
         kwargs.update(num_layers=case.layers, bidirectional=case.bidirectional)
@@ -40,8 +43,17 @@ def torch_module(case, seed=0):
 
 
 def ours_module(theirs, backend="auto"):
-    """gated_kernels' module with torch.nn's weights: the default implementation under test."""
-    return getattr(gated_kernels, type(theirs).__name__).from_torch(theirs, backend=backend)
+    """gated_kernels' module with torch.nn's weights (or a loop's): the default implementation
+    under test."""
+    name = type(theirs).__name__
+    if name.startswith("Loop"):
+        weight = theirs.weight_ih_l0
+        ours = getattr(gated_kernels, name.removeprefix("Loop"))(
+            weight.shape[1], theirs.hidden_size, dtype=weight.dtype, device=weight.device,
+            backend=backend)
+        ours.load_state_dict(theirs.state_dict())
+        return ours
+    return getattr(gated_kernels, name).from_torch(theirs, backend=backend)
 
 
 def make_input(case, seed=1):

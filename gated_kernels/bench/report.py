@@ -190,7 +190,10 @@ def markdown(suite, records, prov):
              + (" The inputs are PackedSequences of rows of different lengths: `fill` is "
                 "sum(lengths) / (T B), `vs fill` our time over fill x our time on the same batch "
                 "with every row of length T (1.00x: time in proportion to the real lengths)."
-                if has_lengths(records) else ""), "",
+                if has_lengths(records) else "")
+             + (" The LayerNorm cells have no torch.nn module: their `torch` column times the "
+                "same cells as a Python loop of torch ops (gated_kernels/bench/loops.py)."
+                if any(r["cell"].startswith("LayerNorm") for r in records) else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
     lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records),
                                     has_gpu_time(records), has_lengths(records))) + " |"

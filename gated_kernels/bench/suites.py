@@ -10,6 +10,8 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
 MODES = ("fwd", "fwdbwd")  # inference under no_grad; a training step (forward + backward)
 CELLS = ("LSTM", "GRU")
 CELL_MODULES = ("LSTMCell", "GRUCell")  # one step a call: the `cells` suite
+# No torch.nn twin: timed against a Python loop of torch ops (bench/loops.py).
+LAYERNORM_CELLS = ("LayerNormLSTM", "LayerNormGRU")
 # One-step calls: B and H of the `cells` and `step` suites (a decoder, an RL policy, streaming).
 STEP_BATCHES = (1, 8, 32, 64)
 STEP_HIDDEN = (64, 128, 256, 512, 1024)
@@ -20,7 +22,7 @@ GPU_HIDDEN = (256, 512, 1024, 2048)
 
 @dataclass(frozen=True)
 class Case:
-    cell: str  # "LSTM", "GRU", "LSTMCell" or "GRUCell" (T=1: one call is one step)
+    cell: str  # "LSTM", "GRU", "LSTMCell", "GRUCell" (T=1: a call is a step) or LAYERNORM_CELLS
     mode: str  # "fwd" or "fwdbwd"
     T: int
     B: int
@@ -107,7 +109,9 @@ def suite(name, device):
         return _grid(["LSTM"], [1024], [16], [768], ["bf16"], device)
     if name == "packed":
         return _packed(device)
+    if name == "layernorm":  # issue 17's cells against the Python loop users write for them
+        return _grid(LAYERNORM_CELLS, [100], [1, 32], [128, 256], ["fp32"], device)
     raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
 
 
-SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn", "packed")
+SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn", "packed", "layernorm")
