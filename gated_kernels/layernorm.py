@@ -37,6 +37,11 @@ class _LayerNormBase:
                 f"{type(self).__name__} runs on the 'reference' backend only (its fused kernels "
                 f"are not built yet), got backend={backend!r}")
 
+    def _call_backend(self, input, hx=None):
+        """The backend a call runs (and the benchmark records): the reference, until the fused
+        kernels exist."""
+        return "reference"
+
     def _suffixes(self):
         """The parameter-name suffix of each layer-direction, in torch.nn's order."""
         directions = ("", "_reverse")[:2 if self.bidirectional else 1]
@@ -99,10 +104,12 @@ class LayerNormLSTM(_LayerNormBase, LSTM):
         self._init_layer_norms()
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input, hx)
+
         def run(x, states, lengths, weights):
             return functional.lstm(
                 x, *states, weights, self.num_layers, self.bidirectional, self.dropout,
-                self.training, self.bias, False, lengths, "reference",
+                self.training, self.bias, False, lengths, backend,
                 layer_norms=self._layer_norms(), zoneout=self.zoneout,
                 dropconnect=self.dropconnect)
 
@@ -129,10 +136,12 @@ class LayerNormGRU(_LayerNormBase, GRU):
         self._init_layer_norms()
 
     def forward(self, input, hx=None):
+        backend = self._call_backend(input, hx)
+
         def run(x, states, lengths, weights):
             return functional.gru(
                 x, states[0], weights, self.num_layers, self.bidirectional, self.dropout,
-                self.training, self.bias, lengths, "reference", layer_norms=self._layer_norms(),
+                self.training, self.bias, lengths, backend, layer_norms=self._layer_norms(),
                 zoneout=self.zoneout, dropconnect=self.dropconnect)
 
         output, (h_n,) = self._run(input, hx, run)
@@ -154,9 +163,6 @@ class _LayerNormCellBase(_LayerNormBase):
 
     def _suffixes(self):
         return [""]
-
-    def _call_backend(self, input):
-        return "reference"
 
     def extra_repr(self):
         s = super().extra_repr()

@@ -30,8 +30,10 @@ def _module(cell, I, H, **kwargs):
 
 def _direction(cell, module, x, states, layer, sfx, reverse, keep=(None, None), lengths=None):
     """One layer-direction through the reference, with the module's parameters by name."""
-    p = {n: getattr(module, f"{n}_l{layer}{sfx}") for n in
-         ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+    p = {n: getattr(module, f"{n}_l{layer}{sfx}") for n in ("weight_ih", "weight_hh")}
+    G = p["weight_hh"].shape[0]
+    for n in ("bias_ih", "bias_hh"):  # zeros for a module without biases
+        p[n] = getattr(module, f"{n}_l{layer}{sfx}") if module.bias else x.new_zeros(G)
     ln = {norm: (getattr(module, f"ln_{norm}_weight_l{layer}{sfx}"),
                  getattr(module, f"ln_{norm}_bias_l{layer}{sfx}")) for norm, _ in NORMS[cell]}
     xg = reference.layer_norm(x @ p["weight_ih"].T, ln["ih"]) + p["bias_ih"]
@@ -84,11 +86,12 @@ def test_parameters_are_torch_nn_s_plus_the_layer_norms(cell):
     assert all(torch.equal(a, b) for a, b in zip(copy.parameters(), module.parameters()))
 
 
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_outputs_and_gradients_match_the_reference_per_layer_direction(cell):
+def test_outputs_and_gradients_match_the_reference_per_layer_direction(cell, bias):
     torch.manual_seed(0)
     T, B, I, H = 6, 3, 4, 5
-    module = _module(cell, I, H, num_layers=2, bidirectional=True)
+    module = _module(cell, I, H, num_layers=2, bidirectional=True, bias=bias)
     x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
     states = [torch.randn(4, B, H, dtype=torch.float64, requires_grad=True)
               for _ in range(2 if cell == "LSTM" else 1)]
