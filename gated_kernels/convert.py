@@ -85,6 +85,12 @@ def revert(model):
     """
     def make(module):
         cls = REVERSALS.get(type(module))
-        return None if cls is None else _take_over(cls, module)
+        if cls is None:
+            return None
+        for name in ("zoneout", "dropconnect"):
+            if getattr(module, name, 0.0):
+                raise ValueError(f"cannot revert {module!r}: torch.nn.{cls.__name__} has no "
+                                 f"{name}; set it to 0 first to drop it")
+        return _take_over(cls, module)
 
     return _swap(model, make)

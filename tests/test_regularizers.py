@@ -89,3 +89,14 @@ def test_the_backends_each_keyword_refuses(cell):
     with pytest.raises(ValueError, match=r"dropconnect must be in \[0, 1\), got 1.0"):
         cls(3, 4, dropconnect=1.0)
     assert "zoneout=0.5" in repr(cls(3, 4, zoneout=0.5))
+
+
+def test_revert_refuses_what_torch_nn_cannot_run():
+    """torch.nn's modules have neither keyword: revert() says so rather than drop them."""
+    import gated_kernels
+
+    for keyword in ("zoneout", "dropconnect"):
+        model = torch.nn.Sequential(LSTM(3, 4, **{keyword: 0.2}))
+        with pytest.raises(ValueError, match=f"torch.nn.LSTM has no {keyword}"):
+            gated_kernels.revert(model)
+    assert type(gated_kernels.revert(GRU(3, 4))) is torch.nn.GRU
