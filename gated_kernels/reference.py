@@ -37,7 +37,8 @@ def _steps(T, reverse):
 
 
 def _carry(active, new, old):
-    """The new state on rows still inside their length, the old one elsewhere."""
+    """The new state on rows still inside their length, the old one (a tensor, or 0.0 for an
+    output) elsewhere."""
     return new if active is None else torch.where(active, new, old)
 
 
@@ -79,7 +80,7 @@ def lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths=None, reverse=False, *, ln_h
             h_new = h_new @ w_hr.T
         h_new, c_new = _zone(keep_h, t, h_new, h), _zone(keep_c, t, c_new, c)
         active = _active_rows(lengths, t)
-        ys[t] = _carry(active, h_new, torch.zeros_like(h_new))
+        ys[t] = _carry(active, h_new, 0.0)
         h, c = _carry(active, h_new, h), _carry(active, c_new, c)
     return torch.stack(ys), h, c
 
@@ -107,6 +108,6 @@ def gru_recurrence(xg, w_hh, b_hh, h0, lengths=None, reverse=False, *, ln_hh=Non
         n = torch.tanh(x_n + r * h_n)
         h_new = _zone(keep_h, t, (1 - z) * n + z * h, h)
         active = _active_rows(lengths, t)
-        ys[t] = _carry(active, h_new, torch.zeros_like(h_new))
+        ys[t] = _carry(active, h_new, 0.0)
         h = _carry(active, h_new, h)
     return torch.stack(ys), h
