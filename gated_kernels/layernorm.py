@@ -1,5 +1,6 @@
-"""LayerNormLSTM and LayerNormGRU (Ba et al. 2016, "Layer Normalization"), with zoneout (Krueger
-et al. 2016) and DropConnect (Wan et al. 2013; AWD-LSTM's weight drop) as keywords.
+"""LayerNormLSTM, LayerNormGRU and their cells (Ba et al. 2016, "Layer Normalization"), with
+zoneout (Krueger et al. 2016) and DropConnect (Wan et al. 2013; AWD-LSTM's weight drop) as
+keywords.
 
 torch.nn.LSTM / torch.nn.GRU's constructor arguments (num_layers, bias, batch_first, dropout,
 bidirectional; no proj_size), inputs (PackedSequence, batched or unbatched, hx) and outputs.
@@ -8,8 +9,8 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
   ln_ih_weight_l{k}{sfx}, ln_ih_bias_l{k}{sfx}   [G]   on x W_ih^T (G = 4H or 3H)
   ln_hh_weight_l{k}{sfx}, ln_hh_bias_l{k}{sfx}   [G]   on h W_hh^T
   ln_c_weight_l{k}{sfx}, ln_c_bias_l{k}{sfx}     [H]   on the LSTM's cell state, before its tanh
-(sfx: '' or '_reverse'). The math is reference.py's (lstm_recurrence, gru_recurrence with
-LayerNorm) and functional.layernorm_lstm / layernorm_gru's.
+(sfx: '' or '_reverse'; the cells' names have no `_l{k}{sfx}`). The math is reference.py's
+(lstm_recurrence, gru_recurrence with LayerNorm), stacked by functional.lstm / gru.
 
 Issue 17's fused kernels are not built yet: these run the `reference` backend (a loop of torch
 ops over the steps, as users write these cells today); any other backend is refused. zoneout and
