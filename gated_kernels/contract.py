@@ -151,3 +151,22 @@ def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates, c=None):
     if c is not None:
         _check_tensor("c", c, (B, H), x.dtype, x.device)
     return B, H
+
+
+def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None):
+    """Validates layernorm_{lstm,gru}_inference's arguments (ln_hh, ln_c: (weight, bias));
+    returns (T, B, H)."""
+    gates = 4 if cell == "LSTM" else 3
+    T, B, H = _check_xg(xn, cell, gates)
+    _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)
+    _check_tensor("h0", h0, (B, H), xn.dtype, xn.device)
+    for name, t in zip(("ln_hh_weight", "ln_hh_bias"), ln_hh):
+        _check_tensor(name, t, (gates * H,), xn.dtype, xn.device)
+    if cell == "LSTM":
+        _check_tensor("c0", c0, (B, H), xn.dtype, xn.device)
+        for name, t in zip(("ln_c_weight", "ln_c_bias"), ln_c):
+            _check_tensor(name, t, (H,), xn.dtype, xn.device)
+    else:
+        _check_tensor("b_hh", b_hh, (gates * H,), xn.dtype, xn.device)
+    _check_lengths(lengths, T, B, xn.device)
+    return T, B, H

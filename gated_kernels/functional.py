@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import gru_cell, gru_recurrence, lstm_cell, lstm_recurrence
+from gated_kernels.autograd import (gru_cell, gru_recurrence, lstm_cell, lstm_recurrence,
+                                    needs_grad)
 from gated_kernels.backends import resolve_backend
 
 
@@ -23,11 +24,19 @@ def _layer_backend(name, device):
     return backend
 
 
-def _check_options(backend, options):
-    """LayerNorm and zoneout (issue 17) run on the reference backend alone so far."""
-    if backend != "reference" and any(o is not None for o in options):
-        raise ValueError(f"LayerNorm and zoneout run on the 'reference' backend only (their fused "
-                         f"kernels are not built yet), got backend {backend!r}")
+def _check_options(backend, layer_norm, keep, tensors):
+    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm inference in
+    float32 / float64 also on the C++ one (`tensors`: the layer's, for the gradient check)."""
+    if backend == "reference" or (layer_norm is None and keep is None):
+        return
+    if keep is not None:
+        raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
+                         f"not built yet), got backend {backend!r}")
+    dtype = tensors[0].dtype
+    if backend != "cpp" or needs_grad(*tensors) or dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32 and "
+                         f"float64 inference only, got backend {backend!r} ({dtype}, "
+                         f"{'training' if needs_grad(*tensors) else 'inference'})")
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
@@ -44,7 +53,14 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     (7, 2, 4)
     """
     backend = _layer_backend(backend, x.device)
-    _check_options(backend, (layer_norm, keep))
+    _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
+    if backend == "cpp" and layer_norm is not None:
+        if w_hr is not None:
+            raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
+        ln_ih, ln_hh, ln_c = layer_norm
+        bias = b_ih + b_hh if b_ih is not None else None
+        return torch.ops.gated_kernels.layernorm_lstm_inference(
+            _input_gates(x, w_ih, bias, ln_ih), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
     if backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None:
         # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
         h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
@@ -77,13 +93,17 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     (2, 4)
     """
     backend = _layer_backend(backend, x.device)
-    _check_options(backend, (layer_norm, keep))
-    if backend == "cpp" and x.size(0) == 1 and lengths is None:
+    _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, h0))
+    if backend == "cpp" and x.size(0) == 1 and lengths is None and layer_norm is None:
         h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
         return h.unsqueeze(0), h.clone()
     # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
+    if backend == "cpp" and layer_norm is not None:
+        ln_ih, ln_hh = layer_norm
+        return torch.ops.gated_kernels.layernorm_gru_inference(
+            _input_gates(x, w_ih, b_ih, ln_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh = layer_norm or (None, None)
         (keep_h,) = keep or (None,)

@@ -12,15 +12,20 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 (sfx: '' or '_reverse'; the cells' names have no `_l{k}{sfx}`). The math is reference.py's
 (lstm_recurrence, gru_recurrence with LayerNorm), stacked by functional.lstm / gru.
 
-Issue 17's fused kernels are not built yet: these run the `reference` backend (a loop of torch
-ops over the steps, as users write these cells today); any other backend is refused. zoneout and
-DropConnect are LSTM / GRU's keywords (rnn.py, functional.lstm).
+Issue 17's fused kernels are partly built: float32 / float64 inference of the modules on the CPU
+without zoneout runs csrc/layernorm.cpp; everything else (training, bfloat16, zoneout, CUDA, the
+cells) the `reference` backend (a loop of torch ops over the steps, as users write these cells
+today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are LSTM /
+GRU's keywords (rnn.py, functional.lstm).
 """
 
 import torch
 from torch import nn
+from torch.nn.utils.rnn import PackedSequence
 
 from gated_kernels import functional
+from gated_kernels.autograd import needs_grad
+from gated_kernels.backends import resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.rnn import GRU, LSTM, check_regularizers
 
@@ -39,9 +44,15 @@ class _LayerNormBase:
                 f"are not built yet), got backend={backend!r}")
 
     def _call_backend(self, input, hx=None):
-        """The backend a call runs (and the benchmark records): the reference, until the fused
-        kernels exist."""
-        return "reference"
+        """The backend a call runs (and the benchmark records): the C++ one for float32 and
+        float64 inference on the CPU without zoneout (csrc/layernorm.cpp), else the
+        reference."""
+        data = input.data if isinstance(input, PackedSequence) else input
+        if (resolve_backend(self.backend, data.device) != "cpp" or self.zoneout > 0.0
+                or data.dtype not in (torch.float32, torch.float64)):
+            return "reference"
+        states = () if hx is None else (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
+        return "reference" if needs_grad(data, *states, *self.parameters()) else "cpp"
 
     def _suffixes(self):
         """The parameter-name suffix of each layer-direction, in torch.nn's order."""
@@ -164,6 +175,9 @@ class _LayerNormCellBase(_LayerNormBase):
 
     def _suffixes(self):
         return [""]
+
+    def _call_backend(self, input):
+        return "reference"  # csrc/layernorm.cpp's operators run sequences
 
     def extra_repr(self):
         s = super().extra_repr()

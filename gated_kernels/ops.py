@@ -54,6 +54,7 @@ import torch
 from gated_kernels.contract import (
     check_cell_args,
     check_gru_args,
+    check_layernorm_args,
     check_lstm_args,
     input_gates_like,
     lstm_gates_dtype,
@@ -137,6 +138,18 @@ LIBRARY.impl("_cell_matmul", torch.library.fallthrough_kernel, "Autograd")
 CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backward",
                   "gru_cell_inference", "gru_cell_forward", "gru_cell_backward")
 for _name in CELL_OPERATORS:
+    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+
+LIBRARY.define(
+    "layernorm_lstm_inference(Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
+    "Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n, Tensor c_n)"
+)
+LIBRARY.define(
+    "layernorm_gru_inference(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
+    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
+)
+for _name in ("layernorm_lstm_inference", "layernorm_gru_inference"):
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
@@ -306,3 +319,19 @@ def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias):
     db = x.new_empty(w_hh.shape[0] if bias else 0)
     return (x.new_empty(x.shape), h.new_empty(h.shape), w_ih.new_empty(w_ih.shape),
             w_hh.new_empty(w_hh.shape), db, x.new_empty(db.shape))
+
+
+@torch.library.register_fake("gated_kernels::layernorm_lstm_inference")
+def _layernorm_lstm_inference_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias,
+                                   h0, c0, lengths, reverse):
+    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
+                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias))
+    return xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H)
+
+
+@torch.library.register_fake("gated_kernels::layernorm_gru_inference")
+def _layernorm_gru_inference_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
+                                  reverse):
+    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
+                                   b_hh=b_hh)
+    return xn.new_empty(T, B, H), xn.new_empty(B, H)

@@ -1,0 +1,205 @@
+// LayerNorm LSTM and GRU inference on the CPU (issue 17; their training, zoneout and bfloat16
+// still run the reference backend). Rows are split over the threads, and each thread runs all T
+// steps of its rows: every LayerNorm here reduces over one row (its recurrent product's 4H or 3H
+// columns, the LSTM's H cell units), so a row never waits on another thread. A step of a row
+// block is one product, h W_hh^T on ATen, and one pass per row: the LayerNorm of the product, the
+// gates, the state.
+//
+// layernorm_lstm_inference(xn [T,B,4H], w_hh [4H,H], ln_hh_weight [4H], ln_hh_bias [4H],
+//     ln_c_weight [H], ln_c_bias [H], h0 [B,H], c0 [B,H], lengths [B]?, reverse)
+//   -> y [T,B,H], h_n [B,H], c_n [B,H]
+//   xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh, made by the caller for all steps at once; gates
+//   i, f, g, o; G = xn_t + LN(h W_hh^T; ln_hh), c' = f c + i g, h' = o tanh(LN(c'; ln_c)).
+// layernorm_gru_inference(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight [3H],
+//     ln_hh_bias [3H], h0 [B,H], lengths [B]?, reverse) -> y [T,B,H], h_n [B,H]
+//   xn = LN(x W_ih^T; ln_ih) + b_ih; R = LN(h W_hh^T; ln_hh) + b_hh, gates r, z, n:
+//   r = sigmoid(xn_r + R_r), z = sigmoid(xn_z + R_z), n = tanh(xn_n + r R_n),
+//   h' = (1 - z) n + z h.
+// Rows past their length carry their state and output 0 (reverse: they start at lengths[b]-1).
+// float32 and float64; LN's epsilon 1e-5, its variance biased (reference.py's layer_norm).
+#include "common.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace gated_kernels {
+namespace {
+
+constexpr double kLnEps = 1e-5;
+
+template <typename scalar_t>
+scalar_t sigmoid(scalar_t v) {
+  return scalar_t(1) / (scalar_t(1) + std::exp(-v));
+}
+
+// v[0, n) := LN(v; weight, bias), two passes over the row.
+template <typename scalar_t>
+void layer_norm_row(scalar_t* v, int64_t n, const scalar_t* weight, const scalar_t* bias) {
+  scalar_t mean = 0;
+  for (const auto k : c10::irange(n)) mean += v[k];
+  mean /= scalar_t(n);
+  scalar_t var = 0;
+  for (const auto k : c10::irange(n)) var += (v[k] - mean) * (v[k] - mean);
+  var /= scalar_t(n);
+  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));
+  for (const auto k : c10::irange(n)) v[k] = (v[k] - mean) * rstd * weight[k] + bias[k];
+}
+
+void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == size, name, " must have shape [", size, "], got ",
+              t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ",
+              like.scalar_type(), " (the dtype of xn), got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+}
+
+// The checks both ops share; returns H.
+int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& h0,
+                             int64_t num_gates, const char* gate_order) {
+  const int64_t H = check_input_gates(xn, num_gates, gate_order);
+  TORCH_CHECK(xn.scalar_type() == at::kFloat || xn.scalar_type() == at::kDouble,
+              "xn must be float32 or float64 (bfloat16 LayerNorm cells run on the reference "
+              "backend), got ", xn.scalar_type());
+  GK_CHECK_DIM(w_hh, "w_hh", 2, "[G, H]");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, num_gates * H, "xn.size(2)");
+  GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H");
+  GK_CHECK_DTYPE(w_hh, "w_hh", xn.scalar_type());
+  GK_CHECK_CPU(w_hh, "w_hh");
+  GK_CHECK_DIM(h0, "h0", 2, "[B, H]");
+  GK_CHECK_SIZE(h0, "h0", 0, xn.size(1), "B (xn.size(1))");
+  GK_CHECK_SIZE(h0, "h0", 1, H, "H");
+  GK_CHECK_DTYPE(h0, "h0", xn.scalar_type());
+  GK_CHECK_CPU(h0, "h0");
+  return H;
+}
+
+// Runs `row_step(block_row, b, t, gh_row)` for every running row at every step, after the block's
+// product gh = h W_hh^T; zeros y past a row's length. h [B, H] holds the running state.
+template <typename scalar_t, typename RowStep>
+void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, at::Tensor& h, at::Tensor& y,
+              const at::Tensor& lengths, bool reverse, const RowStep& row_step) {
+  const int64_t T = xn.size(0), B = xn.size(1), G = xn.size(2), H = h.size(1);
+  const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+  const at::Tensor w_t = w_hh.t();
+  // One row a task at least: the work of a row's T steps repays a fork many times over.
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    at::Tensor h_block = h.narrow(0, b0, b1 - b0);
+    at::Tensor gh = at::empty({b1 - b0, G}, xn.options());
+    for (const auto s : c10::irange(T)) {
+      const int64_t t = time_index(s, T, reverse);
+      at::mm_out(gh, h_block, w_t);
+      scalar_t* gh_rows = gh.data_ptr<scalar_t>();
+      for (int64_t b = b0; b < b1; ++b) {
+        scalar_t* y_row = y.data_ptr<scalar_t>() + (t * B + b) * H;
+        if (len != nullptr && t >= len[b]) {
+          std::fill(y_row, y_row + H, scalar_t(0));
+          continue;
+        }
+        row_step(b - b0, b, t, gh_rows + (b - b0) * G, y_row);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
+    const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
+    const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
+    bool reverse) {
+  const KernelGuard guard;
+  const int64_t H = check_layernorm_args(xn_in, w_hh_in, h0, 4, "i, f, g, o");
+  const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = xn.size(0), B = xn.size(1);
+  check_vector(ln_hh_weight, "ln_hh_weight", 4 * H, xn);
+  check_vector(ln_hh_bias, "ln_hh_bias", 4 * H, xn);
+  check_vector(ln_c_weight, "ln_c_weight", H, xn);
+  check_vector(ln_c_bias, "ln_c_bias", H, xn);
+  GK_CHECK_DIM(c0, "c0", 2, "[B, H]");
+  GK_CHECK_SIZE(c0, "c0", 0, B, "B (xn.size(1))");
+  GK_CHECK_SIZE(c0, "c0", 1, H, "H");
+  GK_CHECK_DTYPE(c0, "c0", xn.scalar_type());
+  GK_CHECK_CPU(c0, "c0");
+  const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  at::Tensor y = new_output({T, B, H}, xn.options());
+  at::Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_lstm_inference", [&] {
+    const scalar_t* x = xn.const_data_ptr<scalar_t>();
+    const scalar_t* w_g = ln_hh_weight.contiguous().const_data_ptr<scalar_t>();
+    const scalar_t* b_g = ln_hh_bias.contiguous().const_data_ptr<scalar_t>();
+    const scalar_t* w_c = ln_c_weight.contiguous().const_data_ptr<scalar_t>();
+    const scalar_t* b_c = ln_c_bias.contiguous().const_data_ptr<scalar_t>();
+    scalar_t* h_all = h.data_ptr<scalar_t>();
+    scalar_t* c_all = c.data_ptr<scalar_t>();
+    run_rows<scalar_t>(xn, w_hh, h, y, lengths, reverse,
+                       [&](int64_t, int64_t b, int64_t t, scalar_t* g, scalar_t* y_row) {
+      layer_norm_row(g, 4 * H, w_g, b_g);
+      const scalar_t* xr = x + (t * B + b) * 4 * H;
+      scalar_t* c_row = c_all + b * H;
+      // The gate row is free once read: o goes to its first H values, LN(c') to the next H.
+      for (const auto u : c10::irange(H)) {
+        const scalar_t i = sigmoid(xr[u] + g[u]);
+        const scalar_t f = sigmoid(xr[H + u] + g[H + u]);
+        const scalar_t gg = std::tanh(xr[2 * H + u] + g[2 * H + u]);
+        const scalar_t o = sigmoid(xr[3 * H + u] + g[3 * H + u]);
+        c_row[u] = f * c_row[u] + i * gg;
+        g[u] = o;
+        g[H + u] = c_row[u];
+      }
+      layer_norm_row(g + H, H, w_c, b_c);
+      scalar_t* h_row = h_all + b * H;
+      for (const auto u : c10::irange(H)) {
+        h_row[u] = g[u] * std::tanh(g[H + u]);
+        y_row[u] = h_row[u];
+      }
+    });
+  });
+  return {y, h, c};
+}
+
+std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
+    const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
+    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths_in, bool reverse) {
+  const KernelGuard guard;
+  const int64_t H = check_layernorm_args(xn_in, w_hh_in, h0, 3, "r, z, n");
+  const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const int64_t T = xn.size(0), B = xn.size(1);
+  check_vector(b_hh, "b_hh", 3 * H, xn);
+  check_vector(ln_hh_weight, "ln_hh_weight", 3 * H, xn);
+  check_vector(ln_hh_bias, "ln_hh_bias", 3 * H, xn);
+  const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  at::Tensor y = new_output({T, B, H}, xn.options());
+  at::Tensor h = h0.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_gru_inference", [&] {
+    const scalar_t* x = xn.const_data_ptr<scalar_t>();
+    const scalar_t* bias = b_hh.contiguous().const_data_ptr<scalar_t>();
+    const scalar_t* w_g = ln_hh_weight.contiguous().const_data_ptr<scalar_t>();
+    const scalar_t* b_g = ln_hh_bias.contiguous().const_data_ptr<scalar_t>();
+    scalar_t* h_all = h.data_ptr<scalar_t>();
+    run_rows<scalar_t>(xn, w_hh, h, y, lengths, reverse,
+                       [&](int64_t, int64_t b, int64_t t, scalar_t* g, scalar_t* y_row) {
+      layer_norm_row(g, 3 * H, w_g, b_g);
+      const scalar_t* xr = x + (t * B + b) * 3 * H;
+      scalar_t* h_row = h_all + b * H;
+      for (const auto u : c10::irange(H)) {
+        const scalar_t r = sigmoid(xr[u] + g[u] + bias[u]);
+        const scalar_t z = sigmoid(xr[H + u] + g[H + u] + bias[H + u]);
+        const scalar_t n = std::tanh(xr[2 * H + u] + r * (g[2 * H + u] + bias[2 * H + u]));
+        h_row[u] = (scalar_t(1) - z) * n + z * h_row[u];
+        y_row[u] = h_row[u];
+      }
+    });
+  });
+  return {y, h};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
+  m.impl("layernorm_lstm_inference", &layernorm_lstm_inference_cpu);
+  m.impl("layernorm_gru_inference", &layernorm_gru_inference_cpu);
+}
+
+}  // namespace gated_kernels

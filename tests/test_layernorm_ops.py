@@ -1,0 +1,129 @@
+"""The C++ LayerNorm inference operators (csrc/layernorm.cpp) against gated_kernels.reference:
+float64 and float32, lengths (unsorted, 1 and T), reverse, one and two threads, poisoned
+outputs; the modules' choice between them and the reference; errors naming the argument."""
+
+import pytest
+import torch
+
+from common import assert_close
+from gated_kernels import LayerNormGRU, LayerNormLSTM, reference
+
+# (T, B, H, lengths, reverse): B=1, odd H, two threads' worth of rows with lengths 1 and T.
+CASES = {
+    "T5-B1-H7": (5, 1, 7, None, False),
+    "T6-B5-H12-lengths": (6, 5, 12, [3, 6, 1, 5, 6], False),
+    "T6-B5-H12-lengths-reverse": (6, 5, 12, [3, 6, 1, 5, 6], True),
+}
+DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
+
+
+def _inputs(cell, T, B, H, lengths, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    G = (4 if cell == "LSTM" else 3) * H
+
+    def draw(*shape, scale=1.0, shift=0.0):
+        return (shift + scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+
+    args = {"xn": draw(T, B, G), "w_hh": draw(G, H, scale=0.4), "h0": draw(B, H),
+            "ln_hh": (draw(G, scale=0.3, shift=1.0), draw(G, scale=0.3))}
+    if cell == "LSTM":
+        args.update(c0=draw(B, H), ln_c=(draw(H, scale=0.3, shift=1.0), draw(H, scale=0.3)))
+    else:
+        args.update(b_hh=draw(G, scale=0.3))
+    args["lengths"] = None if lengths is None else torch.tensor(lengths)
+    return args
+
+
+def _op(cell, a, reverse):
+    if cell == "LSTM":
+        return torch.ops.gated_kernels.layernorm_lstm_inference(
+            a["xn"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"], a["lengths"], reverse)
+    return torch.ops.gated_kernels.layernorm_gru_inference(
+        a["xn"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"], reverse)
+
+
+def _reference(cell, a, reverse):
+    if cell == "LSTM":
+        return reference.lstm_recurrence(a["xn"], a["w_hh"], None, a["h0"], a["c0"],
+                                         a["lengths"], reverse, ln_hh=a["ln_hh"], ln_c=a["ln_c"])
+    return reference.gru_recurrence(a["xn"], a["w_hh"], a["b_hh"], a["h0"], a["lengths"],
+                                    reverse, ln_hh=a["ln_hh"])
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_layernorm_inference_matches_the_reference(cell, case, dtype, threads, monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")  # an unwritten element stays NaN
+    T, B, H, lengths, reverse = case
+    a64 = _inputs(cell, T, B, H, lengths, torch.float64)
+    expected = _reference(cell, a64, reverse)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = _op(cell, _inputs(cell, T, B, H, lengths, dtype), reverse)
+    finally:
+        torch.set_num_threads(previous)
+    for k, (got, want) in enumerate(zip(actual, expected)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, "out", f"output {k}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_the_modules_run_the_operators_for_inference_alone(cell):
+    """float32 / float64 inference on the CPU without zoneout: the operator, the same values as
+    the reference backend (bidirectional, two layers, a PackedSequence); training, bfloat16 and
+    zoneout: the reference."""
+    torch.manual_seed(0)
+    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
+    module = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    slow = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference")
+    slow.load_state_dict(module.state_dict())
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 6, 1, 4]),
+                                                     enforce_sorted=False)
+    with torch.no_grad():
+        assert module._call_backend(x) == "cpp" and slow._call_backend(x) == "reference"
+        for inputs in ((x,), (packed,)):
+            fast, ref = module(*inputs), slow(*inputs)
+            y_fast, y_ref = (o.data if hasattr(o, "data") else o for o in (fast[0], ref[0]))
+            assert_close(y_fast, y_ref, torch.float64, "out", "y")
+            finals = zip(fast[1], ref[1]) if cell == "LSTM" else [(fast[1], ref[1])]
+            for a, b in finals:
+                assert_close(a, b, torch.float64, "out", "final state")
+        assert module.bfloat16()._call_backend(x.bfloat16()) == "reference"
+    assert module.double()._call_backend(x) == "reference"  # parameters require grad
+    with torch.no_grad():
+        assert cls(3, 5, zoneout=0.1)._call_backend(x.float()) == "reference"
+
+
+def test_the_operators_name_a_bad_argument():
+    a = _inputs("LSTM", 4, 2, 6, None, torch.float32)
+    with pytest.raises(RuntimeError, match=r"ln_c_weight must have shape \[6\]"):
+        torch.ops.gated_kernels.layernorm_lstm_inference(
+            a["xn"], a["w_hh"], *a["ln_hh"], a["ln_c"][0][:5], a["ln_c"][1], a["h0"], a["c0"],
+            None, False)
+    b = _inputs("GRU", 4, 2, 6, None, torch.float32)
+    with pytest.raises(RuntimeError, match="xn must be float32 or float64"):
+        torch.ops.gated_kernels.layernorm_gru_inference(
+            b["xn"].bfloat16(), b["w_hh"].bfloat16(), b["b_hh"].bfloat16(),
+            *(t.bfloat16() for t in b["ln_hh"]), b["h0"].bfloat16(), None, False)
+    with pytest.raises(RuntimeError, match=r"lengths\[1\] must be in \[1, T\]"):
+        torch.ops.gated_kernels.layernorm_gru_inference(
+            b["xn"], b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"], torch.tensor([4, 0]), False)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_opcheck(cell):
+    a = _inputs(cell, 4, 3, 5, [4, 1, 3], torch.float32)
+    if cell == "LSTM":
+        op = torch.ops.gated_kernels.layernorm_lstm_inference.default
+        args = (a["xn"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"], a["lengths"], True)
+    else:
+        op = torch.ops.gated_kernels.layernorm_gru_inference.default
+        args = (a["xn"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"], True)
+    torch.library.opcheck(op, args)
