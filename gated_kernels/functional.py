@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import (gru_cell, gru_recurrence, lstm_cell, lstm_recurrence,
-                                    needs_grad)
+from gated_kernels.autograd import gru_cell, gru_recurrence, lstm_cell, lstm_recurrence, needs_grad
 from gated_kernels.backends import resolve_backend
 
 
