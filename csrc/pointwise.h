@@ -134,6 +134,10 @@ struct PointwiseKernels {
   // gru_forward without the stores of gates (for gru_inference).
   void (*gru_inference)(const GruForwardStep<scalar_t>&, int64_t begin, int64_t end);
   void (*gru_backward)(const GruBackwardStep<scalar_t>&, int64_t begin, int64_t end);
+  // v[0, n) := sigmoid(v) or tanh(v), in the accumulation type: the LayerNorm cells' passes
+  // (csrc/layernorm.cpp), whose rows are normalised between the gate functions.
+  void (*sigmoid)(at::opmath_type<scalar_t>* v, int64_t n);
+  void (*tanh)(at::opmath_type<scalar_t>* v, int64_t n);
 };
 
 // The variant for the capability ATen itself runs with (at::get_cpu_capability(): the best the

@@ -309,12 +309,24 @@ void gru_backward(const GruBackwardStep<scalar_t>& a, int64_t begin, int64_t end
   });
 }
 
+// v[0, n) := f(v) a vector at a time, for f = vsigmoid or vtanh.
+template <typename acc_t, Vec<acc_t> (*f)(const Vec<acc_t>&)>
+void map_in_place(acc_t* v, int64_t n) {
+  using V = Vec<acc_t>;
+  for (int64_t j = 0; j < n; j += V::size()) {
+    const int64_t w = std::min<int64_t>(V::size(), n - j);
+    f(V::loadu(v + j, w)).store(v + j, w);
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
 PointwiseKernels<scalar_t> pointwise_kernels() {
+  using acc_t = at::opmath_type<scalar_t>;
   return {&lstm_forward<scalar_t, true>, &lstm_forward<scalar_t, false>, &lstm_backward<scalar_t>,
-          &gru_forward<scalar_t, true>, &gru_forward<scalar_t, false>, &gru_backward<scalar_t>};
+          &gru_forward<scalar_t, true>, &gru_forward<scalar_t, false>, &gru_backward<scalar_t>,
+          &map_in_place<acc_t, vsigmoid>, &map_in_place<acc_t, vtanh>};
 }
 
 }  // namespace CPU_CAPABILITY
