@@ -71,13 +71,17 @@ int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh, const
   return H;
 }
 
-// Runs `row_step(block_row, b, t, gh_row)` for every running row at every step, after the block's
-// product gh = h W_hh^T; zeros y past a row's length. h [B, H] holds the running state.
+// Runs `row_step(b, g, xr, y_row)` for every running row b at every step t, with g the row's
+// LN(h W_hh^T; ln_hh) [G] (the caller's to overwrite), xr its xn[t, b] [G] and y_row its
+// y[t, b] [H]; zeros y past a row's length. h [B, H] holds the running state.
 template <typename scalar_t, typename RowStep>
-void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, at::Tensor& h, at::Tensor& y,
+void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+              const at::Tensor& ln_hh_bias, at::Tensor& h, at::Tensor& y,
               const at::Tensor& lengths, bool reverse, const RowStep& row_step) {
   const int64_t T = xn.size(0), B = xn.size(1), G = xn.size(2), H = h.size(1);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+  const scalar_t* x = xn.const_data_ptr<scalar_t>();
+  const at::Tensor ln_w = ln_hh_weight.contiguous(), ln_b = ln_hh_bias.contiguous();
   // One row a task at least: the work of a row's T steps repays a fork many times over.
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     // The block's product on the sequence operators' kernels (product.h), the weight put in
@@ -95,7 +99,9 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, at::Tensor& h, at::T
           std::fill(y_row, y_row + H, scalar_t(0));
           continue;
         }
-        row_step(b - b0, b, t, gh_rows + (b - b0) * G, y_row);
+        scalar_t* g = gh_rows + (b - b0) * G;
+        layer_norm_row(g, G, ln_w.const_data_ptr<scalar_t>(), ln_b.const_data_ptr<scalar_t>());
+        row_step(b, g, x + (t * B + b) * G, y_row);
       }
     }
   });
@@ -123,20 +129,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_lstm_inference", [&] {
-    const scalar_t* x = xn.const_data_ptr<scalar_t>();
-    const scalar_t* w_g = ln_hh_weight.contiguous().const_data_ptr<scalar_t>();
-    const scalar_t* b_g = ln_hh_bias.contiguous().const_data_ptr<scalar_t>();
-    const scalar_t* w_c = ln_c_weight.contiguous().const_data_ptr<scalar_t>();
-    const scalar_t* b_c = ln_c_bias.contiguous().const_data_ptr<scalar_t>();
+    const at::Tensor ln_c_w = ln_c_weight.contiguous(), ln_c_b = ln_c_bias.contiguous();
+    const scalar_t* w_c = ln_c_w.const_data_ptr<scalar_t>();
+    const scalar_t* b_c = ln_c_b.const_data_ptr<scalar_t>();
     scalar_t* h_all = h.data_ptr<scalar_t>();
     scalar_t* c_all = c.data_ptr<scalar_t>();
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, h, y, lengths, reverse,
-                       [&](int64_t, int64_t b, int64_t t, scalar_t* g, scalar_t* y_row) {
+    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse,
+                       [&](int64_t b, scalar_t* g, const scalar_t* xr, scalar_t* y_row) {
       // The gate row becomes G = xn_t + LN(gh), then in place i, f, g, o; f's quarter then
       // holds c' and LN(c'), o's stays.
-      layer_norm_row(g, 4 * H, w_g, b_g);
-      const scalar_t* xr = x + (t * B + b) * 4 * H;
       for (const auto k : c10::irange(4 * H)) g[k] += xr[k];
       kernels.sigmoid(g, 2 * H);
       kernels.tanh(g + 2 * H, H);
@@ -173,18 +175,14 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = h0.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_gru_inference", [&] {
-    const scalar_t* x = xn.const_data_ptr<scalar_t>();
-    const scalar_t* bias = b_hh.contiguous().const_data_ptr<scalar_t>();
-    const scalar_t* w_g = ln_hh_weight.contiguous().const_data_ptr<scalar_t>();
-    const scalar_t* b_g = ln_hh_bias.contiguous().const_data_ptr<scalar_t>();
+    const at::Tensor b_hh_c = b_hh.contiguous();
+    const scalar_t* bias = b_hh_c.const_data_ptr<scalar_t>();
     scalar_t* h_all = h.data_ptr<scalar_t>();
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, h, y, lengths, reverse,
-                       [&](int64_t, int64_t b, int64_t t, scalar_t* g, scalar_t* y_row) {
+    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse,
+                       [&](int64_t b, scalar_t* g, const scalar_t* xr, scalar_t* y_row) {
       // The gate row becomes R = LN(gh) + b_hh, then r and z in place of R_r and R_z, and n in
       // place of R_n.
-      layer_norm_row(g, 3 * H, w_g, b_g);
-      const scalar_t* xr = x + (t * B + b) * 3 * H;
       for (const auto k : c10::irange(3 * H)) g[k] += bias[k];
       for (const auto k : c10::irange(2 * H)) g[k] += xr[k];
       kernels.sigmoid(g, 2 * H);
