@@ -127,3 +127,23 @@ def test_opcheck(cell):
         op = torch.ops.gated_kernels.layernorm_gru_inference.default
         args = (a["xn"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"], True)
     torch.library.opcheck(op, args)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_strided_arguments(cell):
+    """Every tensor argument as a strided view (xn and w_hh transposed back, the vectors every
+    other element of a longer one)."""
+    a = _inputs(cell, 5, 3, 6, [5, 2, 4], torch.float64)
+    expected = _reference(cell, a, False)
+
+    def strided(t):
+        if t is None or t.dtype == torch.int64:
+            return t
+        if t.dim() == 1:
+            return torch.stack([t, torch.zeros_like(t)], dim=1).reshape(-1)[::2]
+        return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+
+    b = {k: tuple(map(strided, v)) if isinstance(v, tuple) else strided(v) for k, v in a.items()}
+    assert not b["xn"].is_contiguous() and not b["ln_hh"][0].is_contiguous()
+    for got, want in zip(_op(cell, b, False), expected):
+        assert_close(got, want, torch.float64, "out", "output")
