@@ -52,8 +52,9 @@ void check_vector(const at::Tensor& t, const char* name, int64_t size, const at:
 }
 
 // The checks both ops share; returns H.
-int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& h0,
-                             int64_t num_gates, const char* gate_order) {
+int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh,
+                             const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
+                             const at::Tensor& h0, int64_t num_gates, const char* gate_order) {
   const int64_t H = check_input_gates(xn, num_gates, gate_order);
   TORCH_CHECK(xn.scalar_type() == at::kFloat || xn.scalar_type() == at::kDouble,
               "xn must be float32 or float64 (bfloat16 LayerNorm cells run on the reference "
@@ -68,6 +69,8 @@ int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh, const
   GK_CHECK_SIZE(h0, "h0", 1, H, "H");
   GK_CHECK_DTYPE(h0, "h0", xn.scalar_type());
   GK_CHECK_CPU(h0, "h0");
+  check_vector(ln_hh_weight, "ln_hh_weight", num_gates * H, xn);
+  check_vector(ln_hh_bias, "ln_hh_bias", num_gates * H, xn);
   return H;
 }
 
@@ -82,6 +85,8 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
   const scalar_t* x = xn.const_data_ptr<scalar_t>();
   const at::Tensor ln_w = ln_hh_weight.contiguous(), ln_b = ln_hh_bias.contiguous();
+  const scalar_t* w_g = ln_w.const_data_ptr<scalar_t>();
+  const scalar_t* b_g = ln_b.const_data_ptr<scalar_t>();
   // One row a task at least: the work of a row's T steps repays a fork many times over.
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     // The block's product on the sequence operators' kernels (product.h), the weight put in
@@ -100,7 +105,7 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
           continue;
         }
         scalar_t* g = gh_rows + (b - b0) * G;
-        layer_norm_row(g, G, ln_w.const_data_ptr<scalar_t>(), ln_b.const_data_ptr<scalar_t>());
+        layer_norm_row(g, G, w_g, b_g);
         row_step(b, g, x + (t * B + b) * G, y_row);
       }
     }
@@ -113,11 +118,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
     bool reverse) {
   const KernelGuard guard;
-  const int64_t H = check_layernorm_args(xn_in, w_hh_in, h0, 4, "i, f, g, o");
+  const int64_t H =
+      check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 4, "i, f, g, o");
   const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
-  check_vector(ln_hh_weight, "ln_hh_weight", 4 * H, xn);
-  check_vector(ln_hh_bias, "ln_hh_bias", 4 * H, xn);
   check_vector(ln_c_weight, "ln_c_weight", H, xn);
   check_vector(ln_c_bias, "ln_c_bias", H, xn);
   GK_CHECK_DIM(c0, "c0", 2, "[B, H]");
@@ -165,12 +169,11 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse) {
   const KernelGuard guard;
-  const int64_t H = check_layernorm_args(xn_in, w_hh_in, h0, 3, "r, z, n");
+  const int64_t H =
+      check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 3, "r, z, n");
   const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
   check_vector(b_hh, "b_hh", 3 * H, xn);
-  check_vector(ln_hh_weight, "ln_hh_weight", 3 * H, xn);
-  check_vector(ln_hh_bias, "ln_hh_bias", 3 * H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = h0.contiguous().clone();

@@ -33,7 +33,8 @@ def _reference(cell, module, x, hx, w_hh, keep=(None, None)):
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_dropconnect_trains_on_our_kernels_with_a_mask_of_torch_s_rng(cell):
     """Training: W_hh times a Bernoulli(1 - p) mask / (1 - p), one draw per forward; outputs and
-    the gradients of x and W_hh (through the mask) as the reference's on the masked weight."""
+    the gradients of x and every parameter (W_hh's through the mask) as the reference's on the
+    masked weight."""
     module, x, hx = _setup(cell, dropconnect=0.3, backend="cpp")
     torch.manual_seed(5)
     y, _ = module(x, hx)
@@ -42,7 +43,7 @@ def test_dropconnect_trains_on_our_kernels_with_a_mask_of_torch_s_rng(cell):
     expected = _reference(cell, module, x, hx, module.weight_hh_l0 * kept / 0.7)
     assert max_abs_error(y, expected) <= FP64_ATOL
     dy = torch.randn_like(y)
-    inputs = [x, module.weight_hh_l0]
+    inputs = [x, *module.parameters()]
     for a, b in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(expected, inputs, dy)):
         assert max_abs_error(a, b) <= FP64_ATOL
     module.eval()
