@@ -43,7 +43,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """Returns y [T, B, P], h_n [B, P], c_n [B, H]. layer_norm: (ln_ih, ln_hh, ln_c), each a
     (weight, bias) pair, for G = LN(x W_ih^T; ln_ih) + b_ih + b_hh + LN(h W_hh^T; ln_hh) and
     h = o tanh(LN(c; ln_c)); keep: zoneout's (keep_h [T, B, P], keep_c [T, B, H]) (see
-    reference.py); both on the reference backend only.
+    reference.py). Both on the reference backend; LayerNorm inference in float32 / float64,
+    without projection, on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h, c = lstm_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.zeros(B, H),
@@ -53,19 +54,19 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """
     backend = _layer_backend(backend, x.device)
     _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
-    if backend == "cpp" and layer_norm is not None:
-        if w_hr is not None:
-            raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
-        ln_ih, ln_hh, ln_c = layer_norm
-        bias = b_ih + b_hh if b_ih is not None else None
-        return torch.ops.gated_kernels.layernorm_lstm_inference(
-            _input_gates(x, w_ih, bias, ln_ih), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
-    if backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None:
+    if (backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None
+            and layer_norm is None):
         # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
         h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
         return h.unsqueeze(0), h.clone(), c
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
+    if backend == "cpp" and layer_norm is not None:
+        if w_hr is not None:
+            raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
+        ln_ih, ln_hh, ln_c = layer_norm
+        return torch.ops.gated_kernels.layernorm_lstm_inference(
+            _input_gates(x, w_ih, bias, ln_ih), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
         xg = _input_gates(x, w_ih, bias, ln_ih)
@@ -82,8 +83,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
               backend="auto", *, layer_norm=None, keep=None):
     """Returns y [T, B, H], h_n [B, H]. layer_norm: (ln_ih, ln_hh) for A = LN(x W_ih^T; ln_ih)
-    + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],); both on the
-    reference backend only.
+    + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],). Both on the
+    reference backend; LayerNorm inference in float32 / float64 on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h = gru_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I),
@@ -112,7 +113,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
 
 
 def _input_gates(x, w_ih, bias, ln_ih):
-    """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias (the reference backend's)."""
+    """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once."""
     if ln_ih is None:
         return F.linear(x, w_ih, bias)
     xg = reference.layer_norm(x @ w_ih.T, ln_ih)
