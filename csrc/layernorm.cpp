@@ -1,47 +1,35 @@
-// LayerNorm LSTM and GRU inference on the CPU (issue 17; their training, zoneout and bfloat16
-// still run the reference backend). Rows are split over the threads, and each thread runs all T
-// steps of its rows: every LayerNorm here reduces over one row (its recurrent product's 4H or 3H
-// columns, the LSTM's H cell units), so a row never waits on another thread. A step of a row
-// block is one product, h W_hh^T (a ThreadProduct), and one pass per row: the LayerNorm of the
-// product, the gates, the state.
+// LayerNorm LSTM and GRU forward on the CPU (issue 17; bfloat16 and zoneout still run the
+// reference backend). Rows are split over the threads, and each thread runs all T steps of its
+// rows: every LayerNorm here reduces over one row (its recurrent product's 4H or 3H columns, the
+// LSTM's H cell units), so a row never waits on another thread. A step of a row block is one
+// product, h W_hh^T (a ThreadProduct), and one pass per row: the LayerNorm of the product, the
+// gates, the state.
 //
 // layernorm_lstm_inference(xn [T,B,4H], w_hh [4H,H], ln_hh_weight [4H], ln_hh_bias [4H],
 //     ln_c_weight [H], ln_c_bias [H], h0 [B,H], c0 [B,H], lengths [B]?, reverse)
 //   -> y [T,B,H], h_n [B,H], c_n [B,H]
 //   xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh, made by the caller for all steps at once; gates
 //   i, f, g, o; G = xn_t + LN(h W_hh^T; ln_hh), c' = f c + i g, h' = o tanh(LN(c'; ln_c)).
+// layernorm_lstm_forward(same) -> y, h_n, c_n and, for layernorm_lstm_backward:
+//   gates [T,B,4H] (i, f, g, o), norm_hh [T,B,4H] (the product normalised, before ln_hh's
+//   weight and bias), c_all [T,B,H] (c'), norm_c [T,B,H] (c' normalised), rstd [T,B,2] (the
+//   two LayerNorms' 1 / sqrt(var + eps)). 0 past a row's length; c_all carries c there.
 // layernorm_gru_inference(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight [3H],
 //     ln_hh_bias [3H], h0 [B,H], lengths [B]?, reverse) -> y [T,B,H], h_n [B,H]
 //   xn = LN(x W_ih^T; ln_ih) + b_ih; R = LN(h W_hh^T; ln_hh) + b_hh, gates r, z, n:
 //   r = sigmoid(xn_r + R_r), z = sigmoid(xn_z + R_z), n = tanh(xn_n + r R_n),
 //   h' = (1 - z) n + z h.
+// layernorm_gru_forward(same) -> y, h_n and gates [T,B,4H] (r, z, n, R_n), norm_hh [T,B,3H],
+//   rstd [T,B,1]; 0 past a row's length.
 // Rows past their length carry their state and output 0 (reverse: they start at lengths[b]-1).
-// float32 and float64; LN's epsilon 1e-5, its variance biased (reference.py's layer_norm).
-#include "common.h"
+// float32 and float64.
+#include "layernorm.h"
 #include "product.h"
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <cmath>
-
 namespace gated_kernels {
-namespace {
-
-constexpr double kLnEps = 1e-5;
-
-// v[0, n) := LN(v; weight, bias), two passes over the row.
-template <typename scalar_t>
-void layer_norm_row(scalar_t* v, int64_t n, const scalar_t* weight, const scalar_t* bias) {
-  scalar_t mean = 0;
-  for (const auto k : c10::irange(n)) mean += v[k];
-  mean /= scalar_t(n);
-  scalar_t var = 0;
-  for (const auto k : c10::irange(n)) var += (v[k] - mean) * (v[k] - mean);
-  var /= scalar_t(n);
-  const scalar_t rstd = scalar_t(1) / std::sqrt(var + scalar_t(kLnEps));
-  for (const auto k : c10::irange(n)) v[k] = (v[k] - mean) * rstd * weight[k] + bias[k];
-}
 
 void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == size, name, " must have shape [", size, "], got ",
@@ -51,7 +39,15 @@ void check_vector(const at::Tensor& t, const char* name, int64_t size, const at:
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
-// The checks both ops share; returns H.
+void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t H,
+                 const at::Tensor& like) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == H, name, " must have shape [", B,
+              ", ", H, "] ([B, H]), got ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ",
+              like.scalar_type(), " (the dtype of xn), got ", t.scalar_type());
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+}
+
 int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh,
                              const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
                              const at::Tensor& h0, int64_t num_gates, const char* gate_order) {
@@ -64,29 +60,38 @@ int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh,
   GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H");
   GK_CHECK_DTYPE(w_hh, "w_hh", xn.scalar_type());
   GK_CHECK_CPU(w_hh, "w_hh");
-  GK_CHECK_DIM(h0, "h0", 2, "[B, H]");
-  GK_CHECK_SIZE(h0, "h0", 0, xn.size(1), "B (xn.size(1))");
-  GK_CHECK_SIZE(h0, "h0", 1, H, "H");
-  GK_CHECK_DTYPE(h0, "h0", xn.scalar_type());
-  GK_CHECK_CPU(h0, "h0");
+  check_state(h0, "h0", xn.size(1), H, xn);
   check_vector(ln_hh_weight, "ln_hh_weight", num_gates * H, xn);
   check_vector(ln_hh_bias, "ln_hh_bias", num_gates * H, xn);
   return H;
 }
 
-// Runs `row_step(b, g, xr, y_row)` for every running row b at every step t, with g the row's
-// LN(h W_hh^T; ln_hh) [G] (the caller's to overwrite), xr its xn[t, b] [G] and y_row its
-// y[t, b] [H]; zeros y past a row's length. h [B, H] holds the running state.
+namespace {
+
+// The tensors a training forward saves for backward (undefined for inference).
+struct LnSaved {
+  at::Tensor gates, norm_hh, rstd;  // both cells
+  at::Tensor c_all, norm_c;         // the LSTM
+};
+
+// Runs `row_step(t, b, g, xr, y_row)` for every row b at every step t, with xr its xn[t, b]
+// [G] and y_row its y[t, b] [H]; g is the row's LN(h W_hh^T; ln_hh) [G] (the caller's to
+// overwrite), or nullptr past the row's length, where y_row is already 0. h [B, H] holds the
+// running state. With `saved` defined, writes its norm_hh and the first column of its rstd.
 template <typename scalar_t, typename RowStep>
 void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
               const at::Tensor& ln_hh_bias, at::Tensor& h, at::Tensor& y,
-              const at::Tensor& lengths, bool reverse, const RowStep& row_step) {
+              const at::Tensor& lengths, bool reverse, const LnSaved& saved,
+              const RowStep& row_step) {
   const int64_t T = xn.size(0), B = xn.size(1), G = xn.size(2), H = h.size(1);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
   const scalar_t* x = xn.const_data_ptr<scalar_t>();
   const at::Tensor ln_w = ln_hh_weight.contiguous(), ln_b = ln_hh_bias.contiguous();
   const scalar_t* w_g = ln_w.const_data_ptr<scalar_t>();
   const scalar_t* b_g = ln_b.const_data_ptr<scalar_t>();
+  scalar_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<scalar_t>() : nullptr;
+  scalar_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<scalar_t>() : nullptr;
+  const int64_t R = saved.rstd.defined() ? saved.rstd.size(2) : 0;
   // One row a task at least: the work of a row's T steps repays a fork many times over.
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     // The block's product on the sequence operators' kernels (product.h), the weight put in
@@ -99,60 +104,92 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
       // gh = h W_hh^T for the block's rows, [b1 - b0, G]; the passes overwrite it in place.
       scalar_t* gh_rows = const_cast<scalar_t*>(product(0));
       for (int64_t b = b0; b < b1; ++b) {
-        scalar_t* y_row = y.data_ptr<scalar_t>() + (t * B + b) * H;
+        const int64_t row = t * B + b;
+        scalar_t* y_row = y.data_ptr<scalar_t>() + row * H;
+        scalar_t* norm = norm_all != nullptr ? norm_all + row * G : nullptr;
         if (len != nullptr && t >= len[b]) {
           std::fill(y_row, y_row + H, scalar_t(0));
+          if (norm != nullptr) std::fill(norm, norm + G, scalar_t(0));
+          if (rstd_all != nullptr) rstd_all[row * R] = 0;
+          row_step(t, b, nullptr, x + row * G, y_row);
           continue;
         }
         scalar_t* g = gh_rows + (b - b0) * G;
-        layer_norm_row(g, G, w_g, b_g);
-        row_step(b, g, x + (t * B + b) * G, y_row);
+        const scalar_t rstd = layer_norm_row(g, G, w_g, b_g, norm);
+        if (rstd_all != nullptr) rstd_all[row * R] = rstd;
+        row_step(t, b, g, x + row * G, y_row);
       }
     }
   });
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
+// The LSTM forward; saves for backward where `save`. Returns y, h_n, c_n and the saved tensors
+// (undefined without `save`).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
     const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
-    bool reverse) {
-  const KernelGuard guard;
+    bool reverse, bool save) {
   const int64_t H =
       check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 4, "i, f, g, o");
   const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
   check_vector(ln_c_weight, "ln_c_weight", H, xn);
   check_vector(ln_c_bias, "ln_c_bias", H, xn);
-  GK_CHECK_DIM(c0, "c0", 2, "[B, H]");
-  GK_CHECK_SIZE(c0, "c0", 0, B, "B (xn.size(1))");
-  GK_CHECK_SIZE(c0, "c0", 1, H, "H");
-  GK_CHECK_DTYPE(c0, "c0", xn.scalar_type());
-  GK_CHECK_CPU(c0, "c0");
+  check_state(c0, "c0", B, H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_lstm_inference", [&] {
+  LnSaved saved;
+  if (save) {
+    saved = {new_output({T, B, 4 * H}, xn.options()), new_output({T, B, 4 * H}, xn.options()),
+             new_output({T, B, 2}, xn.options()), new_output({T, B, H}, xn.options()),
+             new_output({T, B, H}, xn.options())};
+  }
+  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_lstm", [&] {
     const at::Tensor ln_c_w = ln_c_weight.contiguous(), ln_c_b = ln_c_bias.contiguous();
     const scalar_t* w_c = ln_c_w.const_data_ptr<scalar_t>();
     const scalar_t* b_c = ln_c_b.const_data_ptr<scalar_t>();
     scalar_t* h_all = h.data_ptr<scalar_t>();
-    scalar_t* c_all = c.data_ptr<scalar_t>();
+    scalar_t* c_now = c.data_ptr<scalar_t>();
+    scalar_t* gates_all = save ? saved.gates.data_ptr<scalar_t>() : nullptr;
+    scalar_t* c_all = save ? saved.c_all.data_ptr<scalar_t>() : nullptr;
+    scalar_t* norm_c_all = save ? saved.norm_c.data_ptr<scalar_t>() : nullptr;
+    scalar_t* rstd_all = save ? saved.rstd.data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse,
-                       [&](int64_t b, scalar_t* g, const scalar_t* xr, scalar_t* y_row) {
+    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
+                       [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
+                           scalar_t* y_row) {
+      const int64_t row = t * B + b;
+      scalar_t* c_row = c_now + b * H;
+      if (g == nullptr) {  // past the row's length: the state carries
+        if (save) {
+          std::fill(gates_all + row * 4 * H, gates_all + (row + 1) * 4 * H, scalar_t(0));
+          std::copy(c_row, c_row + H, c_all + row * H);
+          std::fill(norm_c_all + row * H, norm_c_all + (row + 1) * H, scalar_t(0));
+          rstd_all[row * 2 + 1] = 0;
+        }
+        return;
+      }
       // The gate row becomes G = xn_t + LN(gh), then in place i, f, g, o; f's quarter then
       // holds c' and LN(c'), o's stays.
       for (const auto k : c10::irange(4 * H)) g[k] += xr[k];
       kernels.sigmoid(g, 2 * H);
       kernels.tanh(g + 2 * H, H);
       kernels.sigmoid(g + 3 * H, H);
-      scalar_t* c_row = c_all + b * H;
+      if (save) {
+        std::copy(g, g + 4 * H, gates_all + row * 4 * H);
+      }
       for (const auto u : c10::irange(H)) {
         c_row[u] = g[H + u] * c_row[u] + g[u] * g[2 * H + u];
         g[H + u] = c_row[u];
       }
-      layer_norm_row(g + H, H, w_c, b_c);
+      if (save) {
+        std::copy(c_row, c_row + H, c_all + row * H);
+        rstd_all[row * 2 + 1] = layer_norm_row(g + H, H, w_c, b_c, norm_c_all + row * H);
+      } else {
+        layer_norm_row(g + H, H, w_c, b_c);
+      }
       kernels.tanh(g + H, H);
       scalar_t* h_row = h_all + b * H;
       for (const auto u : c10::irange(H)) {
@@ -161,14 +198,38 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
       }
     });
   });
-  return {y, h, c};
+  return {y, h, c, saved};
 }
 
-std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
+std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
+    const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+    const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+    bool reverse) {
+  const KernelGuard guard;
+  auto [y, h_n, c_n, saved] = layernorm_lstm(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                                             ln_c_bias, h0, c0, lengths, reverse, false);
+  return {y, h_n, c_n};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
+                           const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
+                           const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+                           const at::Tensor& h0, const at::Tensor& c0,
+                           const std::optional<at::Tensor>& lengths, bool reverse) {
+  const KernelGuard guard;
+  auto [y, h_n, c_n, s] = layernorm_lstm(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                                         ln_c_bias, h0, c0, lengths, reverse, true);
+  return {y, h_n, c_n, s.gates, s.norm_hh, s.c_all, s.norm_c, s.rstd};
+}
+
+// The GRU forward; saves for backward where `save`.
+std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
     const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths_in, bool reverse) {
-  const KernelGuard guard;
+    const std::optional<at::Tensor>& lengths_in, bool reverse, bool save) {
   const int64_t H =
       check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 3, "r, z, n");
   const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -177,20 +238,34 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = h0.contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_gru_inference", [&] {
+  LnSaved saved;
+  if (save) {
+    saved = {new_output({T, B, 4 * H}, xn.options()), new_output({T, B, 3 * H}, xn.options()),
+             new_output({T, B, 1}, xn.options())};
+  }
+  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_gru", [&] {
     const at::Tensor b_hh_c = b_hh.contiguous();
     const scalar_t* bias = b_hh_c.const_data_ptr<scalar_t>();
     scalar_t* h_all = h.data_ptr<scalar_t>();
+    scalar_t* gates_all = save ? saved.gates.data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse,
-                       [&](int64_t b, scalar_t* g, const scalar_t* xr, scalar_t* y_row) {
+    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
+                       [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
+                           scalar_t* y_row) {
+      scalar_t* gates = save ? gates_all + (t * B + b) * 4 * H : nullptr;
+      if (g == nullptr) {  // past the row's length: the state carries
+        if (save) std::fill(gates, gates + 4 * H, scalar_t(0));
+        return;
+      }
       // The gate row becomes R = LN(gh) + b_hh, then r and z in place of R_r and R_z, and n in
-      // place of R_n.
+      // place of R_n (R_n saved first).
       for (const auto k : c10::irange(3 * H)) g[k] += bias[k];
+      if (save) std::copy(g + 2 * H, g + 3 * H, gates + 3 * H);
       for (const auto k : c10::irange(2 * H)) g[k] += xr[k];
       kernels.sigmoid(g, 2 * H);
       for (const auto u : c10::irange(H)) g[2 * H + u] = xr[2 * H + u] + g[u] * g[2 * H + u];
       kernels.tanh(g + 2 * H, H);
+      if (save) std::copy(g, g + 3 * H, gates);
       scalar_t* h_row = h_all + b * H;
       for (const auto u : c10::irange(H)) {
         const scalar_t z = g[H + u], n = g[2 * H + u];
@@ -199,14 +274,36 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
       }
     });
   });
-  return {y, h};
+  return {y, h, saved};
+}
+
+std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
+    const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& b_hh,
+    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  const KernelGuard guard;
+  auto [y, h_n, saved] =
+      layernorm_gru(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, false);
+  return {y, h_n};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_forward_cpu(
+    const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& b_hh,
+    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths, bool reverse) {
+  const KernelGuard guard;
+  auto [y, h_n, s] =
+      layernorm_gru(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, true);
+  return {y, h_n, s.gates, s.norm_hh, s.rstd};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
   m.impl("layernorm_lstm_inference", &layernorm_lstm_inference_cpu);
+  m.impl("layernorm_lstm_forward", &layernorm_lstm_forward_cpu);
   m.impl("layernorm_gru_inference", &layernorm_gru_inference_cpu);
+  m.impl("layernorm_gru_forward", &layernorm_gru_forward_cpu);
 }
 
 }  // namespace gated_kernels

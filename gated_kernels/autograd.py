@@ -203,6 +203,57 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
     )
 
 
+class LayerNormLSTMFunction(torch.autograd.Function):
+    """A LayerNorm LSTM layer-direction on the C++ operators (csrc/layernorm.cpp): (xn, w_hh,
+    ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths or None, reverse) ->
+    (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh stays ordinary PyTorch above it."""
+
+    @staticmethod
+    def forward(ctx, xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths,
+                reverse):
+        y, h_n, c_n, *saved = torch.ops.gated_kernels.layernorm_lstm_forward(
+            xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse
+        )
+        ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, y,
+                              *saved)
+        ctx.reverse = reverse
+        return y, h_n, c_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n, dc_n):
+        w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, *saved = ctx.saved_tensors
+        grads = torch.ops.gated_kernels.layernorm_lstm_backward(
+            dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
+            ctx.reverse, *saved
+        )
+        return (*grads, None, None)
+
+
+class LayerNormGRUFunction(torch.autograd.Function):
+    """A LayerNorm GRU layer-direction on the C++ operators: (xn, w_hh, b_hh, ln_hh_weight,
+    ln_hh_bias, h0, lengths or None, reverse) -> (y, h_n), xn = LN(x W_ih^T; ln_ih) + b_ih."""
+
+    @staticmethod
+    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
+        y, h_n, *saved = torch.ops.gated_kernels.layernorm_gru_forward(
+            xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse
+        )
+        ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, y, *saved)
+        ctx.reverse = reverse
+        return y, h_n
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy, dh_n):
+        w_hh, ln_hh_weight, h0, lengths, *saved = ctx.saved_tensors
+        dxn, dw_hh, db_hh, dln_hh_weight, dh0 = torch.ops.gated_kernels.layernorm_gru_backward(
+            dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved
+        )
+        # b_hh and ln_hh's bias add to the same R: one gradient, each its own tensor.
+        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None
+
+
 class LSTMCellFunction(torch.autograd.Function):
     """One LSTM step on the C++ backend: (x [B,I], h, c, w_ih, w_hh, b_ih or None, b_hh or None)
     -> (h1, c1), over the cell operators (two products and one fused pass each way)."""

@@ -10,7 +10,15 @@ import torch
 import torch.nn.functional as F
 
 from gated_kernels import reference
-from gated_kernels.autograd import gru_cell, gru_recurrence, lstm_cell, lstm_recurrence, needs_grad
+from gated_kernels.autograd import (
+    LayerNormGRUFunction,
+    LayerNormLSTMFunction,
+    gru_cell,
+    gru_recurrence,
+    lstm_cell,
+    lstm_recurrence,
+    needs_grad,
+)
 from gated_kernels.backends import resolve_backend
 
 
@@ -24,18 +32,17 @@ def _layer_backend(name, device):
 
 
 def _check_options(backend, layer_norm, keep, tensors):
-    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm inference in
-    float32 / float64 also on the C++ one (`tensors`: the layer's, for the gradient check)."""
+    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm in float32 /
+    float64 also on the C++ one (`tensors`: the layer's, for the dtype)."""
     if backend == "reference" or (layer_norm is None and keep is None):
         return
     if keep is not None:
         raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
                          f"not built yet), got backend {backend!r}")
     dtype = tensors[0].dtype
-    if backend != "cpp" or needs_grad(*tensors) or dtype not in (torch.float32, torch.float64):
+    if backend != "cpp" or dtype not in (torch.float32, torch.float64):
         raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32 and "
-                         f"float64 inference only, got backend {backend!r} ({dtype}, "
-                         f"{'training' if needs_grad(*tensors) else 'inference'})")
+                         f"float64, got backend {backend!r} ({dtype})")
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
@@ -43,8 +50,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """Returns y [T, B, P], h_n [B, P], c_n [B, H]. layer_norm: (ln_ih, ln_hh, ln_c), each a
     (weight, bias) pair, for G = LN(x W_ih^T; ln_ih) + b_ih + b_hh + LN(h W_hh^T; ln_hh) and
     h = o tanh(LN(c; ln_c)); keep: zoneout's (keep_h [T, B, P], keep_c [T, B, H]) (see
-    reference.py). Both on the reference backend; LayerNorm inference in float32 / float64,
-    without projection, on the C++ one too.
+    reference.py). Both on the reference backend; LayerNorm in float32 / float64, without
+    projection, on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h, c = lstm_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.zeros(B, H),
@@ -65,8 +72,13 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         if w_hr is not None:
             raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
         ln_ih, ln_hh, ln_c = layer_norm
+        xn = _input_gates(x, w_ih, bias, ln_ih)
+        if needs_grad(xn, w_hh, h0, c0, *ln_hh, *ln_c):
+            if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
+                c0 = c0.clone()
+            return LayerNormLSTMFunction.apply(xn, w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
         return torch.ops.gated_kernels.layernorm_lstm_inference(
-            _input_gates(x, w_ih, bias, ln_ih), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
+            xn, w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
         xg = _input_gates(x, w_ih, bias, ln_ih)
@@ -84,7 +96,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
               backend="auto", *, layer_norm=None, keep=None):
     """Returns y [T, B, H], h_n [B, H]. layer_norm: (ln_ih, ln_hh) for A = LN(x W_ih^T; ln_ih)
     + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],). Both on the
-    reference backend; LayerNorm inference in float32 / float64 on the C++ one too.
+    reference backend; LayerNorm in float32 / float64 on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h = gru_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I),
@@ -102,8 +114,11 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     if backend == "cpp" and layer_norm is not None:
         ln_ih, ln_hh = layer_norm
+        xn = _input_gates(x, w_ih, b_ih, ln_ih)
+        if needs_grad(xn, w_hh, b_hh, h0, *ln_hh):
+            return LayerNormGRUFunction.apply(xn, w_hh, b_hh, *ln_hh, h0, lengths, reverse)
         return torch.ops.gated_kernels.layernorm_gru_inference(
-            _input_gates(x, w_ih, b_ih, ln_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse)
+            xn, w_hh, b_hh, *ln_hh, h0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh = layer_norm or (None, None)
         (keep_h,) = keep or (None,)

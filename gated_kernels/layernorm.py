@@ -12,10 +12,10 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 (sfx: '' or '_reverse'; the cells' names have no `_l{k}{sfx}`). The math is reference.py's
 (lstm_recurrence, gru_recurrence with LayerNorm), stacked by functional.lstm / gru.
 
-Issue 17's fused kernels are partly built: float32 / float64 inference of the modules on the CPU
-without zoneout runs csrc/layernorm.cpp; everything else (training, bfloat16, zoneout, CUDA, the
-cells) the `reference` backend (a loop of torch ops over the steps, as users write these cells
-today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are LSTM /
+Issue 17's fused kernels are partly built: the modules in float32 / float64 on the CPU without
+zoneout run csrc/layernorm.cpp (inference, and training with its backward); everything else
+(bfloat16, zoneout, CUDA, the cells) the `reference` backend (a loop of torch ops over the steps,
+as users write these cells today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are LSTM /
 GRU's keywords (rnn.py, functional.lstm).
 """
 
@@ -24,7 +24,6 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gated_kernels import functional
-from gated_kernels.autograd import needs_grad
 from gated_kernels.backends import resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.rnn import GRU, LSTM, check_regularizers
@@ -45,14 +44,12 @@ class _LayerNormBase:
 
     def _call_backend(self, input, hx=None):
         """The backend a call runs (and the benchmark records): the C++ one for float32 and
-        float64 inference on the CPU without zoneout (csrc/layernorm.cpp), else the
-        reference."""
+        float64 on the CPU without zoneout (csrc/layernorm.cpp), else the reference."""
         data = input.data if isinstance(input, PackedSequence) else input
         if (resolve_backend(self.backend, data.device) != "cpp" or self.zoneout > 0.0
                 or data.dtype not in (torch.float32, torch.float64)):
             return "reference"
-        states = () if hx is None else (hx,) if isinstance(hx, torch.Tensor) else tuple(hx)
-        return "reference" if needs_grad(data, *states, *self.parameters()) else "cpp"
+        return "cpp"
 
     def _suffixes(self):
         """The parameter-name suffix of each layer-direction, in torch.nn's order."""

@@ -47,6 +47,22 @@ products and one fused pass, without the sequence operators' thread team and pac
   gru_cell_forward(same) -> h1, gates [B,4H] (r, z, n, h W_hn^T + b_hn; saved_dtype)
   gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool)
       -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
+
+The LayerNorm cells' recurrence (CPU, float32 / float64; csrc/layernorm.cpp and
+layernorm_backward.cpp, which give the math): xn is the input side made above them,
+LN(x W_ih^T; ln_ih) plus the biases that add to it.
+  layernorm_lstm_inference(xn [T,B,4H], w_hh [4H,H], ln_hh_weight, ln_hh_bias [4H],
+      ln_c_weight, ln_c_bias [H], h0, c0 [B,H], lengths?, reverse) -> y, h_n, c_n
+  layernorm_lstm_forward(same) -> y, h_n, c_n, gates [T,B,4H], norm_hh [T,B,4H],
+      c_all [T,B,H], norm_c [T,B,H], rstd [T,B,2]
+  layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
+      lengths?, reverse, y, gates, norm_hh, c_all, norm_c, rstd)
+      -> dxn, dw_hh, dln_hh_weight, dln_hh_bias, dln_c_weight, dln_c_bias, dh0, dc0
+  layernorm_gru_inference(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight, ln_hh_bias [3H],
+      h0 [B,H], lengths?, reverse) -> y, h_n
+  layernorm_gru_forward(same) -> y, h_n, gates [T,B,4H], norm_hh [T,B,3H], rstd [T,B,1]
+  layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths?, reverse, y, gates,
+      norm_hh, rstd) -> dxn, dw_hh, db_hh (also ln_hh_bias's), dln_hh_weight, dh0
 """
 
 import torch
@@ -149,7 +165,35 @@ LIBRARY.define(
     "layernorm_gru_inference(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
     "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
 )
-for _name in ("layernorm_lstm_inference", "layernorm_gru_inference"):
+_LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
+                 "Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, "
+                 "bool reverse")
+LIBRARY.define(
+    f"layernorm_lstm_forward({_LN_LSTM_ARGS}) -> (Tensor y, Tensor h_n, Tensor c_n, "
+    "Tensor gates, Tensor norm_hh, Tensor c_all, Tensor norm_c, Tensor rstd)"
+)
+LIBRARY.define(
+    "layernorm_lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, "
+    "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
+    "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, Tensor c_all, "
+    "Tensor norm_c, Tensor rstd) -> (Tensor dxn, Tensor dw_hh, Tensor dln_hh_weight, "
+    "Tensor dln_hh_bias, Tensor dln_c_weight, Tensor dln_c_bias, Tensor dh0, Tensor dc0)"
+)
+LIBRARY.define(
+    "layernorm_gru_forward(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
+    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) "
+    "-> (Tensor y, Tensor h_n, Tensor gates, Tensor norm_hh, Tensor rstd)"
+)
+LIBRARY.define(
+    "layernorm_gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor ln_hh_weight, "
+    "Tensor h0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, "
+    "Tensor rstd) -> (Tensor dxn, Tensor dw_hh, Tensor db_hh, Tensor dln_hh_weight, "
+    "Tensor dh0)"
+)
+LAYERNORM_OPERATORS = ("layernorm_lstm_inference", "layernorm_lstm_forward",
+                       "layernorm_lstm_backward", "layernorm_gru_inference",
+                       "layernorm_gru_forward", "layernorm_gru_backward")
+for _name in LAYERNORM_OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
@@ -335,3 +379,39 @@ def _layernorm_gru_inference_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, 
     T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
                                    b_hh=b_hh)
     return xn.new_empty(T, B, H), xn.new_empty(B, H)
+
+
+@torch.library.register_fake("gated_kernels::layernorm_lstm_forward")
+def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0,
+                                 c0, lengths, reverse):
+    y, h_n, c_n = _layernorm_lstm_inference_fake(xn, w_hh, ln_hh_weight, ln_hh_bias,
+                                                 ln_c_weight, ln_c_bias, h0, c0, lengths,
+                                                 reverse)
+    T, B, G = xn.shape
+    return (y, h_n, c_n, xn.new_empty(T, B, G), xn.new_empty(T, B, G), xn.new_empty(y.shape),
+            xn.new_empty(y.shape), xn.new_empty(T, B, 2))
+
+
+@torch.library.register_fake("gated_kernels::layernorm_lstm_backward")
+def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
+                                  h0, c0, lengths, reverse, y, gates, norm_hh, c_all, norm_c,
+                                  rstd):
+    return (gates.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
+            *(t.new_empty(t.shape) for t in (ln_hh_weight, ln_hh_weight, ln_c_weight,
+                                              ln_c_bias, h0, c0)))
+
+
+@torch.library.register_fake("gated_kernels::layernorm_gru_forward")
+def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
+    y, h_n = _layernorm_gru_inference_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0,
+                                           lengths, reverse)
+    T, B, H = y.shape
+    return (y, h_n, xn.new_empty(T, B, 4 * H), xn.new_empty(xn.shape), xn.new_empty(T, B, 1))
+
+
+@torch.library.register_fake("gated_kernels::layernorm_gru_backward")
+def _layernorm_gru_backward_fake(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
+                                 norm_hh, rstd):
+    return (norm_hh.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
+            ln_hh_weight.new_empty(ln_hh_weight.shape), ln_hh_weight.new_empty(ln_hh_weight.shape),
+            h0.new_empty(h0.shape))

@@ -1,12 +1,15 @@
-"""The C++ LayerNorm inference operators (csrc/layernorm.cpp) against gated_kernels.reference:
-float64 and float32, lengths (unsorted, 1 and T), reverse, one and two threads, poisoned
-outputs; the modules' choice between them and the reference; errors naming the argument."""
+"""The C++ LayerNorm operators (csrc/layernorm.cpp, csrc/layernorm_backward.cpp) against
+gated_kernels.reference: inference, and training's outputs and every gradient, in float64 and
+float32, lengths (unsorted, 1 and T), reverse, one and two threads, poisoned outputs; gradcheck,
+opcheck and compile; the modules' choice between them and the reference; errors naming the
+argument."""
 
 import pytest
 import torch
 
 from common import assert_close
 from gated_kernels import LayerNormGRU, LayerNormLSTM, reference
+from gated_kernels.autograd import LayerNormGRUFunction, LayerNormLSTMFunction
 
 # (T, B, H, lengths, reverse): B=1, odd H, two threads' worth of rows with lengths 1 and T.
 CASES = {
@@ -70,11 +73,138 @@ def test_layernorm_inference_matches_the_reference(cell, case, dtype, threads, m
         assert_close(got, want, dtype, "out", f"output {k}")
 
 
+def _differentiable(cell, a):
+    """The Function's tensor arguments in its order, each requiring grad."""
+    names = (("xn", "w_hh", "ln_hh", "ln_c", "h0", "c0") if cell == "LSTM"
+             else ("xn", "w_hh", "b_hh", "ln_hh", "h0"))
+    tensors = []
+    for name in names:
+        tensors.extend(a[name] if isinstance(a[name], tuple) else (a[name],))
+    return [t.detach().requires_grad_() for t in tensors]
+
+
+def _function(cell, tensors, lengths, reverse):
+    if cell == "LSTM":
+        return LayerNormLSTMFunction.apply(*tensors, lengths, reverse)
+    return LayerNormGRUFunction.apply(*tensors, lengths, reverse)
+
+
+def _reference_of(cell, tensors, lengths, reverse):
+    """reference.py's recurrence on the Function's arguments."""
+    if cell == "LSTM":
+        xn, w_hh, lw, lb, cw, cb, h0, c0 = tensors
+        return reference.lstm_recurrence(xn, w_hh, None, h0, c0, lengths, reverse, ln_hh=(lw, lb),
+                                         ln_c=(cw, cb))
+    xn, w_hh, b_hh, lw, lb, h0 = tensors
+    return reference.gru_recurrence(xn, w_hh, b_hh, h0, lengths, reverse, ln_hh=(lw, lb))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_the_modules_run_the_operators_for_inference_alone(cell):
-    """float32 / float64 inference on the CPU without zoneout: the operator, the same values as
-    the reference backend (bidirectional, two layers, a PackedSequence); training, bfloat16 and
-    zoneout: the reference."""
+def test_layernorm_training_matches_the_reference(cell, case, dtype, threads, monkeypatch):
+    """The forward operator's outputs and the backward operator's gradient of every argument
+    (through LayerNormLSTMFunction / LayerNormGRUFunction), weighted by random output
+    gradients, against the reference's in float64."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H, lengths, reverse = case
+    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
+    lengths = a["lengths"]
+    want_in = _differentiable(cell, a64)
+    expected = _reference_of(cell, want_in, lengths, reverse)
+    weights = [torch.randn_like(t) for t in expected]
+    want_grads = torch.autograd.grad(expected, want_in, weights)
+    got_in = _differentiable(cell, a)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        actual = _function(cell, got_in, lengths, reverse)
+        got_grads = torch.autograd.grad(actual, got_in, [w.to(dtype) for w in weights])
+    finally:
+        torch.set_num_threads(previous)
+    for k, (got, want) in enumerate(zip(actual, expected)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, "out", f"output {k}")
+    for k, (got, want) in enumerate(zip(got_grads, want_grads)):
+        assert got.dtype == dtype
+        assert_close(got, want, dtype, "grad", f"gradient of argument {k}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_gradcheck(cell):
+    lengths = torch.tensor([3, 1, 2])
+    for reverse in (False, True):
+        tensors = _differentiable(cell, _inputs(cell, 3, 3, 4, None, torch.float64, seed=1))
+        assert torch.autograd.gradcheck(lambda *t: _function(cell, t, lengths, reverse), tensors)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_opcheck_of_the_training_operators(cell):
+    a = _inputs(cell, 4, 3, 5, [4, 1, 3], torch.float32)
+    ops = torch.ops.gated_kernels
+    tensors = [t.detach() for t in _differentiable(cell, a)]
+    forward = ops.layernorm_lstm_forward if cell == "LSTM" else ops.layernorm_gru_forward
+    if cell == "LSTM":
+        xn, w_hh, lw, lb, cw, cb, h0, c0 = tensors
+        args = (xn, w_hh, lw, lb, cw, cb, h0, c0, a["lengths"], True)
+    else:
+        xn, w_hh, b_hh, lw, lb, h0 = tensors
+        args = (xn, w_hh, b_hh, lw, lb, h0, a["lengths"], True)
+    torch.library.opcheck(forward.default, args)
+    y, h_n, *rest = forward(*args)
+    if cell == "LSTM":
+        c_n, *saved = rest
+        backward = ops.layernorm_lstm_backward.default
+        grads = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n))
+        back_args = (*grads, w_hh, lw, cw, cb, h0, c0, a["lengths"], True, y, *saved)
+    else:
+        backward = ops.layernorm_gru_backward.default
+        back_args = (torch.randn_like(y), torch.randn_like(h_n), w_hh, lw, h0, a["lengths"],
+                     True, y, *rest)
+    torch.library.opcheck(backward, back_args)
+
+
+def test_the_backward_operators_name_a_bad_argument():
+    a = _inputs("GRU", 4, 2, 6, None, torch.float32)
+    xn, w_hh, b_hh, lw, lb, h0 = (t.detach() for t in _differentiable("GRU", a))
+    y, h_n, gates, norm_hh, rstd = torch.ops.gated_kernels.layernorm_gru_forward(
+        xn, w_hh, b_hh, lw, lb, h0, None, False)
+    backward = torch.ops.gated_kernels.layernorm_gru_backward
+    with pytest.raises(RuntimeError, match=r"norm_hh must have shape \[4, 2, 18\]"):
+        backward(y, h_n, w_hh, lw, h0, None, False, y, gates, norm_hh[:, :, :17], rstd)
+    with pytest.raises(RuntimeError, match=r"w_hh must have dtype Double, got Float"):
+        backward(y.double(), h_n.double(), w_hh, lw.double(), h0.double(), None, False,
+                 y.double(), gates.double(), norm_hh.double(), rstd.double())
+    with pytest.raises(RuntimeError, match=r"gates must be float32 or float64"):
+        backward(y, h_n, w_hh, lw, h0, None, False, y, gates.bfloat16(), norm_hh, rstd)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_compile_fullgraph_trains_as_eager(cell):
+    """A two-layer bidirectional module's training step under torch.compile(fullgraph=True):
+    the same loss and gradients as eager."""
+    torch.manual_seed(3)
+    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
+    module = cls(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
+    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+
+    def loss(x):
+        return module(x)[0].square().sum()
+
+    torch._dynamo.reset()
+    inputs = [x, *module.parameters()]
+    expected = torch.autograd.grad(loss(x), inputs)
+    actual = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), inputs)
+    for k, (a, b) in enumerate(zip(actual, expected)):
+        assert_close(a, b, torch.float64, "grad", f"grad {k}")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_the_modules_run_the_operators(cell):
+    """float32 / float64 on the CPU without zoneout: the operators, the same values as the
+    reference backend (bidirectional, two layers, a PackedSequence; the gradients in
+    test_layernorm.py); bfloat16 and zoneout: the reference."""
     torch.manual_seed(0)
     cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
     module = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
@@ -96,7 +226,7 @@ def test_the_modules_run_the_operators_for_inference_alone(cell):
             for a, b in finals:
                 assert_close(a, b, torch.float64, "out", "final state")
         assert module.bfloat16()._call_backend(x.bfloat16()) == "reference"
-    assert module.double()._call_backend(x) == "reference"  # parameters require grad
+    assert module.double()._call_backend(x) == "cpp"  # parameters require grad
     with torch.no_grad():
         assert cls(3, 5, zoneout=0.1)._call_backend(x.float()) == "reference"
 

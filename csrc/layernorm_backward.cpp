@@ -1,0 +1,271 @@
+// LayerNorm LSTM and GRU backward on the CPU, over what layernorm_lstm_forward /
+// layernorm_gru_forward saved (layernorm.cpp). As the forward, rows are split over the threads
+// and each runs all T steps of its rows backwards: a step of a row block is one pass per row (the
+// gates' gradient, then the gradient through LN(h W_hh^T; ln_hh)) and one product, dgh W_hh for
+// the block's rows. The gradients of W_hh and of the LayerNorms' weights and biases sum over
+// every step and row: one product and column sums after the loop.
+//
+// layernorm_lstm_backward(dy [T,B,H], dh_n [B,H], dc_n [B,H], w_hh [4H,H], ln_hh_weight [4H],
+//     ln_c_weight [H], ln_c_bias [H], h0, c0, lengths?, reverse, y, gates, norm_hh, c_all,
+//     norm_c, rstd)
+//   -> dxn [T,B,4H] (the gates' pre-activation gradient, also the gradient of xn),
+//      dw_hh [4H,H], dln_hh_weight [4H], dln_hh_bias [4H], dln_c_weight [H], dln_c_bias [H],
+//      dh0 [B,H], dc0 [B,H]
+// layernorm_gru_backward(dy, dh_n, w_hh [3H,H], ln_hh_weight [3H], h0, lengths?, reverse, y,
+//     gates, norm_hh, rstd)
+//   -> dxn [T,B,3H], dw_hh [3H,H], db_hh [3H] (also the gradient of ln_hh's bias, which adds
+//      to the same R), dln_hh_weight [3H], dh0 [B,H]
+// 0 in dxn past a row's length, where the state's gradient carries.
+#include "layernorm.h"
+#include "product.h"
+
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+namespace gated_kernels {
+namespace {
+
+// Runs the steps of every row backwards, a block of rows per task: `row_step(t, b, dh_row)`
+// for each running row, with dh_row [H] its state gradient (dy[t, b] already added), which the
+// step must leave as the part of dh_{t-1} that does not go through W_hh (0 for the LSTM) and
+// whose dgh [T, B, G] row it writes; then dh_{t-1} = that part + dgh W_hh. dh [B, H] starts as
+// dh_n and ends as dh0. Past a row's length `ended(t, b)` runs and the gradient carries.
+template <typename scalar_t, typename RowStep, typename Ended>
+void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor& dh,
+                       at::Tensor& dgh, const at::Tensor& lengths, bool reverse,
+                       const RowStep& row_step, const Ended& ended) {
+  const int64_t T = dgh.size(0), B = dgh.size(1), H = dh.size(1);
+  const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+  const scalar_t* dy_p = dy.const_data_ptr<scalar_t>();
+  scalar_t* dh_p = dh.data_ptr<scalar_t>();
+  at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    // dgh's rows of the block at every step, [T, rows, G]: call t multiplies step t's by W_hh.
+    ThreadProduct<scalar_t> product({w_hh}, dgh.narrow(1, b0, b1 - b0), PackSlot::kNone);
+    for (int64_t s = T - 1; s >= 0; --s) {
+      const int64_t t = time_index(s, T, reverse);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (len != nullptr && t >= len[b]) {
+          ended(t, b);
+          continue;
+        }
+        scalar_t* dh_row = dh_p + b * H;
+        const scalar_t* dy_row = dy_p + (t * B + b) * H;
+        for (const auto u : c10::irange(H)) dh_row[u] += dy_row[u];
+        row_step(t, b, dh_row);
+      }
+      const scalar_t* through_w = product(t);
+      for (int64_t b = b0; b < b1; ++b) {
+        if (len != nullptr && t >= len[b]) continue;
+        scalar_t* dh_row = dh_p + b * H;
+        const scalar_t* d = through_w + (b - b0) * H;
+        for (const auto u : c10::irange(H)) dh_row[u] += d[u];
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void zero_row(const at::Tensor& t, int64_t row) {
+  const int64_t n = t.size(2);
+  scalar_t* p = t.data_ptr<scalar_t>() + row * n;
+  std::fill(p, p + n, scalar_t(0));
+}
+
+// Checks the saved gates [T, B, 4H] (float32 or float64, both cells save 4H) and, against
+// them, w_hh [G, H], ln_hh_weight [G] and h0 [B, H]; returns H.
+int64_t check_backward_args(const at::Tensor& gates, const at::Tensor& w_hh,
+                            const at::Tensor& ln_hh_weight, const at::Tensor& h0,
+                            int64_t num_gates) {
+  GK_CHECK_DIM(gates, "gates", 3, "[T, B, 4H]");
+  TORCH_CHECK(gates.size(2) % 4 == 0, "gates.size(2) must be 4H, got ", gates.size(2));
+  TORCH_CHECK(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble,
+              "gates must be float32 or float64, got ", gates.scalar_type());
+  const int64_t B = gates.size(1), H = gates.size(2) / 4, G = num_gates * H;
+  const auto dtype = gates.scalar_type();
+  check_saved("w_hh", w_hh, {G, H}, dtype);
+  check_saved("ln_hh_weight", ln_hh_weight, {G}, dtype);
+  check_saved("h0", h0, {B, H}, dtype);
+  return H;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
+           at::Tensor>
+layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
+                            const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
+                            const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+                            const at::Tensor& h0, const at::Tensor& c0,
+                            const std::optional<at::Tensor>& lengths_in, bool reverse,
+                            const at::Tensor& y, const at::Tensor& gates_in,
+                            const at::Tensor& norm_hh_in, const at::Tensor& c_all_in,
+                            const at::Tensor& norm_c_in, const at::Tensor& rstd_in) {
+  const KernelGuard guard;
+  const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 4);
+  const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 4 * H;
+  const auto dtype = gates_in.scalar_type();
+  check_saved("ln_c_weight", ln_c_weight, {H}, dtype);
+  check_saved("ln_c_bias", ln_c_bias, {H}, dtype);
+  check_saved("c0", c0, {B, H}, dtype);
+  const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  check_saved("dy", dy, {T, B, H}, dtype);
+  check_saved("dh_n", dh_n, {B, H}, dtype);
+  check_saved("dc_n", dc_n, {B, H}, dtype);
+  check_saved("y", y, {T, B, H}, dtype);
+  check_saved("norm_hh", norm_hh_in, {T, B, G}, dtype);
+  check_saved("c_all", c_all_in, {T, B, H}, dtype);
+  check_saved("norm_c", norm_c_in, {T, B, H}, dtype);
+  check_saved("rstd", rstd_in, {T, B, 2}, dtype);
+  const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
+  const at::Tensor c_all = c_all_in.contiguous(), norm_c = norm_c_in.contiguous();
+  const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor y_c = y.contiguous(), h0_c = h0.contiguous(), c0_c = c0.contiguous();
+  const at::Tensor ln_hh_w = ln_hh_weight.contiguous();
+  const at::Tensor ln_c_w = ln_c_weight.contiguous(), ln_c_b = ln_c_bias.contiguous();
+  const auto options = gates.options();
+  at::Tensor dxn = new_output({T, B, G}, options);
+  at::Tensor dgh = at::empty({T, B, G}, options);
+  at::Tensor dlc = at::empty({T, B, H}, options);  // the gradient of LN(c'; ln_c)
+  at::Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_lstm_backward", [&] {
+    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
+    const scalar_t* norm_hh_p = norm_hh.const_data_ptr<scalar_t>();
+    const scalar_t* c_all_p = c_all.const_data_ptr<scalar_t>();
+    const scalar_t* norm_c_p = norm_c.const_data_ptr<scalar_t>();
+    const scalar_t* rstd_p = rstd.const_data_ptr<scalar_t>();
+    const scalar_t* c0_p = c0_c.const_data_ptr<scalar_t>();
+    const scalar_t* w_g = ln_hh_w.const_data_ptr<scalar_t>();
+    const scalar_t* w_c = ln_c_w.const_data_ptr<scalar_t>();
+    const scalar_t* b_c = ln_c_b.const_data_ptr<scalar_t>();
+    const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
+    scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
+    scalar_t* dlc_p = dlc.data_ptr<scalar_t>();
+    scalar_t* dc_p = dc.data_ptr<scalar_t>();
+    const auto tanh = pointwise_kernels<scalar_t>().tanh;
+    const auto ended = [&](int64_t t, int64_t b) {
+      const int64_t row = t * B + b;
+      zero_row<scalar_t>(dxn, row);
+      zero_row<scalar_t>(dgh, row);
+      zero_row<scalar_t>(dlc, row);
+    };
+    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row) {
+      const int64_t row = t * B + b;
+      const scalar_t* gate = gates_p + row * G;  // i, f, g, o
+      const scalar_t* i = gate, *f = gate + H, *g = gate + 2 * H, *o = gate + 3 * H;
+      const scalar_t* nc = norm_c_p + row * H;
+      const scalar_t* c_prev =
+          previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len);
+      // tanh(LN(c')) again, from the saved normalised c' (one vector tanh of H).
+      thread_local std::vector<scalar_t> scratch;
+      scratch.resize(2 * H);
+      scalar_t* tc = scratch.data();
+      scalar_t* dc_ln = tc + H;
+      for (const auto u : c10::irange(H)) tc[u] = nc[u] * w_c[u] + b_c[u];
+      tanh(tc, H);
+      scalar_t* dl = dlc_p + row * H;
+      for (const auto u : c10::irange(H)) dl[u] = dh_row[u] * o[u] * (scalar_t(1) - tc[u] * tc[u]);
+      layer_norm_row_backward(dl, nc, w_c, rstd_p[row * 2 + 1], H, dc_ln);
+      scalar_t* dG = dxn_p + row * G;
+      scalar_t* dc_row = dc_p + b * H;
+      for (const auto u : c10::irange(H)) {
+        const scalar_t dct = dc_row[u] + dc_ln[u];
+        dG[u] = dct * g[u] * i[u] * (scalar_t(1) - i[u]);
+        dG[H + u] = dct * c_prev[u] * f[u] * (scalar_t(1) - f[u]);
+        dG[2 * H + u] = dct * i[u] * (scalar_t(1) - g[u] * g[u]);
+        dG[3 * H + u] = dh_row[u] * tc[u] * o[u] * (scalar_t(1) - o[u]);
+        dc_row[u] = dct * f[u];
+        dh_row[u] = 0;  // all of dh_{t-1} goes through W_hh
+      }
+      layer_norm_row_backward(dG, norm_hh_p + row * G, w_g, rstd_p[row * 2], G, dgh_p + row * G);
+    };
+    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dgh, lengths, reverse, row_step,
+                                ended);
+  });
+  at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
+  return {dxn,
+          dw_hh,
+          (dxn * norm_hh).sum({0, 1}),
+          dxn.sum({0, 1}),
+          (dlc * norm_c).sum({0, 1}),
+          dlc.sum({0, 1}),
+          dh,
+          dc};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_backward_cpu(
+    const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh_in,
+    const at::Tensor& ln_hh_weight, const at::Tensor& h0,
+    const std::optional<at::Tensor>& lengths_in, bool reverse, const at::Tensor& y,
+    const at::Tensor& gates_in, const at::Tensor& norm_hh_in, const at::Tensor& rstd_in) {
+  const KernelGuard guard;
+  const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 3);
+  const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 3 * H;
+  const auto dtype = gates_in.scalar_type();
+  check_saved("norm_hh", norm_hh_in, {T, B, G}, dtype);
+  const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  check_saved("dy", dy, {T, B, H}, dtype);
+  check_saved("dh_n", dh_n, {B, H}, dtype);
+  check_saved("y", y, {T, B, H}, dtype);
+  check_saved("rstd", rstd_in, {T, B, 1}, dtype);
+  const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
+  const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor y_c = y.contiguous(), h0_c = h0.contiguous();
+  const at::Tensor ln_hh_w = ln_hh_weight.contiguous();
+  const auto options = gates.options();
+  at::Tensor dxn = new_output({T, B, G}, options);
+  at::Tensor dgh = at::empty({T, B, G}, options);
+  at::Tensor dR = at::empty({T, B, G}, options);  // the gradient of R = LN(gh; ln_hh) + b_hh
+  at::Tensor dh = dh_n.contiguous().clone();
+  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_gru_backward", [&] {
+    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
+    const scalar_t* norm_hh_p = norm_hh.const_data_ptr<scalar_t>();
+    const scalar_t* rstd_p = rstd.const_data_ptr<scalar_t>();
+    const scalar_t* y_p = y_c.const_data_ptr<scalar_t>();
+    const scalar_t* h0_p = h0_c.const_data_ptr<scalar_t>();
+    const scalar_t* w_g = ln_hh_w.const_data_ptr<scalar_t>();
+    const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
+    scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
+    scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
+    scalar_t* dR_p = dR.data_ptr<scalar_t>();
+    const auto ended = [&](int64_t t, int64_t b) {
+      const int64_t row = t * B + b;
+      zero_row<scalar_t>(dxn, row);
+      zero_row<scalar_t>(dgh, row);
+      zero_row<scalar_t>(dR, row);
+    };
+    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row) {
+      const int64_t row = t * B + b;
+      const scalar_t* gate = gates_p + row * 4 * H;  // r, z, n, R_n
+      const scalar_t* r = gate, *z = gate + H, *n = gate + 2 * H, *R_n = gate + 3 * H;
+      const scalar_t* h_prev = previous_state(y_p, h0_p, t, b, T, B, H, reverse, len);
+      scalar_t* dA = dxn_p + row * G;
+      scalar_t* dRow = dR_p + row * G;
+      for (const auto u : c10::irange(H)) {
+        const scalar_t dh_u = dh_row[u];
+        const scalar_t dn = dh_u * (scalar_t(1) - z[u]) * (scalar_t(1) - n[u] * n[u]);
+        const scalar_t dr = dn * R_n[u] * r[u] * (scalar_t(1) - r[u]);
+        const scalar_t dz = dh_u * (h_prev[u] - n[u]) * z[u] * (scalar_t(1) - z[u]);
+        dA[u] = dRow[u] = dr;
+        dA[H + u] = dRow[H + u] = dz;
+        dA[2 * H + u] = dn;
+        dRow[2 * H + u] = dn * r[u];
+        dh_row[u] = dh_u * z[u];  // h's own part of h' = (1 - z) n + z h
+      }
+      layer_norm_row_backward(dRow, norm_hh_p + row * G, w_g, rstd_p[row], G, dgh_p + row * G);
+    };
+    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dgh, lengths, reverse, row_step,
+                                ended);
+  });
+  at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
+  return {dxn, dw_hh, dR.sum({0, 1}), (dR * norm_hh).sum({0, 1}), dh};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
+  m.impl("layernorm_lstm_backward", &layernorm_lstm_backward_cpu);
+  m.impl("layernorm_gru_backward", &layernorm_gru_backward_cpu);
+}
+
+}  // namespace gated_kernels
