@@ -92,6 +92,7 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
   scalar_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<scalar_t>() : nullptr;
   scalar_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<scalar_t>() : nullptr;
   const int64_t R = saved.rstd.defined() ? saved.rstd.size(2) : 0;
+  const auto layer_norm = pointwise_kernels<scalar_t>().layer_norm;
   // One row a task at least: the work of a row's T steps repays a fork many times over.
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     // The block's product on the sequence operators' kernels (product.h), the weight put in
@@ -115,7 +116,7 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
           continue;
         }
         scalar_t* g = gh_rows + (b - b0) * G;
-        const scalar_t rstd = layer_norm_row(g, G, w_g, b_g, norm);
+        const scalar_t rstd = layer_norm(g, G, w_g, b_g, norm);
         if (rstd_all != nullptr) rstd_all[row * R] = rstd;
         row_step(t, b, g, x + row * G, y_row);
       }
@@ -186,9 +187,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
       }
       if (save) {
         std::copy(c_row, c_row + H, c_all + row * H);
-        rstd_all[row * 2 + 1] = layer_norm_row(g + H, H, w_c, b_c, norm_c_all + row * H);
+        rstd_all[row * 2 + 1] = kernels.layer_norm(g + H, H, w_c, b_c, norm_c_all + row * H);
       } else {
-        layer_norm_row(g + H, H, w_c, b_c);
+        kernels.layer_norm(g + H, H, w_c, b_c, nullptr);
       }
       kernels.tanh(g + H, H);
       scalar_t* h_row = h_all + b * H;

@@ -27,33 +27,42 @@
 namespace gated_kernels {
 namespace {
 
-// Runs the steps of every row backwards, a block of rows per task: `row_step(t, b, dh_row)`
-// for each running row, with dh_row [H] its state gradient (dy[t, b] already added), which the
-// step must leave as the part of dh_{t-1} that does not go through W_hh (0 for the LSTM) and
-// whose dgh [T, B, G] row it writes; then dh_{t-1} = that part + dgh W_hh. dh [B, H] starts as
-// dh_n and ends as dh0. Past a row's length `ended(t, b)` runs and the gradient carries.
-template <typename scalar_t, typename RowStep, typename Ended>
+// Runs the steps of every row backwards, a block of rows per task: `row_step(t, b, dh_row,
+// sums)` for each running row, with dh_row [H] its state gradient (dy[t, b] already added),
+// which the step must leave as the part of dh_{t-1} that does not go through W_hh (0 for the
+// LSTM), and whose dxn and dgh [T, B, G] rows it writes; then dh_{t-1} = that part + dgh W_hh.
+// dh [B, H] starts as dh_n and ends as dh0. Past a row's length the gradient carries, and dxn
+// and dgh are 0. `sums` is the row of `partial_sums` [threads, K] of the thread running the
+// task, where the step adds its terms of the LayerNorm parameters' gradients (a thread's rows
+// are the same at every call, so the sums come out the same).
+template <typename scalar_t, typename RowStep>
 void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor& dh,
-                       at::Tensor& dgh, const at::Tensor& lengths, bool reverse,
-                       const RowStep& row_step, const Ended& ended) {
-  const int64_t T = dgh.size(0), B = dgh.size(1), H = dh.size(1);
+                       at::Tensor& dxn, at::Tensor& dgh, at::Tensor& partial_sums,
+                       const at::Tensor& lengths, bool reverse, const RowStep& row_step) {
+  const int64_t T = dgh.size(0), B = dgh.size(1), G = dgh.size(2), H = dh.size(1);
+  const int64_t K = partial_sums.size(1);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
   const scalar_t* dy_p = dy.const_data_ptr<scalar_t>();
   scalar_t* dh_p = dh.data_ptr<scalar_t>();
+  scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
+  scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
+    scalar_t* sums = partial_sums.data_ptr<scalar_t>() + at::get_thread_num() * K;
     // dgh's rows of the block at every step, [T, rows, G]: call t multiplies step t's by W_hh.
     ThreadProduct<scalar_t> product({w_hh}, dgh.narrow(1, b0, b1 - b0), PackSlot::kNone);
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_index(s, T, reverse);
       for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = t * B + b;
         if (len != nullptr && t >= len[b]) {
-          ended(t, b);
+          std::fill(dxn_p + row * G, dxn_p + (row + 1) * G, scalar_t(0));
+          std::fill(dgh_p + row * G, dgh_p + (row + 1) * G, scalar_t(0));
           continue;
         }
         scalar_t* dh_row = dh_p + b * H;
-        const scalar_t* dy_row = dy_p + (t * B + b) * H;
+        const scalar_t* dy_row = dy_p + row * H;
         for (const auto u : c10::irange(H)) dh_row[u] += dy_row[u];
-        row_step(t, b, dh_row);
+        row_step(t, b, dh_row, sums);
       }
       const scalar_t* through_w = product(t);
       for (int64_t b = b0; b < b1; ++b) {
@@ -66,11 +75,25 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
   });
 }
 
+// sums[0, n) += a[0, n) (times b[0, n) where given).
 template <typename scalar_t>
-void zero_row(const at::Tensor& t, int64_t row) {
-  const int64_t n = t.size(2);
-  scalar_t* p = t.data_ptr<scalar_t>() + row * n;
-  std::fill(p, p + n, scalar_t(0));
+void add_to(scalar_t* sums, const scalar_t* a, int64_t n, const scalar_t* b = nullptr) {
+  if (b == nullptr) {
+    for (const auto k : c10::irange(n)) sums[k] += a[k];
+  } else {
+    for (const auto k : c10::irange(n)) sums[k] += a[k] * b[k];
+  }
+}
+
+// partial_sums [threads, K] summed over the threads, cut into tensors of the given sizes (each
+// its own memory: an operator's outputs must not alias).
+std::vector<at::Tensor> summed_over_threads(const at::Tensor& partial_sums,
+                                            at::IntArrayRef sizes) {
+  std::vector<at::Tensor> parts;
+  for (const at::Tensor& part : partial_sums.sum(0).split_with_sizes(sizes)) {
+    parts.push_back(part.clone());
+  }
+  return parts;
 }
 
 // Checks the saved gates [T, B, 4H] (float32 or float64, both cells save 4H) and, against
@@ -125,7 +148,9 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
-  at::Tensor dlc = at::empty({T, B, H}, options);  // the gradient of LN(c'; ln_c)
+  // Per thread: the sums over its rows and steps of dG norm_hh, dG (ln_hh's weight and bias)
+  // and of dl norm_c, dl (ln_c's), dl the gradient of LN(c'; ln_c).
+  at::Tensor partial_sums = at::zeros({at::get_num_threads(), 2 * G + 2 * H}, options);
   at::Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_lstm_backward", [&] {
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
@@ -140,32 +165,28 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
     scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
-    scalar_t* dlc_p = dlc.data_ptr<scalar_t>();
     scalar_t* dc_p = dc.data_ptr<scalar_t>();
-    const auto tanh = pointwise_kernels<scalar_t>().tanh;
-    const auto ended = [&](int64_t t, int64_t b) {
-      const int64_t row = t * B + b;
-      zero_row<scalar_t>(dxn, row);
-      zero_row<scalar_t>(dgh, row);
-      zero_row<scalar_t>(dlc, row);
-    };
-    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row) {
+    const auto& kernels = pointwise_kernels<scalar_t>();
+    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
       const int64_t row = t * B + b;
       const scalar_t* gate = gates_p + row * G;  // i, f, g, o
       const scalar_t* i = gate, *f = gate + H, *g = gate + 2 * H, *o = gate + 3 * H;
       const scalar_t* nc = norm_c_p + row * H;
-      const scalar_t* c_prev =
-          previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len);
-      // tanh(LN(c')) again, from the saved normalised c' (one vector tanh of H).
+      const scalar_t* nh = norm_hh_p + row * G;
+      const scalar_t* c_prev = previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len);
+      // tanh(LN(c')) again, from the saved normalised c' (one vector tanh of H); dl, the
+      // gradient of LN(c'); dc_ln, that of c' through it.
       thread_local std::vector<scalar_t> scratch;
-      scratch.resize(2 * H);
+      scratch.resize(3 * H);
       scalar_t* tc = scratch.data();
-      scalar_t* dc_ln = tc + H;
+      scalar_t* dl = tc + H;
+      scalar_t* dc_ln = tc + 2 * H;
       for (const auto u : c10::irange(H)) tc[u] = nc[u] * w_c[u] + b_c[u];
-      tanh(tc, H);
-      scalar_t* dl = dlc_p + row * H;
+      kernels.tanh(tc, H);
       for (const auto u : c10::irange(H)) dl[u] = dh_row[u] * o[u] * (scalar_t(1) - tc[u] * tc[u]);
-      layer_norm_row_backward(dl, nc, w_c, rstd_p[row * 2 + 1], H, dc_ln);
+      add_to(sums + 2 * G, dl, H, nc);
+      add_to(sums + 2 * G + H, dl, H);
+      kernels.layer_norm_backward(dl, nc, w_c, rstd_p[row * 2 + 1], H, dc_ln);
       scalar_t* dG = dxn_p + row * G;
       scalar_t* dc_row = dc_p + b * H;
       for (const auto u : c10::irange(H)) {
@@ -177,20 +198,16 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
         dc_row[u] = dct * f[u];
         dh_row[u] = 0;  // all of dh_{t-1} goes through W_hh
       }
-      layer_norm_row_backward(dG, norm_hh_p + row * G, w_g, rstd_p[row * 2], G, dgh_p + row * G);
+      add_to(sums, dG, G, nh);
+      add_to(sums + G, dG, G);
+      kernels.layer_norm_backward(dG, nh, w_g, rstd_p[row * 2], G, dgh_p + row * G);
     };
-    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dgh, lengths, reverse, row_step,
-                                ended);
+    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
+                                reverse, row_step);
   });
   at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
-  return {dxn,
-          dw_hh,
-          (dxn * norm_hh).sum({0, 1}),
-          dxn.sum({0, 1}),
-          (dlc * norm_c).sum({0, 1}),
-          dlc.sum({0, 1}),
-          dh,
-          dc};
+  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G, H, H});
+  return {dxn, dw_hh, sums[0], sums[1], sums[2], sums[3], dh, dc};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_backward_cpu(
@@ -215,7 +232,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
-  at::Tensor dR = at::empty({T, B, G}, options);  // the gradient of R = LN(gh; ln_hh) + b_hh
+  // Per thread: the sums over its rows and steps of dR and dR norm_hh, dR the gradient of
+  // R = LN(gh; ln_hh) + b_hh (b_hh's and ln_hh's bias gradient, ln_hh's weight gradient).
+  at::Tensor partial_sums = at::zeros({at::get_num_threads(), 2 * G}, options);
   at::Tensor dh = dh_n.contiguous().clone();
   AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_gru_backward", [&] {
     const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
@@ -227,38 +246,37 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
     scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
-    scalar_t* dR_p = dR.data_ptr<scalar_t>();
-    const auto ended = [&](int64_t t, int64_t b) {
-      const int64_t row = t * B + b;
-      zero_row<scalar_t>(dxn, row);
-      zero_row<scalar_t>(dgh, row);
-      zero_row<scalar_t>(dR, row);
-    };
-    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row) {
+    const auto layer_norm_backward = pointwise_kernels<scalar_t>().layer_norm_backward;
+    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
       const int64_t row = t * B + b;
       const scalar_t* gate = gates_p + row * 4 * H;  // r, z, n, R_n
       const scalar_t* r = gate, *z = gate + H, *n = gate + 2 * H, *R_n = gate + 3 * H;
+      const scalar_t* nh = norm_hh_p + row * G;
       const scalar_t* h_prev = previous_state(y_p, h0_p, t, b, T, B, H, reverse, len);
       scalar_t* dA = dxn_p + row * G;
-      scalar_t* dRow = dR_p + row * G;
+      // dR, in the row of dgh that its LayerNorm's gradient then overwrites.
+      scalar_t* dR = dgh_p + row * G;
       for (const auto u : c10::irange(H)) {
         const scalar_t dh_u = dh_row[u];
         const scalar_t dn = dh_u * (scalar_t(1) - z[u]) * (scalar_t(1) - n[u] * n[u]);
         const scalar_t dr = dn * R_n[u] * r[u] * (scalar_t(1) - r[u]);
         const scalar_t dz = dh_u * (h_prev[u] - n[u]) * z[u] * (scalar_t(1) - z[u]);
-        dA[u] = dRow[u] = dr;
-        dA[H + u] = dRow[H + u] = dz;
+        dA[u] = dR[u] = dr;
+        dA[H + u] = dR[H + u] = dz;
         dA[2 * H + u] = dn;
-        dRow[2 * H + u] = dn * r[u];
+        dR[2 * H + u] = dn * r[u];
         dh_row[u] = dh_u * z[u];  // h's own part of h' = (1 - z) n + z h
       }
-      layer_norm_row_backward(dRow, norm_hh_p + row * G, w_g, rstd_p[row], G, dgh_p + row * G);
+      add_to(sums, dR, G);
+      add_to(sums + G, dR, G, nh);
+      layer_norm_backward(dR, nh, w_g, rstd_p[row], G, dR);
     };
-    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dgh, lengths, reverse, row_step,
-                                ended);
+    run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
+                                reverse, row_step);
   });
   at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
-  return {dxn, dw_hh, dR.sum({0, 1}), (dR * norm_hh).sum({0, 1}), dh};
+  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G});
+  return {dxn, dw_hh, sums[0], sums[1], dh};
 }
 
 }  // namespace

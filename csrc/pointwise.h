@@ -19,6 +19,9 @@
 
 namespace gated_kernels {
 
+// LayerNorm's epsilon in the LayerNorm cells (reference.py's LN_EPS, torch's default).
+constexpr double kLayerNormEps = 1e-5;
+
 // Row b takes part in step t when t < lengths[b]; with no lengths every row always does.
 inline bool row_active(const int64_t* lengths, int64_t b, int64_t t) {
   return lengths == nullptr || t < lengths[b];
@@ -138,6 +141,20 @@ struct PointwiseKernels {
   // (csrc/layernorm.cpp), whose rows are normalised between the gate functions.
   void (*sigmoid)(at::opmath_type<scalar_t>* v, int64_t n);
   void (*tanh)(at::opmath_type<scalar_t>* v, int64_t n);
+  // A row's LayerNorm, LN(v; w, b) = (v - mean) * rstd * w + b over v[0, n), rstd =
+  // 1 / sqrt(var + kLayerNormEps), the variance biased (reference.py's layer_norm): v := LN(v),
+  // (v - mean) * rstd to `norm` where not nullptr (what backward reads); returns rstd.
+  at::opmath_type<scalar_t> (*layer_norm)(at::opmath_type<scalar_t>* v, int64_t n,
+                                          const at::opmath_type<scalar_t>* weight,
+                                          const at::opmath_type<scalar_t>* bias,
+                                          at::opmath_type<scalar_t>* norm);
+  // Its gradient: dv := rstd * (d - mean(d) - norm * mean(d * norm)), d = dout * weight, the
+  // gradient of v from dout, that of LN(v). dv may be dout.
+  void (*layer_norm_backward)(const at::opmath_type<scalar_t>* dout,
+                              const at::opmath_type<scalar_t>* norm,
+                              const at::opmath_type<scalar_t>* weight,
+                              at::opmath_type<scalar_t> rstd, int64_t n,
+                              at::opmath_type<scalar_t>* dv);
 };
 
 // The variant for the capability ATen itself runs with (at::get_cpu_capability(): the best the

@@ -319,6 +319,60 @@ void map_in_place(acc_t* v, int64_t n) {
   }
 }
 
+// The sum of a vector's lanes.
+template <typename acc_t>
+inline acc_t lane_sum(const Vec<acc_t>& v) {
+  return at::vec::vec_reduce_all<acc_t>([](const Vec<acc_t>& a, const Vec<acc_t>& b) { return a + b; },
+                                        v);
+}
+
+// A row's LayerNorm (layernorm.h gives the contract): the mean, then the biased variance from
+// the centred values (two passes, as torch's layer_norm: one pass of sum and sum of squares
+// loses digits when the mean is large), then the output. Lanes past n load as 0 and are
+// masked out of the variance.
+template <typename acc_t>
+acc_t layer_norm_row(acc_t* v, int64_t n, const acc_t* weight, const acc_t* bias, acc_t* norm) {
+  using V = Vec<acc_t>;
+  V sum(acc_t(0));
+  for (int64_t j = 0; j < n; j += V::size()) sum += V::loadu(v + j, std::min<int64_t>(V::size(), n - j));
+  const V mean(lane_sum(sum) / acc_t(n));
+  V squares(acc_t(0));
+  for (int64_t j = 0; j < n; j += V::size()) {
+    const int64_t w = std::min<int64_t>(V::size(), n - j);
+    V d = V::loadu(v + j, w) - mean;
+    if (w < V::size()) d = V::set(V(acc_t(0)), d, w);
+    squares = at::vec::fmadd(d, d, squares);
+  }
+  const acc_t rstd = acc_t(1) / std::sqrt(lane_sum(squares) / acc_t(n) + acc_t(kLayerNormEps));
+  for (int64_t j = 0; j < n; j += V::size()) {
+    const int64_t w = std::min<int64_t>(V::size(), n - j);
+    const V normed = (V::loadu(v + j, w) - mean) * V(rstd);
+    if (norm != nullptr) normed.store(norm + j, w);
+    at::vec::fmadd(normed, V::loadu(weight + j, w), V::loadu(bias + j, w)).store(v + j, w);
+  }
+  return rstd;
+}
+
+// The gradient of a row's LayerNorm (layernorm.h gives the contract).
+template <typename acc_t>
+void layer_norm_row_backward(const acc_t* dout, const acc_t* norm, const acc_t* weight,
+                             acc_t rstd, int64_t n, acc_t* dv) {
+  using V = Vec<acc_t>;
+  V sum_d(acc_t(0)), sum_dn(acc_t(0));
+  for (int64_t j = 0; j < n; j += V::size()) {
+    const int64_t w = std::min<int64_t>(V::size(), n - j);
+    const V d = V::loadu(dout + j, w) * V::loadu(weight + j, w);  // 0 past n
+    sum_d += d;
+    sum_dn = at::vec::fmadd(d, V::loadu(norm + j, w), sum_dn);
+  }
+  const V mean_d(lane_sum(sum_d) / acc_t(n)), mean_dn(lane_sum(sum_dn) / acc_t(n));
+  for (int64_t j = 0; j < n; j += V::size()) {
+    const int64_t w = std::min<int64_t>(V::size(), n - j);
+    const V d = V::loadu(dout + j, w) * V::loadu(weight + j, w);
+    (V(rstd) * (d - mean_d - V::loadu(norm + j, w) * mean_dn)).store(dv + j, w);
+  }
+}
+
 }  // namespace
 
 template <typename scalar_t>
@@ -326,7 +380,8 @@ PointwiseKernels<scalar_t> pointwise_kernels() {
   using acc_t = at::opmath_type<scalar_t>;
   return {&lstm_forward<scalar_t, true>, &lstm_forward<scalar_t, false>, &lstm_backward<scalar_t>,
           &gru_forward<scalar_t, true>, &gru_forward<scalar_t, false>, &gru_backward<scalar_t>,
-          &map_in_place<acc_t, vsigmoid>, &map_in_place<acc_t, vtanh>};
+          &map_in_place<acc_t, vsigmoid>, &map_in_place<acc_t, vtanh>, &layer_norm_row<acc_t>,
+          &layer_norm_row_backward<acc_t>};
 }
 
 }  // namespace CPU_CAPABILITY
