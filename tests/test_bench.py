@@ -46,11 +46,14 @@ def test_a_custom_shape_of_one_step_runs_the_cells_too():
 
 @pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU"])
 def test_a_layernorm_case_is_timed_against_the_python_loop(cell):
-    """No torch.nn twin: the baseline is bench/loops.py's loop, with the same parameters."""
+    """No torch.nn twin: the baseline is bench/loops.py's loop, with the same parameters; our
+    plain LSTM / GRU at the same shape is timed beside them (the `plain` peer)."""
     case = Case(cell, "fwdbwd", T=6, B=3, I=5, H=4)
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
     assert record["gate"] == "PASS" and record["speedup"] > 0, record["error"]
-    assert record["backend"] == "reference"  # what runs until the fused kernels exist
+    assert record["backend"] == "cpp"
+    assert record["peers"]["plain"] > 0
+    assert "time / our plain LSTM or GRU's" in report.summary("layernorm", [record])
     theirs = measure.torch_module(case)
     assert type(theirs).__name__ == f"Loop{cell}"
     ours = measure.ours_module(theirs)

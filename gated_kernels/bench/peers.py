@@ -2,13 +2,17 @@
 haste (LSTM and GRU; lmnt-com/haste) and FlashRNN (LSTM, its fused CUDA kernel; Pöppel et al.,
 2024). Timing only: their parameter layouts differ from torch.nn's, so they get the case's
 shapes (with a random input projection for FlashRNN, which takes precomputed input gates), not
-its weights, and no correctness gate. Where a peer is not installed it is left out silently."""
+its weights, and no correctness gate. Where a peer is not installed it is left out silently.
+
+The LayerNorm cells get one peer everywhere: `plain`, our own LSTM / GRU at the same shape (issue
+17's target: a LayerNorm module within 1.3x of it)."""
 
 import importlib.util
 
 import torch
 
-from gated_kernels.bench.suites import DTYPES
+import gated_kernels
+from gated_kernels.bench.suites import DTYPES, LAYERNORM_CELLS
 
 
 def _haste(case):
@@ -39,6 +43,12 @@ class _FlashRNNLSTM(torch.nn.Module):
         return states[0, :, :, 0].transpose(0, 1), last  # h of every step, time-major
 
 
+def _plain(case):
+    """gated_kernels.LSTM / GRU at a LayerNorm case's shape."""
+    cls = getattr(gated_kernels, case.cell.removeprefix("LayerNorm"))
+    return cls(case.I, case.H, dtype=DTYPES[case.dtype]).to(case.device)
+
+
 # name: (module to import, factory, cells it runs)
 PEERS = {
     "haste": ("haste_pytorch", _haste, ("LSTM", "GRU")),
@@ -48,6 +58,8 @@ PEERS = {
 
 def available(case):
     """{name: factory(case) -> module} of the peers that can run `case` here."""
+    if case.cell in LAYERNORM_CELLS:
+        return {"plain": _plain}
     if not case.device.startswith("cuda") or case.layers != 1 or case.bidirectional:
         return {}
     return {name: factory for name, (module, factory, cells) in PEERS.items()

@@ -158,6 +158,11 @@ def summary(suite, records):
                 name = f"{dtype} {mode}" if len(dtypes) > 1 else mode
                 parts.append(f"{name} speedup geomean {_geomean(speedups):.2f}x "
                              f"(min {min(speedups):.2f}x, max {max(speedups):.2f}x)")
+    plain = [r["ours_median_s"] / r["peers"]["plain"] for r in passed
+             if (r.get("peers") or {}).get("plain")]
+    if plain:
+        parts.append(f"time / our plain LSTM or GRU's {min(plain):.2f}x-{max(plain):.2f}x "
+                     f"(geomean {_geomean(plain):.2f}x)")
     ratios = [r["proportionality"] for r in passed if r.get("proportionality")]
     if ratios:
         parts.append(f"time / (fill x time at full length) {min(ratios):.2f}x-{max(ratios):.2f}x")
@@ -192,7 +197,8 @@ def markdown(suite, records, prov):
                 "with every row of length T (1.00x: time in proportion to the real lengths)."
                 if has_lengths(records) else "")
              + (" The LayerNorm cells have no torch.nn module: their `torch` column times the "
-                "same cells as a Python loop of torch ops (gated_kernels/bench/loops.py)."
+                "same cells as a Python loop of torch ops (gated_kernels/bench/loops.py); "
+                "`plain ms` is our LSTM / GRU at the same shape, timed in the same runs."
                 if any(r["cell"].startswith("LayerNorm") for r in records) else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
     lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records),
