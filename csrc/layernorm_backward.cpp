@@ -75,16 +75,6 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
   });
 }
 
-// sums[0, n) += a[0, n) (times b[0, n) where given).
-template <typename scalar_t>
-void add_to(scalar_t* sums, const scalar_t* a, int64_t n, const scalar_t* b = nullptr) {
-  if (b == nullptr) {
-    for (const auto k : c10::irange(n)) sums[k] += a[k];
-  } else {
-    for (const auto k : c10::irange(n)) sums[k] += a[k] * b[k];
-  }
-}
-
 // partial_sums [threads, K] summed over the threads, cut into tensors of the given sizes (each
 // its own memory: an operator's outputs must not alias).
 std::vector<at::Tensor> summed_over_threads(const at::Tensor& partial_sums,
@@ -169,38 +159,13 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
     const auto& kernels = pointwise_kernels<scalar_t>();
     const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
       const int64_t row = t * B + b;
-      const scalar_t* gate = gates_p + row * G;  // i, f, g, o
-      const scalar_t* i = gate, *f = gate + H, *g = gate + 2 * H, *o = gate + 3 * H;
-      const scalar_t* nc = norm_c_p + row * H;
-      const scalar_t* nh = norm_hh_p + row * G;
-      const scalar_t* c_prev = previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len);
-      // tanh(LN(c')) again, from the saved normalised c' (one vector tanh of H); dl, the
-      // gradient of LN(c'); dc_ln, that of c' through it.
       thread_local std::vector<scalar_t> scratch;
-      scratch.resize(3 * H);
-      scalar_t* tc = scratch.data();
-      scalar_t* dl = tc + H;
-      scalar_t* dc_ln = tc + 2 * H;
-      for (const auto u : c10::irange(H)) tc[u] = nc[u] * w_c[u] + b_c[u];
-      kernels.tanh(tc, H);
-      for (const auto u : c10::irange(H)) dl[u] = dh_row[u] * o[u] * (scalar_t(1) - tc[u] * tc[u]);
-      add_to(sums + 2 * G, dl, H, nc);
-      add_to(sums + 2 * G + H, dl, H);
-      kernels.layer_norm_backward(dl, nc, w_c, rstd_p[row * 2 + 1], H, dc_ln);
-      scalar_t* dG = dxn_p + row * G;
-      scalar_t* dc_row = dc_p + b * H;
-      for (const auto u : c10::irange(H)) {
-        const scalar_t dct = dc_row[u] + dc_ln[u];
-        dG[u] = dct * g[u] * i[u] * (scalar_t(1) - i[u]);
-        dG[H + u] = dct * c_prev[u] * f[u] * (scalar_t(1) - f[u]);
-        dG[2 * H + u] = dct * i[u] * (scalar_t(1) - g[u] * g[u]);
-        dG[3 * H + u] = dh_row[u] * tc[u] * o[u] * (scalar_t(1) - o[u]);
-        dc_row[u] = dct * f[u];
-        dh_row[u] = 0;  // all of dh_{t-1} goes through W_hh
-      }
-      add_to(sums, dG, G, nh);
-      add_to(sums + G, dG, G);
-      kernels.layer_norm_backward(dG, nh, w_g, rstd_p[row * 2], G, dgh_p + row * G);
+      scratch.resize(2 * H);
+      kernels.layernorm_lstm_backward_row(
+          {H, gates_p + row * G, previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len),
+           norm_c_p + row * H, norm_hh_p + row * G, rstd_p[row * 2 + 1], rstd_p[row * 2], w_c,
+           b_c, w_g, dh_row, dc_p + b * H, dxn_p + row * G, dgh_p + row * G, sums,
+           scratch.data()});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
@@ -246,30 +211,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
     scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
-    const auto layer_norm_backward = pointwise_kernels<scalar_t>().layer_norm_backward;
+    const auto layernorm_gru_backward_row = pointwise_kernels<scalar_t>().layernorm_gru_backward_row;
     const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
       const int64_t row = t * B + b;
-      const scalar_t* gate = gates_p + row * 4 * H;  // r, z, n, R_n
-      const scalar_t* r = gate, *z = gate + H, *n = gate + 2 * H, *R_n = gate + 3 * H;
-      const scalar_t* nh = norm_hh_p + row * G;
-      const scalar_t* h_prev = previous_state(y_p, h0_p, t, b, T, B, H, reverse, len);
-      scalar_t* dA = dxn_p + row * G;
-      // dR, in the row of dgh that its LayerNorm's gradient then overwrites.
-      scalar_t* dR = dgh_p + row * G;
-      for (const auto u : c10::irange(H)) {
-        const scalar_t dh_u = dh_row[u];
-        const scalar_t dn = dh_u * (scalar_t(1) - z[u]) * (scalar_t(1) - n[u] * n[u]);
-        const scalar_t dr = dn * R_n[u] * r[u] * (scalar_t(1) - r[u]);
-        const scalar_t dz = dh_u * (h_prev[u] - n[u]) * z[u] * (scalar_t(1) - z[u]);
-        dA[u] = dR[u] = dr;
-        dA[H + u] = dR[H + u] = dz;
-        dA[2 * H + u] = dn;
-        dR[2 * H + u] = dn * r[u];
-        dh_row[u] = dh_u * z[u];  // h's own part of h' = (1 - z) n + z h
-      }
-      add_to(sums, dR, G);
-      add_to(sums + G, dR, G, nh);
-      layer_norm_backward(dR, nh, w_g, rstd_p[row], G, dR);
+      layernorm_gru_backward_row(
+          {H, gates_p + row * 4 * H, previous_state(y_p, h0_p, t, b, T, B, H, reverse, len),
+           norm_hh_p + row * G, rstd_p[row], w_g, dh_row, dxn_p + row * G, dgh_p + row * G,
+           sums});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);

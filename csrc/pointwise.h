@@ -125,6 +125,41 @@ struct GruBackwardStep {
   scalar_t* dGhn;      // [T, B, H] its last block, dn * r, for every step
 };
 
+// One running row of one step of the LayerNorm cells' backward (csrc/layernorm_backward.cpp
+// gives the math), in the accumulation type: every pointer is the row's own.
+template <typename acc_t>
+struct LayerNormLstmBackwardRow {
+  int64_t H;
+  const acc_t* gates;         // [4H] i, f, g, o
+  const acc_t* c_prev;        // [H] c_{t-1}
+  const acc_t* norm_c;        // [H] c_t normalised
+  const acc_t* norm_hh;       // [4H] h_{t-1} W_hh^T normalised
+  acc_t rstd_c, rstd_hh;      // the two LayerNorms' 1 / sqrt(var + eps)
+  const acc_t* ln_c_weight;   // [H]
+  const acc_t* ln_c_bias;     // [H]
+  const acc_t* ln_hh_weight;  // [4H]
+  acc_t* dh;       // [H] in: the gradient of h_t; out: 0 (all of dh_{t-1} goes through W_hh)
+  acc_t* dc;       // [H] in: of c_t; out: of c_{t-1}
+  acc_t* dxn;      // [4H] out: dG, the pre-activation gates' gradient
+  acc_t* dgh;      // [4H] out: the gradient of h_{t-1} W_hh^T
+  acc_t* sums;     // [10H] += dG norm_hh [4H], dG [4H], dl norm_c [H], dl [H] (ln_hh's, ln_c's)
+  acc_t* scratch;  // [2H]
+};
+
+template <typename acc_t>
+struct LayerNormGruBackwardRow {
+  int64_t H;
+  const acc_t* gates;         // [4H] r, z, n, R_n
+  const acc_t* h_prev;        // [H] h_{t-1}
+  const acc_t* norm_hh;       // [3H] h_{t-1} W_hh^T normalised
+  acc_t rstd_hh;
+  const acc_t* ln_hh_weight;  // [3H]
+  acc_t* dh;    // [H] in: the gradient of h_t; out: its part of dh_{t-1} outside W_hh, dh z
+  acc_t* dxn;   // [3H] out: the gradient of A = xn
+  acc_t* dgh;   // [3H] out: the gradient of h_{t-1} W_hh^T
+  acc_t* sums;  // [6H] += dR [3H], dR norm_hh [3H] (b_hh's and ln_hh's bias; ln_hh's weight)
+};
+
 // Each pass covers the flat range [begin, end) of step t's B*H hidden units, so that callers can
 // split a step over threads at any point, mid-row included.
 template <typename scalar_t>
@@ -155,6 +190,9 @@ struct PointwiseKernels {
                               const at::opmath_type<scalar_t>* weight,
                               at::opmath_type<scalar_t> rstd, int64_t n,
                               at::opmath_type<scalar_t>* dv);
+  // One running row of a LayerNorm cell's backward step (the structs above).
+  void (*layernorm_lstm_backward_row)(const LayerNormLstmBackwardRow<at::opmath_type<scalar_t>>&);
+  void (*layernorm_gru_backward_row)(const LayerNormGruBackwardRow<at::opmath_type<scalar_t>>&);
 };
 
 // The variant for the capability ATen itself runs with (at::get_cpu_capability(): the best the

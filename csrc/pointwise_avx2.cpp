@@ -6,6 +6,6 @@
 #endif
 #define CPU_CAPABILITY AVX2
 #define CPU_CAPABILITY_AVX2
-#include "pointwise_kernels.h"
+#include "pointwise_table.h"
 
 GATED_KERNELS_INSTANTIATE_POINTWISE()

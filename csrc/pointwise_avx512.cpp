@@ -8,6 +8,6 @@
 #endif
 #define CPU_CAPABILITY AVX512
 #define CPU_CAPABILITY_AVX512
-#include "pointwise_kernels.h"
+#include "pointwise_table.h"
 
 GATED_KERNELS_INSTANTIATE_POINTWISE()

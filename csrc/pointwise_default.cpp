@@ -1,7 +1,7 @@
 // The pointwise passes at the baseline ISA (at::vec's DEFAULT: scalar exp / tanh per element),
 // for CPUs without AVX2 and for ATEN_CPU_CAPABILITY=default; and the run-time choice of variant.
 #define CPU_CAPABILITY DEFAULT
-#include "pointwise_kernels.h"
+#include "pointwise_table.h"
 
 #include <ATen/Version.h>
 
