@@ -1,9 +1,10 @@
-// The gradients of a layer's input projection xg = x W_ih^T + bias, for the training path on
-// the CPU (whose forward, lstm_forward_from_input / gru_forward_from_input, makes the input gates
-// itself): the gate gradient turned back into dx, dW_ih and the bias gradient, each as one
-// product over all T*B rows on oneDNN's matmul (matmul.h: ATen's own float32 product runs MKL's
-// generic code on AMD).
+// A layer's input projection xg = x W_ih^T + bias on the CPU where a caller needs xg itself (the
+// LayerNorm cells normalise it; the plain cells' forward makes its input gates inside the
+// recurrence), and its gradients for every training path: one product each over all T*B rows
+// on oneDNN's matmul (matmul.h: ATen's own float32 product runs MKL's generic code on AMD).
 //
+// input_projection(x [T, B, I], w_ih [G, I]) -> xg [T, B, G] = x W_ih^T (no bias: the callers
+//   add it where it costs no pass over xg).
 // input_projection_backward(dxg, x, w_ih, bias, lengths) -> (dx, dw_ih, dbias)
 //   dxg [T, B, G]: dx [T, B, I] = dxg w_ih, dw_ih [G, I] = dxg^T x, dbias [G] = dxg summed over
 //   T and B, or [0] when `bias` is false. lengths [B] int64, optional: dxg is 0 past each
@@ -16,6 +17,16 @@
 
 namespace gated_kernels {
 namespace {
+
+at::Tensor input_projection_cpu(const at::Tensor& x, const at::Tensor& w_ih) {
+  const KernelGuard guard;
+  const int64_t G = check_input_projection(x, w_ih, std::nullopt, 1);
+  const int64_t T = x.size(0), B = x.size(1), I = x.size(2);
+  at::Tensor xg = new_output({T, B, G}, x.options());
+  at::Tensor xg_rows = xg.view({T * B, G});
+  matmul_into(xg_rows, x.reshape({T * B, I}), w_ih.t(), 0.0f);
+  return xg;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> input_projection_backward_cpu(
     const at::Tensor& dxg, const at::Tensor& x, const at::Tensor& w_ih, bool bias,
@@ -50,6 +61,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> input_projection_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(gated_kernels, CPU, m) {
+  m.impl("input_projection", &input_projection_cpu);
   m.impl("input_projection_backward", &input_projection_backward_cpu);
 }
 

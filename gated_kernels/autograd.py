@@ -203,6 +203,26 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
     )
 
 
+class InputProjection(torch.autograd.Function):
+    """xg = x w_ih^T [T, B, G] on the C++ backend, for the LayerNorm cells, which normalise it:
+    the product and both gradients on the input projection operators (oneDNN where ATen's
+    float32 product would run MKL's generic code on AMD CPUs)."""
+
+    @staticmethod
+    def forward(ctx, x, w_ih):
+        ctx.save_for_backward(x, w_ih)
+        return torch.ops.gated_kernels.input_projection(x, w_ih)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dxg):
+        x, w_ih = ctx.saved_tensors
+        dx, dw_ih, _ = torch.ops.gated_kernels.input_projection_backward(
+            dxg.contiguous(), x, w_ih, False
+        )
+        return dx, dw_ih
+
+
 class LayerNormLSTMFunction(torch.autograd.Function):
     """A LayerNorm LSTM layer-direction on the C++ operators (csrc/layernorm.cpp): (xn, w_hh,
     ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths or None, reverse) ->

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from gated_kernels import reference
 from gated_kernels.autograd import (
+    InputProjection,
     LayerNormGRUFunction,
     LayerNormLSTMFunction,
     gru_cell,
@@ -72,7 +73,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         if w_hr is not None:
             raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
         ln_ih, ln_hh, ln_c = layer_norm
-        xn = _input_gates(x, w_ih, bias, ln_ih)
+        xn = _input_gates(x, w_ih, bias, ln_ih, backend)
         if needs_grad(xn, w_hh, h0, c0, *ln_hh, *ln_c):
             if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
                 c0 = c0.clone()
@@ -114,7 +115,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     if backend == "cpp" and layer_norm is not None:
         ln_ih, ln_hh = layer_norm
-        xn = _input_gates(x, w_ih, b_ih, ln_ih)
+        xn = _input_gates(x, w_ih, b_ih, ln_ih, backend)
         if needs_grad(xn, w_hh, b_hh, h0, *ln_hh):
             return LayerNormGRUFunction.apply(xn, w_hh, b_hh, *ln_hh, h0, lengths, reverse)
         return torch.ops.gated_kernels.layernorm_gru_inference(
@@ -127,12 +128,15 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)
 
 
-def _input_gates(x, w_ih, bias, ln_ih):
-    """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once."""
+def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
+    """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once: the product on
+    the input projection operators on the C++ backend, ATen's on the reference. The bias adds to
+    LN's own (one [G] sum, not a pass over [T, B, G])."""
     if ln_ih is None:
         return F.linear(x, w_ih, bias)
-    xg = reference.layer_norm(x @ w_ih.T, ln_ih)
-    return xg if bias is None else xg + bias
+    xg = InputProjection.apply(x.contiguous(), w_ih) if backend == "cpp" else x @ w_ih.T
+    weight, ln_bias = ln_ih
+    return reference.layer_norm(xg, (weight, ln_bias if bias is None else ln_bias + bias))
 
 
 def zoneout_keep(p, training, shape, like):

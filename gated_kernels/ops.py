@@ -30,6 +30,8 @@ what backward needs; the input projection's gradients come from their own operat
       -> lstm_forward's outputs for xg = x w_ih^T + bias, without making xg on the CPU
   gru_forward_from_input(x, w_ih, b_ih?, w_hh, b_hh, h0, lengths?, reverse)
       -> gru_forward's outputs for xg = x w_ih^T + b_ih
+  input_projection(x [T,B,I], w_ih [G,I]) -> xg [T,B,G] = x w_ih^T, for callers that need xg
+      itself (the LayerNorm cells)
   input_projection_backward(dxg [T,B,G], x [T,B,I], w_ih [G,I], bias: bool, lengths?)
       -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0]); with lengths, dxg is 0 past each row's
       length and the products take the running rows alone
@@ -127,6 +129,8 @@ LIBRARY.define(
     "-> (Tensor dx, Tensor dw_ih, Tensor dbias)"
 )
 LIBRARY.impl("input_projection_backward", torch.library.fallthrough_kernel, "Autograd")
+LIBRARY.define("input_projection(Tensor x, Tensor w_ih) -> Tensor xg")
+LIBRARY.impl("input_projection", torch.library.fallthrough_kernel, "Autograd")
 
 _CELL_ARGS = "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh"
 LIBRARY.define(f"lstm_cell_inference(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
@@ -317,6 +321,12 @@ def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
         h0.new_empty(3 * H),
         h0.new_empty(B, H),
     )
+
+
+@torch.library.register_fake("gated_kernels::input_projection")
+def _input_projection_fake(x, w_ih):
+    xg = input_gates_like(x, w_ih, None, "LSTM or GRU", 1)
+    return x.new_empty(xg.shape)
 
 
 @torch.library.register_fake("gated_kernels::input_projection_backward")

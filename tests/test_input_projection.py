@@ -1,6 +1,6 @@
 """The C++ backend's training path from the layer input: lstm_forward_from_input /
-gru_forward_from_input under lstm_from_input / gru_from_input, and the input projection's gradients
-(input_projection_backward, csrc/input_projection.cpp), against the float64 reference on every
+gru_forward_from_input under lstm_from_input / gru_from_input, and the input projection and its
+gradients (input_projection, input_projection_backward, csrc/input_projection.cpp), against the float64 reference on every
 output and gradient, on oneDNN's matmul and on ATen's (oneDNN disabled)."""
 
 import pytest
@@ -115,6 +115,24 @@ def test_input_projection_backward_matches_float64(dtype, bias, onednn):
     for k, (name, a, e) in enumerate(zip(("dx", "dw_ih", "dbias"), actual, expected)):
         assert a.dtype == dtype, name
         assert_close(a, e, dtype, "grad", name, max_rel_error(low[k], e) if low else None)
+
+
+@pytest.mark.parametrize("onednn", [True, False], ids=["onednn", "aten"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["fp64", "fp32"])
+def test_input_projection_matches_float64(dtype, onednn, monkeypatch):
+    """xg = x w_ih^T, every element written (poisoned outputs), x strided; opcheck; errors
+    naming the argument."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, I, G = 5, 4, 100, 388
+    x, w_ih, _ = input_projection(T, B, I, G)
+    with torch.backends.mkldnn.flags(enabled=onednn):
+        xg = ops.input_projection(x.to(dtype).transpose(0, 1).contiguous().transpose(0, 1),
+                                  w_ih.to(dtype))
+    assert xg.dtype == dtype
+    assert_close(xg, x @ w_ih.T, dtype, "out", "xg")
+    torch.library.opcheck(ops.input_projection.default, (x.float(), w_ih.float()))
+    with pytest.raises(RuntimeError, match=r"w_ih.size\(1\) must be"):
+        ops.input_projection(x, w_ih[:, :-1])
 
 
 def test_from_input_poisoned_outputs_are_all_written(monkeypatch):
