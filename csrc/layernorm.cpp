@@ -5,22 +5,28 @@
 // product, h W_hh^T (a ThreadProduct), and one pass per row: the LayerNorm of the product, the
 // gates, the state.
 //
-// layernorm_lstm_inference(xn [T,B,4H], w_hh [4H,H], ln_hh_weight [4H], ln_hh_bias [4H],
+// layernorm_lstm_forward(xn [T,B,4H], w_hh [4H,H], ln_hh_weight [4H], ln_hh_bias [4H],
 //     ln_c_weight [H], ln_c_bias [H], h0 [B,H], c0 [B,H], lengths [B]?, reverse)
-//   -> y [T,B,H], h_n [B,H], c_n [B,H]
-//   xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh, made by the caller for all steps at once; gates
-//   i, f, g, o; G = xn_t + LN(h W_hh^T; ln_hh), c' = f c + i g, h' = o tanh(LN(c'; ln_c)).
-// layernorm_lstm_forward(same) -> y, h_n, c_n and, for layernorm_lstm_backward:
+//   -> y [T,B,H], h_n [B,H], c_n [B,H] and, for layernorm_lstm_backward:
 //   gates [T,B,4H] (i, f, g, o), norm_hh [T,B,4H] (the product normalised, before ln_hh's
 //   weight and bias), c_all [T,B,H] (c'), norm_c [T,B,H] (c' normalised), rstd [T,B,2] (the
 //   two LayerNorms' 1 / sqrt(var + eps)). 0 past a row's length; c_all carries c there.
-// layernorm_gru_inference(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight [3H],
-//     ln_hh_bias [3H], h0 [B,H], lengths [B]?, reverse) -> y [T,B,H], h_n [B,H]
-//   xn = LN(x W_ih^T; ln_ih) + b_ih; R = LN(h W_hh^T; ln_hh) + b_hh, gates r, z, n:
-//   r = sigmoid(xn_r + R_r), z = sigmoid(xn_z + R_z), n = tanh(xn_n + r R_n),
+//   xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh, made by the caller for all steps at once; gates
+//   i, f, g, o; G = xn_t + LN(h W_hh^T; ln_hh), c' = f c + i g, h' = o tanh(LN(c'; ln_c)).
+// layernorm_lstm_inference(x [T,B,I], w_ih [4H,I], ln_ih_weight [4H], ln_ih_bias [4H], w_hh,
+//     ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths?, reverse)
+//   -> y, h_n, c_n: the forward's first three for xn = LN(x W_ih^T; ln_ih), ln_ih_bias holding
+//   ln_ih's bias plus b_ih + b_hh; xn is made a step at a time for a thread's rows and never
+//   held for all steps, and nothing is saved.
+// layernorm_gru_forward(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight [3H],
+//     ln_hh_bias [3H], h0 [B,H], lengths [B]?, reverse)
+//   -> y [T,B,H], h_n [B,H] and gates [T,B,4H] (r, z, n, R_n), norm_hh [T,B,3H], rstd [T,B,1]
+//   (0 past a row's length). xn = LN(x W_ih^T; ln_ih) + b_ih; R = LN(h W_hh^T; ln_hh) + b_hh,
+//   gates r, z, n: r = sigmoid(xn_r + R_r), z = sigmoid(xn_z + R_z), n = tanh(xn_n + r R_n),
 //   h' = (1 - z) n + z h.
-// layernorm_gru_forward(same) -> y, h_n and gates [T,B,4H] (r, z, n, R_n), norm_hh [T,B,3H],
-//   rstd [T,B,1]; 0 past a row's length.
+// layernorm_gru_inference(x [T,B,I], w_ih [3H,I], ln_ih_weight [3H], ln_ih_bias [3H], w_hh,
+//     b_hh, ln_hh_weight, ln_hh_bias, h0, lengths?, reverse) -> y, h_n: as the LSTM's, with
+//   ln_ih_bias holding ln_ih's bias plus b_ih.
 // Rows past their length carry their state and output 0 (reverse: they start at lengths[b]-1).
 // float32 and float64.
 #include "layernorm.h"
@@ -29,13 +35,15 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
+
 namespace gated_kernels {
 
 void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like) {
   TORCH_CHECK(t.dim() == 1 && t.size(0) == size, name, " must have shape [", size, "], got ",
               t.sizes());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ",
-              like.scalar_type(), " (the dtype of xn), got ", t.scalar_type());
+              like.scalar_type(), " (the input's), got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
@@ -44,26 +52,25 @@ void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t H,
   TORCH_CHECK(t.dim() == 2 && t.size(0) == B && t.size(1) == H, name, " must have shape [", B,
               ", ", H, "] ([B, H]), got ", t.sizes());
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ",
-              like.scalar_type(), " (the dtype of xn), got ", t.scalar_type());
+              like.scalar_type(), " (the input's), got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
 }
 
-int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh,
-                             const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
-                             const at::Tensor& h0, int64_t num_gates, const char* gate_order) {
-  const int64_t H = check_input_gates(xn, num_gates, gate_order);
-  TORCH_CHECK(xn.scalar_type() == at::kFloat || xn.scalar_type() == at::kDouble,
-              "xn must be float32 or float64 (bfloat16 LayerNorm cells run on the reference "
-              "backend), got ", xn.scalar_type());
+void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
+                          const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+                          const at::Tensor& ln_hh_bias, const at::Tensor& h0,
+                          int64_t num_gates) {
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
+              input_name, " must be float32 or float64 (bfloat16 LayerNorm cells run on the "
+              "reference backend), got ", input.scalar_type());
   GK_CHECK_DIM(w_hh, "w_hh", 2, "[G, H]");
-  GK_CHECK_SIZE(w_hh, "w_hh", 0, num_gates * H, "xn.size(2)");
+  GK_CHECK_SIZE(w_hh, "w_hh", 0, num_gates * H, "G");
   GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H");
-  GK_CHECK_DTYPE(w_hh, "w_hh", xn.scalar_type());
+  GK_CHECK_DTYPE(w_hh, "w_hh", input.scalar_type());
   GK_CHECK_CPU(w_hh, "w_hh");
-  check_state(h0, "h0", xn.size(1), H, xn);
-  check_vector(ln_hh_weight, "ln_hh_weight", num_gates * H, xn);
-  check_vector(ln_hh_bias, "ln_hh_bias", num_gates * H, xn);
-  return H;
+  check_state(h0, "h0", input.size(1), H, input);
+  check_vector(ln_hh_weight, "ln_hh_weight", num_gates * H, input);
+  check_vector(ln_hh_bias, "ln_hh_bias", num_gates * H, input);
 }
 
 namespace {
@@ -74,21 +81,35 @@ struct LnSaved {
   at::Tensor c_all, norm_c;         // the LSTM
 };
 
+// Where the rows' xn come from: given for all steps (the training forward's xn [T, B, G]), or
+// made a step at a time for a thread's rows from the layer input (inference: x [T, B, I]
+// contiguous, xn_t = LN(x_t W_ih^T; ln_ih), ln_ih's bias holding the biases that add to it).
+struct LnInput {
+  at::Tensor xn;                                 // or undefined
+  at::Tensor x, w_ih, ln_ih_weight, ln_ih_bias;  // where xn is undefined
+};
+
 // Runs `row_step(t, b, g, xr, y_row)` for every row b at every step t, with xr its xn[t, b]
 // [G] and y_row its y[t, b] [H]; g is the row's LN(h W_hh^T; ln_hh) [G] (the caller's to
-// overwrite), or nullptr past the row's length, where y_row is already 0. h [B, H] holds the
-// running state. With `saved` defined, writes its norm_hh and the first column of its rstd.
+// overwrite), or nullptr past the row's length, where y_row is already 0 (and xr unset). h
+// [B, H] holds the running state. With `saved` defined, writes its norm_hh and the first column
+// of its rstd.
 template <typename scalar_t, typename RowStep>
-void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+void run_rows(const LnInput& in, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
               const at::Tensor& ln_hh_bias, at::Tensor& h, at::Tensor& y,
               const at::Tensor& lengths, bool reverse, const LnSaved& saved,
               const RowStep& row_step) {
-  const int64_t T = xn.size(0), B = xn.size(1), G = xn.size(2), H = h.size(1);
+  const int64_t T = y.size(0), B = y.size(1), H = h.size(1), G = w_hh.size(0);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-  const scalar_t* x = xn.const_data_ptr<scalar_t>();
+  const bool from_x = !in.xn.defined();
+  const scalar_t* xn_all = from_x ? nullptr : in.xn.const_data_ptr<scalar_t>();
   const at::Tensor ln_w = ln_hh_weight.contiguous(), ln_b = ln_hh_bias.contiguous();
   const scalar_t* w_g = ln_w.const_data_ptr<scalar_t>();
   const scalar_t* b_g = ln_b.const_data_ptr<scalar_t>();
+  const at::Tensor ln_ih_w = from_x ? in.ln_ih_weight.contiguous() : at::Tensor();
+  const at::Tensor ln_ih_b = from_x ? in.ln_ih_bias.contiguous() : at::Tensor();
+  const scalar_t* w_i = from_x ? ln_ih_w.const_data_ptr<scalar_t>() : nullptr;
+  const scalar_t* b_i = from_x ? ln_ih_b.const_data_ptr<scalar_t>() : nullptr;
   scalar_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<scalar_t>() : nullptr;
   scalar_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<scalar_t>() : nullptr;
   const int64_t R = saved.rstd.defined() ? saved.rstd.size(2) : 0;
@@ -100,8 +121,15 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
     // LayerNormLSTM inference at T=100, B=32, H=128 took 19.3 ms.
     ThreadProduct<scalar_t> product({w_hh.t()}, h.narrow(0, b0, b1 - b0).unsqueeze(0),
                                     PackSlot::kNone);
+    // x_t W_ih^T for the block's rows: call t multiplies step t's.
+    std::optional<ThreadProduct<scalar_t>> input;
+    if (from_x) {
+      input.emplace(std::vector<at::Tensor>{in.w_ih.t()}, in.x.narrow(1, b0, b1 - b0),
+                    PackSlot::kNone);
+    }
     for (const auto s : c10::irange(T)) {
       const int64_t t = time_index(s, T, reverse);
+      scalar_t* xn_rows = from_x ? const_cast<scalar_t*>((*input)(t)) : nullptr;
       // gh = h W_hh^T for the block's rows, [b1 - b0, G]; the passes overwrite it in place.
       scalar_t* gh_rows = const_cast<scalar_t*>(product(0));
       for (int64_t b = b0; b < b1; ++b) {
@@ -112,28 +140,47 @@ void run_rows(const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln
           std::fill(y_row, y_row + H, scalar_t(0));
           if (norm != nullptr) std::fill(norm, norm + G, scalar_t(0));
           if (rstd_all != nullptr) rstd_all[row * R] = 0;
-          row_step(t, b, nullptr, x + row * G, y_row);
+          row_step(t, b, nullptr, nullptr, y_row);
           continue;
         }
+        const scalar_t* xr = xn_all != nullptr ? xn_all + row * G : xn_rows + (b - b0) * G;
+        if (from_x) layer_norm(xn_rows + (b - b0) * G, G, w_i, b_i, nullptr);
         scalar_t* g = gh_rows + (b - b0) * G;
         const scalar_t rstd = layer_norm(g, G, w_g, b_g, norm);
         if (rstd_all != nullptr) rstd_all[row * R] = rstd;
-        row_step(t, b, g, x + row * G, y_row);
+        row_step(t, b, g, xr, y_row);
       }
     }
   });
 }
 
+// The input of a forward (its xn, checked) or of an inference (x, w_ih and ln_ih, checked):
+// returns it with H.
+std::pair<LnInput, int64_t> check_input(const at::Tensor& xn_or_x, const at::Tensor* w_ih,
+                                        const at::Tensor* ln_ih_weight,
+                                        const at::Tensor* ln_ih_bias, int64_t num_gates,
+                                        const char* gate_order) {
+  if (w_ih == nullptr) {
+    const int64_t H = check_input_gates(xn_or_x, num_gates, gate_order);
+    return {LnInput{xn_or_x.contiguous()}, H};
+  }
+  const int64_t H = check_input_projection(xn_or_x, *w_ih, std::nullopt, num_gates);
+  check_vector(*ln_ih_weight, "ln_ih_weight", num_gates * H, xn_or_x);
+  check_vector(*ln_ih_bias, "ln_ih_bias", num_gates * H, xn_or_x);
+  return {LnInput{at::Tensor(), xn_or_x.contiguous(), *w_ih, *ln_ih_weight, *ln_ih_bias}, H};
+}
+
 // The LSTM forward; saves for backward where `save`. Returns y, h_n, c_n and the saved tensors
 // (undefined without `save`).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
-    const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
+    const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
     const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
     bool reverse, bool save) {
-  const int64_t H =
-      check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 4, "i, f, g, o");
-  const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
+  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
+                       h0, 4);
+  const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
   check_vector(ln_c_weight, "ln_c_weight", H, xn);
   check_vector(ln_c_bias, "ln_c_bias", H, xn);
@@ -158,7 +205,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     scalar_t* norm_c_all = save ? saved.norm_c.data_ptr<scalar_t>() : nullptr;
     scalar_t* rstd_all = save ? saved.rstd.data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
+    run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
                        [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
                            scalar_t* y_row) {
       const int64_t row = t * B + b;
@@ -203,12 +250,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
-    const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& ln_ih_weight,
+    const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
     const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse) {
   const KernelGuard guard;
-  auto [y, h_n, c_n, saved] = layernorm_lstm(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+  const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 4, "i, f, g, o");
+  auto [y, h_n, c_n, saved] = layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
                                              ln_c_bias, h0, c0, lengths, reverse, false);
   return {y, h_n, c_n};
 }
@@ -221,19 +270,21 @@ layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
                            const at::Tensor& h0, const at::Tensor& c0,
                            const std::optional<at::Tensor>& lengths, bool reverse) {
   const KernelGuard guard;
-  auto [y, h_n, c_n, s] = layernorm_lstm(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+  const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 4, "i, f, g, o");
+  auto [y, h_n, c_n, s] = layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
                                          ln_c_bias, h0, c0, lengths, reverse, true);
   return {y, h_n, c_n, s.gates, s.norm_hh, s.c_all, s.norm_c, s.rstd};
 }
 
 // The GRU forward; saves for backward where `save`.
 std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
-    const at::Tensor& xn_in, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
+    const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse, bool save) {
-  const int64_t H =
-      check_layernorm_args(xn_in, w_hh_in, ln_hh_weight, ln_hh_bias, h0, 3, "r, z, n");
-  const at::Tensor xn = xn_in.contiguous(), w_hh = w_hh_in.contiguous();
+  const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
+  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
+                       h0, 3);
+  const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
   check_vector(b_hh, "b_hh", 3 * H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
@@ -250,7 +301,7 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
     scalar_t* h_all = h.data_ptr<scalar_t>();
     scalar_t* gates_all = save ? saved.gates.data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
-    run_rows<scalar_t>(xn, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
+    run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
                        [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
                            scalar_t* y_row) {
       scalar_t* gates = save ? gates_all + (t * B + b) * 4 * H : nullptr;
@@ -279,12 +330,14 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
 }
 
 std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
-    const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& b_hh,
+    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& ln_ih_weight,
+    const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   const KernelGuard guard;
+  const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 3, "r, z, n");
   auto [y, h_n, saved] =
-      layernorm_gru(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, false);
+      layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, false);
   return {y, h_n};
 }
 
@@ -293,8 +346,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths, bool reverse) {
   const KernelGuard guard;
+  const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 3, "r, z, n");
   auto [y, h_n, s] =
-      layernorm_gru(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, true);
+      layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, true);
   return {y, h_n, s.gates, s.norm_hh, s.rstd};
 }
 

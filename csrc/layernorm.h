@@ -21,16 +21,17 @@ const scalar_t* previous_state(const scalar_t* all, const scalar_t* initial, int
   return ran ? all + (before * B + b) * n : initial + b * n;
 }
 
-// Checks both cells' shared arguments: xn [T, B, G] float32 / float64, w_hh [G, H], ln_hh's
-// weight and bias [G], h0 [B, H]; returns H.
-int64_t check_layernorm_args(const at::Tensor& xn, const at::Tensor& w_hh,
-                             const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
-                             const at::Tensor& h0, int64_t num_gates, const char* gate_order);
+// Checks what both cells' forward and inference take besides their input (xn or x, its dtype
+// float32 / float64 checked here, `input_name` in the message): w_hh [G, H], ln_hh's weight and
+// bias [G], h0 [B, H], G = num_gates * H.
+void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
+                          const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
+                          const at::Tensor& ln_hh_bias, const at::Tensor& h0, int64_t num_gates);
 
-// A vector argument: shape [size], xn's dtype (`like`), CPU.
+// A vector argument: shape [size], the input's dtype (`like`), CPU.
 void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like);
 
-// A state argument: shape [B, H], xn's dtype (`like`), CPU.
+// A state argument: shape [B, H], the input's dtype (`like`), CPU.
 void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t H,
                  const at::Tensor& like);
 

@@ -153,9 +153,15 @@ def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates, c=None):
     return B, H
 
 
+def check_vectors_like(xn, **vectors):
+    """Each named vector [G] in xn's dtype and device, G = xn.size(2)."""
+    for name, t in vectors.items():
+        _check_tensor(name, t, (xn.shape[2],), xn.dtype, xn.device)
+
+
 def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None):
-    """Validates layernorm_{lstm,gru}_inference's arguments (ln_hh, ln_c: (weight, bias));
-    returns (T, B, H)."""
+    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias)), and
+    the inference operators' past their input side; returns (T, B, H)."""
     gates = 4 if cell == "LSTM" else 3
     T, B, H = _check_xg(xn, cell, gates)
     _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)

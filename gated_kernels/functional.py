@@ -73,13 +73,14 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         if w_hr is not None:
             raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
         ln_ih, ln_hh, ln_c = layer_norm
-        xn = _input_gates(x, w_ih, bias, ln_ih, backend)
-        if needs_grad(xn, w_hh, h0, c0, *ln_hh, *ln_c):
-            if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
-                c0 = c0.clone()
-            return LayerNormLSTMFunction.apply(xn, w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
-        return torch.ops.gated_kernels.layernorm_lstm_inference(
-            xn, w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
+        if not needs_grad(x, w_ih, bias, w_hh, h0, c0, *ln_ih, *ln_hh, *ln_c):
+            # The input side inside the operator, a step at a time: no xn [T, B, 4H].
+            return torch.ops.gated_kernels.layernorm_lstm_inference(
+                x, w_ih, *_folded(ln_ih, bias), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
+        if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
+            c0 = c0.clone()
+        return LayerNormLSTMFunction.apply(_input_gates(x, w_ih, bias, ln_ih, backend), w_hh,
+                                           *ln_hh, *ln_c, h0, c0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
         xg = _input_gates(x, w_ih, bias, ln_ih)
@@ -115,11 +116,11 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     if backend == "cpp" and layer_norm is not None:
         ln_ih, ln_hh = layer_norm
-        xn = _input_gates(x, w_ih, b_ih, ln_ih, backend)
-        if needs_grad(xn, w_hh, b_hh, h0, *ln_hh):
-            return LayerNormGRUFunction.apply(xn, w_hh, b_hh, *ln_hh, h0, lengths, reverse)
-        return torch.ops.gated_kernels.layernorm_gru_inference(
-            xn, w_hh, b_hh, *ln_hh, h0, lengths, reverse)
+        if not needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0, *ln_ih, *ln_hh):
+            return torch.ops.gated_kernels.layernorm_gru_inference(
+                x, w_ih, *_folded(ln_ih, b_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse)
+        return LayerNormGRUFunction.apply(_input_gates(x, w_ih, b_ih, ln_ih, backend), w_hh,
+                                          b_hh, *ln_hh, h0, lengths, reverse)
     if backend == "reference":
         ln_ih, ln_hh = layer_norm or (None, None)
         (keep_h,) = keep or (None,)
@@ -135,8 +136,14 @@ def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
     if ln_ih is None:
         return F.linear(x, w_ih, bias)
     xg = InputProjection.apply(x.contiguous(), w_ih) if backend == "cpp" else x @ w_ih.T
-    weight, ln_bias = ln_ih
-    return reference.layer_norm(xg, (weight, ln_bias if bias is None else ln_bias + bias))
+    return reference.layer_norm(xg, _folded(ln_ih, bias))
+
+
+def _folded(ln, bias):
+    """A LayerNorm's (weight, bias) with `bias` (or None) added to its bias: LN(v; w, b) + bias
+    = LN(v; w, b + bias)."""
+    weight, ln_bias = ln
+    return weight, ln_bias if bias is None else ln_bias + bias
 
 
 def zoneout_keep(p, training, shape, like):

@@ -51,18 +51,22 @@ products and one fused pass, without the sequence operators' thread team and pac
       -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
 
 The LayerNorm cells' recurrence (CPU, float32 / float64; csrc/layernorm.cpp and
-layernorm_backward.cpp, which give the math): xn is the input side made above them,
-LN(x W_ih^T; ln_ih) plus the biases that add to it.
-  layernorm_lstm_inference(xn [T,B,4H], w_hh [4H,H], ln_hh_weight, ln_hh_bias [4H],
-      ln_c_weight, ln_c_bias [H], h0, c0 [B,H], lengths?, reverse) -> y, h_n, c_n
-  layernorm_lstm_forward(same) -> y, h_n, c_n, gates [T,B,4H], norm_hh [T,B,4H],
-      c_all [T,B,H], norm_c [T,B,H], rstd [T,B,2]
+layernorm_backward.cpp, which give the math): xn is the input side, LN(x W_ih^T; ln_ih) plus
+the biases that add to it, made above the training operators, and by the inference operators
+themselves a step at a time (their ln_ih_bias holding those biases too).
+  layernorm_lstm_forward(xn [T,B,4H], w_hh [4H,H], ln_hh_weight, ln_hh_bias [4H],
+      ln_c_weight, ln_c_bias [H], h0, c0 [B,H], lengths?, reverse) -> y, h_n, c_n,
+      gates [T,B,4H], norm_hh [T,B,4H], c_all [T,B,H], norm_c [T,B,H], rstd [T,B,2]
+  layernorm_lstm_inference(x [T,B,I], w_ih [4H,I], ln_ih_weight, ln_ih_bias [4H], w_hh,
+      ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths?, reverse)
+      -> y, h_n, c_n
   layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0,
       lengths?, reverse, y, gates, norm_hh, c_all, norm_c, rstd)
       -> dxn, dw_hh, dln_hh_weight, dln_hh_bias, dln_c_weight, dln_c_bias, dh0, dc0
-  layernorm_gru_inference(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight, ln_hh_bias [3H],
-      h0 [B,H], lengths?, reverse) -> y, h_n
-  layernorm_gru_forward(same) -> y, h_n, gates [T,B,4H], norm_hh [T,B,3H], rstd [T,B,1]
+  layernorm_gru_forward(xn [T,B,3H], w_hh [3H,H], b_hh [3H], ln_hh_weight, ln_hh_bias [3H],
+      h0 [B,H], lengths?, reverse) -> y, h_n, gates [T,B,4H], norm_hh [T,B,3H], rstd [T,B,1]
+  layernorm_gru_inference(x [T,B,I], w_ih [3H,I], ln_ih_weight, ln_ih_bias [3H], w_hh, b_hh,
+      ln_hh_weight, ln_hh_bias, h0, lengths?, reverse) -> y, h_n
   layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths?, reverse, y, gates,
       norm_hh, rstd) -> dxn, dw_hh, db_hh (also ln_hh_bias's), dln_hh_weight, dh0
 """
@@ -73,6 +77,7 @@ from gated_kernels.contract import (
     check_cell_args,
     check_gru_args,
     check_layernorm_args,
+    check_vectors_like,
     check_lstm_args,
     input_gates_like,
     lstm_gates_dtype,
@@ -160,13 +165,14 @@ CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backwar
 for _name in CELL_OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
+_LN_INPUT_ARGS = "Tensor x, Tensor w_ih, Tensor ln_ih_weight, Tensor ln_ih_bias"
 LIBRARY.define(
-    "layernorm_lstm_inference(Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
-    "Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, bool reverse) "
-    "-> (Tensor y, Tensor h_n, Tensor c_n)"
+    f"layernorm_lstm_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor ln_hh_weight, "
+    "Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
+    "Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
-    "layernorm_gru_inference(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
+    f"layernorm_gru_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
     "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
 )
 _LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
@@ -375,31 +381,38 @@ def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias):
             w_hh.new_empty(w_hh.shape), db, x.new_empty(db.shape))
 
 
+def _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, cell):
+    """Checks an inference operator's input side; returns an empty tensor shaped like its xn."""
+    xn = input_gates_like(x, w_ih, None, cell, 4 if cell == "LSTM" else 3)
+    check_vectors_like(xn, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
+    return xn
+
+
 @torch.library.register_fake("gated_kernels::layernorm_lstm_inference")
-def _layernorm_lstm_inference_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias,
-                                   h0, c0, lengths, reverse):
-    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
-                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias))
-    return xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H)
+def _layernorm_lstm_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, ln_hh_weight,
+                                   ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse):
+    xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "LSTM")
+    return _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+                                        ln_c_bias, h0, c0, lengths, reverse)[:3]
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_inference")
-def _layernorm_gru_inference_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
-                                  reverse):
-    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
-                                   b_hh=b_hh)
-    return xn.new_empty(T, B, H), xn.new_empty(B, H)
+def _layernorm_gru_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, b_hh, ln_hh_weight,
+                                  ln_hh_bias, h0, lengths, reverse):
+    xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "GRU")
+    return _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
+                                       reverse)[:2]
 
 
 @torch.library.register_fake("gated_kernels::layernorm_lstm_forward")
 def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0,
                                  c0, lengths, reverse):
-    y, h_n, c_n = _layernorm_lstm_inference_fake(xn, w_hh, ln_hh_weight, ln_hh_bias,
-                                                 ln_c_weight, ln_c_bias, h0, c0, lengths,
-                                                 reverse)
-    T, B, G = xn.shape
-    return (y, h_n, c_n, xn.new_empty(T, B, G), xn.new_empty(T, B, G), xn.new_empty(y.shape),
-            xn.new_empty(y.shape), xn.new_empty(T, B, 2))
+    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
+                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias))
+    G = 4 * H
+    return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H),
+            xn.new_empty(T, B, G), xn.new_empty(T, B, G), xn.new_empty(T, B, H),
+            xn.new_empty(T, B, H), xn.new_empty(T, B, 2))
 
 
 @torch.library.register_fake("gated_kernels::layernorm_lstm_backward")
@@ -413,10 +426,10 @@ def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weigh
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_forward")
 def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
-    y, h_n = _layernorm_gru_inference_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0,
-                                           lengths, reverse)
-    T, B, H = y.shape
-    return (y, h_n, xn.new_empty(T, B, 4 * H), xn.new_empty(xn.shape), xn.new_empty(T, B, 1))
+    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
+                                   b_hh=b_hh)
+    return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(T, B, 4 * H),
+            xn.new_empty(xn.shape), xn.new_empty(T, B, 1))
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_backward")

@@ -20,29 +20,40 @@ CASES = {
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32}
 
 
-def _inputs(cell, T, B, H, lengths, dtype, seed=0):
+def _inputs(cell, T, B, H, lengths, dtype, seed=0, I=5):
+    """The operators' arguments: the layer input x [T, B, I], w_ih and ln_ih (the inference
+    operators'), xn = LN(x w_ih^T; ln_ih) (the training operators', made in float64), and the
+    rest, drawn in float64 and cast (so every dtype gets the same values)."""
     g = torch.Generator().manual_seed(seed)
     G = (4 if cell == "LSTM" else 3) * H
 
     def draw(*shape, scale=1.0, shift=0.0):
-        return (shift + scale * torch.randn(*shape, generator=g, dtype=torch.float64)).to(dtype)
+        return shift + scale * torch.randn(*shape, generator=g, dtype=torch.float64)
 
-    args = {"xn": draw(T, B, G), "w_hh": draw(G, H, scale=0.4), "h0": draw(B, H),
+    args = {"x": draw(T, B, I), "w_ih": draw(G, I, scale=0.5),
+            "ln_ih": (draw(G, scale=0.3, shift=1.0), draw(G, scale=0.3)),
+            "w_hh": draw(G, H, scale=0.4), "h0": draw(B, H),
             "ln_hh": (draw(G, scale=0.3, shift=1.0), draw(G, scale=0.3))}
+    args["xn"] = reference.layer_norm(args["x"] @ args["w_ih"].T, args["ln_ih"])
     if cell == "LSTM":
         args.update(c0=draw(B, H), ln_c=(draw(H, scale=0.3, shift=1.0), draw(H, scale=0.3)))
     else:
         args.update(b_hh=draw(G, scale=0.3))
+    args = {k: tuple(t.to(dtype) for t in v) if isinstance(v, tuple) else v.to(dtype)
+            for k, v in args.items()}
     args["lengths"] = None if lengths is None else torch.tensor(lengths)
     return args
 
 
 def _op(cell, a, reverse):
+    """The inference operator, from the layer input."""
     if cell == "LSTM":
         return torch.ops.gated_kernels.layernorm_lstm_inference(
-            a["xn"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"], a["lengths"], reverse)
+            a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"],
+            a["lengths"], reverse)
     return torch.ops.gated_kernels.layernorm_gru_inference(
-        a["xn"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"], reverse)
+        a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"],
+        reverse)
 
 
 def _reference(cell, a, reverse):
@@ -235,16 +246,29 @@ def test_the_operators_name_a_bad_argument():
     a = _inputs("LSTM", 4, 2, 6, None, torch.float32)
     with pytest.raises(RuntimeError, match=r"ln_c_weight must have shape \[6\]"):
         torch.ops.gated_kernels.layernorm_lstm_inference(
-            a["xn"], a["w_hh"], *a["ln_hh"], a["ln_c"][0][:5], a["ln_c"][1], a["h0"], a["c0"],
-            None, False)
-    b = _inputs("GRU", 4, 2, 6, None, torch.float32)
-    with pytest.raises(RuntimeError, match="xn must be float32 or float64"):
+            a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], a["ln_c"][0][:5],
+            a["ln_c"][1], a["h0"], a["c0"], None, False)
+    with pytest.raises(RuntimeError, match=r"ln_ih_bias must have shape \[24\]"):
+        torch.ops.gated_kernels.layernorm_lstm_inference(
+            a["x"], a["w_ih"], a["ln_ih"][0], a["ln_ih"][1][:5], a["w_hh"], *a["ln_hh"],
+            *a["ln_c"], a["h0"], a["c0"], None, False)
+    with pytest.raises(RuntimeError, match=r"w_ih.size\(1\) must be I"):
+        torch.ops.gated_kernels.layernorm_lstm_inference(
+            a["x"], a["w_ih"][:, :4], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"],
+            a["c0"], None, False)
+    b = _inputs("GRU", 4, 2, 6, None, torch.bfloat16)
+    with pytest.raises(RuntimeError, match="x must be float32 or float64"):
         torch.ops.gated_kernels.layernorm_gru_inference(
-            b["xn"].bfloat16(), b["w_hh"].bfloat16(), b["b_hh"].bfloat16(),
-            *(t.bfloat16() for t in b["ln_hh"]), b["h0"].bfloat16(), None, False)
+            b["x"], b["w_ih"], *b["ln_ih"], b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"], None,
+            False)
+    with pytest.raises(RuntimeError, match="xn must be float32 or float64"):
+        torch.ops.gated_kernels.layernorm_gru_forward(
+            b["xn"], b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"], None, False)
+    b = _inputs("GRU", 4, 2, 6, None, torch.float32)
     with pytest.raises(RuntimeError, match=r"lengths\[1\] must be in \[1, T\]"):
         torch.ops.gated_kernels.layernorm_gru_inference(
-            b["xn"], b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"], torch.tensor([4, 0]), False)
+            b["x"], b["w_ih"], *b["ln_ih"], b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"],
+            torch.tensor([4, 0]), False)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -252,17 +276,19 @@ def test_opcheck(cell):
     a = _inputs(cell, 4, 3, 5, [4, 1, 3], torch.float32)
     if cell == "LSTM":
         op = torch.ops.gated_kernels.layernorm_lstm_inference.default
-        args = (a["xn"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"], a["lengths"], True)
+        args = (a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"],
+                a["c0"], a["lengths"], True)
     else:
         op = torch.ops.gated_kernels.layernorm_gru_inference.default
-        args = (a["xn"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"], True)
+        args = (a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"],
+                a["lengths"], True)
     torch.library.opcheck(op, args)
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_strided_arguments(cell):
-    """Every tensor argument as a strided view (xn and w_hh transposed back, the vectors every
-    other element of a longer one)."""
+    """Every tensor argument of the inference operators as a strided view (x, w_ih and w_hh
+    transposed back, the vectors every other element of a longer one)."""
     a = _inputs(cell, 5, 3, 6, [5, 2, 4], torch.float64)
     expected = _reference(cell, a, False)
 
@@ -274,6 +300,6 @@ def test_strided_arguments(cell):
         return t.transpose(-1, -2).contiguous().transpose(-1, -2)
 
     b = {k: tuple(map(strided, v)) if isinstance(v, tuple) else strided(v) for k, v in a.items()}
-    assert not b["xn"].is_contiguous() and not b["ln_hh"][0].is_contiguous()
+    assert not b["x"].is_contiguous() and not b["ln_ih"][1].is_contiguous()
     for got, want in zip(_op(cell, b, False), expected):
         assert_close(got, want, torch.float64, "out", "output")
