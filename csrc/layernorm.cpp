@@ -28,7 +28,8 @@
 //     b_hh, ln_hh_weight, ln_hh_bias, h0, lengths?, reverse) -> y, h_n: as the LSTM's, with
 //   ln_ih_bias holding ln_ih's bias plus b_ih.
 // Rows past their length carry their state and output 0 (reverse: they start at lengths[b]-1).
-// float32 and float64.
+// float32, float64 and bfloat16: bfloat16 products on brgemm (float accumulation), the rows'
+// passes, the running state and what the forward saves in float32 (at::opmath_type).
 #include "layernorm.h"
 #include "product.h"
 
@@ -36,6 +37,8 @@
 #include <torch/library.h>
 
 #include <optional>
+#include <type_traits>
+#include <vector>
 
 namespace gated_kernels {
 
@@ -60,9 +63,9 @@ void check_layernorm_args(const at::Tensor& input, const char* input_name, int64
                           const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
                           const at::Tensor& ln_hh_bias, const at::Tensor& h0,
                           int64_t num_gates) {
-  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble,
-              input_name, " must be float32 or float64 (bfloat16 LayerNorm cells run on the "
-              "reference backend), got ", input.scalar_type());
+  TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
+                  input.scalar_type() == at::kBFloat16,
+              input_name, " must be float32, float64 or bfloat16, got ", input.scalar_type());
   GK_CHECK_DIM(w_hh, "w_hh", 2, "[G, H]");
   GK_CHECK_SIZE(w_hh, "w_hh", 0, num_gates * H, "G");
   GK_CHECK_SIZE(w_hh, "w_hh", 1, H, "H");
@@ -91,27 +94,28 @@ struct LnInput {
 
 // Runs `row_step(t, b, g, xr, y_row)` for every row b at every step t, with xr its xn[t, b]
 // [G] and y_row its y[t, b] [H]; g is the row's LN(h W_hh^T; ln_hh) [G] (the caller's to
-// overwrite), or nullptr past the row's length, where y_row is already 0 (and xr unset). h
-// [B, H] holds the running state. With `saved` defined, writes its norm_hh and the first column
-// of its rstd.
+// overwrite), or nullptr past the row's length, where y_row is already 0 (and xr unset). g and
+// xr are in the accumulation type acc_t, y in scalar_t. h [B, H] (acc_t) holds the running
+// state. With `saved` defined, writes its norm_hh and the first column of its rstd.
 template <typename scalar_t, typename RowStep>
 void run_rows(const LnInput& in, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
               const at::Tensor& ln_hh_bias, at::Tensor& h, at::Tensor& y,
               const at::Tensor& lengths, bool reverse, const LnSaved& saved,
               const RowStep& row_step) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = y.size(0), B = y.size(1), H = h.size(1), G = w_hh.size(0);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
   const bool from_x = !in.xn.defined();
   const scalar_t* xn_all = from_x ? nullptr : in.xn.const_data_ptr<scalar_t>();
-  const at::Tensor ln_w = ln_hh_weight.contiguous(), ln_b = ln_hh_bias.contiguous();
-  const scalar_t* w_g = ln_w.const_data_ptr<scalar_t>();
-  const scalar_t* b_g = ln_b.const_data_ptr<scalar_t>();
-  const at::Tensor ln_ih_w = from_x ? in.ln_ih_weight.contiguous() : at::Tensor();
-  const at::Tensor ln_ih_b = from_x ? in.ln_ih_bias.contiguous() : at::Tensor();
-  const scalar_t* w_i = from_x ? ln_ih_w.const_data_ptr<scalar_t>() : nullptr;
-  const scalar_t* b_i = from_x ? ln_ih_b.const_data_ptr<scalar_t>() : nullptr;
-  scalar_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<scalar_t>() : nullptr;
-  scalar_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<scalar_t>() : nullptr;
+  const at::Tensor ln_w = to_acc(ln_hh_weight), ln_b = to_acc(ln_hh_bias);
+  const acc_t* w_g = ln_w.const_data_ptr<acc_t>();
+  const acc_t* b_g = ln_b.const_data_ptr<acc_t>();
+  const at::Tensor ln_ih_w = from_x ? to_acc(in.ln_ih_weight) : at::Tensor();
+  const at::Tensor ln_ih_b = from_x ? to_acc(in.ln_ih_bias) : at::Tensor();
+  const acc_t* w_i = from_x ? ln_ih_w.const_data_ptr<acc_t>() : nullptr;
+  const acc_t* b_i = from_x ? ln_ih_b.const_data_ptr<acc_t>() : nullptr;
+  acc_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<acc_t>() : nullptr;
+  acc_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<acc_t>() : nullptr;
   const int64_t R = saved.rstd.defined() ? saved.rstd.size(2) : 0;
   const auto layer_norm = pointwise_kernels<scalar_t>().layer_norm;
   // One row a task at least: the work of a row's T steps repays a fork many times over.
@@ -127,26 +131,37 @@ void run_rows(const LnInput& in, const at::Tensor& w_hh, const at::Tensor& ln_hh
       input.emplace(std::vector<at::Tensor>{in.w_ih.t()}, in.x.narrow(1, b0, b1 - b0),
                     PackSlot::kNone);
     }
+    // A row of a given xn in acc_t, where scalar_t is not (bfloat16).
+    std::vector<acc_t> xn_row(std::is_same_v<scalar_t, acc_t> || from_x ? 0 : G);
     for (const auto s : c10::irange(T)) {
       const int64_t t = time_index(s, T, reverse);
-      scalar_t* xn_rows = from_x ? const_cast<scalar_t*>((*input)(t)) : nullptr;
+      acc_t* xn_rows = from_x ? const_cast<acc_t*>((*input)(t)) : nullptr;
       // gh = h W_hh^T for the block's rows, [b1 - b0, G]; the passes overwrite it in place.
-      scalar_t* gh_rows = const_cast<scalar_t*>(product(0));
+      acc_t* gh_rows = const_cast<acc_t*>(product(0));
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = t * B + b;
         scalar_t* y_row = y.data_ptr<scalar_t>() + row * H;
-        scalar_t* norm = norm_all != nullptr ? norm_all + row * G : nullptr;
+        acc_t* norm = norm_all != nullptr ? norm_all + row * G : nullptr;
         if (len != nullptr && t >= len[b]) {
           std::fill(y_row, y_row + H, scalar_t(0));
-          if (norm != nullptr) std::fill(norm, norm + G, scalar_t(0));
+          if (norm != nullptr) std::fill(norm, norm + G, acc_t(0));
           if (rstd_all != nullptr) rstd_all[row * R] = 0;
           row_step(t, b, nullptr, nullptr, y_row);
           continue;
         }
-        const scalar_t* xr = xn_all != nullptr ? xn_all + row * G : xn_rows + (b - b0) * G;
-        if (from_x) layer_norm(xn_rows + (b - b0) * G, G, w_i, b_i, nullptr);
-        scalar_t* g = gh_rows + (b - b0) * G;
-        const scalar_t rstd = layer_norm(g, G, w_g, b_g, norm);
+        const acc_t* xr;
+        if (from_x) {
+          acc_t* made = xn_rows + (b - b0) * G;
+          layer_norm(made, G, w_i, b_i, nullptr);
+          xr = made;
+        } else if constexpr (std::is_same_v<scalar_t, acc_t>) {
+          xr = xn_all + row * G;
+        } else {
+          std::copy(xn_all + row * G, xn_all + (row + 1) * G, xn_row.begin());
+          xr = xn_row.data();
+        }
+        acc_t* g = gh_rows + (b - b0) * G;
+        const acc_t rstd = layer_norm(g, G, w_g, b_g, norm);
         if (rstd_all != nullptr) rstd_all[row * R] = rstd;
         row_step(t, b, g, xr, y_row);
       }
@@ -187,34 +202,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
   check_state(c0, "c0", B, H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   at::Tensor y = new_output({T, B, H}, xn.options());
-  at::Tensor h = h0.contiguous().clone(), c = c0.contiguous().clone();
+  at::Tensor h = to_acc(h0, /*copy=*/true), c = to_acc(c0, /*copy=*/true);
+  const auto acc = xn.options().dtype(at::toOpMathType(xn.scalar_type()));
   LnSaved saved;
   if (save) {
-    saved = {new_output({T, B, 4 * H}, xn.options()), new_output({T, B, 4 * H}, xn.options()),
-             new_output({T, B, 2}, xn.options()), new_output({T, B, H}, xn.options()),
-             new_output({T, B, H}, xn.options())};
+    saved = {new_output({T, B, 4 * H}, acc), new_output({T, B, 4 * H}, acc),
+             new_output({T, B, 2}, acc), new_output({T, B, H}, acc), new_output({T, B, H}, acc)};
   }
-  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_lstm", [&] {
-    const at::Tensor ln_c_w = ln_c_weight.contiguous(), ln_c_b = ln_c_bias.contiguous();
-    const scalar_t* w_c = ln_c_w.const_data_ptr<scalar_t>();
-    const scalar_t* b_c = ln_c_b.const_data_ptr<scalar_t>();
-    scalar_t* h_all = h.data_ptr<scalar_t>();
-    scalar_t* c_now = c.data_ptr<scalar_t>();
-    scalar_t* gates_all = save ? saved.gates.data_ptr<scalar_t>() : nullptr;
-    scalar_t* c_all = save ? saved.c_all.data_ptr<scalar_t>() : nullptr;
-    scalar_t* norm_c_all = save ? saved.norm_c.data_ptr<scalar_t>() : nullptr;
-    scalar_t* rstd_all = save ? saved.rstd.data_ptr<scalar_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_lstm", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor ln_c_w = to_acc(ln_c_weight), ln_c_b = to_acc(ln_c_bias);
+    const acc_t* w_c = ln_c_w.const_data_ptr<acc_t>();
+    const acc_t* b_c = ln_c_b.const_data_ptr<acc_t>();
+    acc_t* h_all = h.data_ptr<acc_t>();
+    acc_t* c_now = c.data_ptr<acc_t>();
+    acc_t* gates_all = save ? saved.gates.data_ptr<acc_t>() : nullptr;
+    acc_t* c_all = save ? saved.c_all.data_ptr<acc_t>() : nullptr;
+    acc_t* norm_c_all = save ? saved.norm_c.data_ptr<acc_t>() : nullptr;
+    acc_t* rstd_all = save ? saved.rstd.data_ptr<acc_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
     run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
-                       [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
-                           scalar_t* y_row) {
+                       [&](int64_t t, int64_t b, acc_t* g, const acc_t* xr, scalar_t* y_row) {
       const int64_t row = t * B + b;
-      scalar_t* c_row = c_now + b * H;
+      acc_t* c_row = c_now + b * H;
       if (g == nullptr) {  // past the row's length: the state carries
         if (save) {
-          std::fill(gates_all + row * 4 * H, gates_all + (row + 1) * 4 * H, scalar_t(0));
+          std::fill(gates_all + row * 4 * H, gates_all + (row + 1) * 4 * H, acc_t(0));
           std::copy(c_row, c_row + H, c_all + row * H);
-          std::fill(norm_c_all + row * H, norm_c_all + (row + 1) * H, scalar_t(0));
+          std::fill(norm_c_all + row * H, norm_c_all + (row + 1) * H, acc_t(0));
           rstd_all[row * 2 + 1] = 0;
         }
         return;
@@ -239,14 +254,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
         kernels.layer_norm(g + H, H, w_c, b_c, nullptr);
       }
       kernels.tanh(g + H, H);
-      scalar_t* h_row = h_all + b * H;
+      acc_t* h_row = h_all + b * H;
       for (const auto u : c10::irange(H)) {
         h_row[u] = g[3 * H + u] * g[H + u];
-        y_row[u] = h_row[u];
+        y_row[u] = static_cast<scalar_t>(h_row[u]);
       }
     });
   });
-  return {y, h, c, saved};
+  return {y, h.to(xn.scalar_type()), c.to(xn.scalar_type()), saved};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
@@ -289,24 +304,25 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
   check_vector(b_hh, "b_hh", 3 * H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   at::Tensor y = new_output({T, B, H}, xn.options());
-  at::Tensor h = h0.contiguous().clone();
+  at::Tensor h = to_acc(h0, /*copy=*/true);
+  const auto acc = xn.options().dtype(at::toOpMathType(xn.scalar_type()));
   LnSaved saved;
   if (save) {
-    saved = {new_output({T, B, 4 * H}, xn.options()), new_output({T, B, 3 * H}, xn.options()),
-             new_output({T, B, 1}, xn.options())};
+    saved = {new_output({T, B, 4 * H}, acc), new_output({T, B, 3 * H}, acc),
+             new_output({T, B, 1}, acc)};
   }
-  AT_DISPATCH_FLOATING_TYPES(xn.scalar_type(), "layernorm_gru", [&] {
-    const at::Tensor b_hh_c = b_hh.contiguous();
-    const scalar_t* bias = b_hh_c.const_data_ptr<scalar_t>();
-    scalar_t* h_all = h.data_ptr<scalar_t>();
-    scalar_t* gates_all = save ? saved.gates.data_ptr<scalar_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_gru", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const at::Tensor b_hh_acc = to_acc(b_hh);
+    const acc_t* bias = b_hh_acc.const_data_ptr<acc_t>();
+    acc_t* h_all = h.data_ptr<acc_t>();
+    acc_t* gates_all = save ? saved.gates.data_ptr<acc_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
     run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
-                       [&](int64_t t, int64_t b, scalar_t* g, const scalar_t* xr,
-                           scalar_t* y_row) {
-      scalar_t* gates = save ? gates_all + (t * B + b) * 4 * H : nullptr;
+                       [&](int64_t t, int64_t b, acc_t* g, const acc_t* xr, scalar_t* y_row) {
+      acc_t* gates = save ? gates_all + (t * B + b) * 4 * H : nullptr;
       if (g == nullptr) {  // past the row's length: the state carries
-        if (save) std::fill(gates, gates + 4 * H, scalar_t(0));
+        if (save) std::fill(gates, gates + 4 * H, acc_t(0));
         return;
       }
       // The gate row becomes R = LN(gh) + b_hh, then r and z in place of R_r and R_z, and n in
@@ -318,15 +334,15 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
       for (const auto u : c10::irange(H)) g[2 * H + u] = xr[2 * H + u] + g[u] * g[2 * H + u];
       kernels.tanh(g + 2 * H, H);
       if (save) std::copy(g, g + 3 * H, gates);
-      scalar_t* h_row = h_all + b * H;
+      acc_t* h_row = h_all + b * H;
       for (const auto u : c10::irange(H)) {
-        const scalar_t z = g[H + u], n = g[2 * H + u];
-        h_row[u] = (scalar_t(1) - z) * n + z * h_row[u];
-        y_row[u] = h_row[u];
+        const acc_t z = g[H + u], n = g[2 * H + u];
+        h_row[u] = (acc_t(1) - z) * n + z * h_row[u];
+        y_row[u] = static_cast<scalar_t>(h_row[u]);
       }
     });
   });
-  return {y, h, saved};
+  return {y, h.to(xn.scalar_type()), saved};
 }
 
 std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(

@@ -15,7 +15,9 @@
 //     gates, norm_hh, rstd)
 //   -> dxn [T,B,3H], dw_hh [3H,H], db_hh [3H] (also the gradient of ln_hh's bias, which adds
 //      to the same R), dln_hh_weight [3H], dh0 [B,H]
-// 0 in dxn past a row's length, where the state's gradient carries.
+// 0 in dxn past a row's length, where the state's gradient carries. float32, float64 and
+// bfloat16 (the saved tensors, the running gradients and the rows' passes in float32; the
+// outputs in the input's dtype).
 #include "layernorm.h"
 #include "product.h"
 
@@ -39,15 +41,16 @@ template <typename scalar_t, typename RowStep>
 void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor& dh,
                        at::Tensor& dxn, at::Tensor& dgh, at::Tensor& partial_sums,
                        const at::Tensor& lengths, bool reverse, const RowStep& row_step) {
+  using acc_t = at::opmath_type<scalar_t>;
   const int64_t T = dgh.size(0), B = dgh.size(1), G = dgh.size(2), H = dh.size(1);
   const int64_t K = partial_sums.size(1);
   const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
   const scalar_t* dy_p = dy.const_data_ptr<scalar_t>();
-  scalar_t* dh_p = dh.data_ptr<scalar_t>();
-  scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
-  scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
+  acc_t* dh_p = dh.data_ptr<acc_t>();
+  acc_t* dxn_p = dxn.data_ptr<acc_t>();
+  acc_t* dgh_p = dgh.data_ptr<acc_t>();
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
-    scalar_t* sums = partial_sums.data_ptr<scalar_t>() + at::get_thread_num() * K;
+    acc_t* sums = partial_sums.data_ptr<acc_t>() + at::get_thread_num() * K;
     // dgh's rows of the block at every step, [T, rows, G]: call t multiplies step t's by W_hh.
     ThreadProduct<scalar_t> product({w_hh}, dgh.narrow(1, b0, b1 - b0), PackSlot::kNone);
     for (int64_t s = T - 1; s >= 0; --s) {
@@ -55,48 +58,51 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = t * B + b;
         if (len != nullptr && t >= len[b]) {
-          std::fill(dxn_p + row * G, dxn_p + (row + 1) * G, scalar_t(0));
-          std::fill(dgh_p + row * G, dgh_p + (row + 1) * G, scalar_t(0));
+          std::fill(dxn_p + row * G, dxn_p + (row + 1) * G, acc_t(0));
+          std::fill(dgh_p + row * G, dgh_p + (row + 1) * G, acc_t(0));
           continue;
         }
-        scalar_t* dh_row = dh_p + b * H;
+        acc_t* dh_row = dh_p + b * H;
         const scalar_t* dy_row = dy_p + row * H;
-        for (const auto u : c10::irange(H)) dh_row[u] += dy_row[u];
+        for (const auto u : c10::irange(H)) dh_row[u] += static_cast<acc_t>(dy_row[u]);
         row_step(t, b, dh_row, sums);
       }
-      const scalar_t* through_w = product(t);
+      const acc_t* through_w = product(t);
       for (int64_t b = b0; b < b1; ++b) {
         if (len != nullptr && t >= len[b]) continue;
-        scalar_t* dh_row = dh_p + b * H;
-        const scalar_t* d = through_w + (b - b0) * H;
+        acc_t* dh_row = dh_p + b * H;
+        const acc_t* d = through_w + (b - b0) * H;
         for (const auto u : c10::irange(H)) dh_row[u] += d[u];
       }
     }
   });
 }
 
-// partial_sums [threads, K] summed over the threads, cut into tensors of the given sizes (each
-// its own memory: an operator's outputs must not alias).
+// partial_sums [threads, K] summed over the threads, cut into tensors of the given sizes in
+// `dtype` (each its own memory: an operator's outputs must not alias).
 std::vector<at::Tensor> summed_over_threads(const at::Tensor& partial_sums,
-                                            at::IntArrayRef sizes) {
+                                            at::IntArrayRef sizes, at::ScalarType dtype) {
   std::vector<at::Tensor> parts;
   for (const at::Tensor& part : partial_sums.sum(0).split_with_sizes(sizes)) {
-    parts.push_back(part.clone());
+    parts.push_back(part.to(dtype, /*non_blocking=*/false, /*copy=*/true));
   }
   return parts;
 }
 
-// Checks the saved gates [T, B, 4H] (float32 or float64, both cells save 4H) and, against
-// them, w_hh [G, H], ln_hh_weight [G] and h0 [B, H]; returns H.
+// Checks the saved gates [T, B, 4H] (both cells save 4H) and, against them, w_hh [G, H], ln_hh_weight [G] and h0 [B, H] in h0's dtype (float32, float64 or
+// bfloat16; the saved tensors in its accumulation type); returns H.
 int64_t check_backward_args(const at::Tensor& gates, const at::Tensor& w_hh,
                             const at::Tensor& ln_hh_weight, const at::Tensor& h0,
                             int64_t num_gates) {
+  const auto dtype = h0.scalar_type();
+  TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
+              "h0 must be float32, float64 or bfloat16, got ", dtype);
   GK_CHECK_DIM(gates, "gates", 3, "[T, B, 4H]");
   TORCH_CHECK(gates.size(2) % 4 == 0, "gates.size(2) must be 4H, got ", gates.size(2));
-  TORCH_CHECK(gates.scalar_type() == at::kFloat || gates.scalar_type() == at::kDouble,
-              "gates must be float32 or float64, got ", gates.scalar_type());
+  TORCH_CHECK(gates.scalar_type() == at::toOpMathType(dtype), "gates must have dtype ",
+              at::toOpMathType(dtype), " (saved for h0's ", dtype, "), got ",
+              gates.scalar_type());
   const int64_t B = gates.size(1), H = gates.size(2) / 4, G = num_gates * H;
-  const auto dtype = gates.scalar_type();
   check_saved("w_hh", w_hh, {G, H}, dtype);
   check_saved("ln_hh_weight", ln_hh_weight, {G}, dtype);
   check_saved("h0", h0, {B, H}, dtype);
@@ -116,7 +122,7 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
   const KernelGuard guard;
   const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 4);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 4 * H;
-  const auto dtype = gates_in.scalar_type();
+  const auto dtype = h0.scalar_type(), acc = gates_in.scalar_type();
   check_saved("ln_c_weight", ln_c_weight, {H}, dtype);
   check_saved("ln_c_bias", ln_c_bias, {H}, dtype);
   check_saved("c0", c0, {B, H}, dtype);
@@ -125,41 +131,42 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
   check_saved("dh_n", dh_n, {B, H}, dtype);
   check_saved("dc_n", dc_n, {B, H}, dtype);
   check_saved("y", y, {T, B, H}, dtype);
-  check_saved("norm_hh", norm_hh_in, {T, B, G}, dtype);
-  check_saved("c_all", c_all_in, {T, B, H}, dtype);
-  check_saved("norm_c", norm_c_in, {T, B, H}, dtype);
-  check_saved("rstd", rstd_in, {T, B, 2}, dtype);
+  check_saved("norm_hh", norm_hh_in, {T, B, G}, acc);
+  check_saved("c_all", c_all_in, {T, B, H}, acc);
+  check_saved("norm_c", norm_c_in, {T, B, H}, acc);
+  check_saved("rstd", rstd_in, {T, B, 2}, acc);
   const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
   const at::Tensor c_all = c_all_in.contiguous(), norm_c = norm_c_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const at::Tensor y_c = y.contiguous(), h0_c = h0.contiguous(), c0_c = c0.contiguous();
-  const at::Tensor ln_hh_w = ln_hh_weight.contiguous();
-  const at::Tensor ln_c_w = ln_c_weight.contiguous(), ln_c_b = ln_c_bias.contiguous();
+  const at::Tensor y_acc = to_acc(y), h0_acc = to_acc(h0), c0_acc = to_acc(c0);
+  const at::Tensor ln_hh_w = to_acc(ln_hh_weight);
+  const at::Tensor ln_c_w = to_acc(ln_c_weight), ln_c_b = to_acc(ln_c_bias);
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
   // Per thread: the sums over its rows and steps of dG norm_hh, dG (ln_hh's weight and bias)
   // and of dl norm_c, dl (ln_c's), dl the gradient of LN(c'; ln_c).
   at::Tensor partial_sums = at::zeros({at::get_num_threads(), 2 * G + 2 * H}, options);
-  at::Tensor dh = dh_n.contiguous().clone(), dc = dc_n.contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_lstm_backward", [&] {
-    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
-    const scalar_t* norm_hh_p = norm_hh.const_data_ptr<scalar_t>();
-    const scalar_t* c_all_p = c_all.const_data_ptr<scalar_t>();
-    const scalar_t* norm_c_p = norm_c.const_data_ptr<scalar_t>();
-    const scalar_t* rstd_p = rstd.const_data_ptr<scalar_t>();
-    const scalar_t* c0_p = c0_c.const_data_ptr<scalar_t>();
-    const scalar_t* w_g = ln_hh_w.const_data_ptr<scalar_t>();
-    const scalar_t* w_c = ln_c_w.const_data_ptr<scalar_t>();
-    const scalar_t* b_c = ln_c_b.const_data_ptr<scalar_t>();
+  at::Tensor dh = to_acc(dh_n, /*copy=*/true), dc = to_acc(dc_n, /*copy=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "layernorm_lstm_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gates_p = gates.const_data_ptr<acc_t>();
+    const acc_t* norm_hh_p = norm_hh.const_data_ptr<acc_t>();
+    const acc_t* c_all_p = c_all.const_data_ptr<acc_t>();
+    const acc_t* norm_c_p = norm_c.const_data_ptr<acc_t>();
+    const acc_t* rstd_p = rstd.const_data_ptr<acc_t>();
+    const acc_t* c0_p = c0_acc.const_data_ptr<acc_t>();
+    const acc_t* w_g = ln_hh_w.const_data_ptr<acc_t>();
+    const acc_t* w_c = ln_c_w.const_data_ptr<acc_t>();
+    const acc_t* b_c = ln_c_b.const_data_ptr<acc_t>();
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-    scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
-    scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
-    scalar_t* dc_p = dc.data_ptr<scalar_t>();
+    acc_t* dxn_p = dxn.data_ptr<acc_t>();
+    acc_t* dgh_p = dgh.data_ptr<acc_t>();
+    acc_t* dc_p = dc.data_ptr<acc_t>();
     const auto& kernels = pointwise_kernels<scalar_t>();
-    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
+    const auto row_step = [&](int64_t t, int64_t b, acc_t* dh_row, acc_t* sums) {
       const int64_t row = t * B + b;
-      thread_local std::vector<scalar_t> scratch;
+      thread_local std::vector<acc_t> scratch;
       scratch.resize(2 * H);
       kernels.layernorm_lstm_backward_row(
           {H, gates_p + row * G, previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len),
@@ -170,9 +177,10 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
   });
-  at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
-  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G, H, H});
-  return {dxn, dw_hh, sums[0], sums[1], sums[2], sums[3], dh, dc};
+  at::Tensor dw_hh = times_previous_hidden(dgh, y_acc, h0_acc, lengths, reverse);
+  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G, H, H}, dtype);
+  return {dxn.to(dtype), dw_hh.to(dtype), sums[0], sums[1], sums[2], sums[3], dh.to(dtype),
+          dc.to(dtype)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_backward_cpu(
@@ -183,48 +191,48 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
   const KernelGuard guard;
   const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 3);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 3 * H;
-  const auto dtype = gates_in.scalar_type();
-  check_saved("norm_hh", norm_hh_in, {T, B, G}, dtype);
+  const auto dtype = h0.scalar_type(), acc = gates_in.scalar_type();
+  check_saved("norm_hh", norm_hh_in, {T, B, G}, acc);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   check_saved("dy", dy, {T, B, H}, dtype);
   check_saved("dh_n", dh_n, {B, H}, dtype);
   check_saved("y", y, {T, B, H}, dtype);
-  check_saved("rstd", rstd_in, {T, B, 1}, dtype);
+  check_saved("rstd", rstd_in, {T, B, 1}, acc);
   const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
-  const at::Tensor y_c = y.contiguous(), h0_c = h0.contiguous();
-  const at::Tensor ln_hh_w = ln_hh_weight.contiguous();
+  const at::Tensor y_acc = to_acc(y), h0_acc = to_acc(h0);
+  const at::Tensor ln_hh_w = to_acc(ln_hh_weight);
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
   // Per thread: the sums over its rows and steps of dR and dR norm_hh, dR the gradient of
   // R = LN(gh; ln_hh) + b_hh (b_hh's and ln_hh's bias gradient, ln_hh's weight gradient).
   at::Tensor partial_sums = at::zeros({at::get_num_threads(), 2 * G}, options);
-  at::Tensor dh = dh_n.contiguous().clone();
-  AT_DISPATCH_FLOATING_TYPES(gates.scalar_type(), "layernorm_gru_backward", [&] {
-    const scalar_t* gates_p = gates.const_data_ptr<scalar_t>();
-    const scalar_t* norm_hh_p = norm_hh.const_data_ptr<scalar_t>();
-    const scalar_t* rstd_p = rstd.const_data_ptr<scalar_t>();
-    const scalar_t* y_p = y_c.const_data_ptr<scalar_t>();
-    const scalar_t* h0_p = h0_c.const_data_ptr<scalar_t>();
-    const scalar_t* w_g = ln_hh_w.const_data_ptr<scalar_t>();
+  at::Tensor dh = to_acc(dh_n, /*copy=*/true);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, dtype, "layernorm_gru_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const acc_t* gates_p = gates.const_data_ptr<acc_t>();
+    const acc_t* norm_hh_p = norm_hh.const_data_ptr<acc_t>();
+    const acc_t* rstd_p = rstd.const_data_ptr<acc_t>();
+    const acc_t* y_p = y_acc.const_data_ptr<acc_t>();
+    const acc_t* h0_p = h0_acc.const_data_ptr<acc_t>();
+    const acc_t* w_g = ln_hh_w.const_data_ptr<acc_t>();
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
-    scalar_t* dxn_p = dxn.data_ptr<scalar_t>();
-    scalar_t* dgh_p = dgh.data_ptr<scalar_t>();
-    const auto layernorm_gru_backward_row = pointwise_kernels<scalar_t>().layernorm_gru_backward_row;
-    const auto row_step = [&](int64_t t, int64_t b, scalar_t* dh_row, scalar_t* sums) {
+    acc_t* dxn_p = dxn.data_ptr<acc_t>();
+    acc_t* dgh_p = dgh.data_ptr<acc_t>();
+    const auto backward_row = pointwise_kernels<scalar_t>().layernorm_gru_backward_row;
+    const auto row_step = [&](int64_t t, int64_t b, acc_t* dh_row, acc_t* sums) {
       const int64_t row = t * B + b;
-      layernorm_gru_backward_row(
-          {H, gates_p + row * 4 * H, previous_state(y_p, h0_p, t, b, T, B, H, reverse, len),
-           norm_hh_p + row * G, rstd_p[row], w_g, dh_row, dxn_p + row * G, dgh_p + row * G,
-           sums});
+      backward_row({H, gates_p + row * 4 * H,
+                    previous_state(y_p, h0_p, t, b, T, B, H, reverse, len), norm_hh_p + row * G,
+                    rstd_p[row], w_g, dh_row, dxn_p + row * G, dgh_p + row * G, sums});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
   });
-  at::Tensor dw_hh = times_previous_hidden(dgh, y_c, h0_c, lengths, reverse);
-  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G});
-  return {dxn, dw_hh, sums[0], sums[1], dh};
+  at::Tensor dw_hh = times_previous_hidden(dgh, y_acc, h0_acc, lengths, reverse);
+  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G}, dtype);
+  return {dxn.to(dtype), dw_hh.to(dtype), sums[0], sums[1], dh.to(dtype)};
 }
 
 }  // namespace

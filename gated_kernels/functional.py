@@ -33,17 +33,17 @@ def _layer_backend(name, device):
 
 
 def _check_options(backend, layer_norm, keep, tensors):
-    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm in float32 /
-    float64 also on the C++ one (`tensors`: the layer's, for the dtype)."""
+    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm in float32,
+    float64 and bfloat16 also on the C++ one (`tensors`: the layer's, for the dtype)."""
     if backend == "reference" or (layer_norm is None and keep is None):
         return
     if keep is not None:
         raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
                          f"not built yet), got backend {backend!r}")
     dtype = tensors[0].dtype
-    if backend != "cpp" or dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32 and "
-                         f"float64, got backend {backend!r} ({dtype})")
+    if backend != "cpp" or dtype not in (torch.float32, torch.float64, torch.bfloat16):
+        raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32, "
+                         f"float64 and bfloat16, got backend {backend!r} ({dtype})")
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
@@ -51,8 +51,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """Returns y [T, B, P], h_n [B, P], c_n [B, H]. layer_norm: (ln_ih, ln_hh, ln_c), each a
     (weight, bias) pair, for G = LN(x W_ih^T; ln_ih) + b_ih + b_hh + LN(h W_hh^T; ln_hh) and
     h = o tanh(LN(c; ln_c)); keep: zoneout's (keep_h [T, B, P], keep_c [T, B, H]) (see
-    reference.py). Both on the reference backend; LayerNorm in float32 / float64, without
-    projection, on the C++ one too.
+    reference.py). Both on the reference backend; LayerNorm in float32 / float64 / bfloat16,
+    without projection, on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h, c = lstm_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.zeros(B, H),
@@ -98,7 +98,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
               backend="auto", *, layer_norm=None, keep=None):
     """Returns y [T, B, H], h_n [B, H]. layer_norm: (ln_ih, ln_hh) for A = LN(x W_ih^T; ln_ih)
     + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],). Both on the
-    reference backend; LayerNorm in float32 / float64 on the C++ one too.
+    reference backend; LayerNorm in float32 / float64 / bfloat16 on the C++ one too.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h = gru_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I),

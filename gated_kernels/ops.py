@@ -50,7 +50,8 @@ products and one fused pass, without the sequence operators' thread team and pac
   gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool)
       -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
 
-The LayerNorm cells' recurrence (CPU, float32 / float64; csrc/layernorm.cpp and
+The LayerNorm cells' recurrence (CPU, float32 / float64 / bfloat16, what is saved in
+saved_dtype; csrc/layernorm.cpp and
 layernorm_backward.cpp, which give the math): xn is the input side, LN(x W_ih^T; ln_ih) plus
 the biases that add to it, made above the training operators, and by the inference operators
 themselves a step at a time (their ln_ih_bias holding those biases too).
@@ -409,17 +410,17 @@ def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight
                                  c0, lengths, reverse):
     T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
                                    c0=c0, ln_c=(ln_c_weight, ln_c_bias))
-    G = 4 * H
+    G, acc = 4 * H, saved_dtype(xn.dtype)
     return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H),
-            xn.new_empty(T, B, G), xn.new_empty(T, B, G), xn.new_empty(T, B, H),
-            xn.new_empty(T, B, H), xn.new_empty(T, B, 2))
+            *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, G), (T, B, G), (T, B, H),
+                                                           (T, B, H), (T, B, 2))))
 
 
 @torch.library.register_fake("gated_kernels::layernorm_lstm_backward")
 def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
                                   h0, c0, lengths, reverse, y, gates, norm_hh, c_all, norm_c,
                                   rstd):
-    return (gates.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
+    return (h0.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
             *(t.new_empty(t.shape) for t in (ln_hh_weight, ln_hh_weight, ln_c_weight,
                                               ln_c_bias, h0, c0)))
 
@@ -428,13 +429,14 @@ def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weigh
 def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
     T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
                                    b_hh=b_hh)
-    return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(T, B, 4 * H),
-            xn.new_empty(xn.shape), xn.new_empty(T, B, 1))
+    acc = saved_dtype(xn.dtype)
+    return (xn.new_empty(T, B, H), xn.new_empty(B, H),
+            *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, 4 * H), xn.shape, (T, B, 1))))
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_backward")
 def _layernorm_gru_backward_fake(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
                                  norm_hh, rstd):
-    return (norm_hh.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
+    return (h0.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
             ln_hh_weight.new_empty(ln_hh_weight.shape), ln_hh_weight.new_empty(ln_hh_weight.shape),
             h0.new_empty(h0.shape))
