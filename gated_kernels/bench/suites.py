@@ -110,7 +110,7 @@ def suite(name, device):
     if name == "packed":
         return _packed(device)
     if name == "layernorm":  # issue 17's cells against the Python loop users write for them
-        return _grid(LAYERNORM_CELLS, [100], [1, 32], [128, 256], ["fp32"], device)
+        return _grid(LAYERNORM_CELLS, [100], [1, 32], [128, 256], ["fp32", "bf16"], device)
     raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
 
 
