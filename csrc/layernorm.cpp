@@ -1,9 +1,8 @@
-// LayerNorm LSTM and GRU forward on the CPU (issue 17; bfloat16 and zoneout still run the
-// reference backend). Rows are split over the threads, and each thread runs all T steps of its
-// rows: every LayerNorm here reduces over one row (its recurrent product's 4H or 3H columns, the
-// LSTM's H cell units), so a row never waits on another thread. A step of a row block is one
-// product, h W_hh^T (a ThreadProduct), and one pass per row: the LayerNorm of the product, the
-// gates, the state.
+// LayerNorm LSTM and GRU forward on the CPU (issue 17), zoneout included. Rows are split over
+// the threads, and each thread runs all T steps of its rows: every LayerNorm here reduces over
+// one row (its recurrent product's 4H or 3H columns, the LSTM's H cell units), so a row never
+// waits on another thread. A step of a row block is one product, h W_hh^T (a ThreadProduct),
+// and one pass per row: the LayerNorm of the product, the gates, the state.
 //
 // layernorm_lstm_forward(xn [T,B,4H], w_hh [4H,H], ln_hh_weight [4H], ln_hh_bias [4H],
 //     ln_c_weight [H], ln_c_bias [H], h0 [B,H], c0 [B,H], lengths [B]?, reverse)
@@ -27,6 +26,10 @@
 // layernorm_gru_inference(x [T,B,I], w_ih [3H,I], ln_ih_weight [3H], ln_ih_bias [3H], w_hh,
 //     b_hh, ln_hh_weight, ln_hh_bias, h0, lengths?, reverse) -> y, h_n: as the LSTM's, with
 //   ln_ih_bias holding ln_ih's bias plus b_ih.
+// zoneout: every operator takes keep_h? (and the LSTM keep_c?) [T,B,H] last, zoneout's weights
+// of the old state (reference.py): the state becomes keep old + (1 - keep) new, y the zoned h;
+// the LSTM's h comes from the new cell before zoneout. c_all saves the zoned cell state,
+// norm_c the new one's.
 // Rows past their length carry their state and output 0 (reverse: they start at lengths[b]-1).
 // float32, float64 and bfloat16: bfloat16 products on brgemm (float accumulation), the rows'
 // passes, the running state and what the forward saves in float32 (at::opmath_type).
@@ -57,6 +60,18 @@ void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t H,
   TORCH_CHECK(t.scalar_type() == like.scalar_type(), name, " must have dtype ",
               like.scalar_type(), " (the input's), got ", t.scalar_type());
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got device ", t.device());
+}
+
+at::Tensor check_keep(const std::optional<at::Tensor>& keep, const char* name, int64_t T,
+                      int64_t B, int64_t H, const at::Tensor& like) {
+  if (!keep.has_value()) return at::Tensor();
+  const at::Tensor& k = *keep;
+  TORCH_CHECK(k.dim() == 3 && k.size(0) == T && k.size(1) == B && k.size(2) == H, name,
+              " must have shape [", T, ", ", B, ", ", H, "] ([T, B, H]), got ", k.sizes());
+  TORCH_CHECK(k.scalar_type() == like.scalar_type(), name, " must have dtype ",
+              like.scalar_type(), " (the input's), got ", k.scalar_type());
+  TORCH_CHECK(k.device().is_cpu(), name, " must be a CPU tensor, got device ", k.device());
+  return k.contiguous();
 }
 
 void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
@@ -191,7 +206,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
     const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
-    bool reverse, bool save) {
+    bool reverse, const std::optional<at::Tensor>& keep_h_in,
+    const std::optional<at::Tensor>& keep_c_in, bool save) {
   const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
   check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
                        h0, 4);
@@ -201,6 +217,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
   check_vector(ln_c_bias, "ln_c_bias", H, xn);
   check_state(c0, "c0", B, H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  const at::Tensor keep_h = check_keep(keep_h_in, "keep_h", T, B, H, xn);
+  const at::Tensor keep_c = check_keep(keep_c_in, "keep_c", T, B, H, xn);
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = to_acc(h0, /*copy=*/true), c = to_acc(c0, /*copy=*/true);
   const auto acc = xn.options().dtype(at::toOpMathType(xn.scalar_type()));
@@ -220,6 +238,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     acc_t* c_all = save ? saved.c_all.data_ptr<acc_t>() : nullptr;
     acc_t* norm_c_all = save ? saved.norm_c.data_ptr<acc_t>() : nullptr;
     acc_t* rstd_all = save ? saved.rstd.data_ptr<acc_t>() : nullptr;
+    const scalar_t* keep_h_p = keep_h.defined() ? keep_h.const_data_ptr<scalar_t>() : nullptr;
+    const scalar_t* keep_c_p = keep_c.defined() ? keep_c.const_data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
     run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
                        [&](int64_t t, int64_t b, acc_t* g, const acc_t* xr, scalar_t* y_row) {
@@ -243,9 +263,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
       if (save) {
         std::copy(g, g + 4 * H, gates_all + row * 4 * H);
       }
+      // c' into f's quarter, the state c the zoned c' (zoneout keeps keep_c of the old one).
+      const scalar_t* kc = keep_c_p != nullptr ? keep_c_p + row * H : nullptr;
       for (const auto u : c10::irange(H)) {
-        c_row[u] = g[H + u] * c_row[u] + g[u] * g[2 * H + u];
-        g[H + u] = c_row[u];
+        const acc_t c_new = g[H + u] * c_row[u] + g[u] * g[2 * H + u];
+        c_row[u] = kc != nullptr ? zoned(kc[u], c_row[u], c_new) : c_new;
+        g[H + u] = c_new;
       }
       if (save) {
         std::copy(c_row, c_row + H, c_all + row * H);
@@ -255,8 +278,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
       }
       kernels.tanh(g + H, H);
       acc_t* h_row = h_all + b * H;
+      const scalar_t* kh = keep_h_p != nullptr ? keep_h_p + row * H : nullptr;
       for (const auto u : c10::irange(H)) {
-        h_row[u] = g[3 * H + u] * g[H + u];
+        const acc_t h_new = g[3 * H + u] * g[H + u];
+        h_row[u] = kh != nullptr ? zoned(kh[u], h_row[u], h_new) : h_new;
         y_row[u] = static_cast<scalar_t>(h_row[u]);
       }
     });
@@ -269,11 +294,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
     const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
     const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
-    bool reverse) {
+    bool reverse, const std::optional<at::Tensor>& keep_h,
+    const std::optional<at::Tensor>& keep_c) {
   const KernelGuard guard;
   const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 4, "i, f, g, o");
-  auto [y, h_n, c_n, saved] = layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-                                             ln_c_bias, h0, c0, lengths, reverse, false);
+  auto [y, h_n, c_n, saved] =
+      layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0,
+                     lengths, reverse, keep_h, keep_c, false);
   return {y, h_n, c_n};
 }
 
@@ -283,11 +310,14 @@ layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
                            const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
                            const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
                            const at::Tensor& h0, const at::Tensor& c0,
-                           const std::optional<at::Tensor>& lengths, bool reverse) {
+                           const std::optional<at::Tensor>& lengths, bool reverse,
+                           const std::optional<at::Tensor>& keep_h,
+                           const std::optional<at::Tensor>& keep_c) {
   const KernelGuard guard;
   const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 4, "i, f, g, o");
   auto [y, h_n, c_n, s] = layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-                                         ln_c_bias, h0, c0, lengths, reverse, true);
+                                         ln_c_bias, h0, c0, lengths, reverse, keep_h, keep_c,
+                                         true);
   return {y, h_n, c_n, s.gates, s.norm_hh, s.c_all, s.norm_c, s.rstd};
 }
 
@@ -295,7 +325,8 @@ layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
 std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
     const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths_in, bool reverse, bool save) {
+    const std::optional<at::Tensor>& lengths_in, bool reverse,
+    const std::optional<at::Tensor>& keep_h_in, bool save) {
   const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
   check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
                        h0, 3);
@@ -303,6 +334,7 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
   const int64_t T = xn.size(0), B = xn.size(1);
   check_vector(b_hh, "b_hh", 3 * H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
+  const at::Tensor keep_h = check_keep(keep_h_in, "keep_h", T, B, H, xn);
   at::Tensor y = new_output({T, B, H}, xn.options());
   at::Tensor h = to_acc(h0, /*copy=*/true);
   const auto acc = xn.options().dtype(at::toOpMathType(xn.scalar_type()));
@@ -317,6 +349,7 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
     const acc_t* bias = b_hh_acc.const_data_ptr<acc_t>();
     acc_t* h_all = h.data_ptr<acc_t>();
     acc_t* gates_all = save ? saved.gates.data_ptr<acc_t>() : nullptr;
+    const scalar_t* keep_h_p = keep_h.defined() ? keep_h.const_data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
     run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
                        [&](int64_t t, int64_t b, acc_t* g, const acc_t* xr, scalar_t* y_row) {
@@ -335,9 +368,11 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
       kernels.tanh(g + 2 * H, H);
       if (save) std::copy(g, g + 3 * H, gates);
       acc_t* h_row = h_all + b * H;
+      const scalar_t* kh = keep_h_p != nullptr ? keep_h_p + (t * B + b) * H : nullptr;
       for (const auto u : c10::irange(H)) {
         const acc_t z = g[H + u], n = g[2 * H + u];
-        h_row[u] = (acc_t(1) - z) * n + z * h_row[u];
+        const acc_t h_new = (acc_t(1) - z) * n + z * h_row[u];
+        h_row[u] = kh != nullptr ? zoned(kh[u], h_row[u], h_new) : h_new;
         y_row[u] = static_cast<scalar_t>(h_row[u]);
       }
     });
@@ -349,22 +384,24 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
     const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& ln_ih_weight,
     const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths, bool reverse) {
+    const std::optional<at::Tensor>& lengths, bool reverse,
+    const std::optional<at::Tensor>& keep_h) {
   const KernelGuard guard;
   const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 3, "r, z, n");
-  auto [y, h_n, saved] =
-      layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, false);
+  auto [y, h_n, saved] = layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
+                                       reverse, keep_h, false);
   return {y, h_n};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_forward_cpu(
     const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& b_hh,
     const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths, bool reverse) {
+    const std::optional<at::Tensor>& lengths, bool reverse,
+    const std::optional<at::Tensor>& keep_h) {
   const KernelGuard guard;
   const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 3, "r, z, n");
-  auto [y, h_n, s] =
-      layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, true);
+  auto [y, h_n, s] = layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
+                                   reverse, keep_h, true);
   return {y, h_n, s.gates, s.norm_hh, s.rstd};
 }
 

@@ -6,6 +6,8 @@
 
 #include "common.h"
 
+#include <optional>
+
 namespace gated_kernels {
 
 // Row b's n-wide state before step t, from `all` [T, B, n] (the state after each step) or
@@ -27,6 +29,18 @@ const scalar_t* previous_state(const scalar_t* all, const scalar_t* initial, int
 void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
                           const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
                           const at::Tensor& ln_hh_bias, const at::Tensor& h0, int64_t num_gates);
+
+// zoneout's weights of the previous state, keep [T, B, H] in the input's dtype (`like`), CPU,
+// or none: returned contiguous, or undefined.
+at::Tensor check_keep(const std::optional<at::Tensor>& keep, const char* name, int64_t T,
+                      int64_t B, int64_t H, const at::Tensor& like);
+
+// zoneout's state: keep of the old value and 1 - keep of the new one.
+template <typename keep_t, typename acc_t>
+inline acc_t zoned(keep_t keep, acc_t old_value, acc_t new_value) {
+  const acc_t k = static_cast<acc_t>(keep);
+  return k * old_value + (acc_t(1) - k) * new_value;
+}
 
 // A vector argument: shape [size], the input's dtype (`like`), CPU.
 void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like);

@@ -7,12 +7,12 @@
 //
 // layernorm_lstm_backward(dy [T,B,H], dh_n [B,H], dc_n [B,H], w_hh [4H,H], ln_hh_weight [4H],
 //     ln_c_weight [H], ln_c_bias [H], h0, c0, lengths?, reverse, y, gates, norm_hh, c_all,
-//     norm_c, rstd)
+//     norm_c, rstd, keep_h?, keep_c?)
 //   -> dxn [T,B,4H] (the gates' pre-activation gradient, also the gradient of xn),
 //      dw_hh [4H,H], dln_hh_weight [4H], dln_hh_bias [4H], dln_c_weight [H], dln_c_bias [H],
 //      dh0 [B,H], dc0 [B,H]
 // layernorm_gru_backward(dy, dh_n, w_hh [3H,H], ln_hh_weight [3H], h0, lengths?, reverse, y,
-//     gates, norm_hh, rstd)
+//     gates, norm_hh, rstd, keep_h?)
 //   -> dxn [T,B,3H], dw_hh [3H,H], db_hh [3H] (also the gradient of ln_hh's bias, which adds
 //      to the same R), dln_hh_weight [3H], dh0 [B,H]
 // 0 in dxn past a row's length, where the state's gradient carries. float32, float64 and
@@ -78,6 +78,9 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
   });
 }
 
+// t in the accumulation type, or undefined where t is.
+at::Tensor acc_or_none(const at::Tensor& t) { return t.defined() ? to_acc(t) : t; }
+
 // partial_sums [threads, K] summed over the threads, cut into tensors of the given sizes in
 // `dtype` (each its own memory: an operator's outputs must not alias).
 std::vector<at::Tensor> summed_over_threads(const at::Tensor& partial_sums,
@@ -118,7 +121,9 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
                             const std::optional<at::Tensor>& lengths_in, bool reverse,
                             const at::Tensor& y, const at::Tensor& gates_in,
                             const at::Tensor& norm_hh_in, const at::Tensor& c_all_in,
-                            const at::Tensor& norm_c_in, const at::Tensor& rstd_in) {
+                            const at::Tensor& norm_c_in, const at::Tensor& rstd_in,
+                            const std::optional<at::Tensor>& keep_h_in,
+                            const std::optional<at::Tensor>& keep_c_in) {
   const KernelGuard guard;
   const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 4);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 4 * H;
@@ -135,6 +140,8 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
   check_saved("c_all", c_all_in, {T, B, H}, acc);
   check_saved("norm_c", norm_c_in, {T, B, H}, acc);
   check_saved("rstd", rstd_in, {T, B, 2}, acc);
+  const at::Tensor keep_h = acc_or_none(check_keep(keep_h_in, "keep_h", T, B, H, h0));
+  const at::Tensor keep_c = acc_or_none(check_keep(keep_c_in, "keep_c", T, B, H, h0));
   const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
   const at::Tensor c_all = c_all_in.contiguous(), norm_c = norm_c_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
@@ -163,6 +170,8 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
     acc_t* dxn_p = dxn.data_ptr<acc_t>();
     acc_t* dgh_p = dgh.data_ptr<acc_t>();
     acc_t* dc_p = dc.data_ptr<acc_t>();
+    const acc_t* keep_h_p = keep_h.defined() ? keep_h.const_data_ptr<acc_t>() : nullptr;
+    const acc_t* keep_c_p = keep_c.defined() ? keep_c.const_data_ptr<acc_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
     const auto row_step = [&](int64_t t, int64_t b, acc_t* dh_row, acc_t* sums) {
       const int64_t row = t * B + b;
@@ -171,8 +180,9 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
       kernels.layernorm_lstm_backward_row(
           {H, gates_p + row * G, previous_state(c_all_p, c0_p, t, b, T, B, H, reverse, len),
            norm_c_p + row * H, norm_hh_p + row * G, rstd_p[row * 2 + 1], rstd_p[row * 2], w_c,
-           b_c, w_g, dh_row, dc_p + b * H, dxn_p + row * G, dgh_p + row * G, sums,
-           scratch.data()});
+           b_c, w_g, keep_h_p != nullptr ? keep_h_p + row * H : nullptr,
+           keep_c_p != nullptr ? keep_c_p + row * H : nullptr, dh_row, dc_p + b * H,
+           dxn_p + row * G, dgh_p + row * G, sums, scratch.data()});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
@@ -187,7 +197,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh_in,
     const at::Tensor& ln_hh_weight, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse, const at::Tensor& y,
-    const at::Tensor& gates_in, const at::Tensor& norm_hh_in, const at::Tensor& rstd_in) {
+    const at::Tensor& gates_in, const at::Tensor& norm_hh_in, const at::Tensor& rstd_in,
+    const std::optional<at::Tensor>& keep_h_in) {
   const KernelGuard guard;
   const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 3);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 3 * H;
@@ -198,6 +209,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
   check_saved("dh_n", dh_n, {B, H}, dtype);
   check_saved("y", y, {T, B, H}, dtype);
   check_saved("rstd", rstd_in, {T, B, 1}, acc);
+  const at::Tensor keep_h = acc_or_none(check_keep(keep_h_in, "keep_h", T, B, H, h0));
   const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor y_acc = to_acc(y), h0_acc = to_acc(h0);
@@ -220,12 +232,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
     const int64_t* len = lengths.defined() ? lengths.const_data_ptr<int64_t>() : nullptr;
     acc_t* dxn_p = dxn.data_ptr<acc_t>();
     acc_t* dgh_p = dgh.data_ptr<acc_t>();
+    const acc_t* keep_h_p = keep_h.defined() ? keep_h.const_data_ptr<acc_t>() : nullptr;
     const auto backward_row = pointwise_kernels<scalar_t>().layernorm_gru_backward_row;
     const auto row_step = [&](int64_t t, int64_t b, acc_t* dh_row, acc_t* sums) {
       const int64_t row = t * B + b;
       backward_row({H, gates_p + row * 4 * H,
                     previous_state(y_p, h0_p, t, b, T, B, H, reverse, len), norm_hh_p + row * G,
-                    rstd_p[row], w_g, dh_row, dxn_p + row * G, dgh_p + row * G, sums});
+                    rstd_p[row], w_g, keep_h_p != nullptr ? keep_h_p + row * H : nullptr,
+                    dh_row, dxn_p + row * G, dgh_p + row * G, sums});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);

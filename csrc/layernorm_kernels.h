@@ -64,9 +64,24 @@ void layer_norm_row_backward(const acc_t* dout, const acc_t* norm, const acc_t* 
   }
 }
 
+// The share of a state's gradient that reaches its new value under zoneout, (1 - keep) d, and
+// d without it; `keep_part` gets keep d (0 without), the share that reaches the old value.
+template <typename acc_t>
+inline Vec<acc_t> through_zoneout(const acc_t* keep, const Vec<acc_t>& d, int64_t j, int64_t w,
+                                  Vec<acc_t>* keep_part) {
+  if (keep == nullptr) {
+    *keep_part = Vec<acc_t>(acc_t(0));
+    return d;
+  }
+  const Vec<acc_t> k = Vec<acc_t>::loadu(keep + j, w);
+  *keep_part = k * d;
+  return d - *keep_part;
+}
+
 // One running row of the LayerNorm LSTM's backward (pointwise.h gives the contract). Per unit:
-// tc = tanh(LN(c')) again from the saved normalised c', dl = dh o (1 - tc^2) the gradient of
-// LN(c'), then through that LayerNorm into c', the four gates, and through LN(gh) into gh.
+// the gradient of the new h and c' past zoneout, tc = tanh(LN(c')) again from the saved
+// normalised c', dl = dh_new o (1 - tc^2) the gradient of LN(c'), then through that LayerNorm
+// into c', the four gates, and through LN(gh) into gh.
 template <typename acc_t>
 void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
   using V = Vec<acc_t>;
@@ -80,7 +95,9 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
     const V t = vtanh(at::vec::fmadd(norm_c, V::loadu(r.ln_c_weight + j, w),
                                      V::loadu(r.ln_c_bias + j, w)));
     t.store(tc + j, w);
-    const V d = V::loadu(r.dh + j, w) * V::loadu(r.gates + 3 * H + j, w) * (one - t * t);
+    V unused;
+    const V dh_new = through_zoneout(r.keep_h, V::loadu(r.dh + j, w), j, w, &unused);
+    const V d = dh_new * V::loadu(r.gates + 3 * H + j, w) * (one - t * t);
     d.store(dl + j, w);
     at::vec::fmadd(d, norm_c, V::loadu(r.sums + 2 * G + j, w)).store(r.sums + 2 * G + j, w);
     (d + V::loadu(r.sums + 2 * G + H + j, w)).store(r.sums + 2 * G + H + j, w);
@@ -90,13 +107,16 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
     const int64_t w = std::min<int64_t>(V::size(), H - j);
     const V i = V::loadu(r.gates + j, w), f = V::loadu(r.gates + H + j, w);
     const V g = V::loadu(r.gates + 2 * H + j, w), o = V::loadu(r.gates + 3 * H + j, w);
-    const V dc = V::loadu(r.dc + j, w) + V::loadu(dl + j, w);
+    V dh_old, dc_old;  // the shares of h_{t-1} and c_{t-1} through zoneout
+    const V dh_new = through_zoneout(r.keep_h, V::loadu(r.dh + j, w), j, w, &dh_old);
+    const V dc = through_zoneout(r.keep_c, V::loadu(r.dc + j, w), j, w, &dc_old) +
+                 V::loadu(dl + j, w);
     (dc * g * i * (one - i)).store(r.dxn + j, w);
     (dc * V::loadu(r.c_prev + j, w) * f * (one - f)).store(r.dxn + H + j, w);
     (dc * i * (one - g * g)).store(r.dxn + 2 * H + j, w);
-    (V::loadu(r.dh + j, w) * V::loadu(tc + j, w) * o * (one - o)).store(r.dxn + 3 * H + j, w);
-    (dc * f).store(r.dc + j, w);
-    V(acc_t(0)).store(r.dh + j, w);  // all of dh_{t-1} goes through W_hh
+    (dh_new * V::loadu(tc + j, w) * o * (one - o)).store(r.dxn + 3 * H + j, w);
+    at::vec::fmadd(dc, f, dc_old).store(r.dc + j, w);
+    dh_old.store(r.dh + j, w);  // the rest of dh_{t-1} goes through W_hh
   }
   for (int64_t j = 0; j < G; j += V::size()) {
     const int64_t w = std::min<int64_t>(V::size(), G - j);
@@ -108,7 +128,7 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
 }
 
 // One running row of the LayerNorm GRU's backward (pointwise.h gives the contract): the
-// gradients of A = xn (dA) and of R = LN(gh) + b_hh (dR, in dgh until its LayerNorm's gradient
+// gradient of the new h past zoneout, those of A = xn (dA) and of R = LN(gh) + b_hh (dR, in dgh until its LayerNorm's gradient
 // overwrites it), then through LN(gh) into gh.
 template <typename acc_t>
 void layernorm_gru_backward_row(const LayerNormGruBackwardRow<acc_t>& r) {
@@ -119,7 +139,8 @@ void layernorm_gru_backward_row(const LayerNormGruBackwardRow<acc_t>& r) {
     const int64_t w = std::min<int64_t>(V::size(), H - j);
     const V rr = V::loadu(r.gates + j, w), z = V::loadu(r.gates + H + j, w);
     const V n = V::loadu(r.gates + 2 * H + j, w), R_n = V::loadu(r.gates + 3 * H + j, w);
-    const V dh = V::loadu(r.dh + j, w);
+    V dh_old;  // the share of h_{t-1} through zoneout
+    const V dh = through_zoneout(r.keep_h, V::loadu(r.dh + j, w), j, w, &dh_old);
     const V dn = dh * (one - z) * (one - n * n);
     const V dr = dn * R_n * rr * (one - rr);
     const V dz = dh * (V::loadu(r.h_prev + j, w) - n) * z * (one - z);
@@ -129,7 +150,7 @@ void layernorm_gru_backward_row(const LayerNormGruBackwardRow<acc_t>& r) {
     dr.store(r.dgh + j, w);
     dz.store(r.dgh + H + j, w);
     (dn * rr).store(r.dgh + 2 * H + j, w);
-    (dh * z).store(r.dh + j, w);  // h's own part of h' = (1 - z) n + z h
+    at::vec::fmadd(dh, z, dh_old).store(r.dh + j, w);  // h's own part of h' = (1 - z) n + z h
   }
   for (int64_t j = 0; j < G; j += V::size()) {
     const int64_t w = std::min<int64_t>(V::size(), G - j);

@@ -138,7 +138,10 @@ struct LayerNormLstmBackwardRow {
   const acc_t* ln_c_weight;   // [H]
   const acc_t* ln_c_bias;     // [H]
   const acc_t* ln_hh_weight;  // [4H]
-  acc_t* dh;       // [H] in: the gradient of h_t; out: 0 (all of dh_{t-1} goes through W_hh)
+  const acc_t* keep_h;  // [H] zoneout's weight of h_{t-1} in h_t, or nullptr (none)
+  const acc_t* keep_c;  // [H] and of c_{t-1} in c_t
+  acc_t* dh;       // [H] in: the gradient of h_t; out: its part of dh_{t-1} outside W_hh
+                   // (keep_h dh; 0 without zoneout)
   acc_t* dc;       // [H] in: of c_t; out: of c_{t-1}
   acc_t* dxn;      // [4H] out: dG, the pre-activation gates' gradient
   acc_t* dgh;      // [4H] out: the gradient of h_{t-1} W_hh^T
@@ -154,7 +157,9 @@ struct LayerNormGruBackwardRow {
   const acc_t* norm_hh;       // [3H] h_{t-1} W_hh^T normalised
   acc_t rstd_hh;
   const acc_t* ln_hh_weight;  // [3H]
-  acc_t* dh;    // [H] in: the gradient of h_t; out: its part of dh_{t-1} outside W_hh, dh z
+  const acc_t* keep_h;        // [H] zoneout's weight of h_{t-1} in h_t, or nullptr (none)
+  acc_t* dh;    // [H] in: the gradient of h_t; out: its part of dh_{t-1} outside W_hh,
+                // dh_new z + keep_h dh with dh_new = (1 - keep_h) dh
   acc_t* dxn;   // [3H] out: the gradient of A = xn
   acc_t* dgh;   // [3H] out: the gradient of h_{t-1} W_hh^T
   acc_t* sums;  // [6H] += dR [3H], dR norm_hh [3H] (b_hh's and ln_hh's bias; ln_hh's weight)

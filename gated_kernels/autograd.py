@@ -225,53 +225,58 @@ class InputProjection(torch.autograd.Function):
 
 class LayerNormLSTMFunction(torch.autograd.Function):
     """A LayerNorm LSTM layer-direction on the C++ operators (csrc/layernorm.cpp): (xn, w_hh,
-    ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths or None, reverse) ->
-    (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh stays ordinary PyTorch above it."""
+    ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths or None, reverse,
+    keep_h or None, keep_c or None) -> (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh
+    stays ordinary PyTorch above it; keep_h / keep_c are zoneout's weights of the old state
+    (reference.py), not differentiated."""
 
     @staticmethod
     def forward(ctx, xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths,
-                reverse):
+                reverse, keep_h=None, keep_c=None):
         y, h_n, c_n, *saved = torch.ops.gated_kernels.layernorm_lstm_forward(
-            xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse
+            xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
+            keep_h, keep_c
         )
-        ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, y,
-                              *saved)
+        ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
+                              keep_h, keep_c, y, *saved)
         ctx.reverse = reverse
         return y, h_n, c_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
-        w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, *saved = ctx.saved_tensors
+        (w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, keep_h, keep_c,
+         *saved) = ctx.saved_tensors
         grads = torch.ops.gated_kernels.layernorm_lstm_backward(
             dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
-            ctx.reverse, *saved
+            ctx.reverse, *saved, keep_h, keep_c
         )
-        return (*grads, None, None)
+        return (*grads, None, None, None, None)
 
 
 class LayerNormGRUFunction(torch.autograd.Function):
     """A LayerNorm GRU layer-direction on the C++ operators: (xn, w_hh, b_hh, ln_hh_weight,
-    ln_hh_bias, h0, lengths or None, reverse) -> (y, h_n), xn = LN(x W_ih^T; ln_ih) + b_ih."""
+    ln_hh_bias, h0, lengths or None, reverse, keep_h or None) -> (y, h_n),
+    xn = LN(x W_ih^T; ln_ih) + b_ih."""
 
     @staticmethod
-    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
+    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h=None):
         y, h_n, *saved = torch.ops.gated_kernels.layernorm_gru_forward(
-            xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse
+            xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h
         )
-        ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, y, *saved)
+        ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, keep_h, y, *saved)
         ctx.reverse = reverse
         return y, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n):
-        w_hh, ln_hh_weight, h0, lengths, *saved = ctx.saved_tensors
+        w_hh, ln_hh_weight, h0, lengths, keep_h, *saved = ctx.saved_tensors
         dxn, dw_hh, db_hh, dln_hh_weight, dh0 = torch.ops.gated_kernels.layernorm_gru_backward(
-            dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved
+            dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved, keep_h
         )
         # b_hh and ln_hh's bias add to the same R: one gradient, each its own tensor.
-        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None
+        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None, None
 
 
 class LSTMCellFunction(torch.autograd.Function):

@@ -159,9 +159,11 @@ def check_vectors_like(xn, **vectors):
         _check_tensor(name, t, (xn.shape[2],), xn.dtype, xn.device)
 
 
-def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None):
-    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias)), and
-    the inference operators' past their input side; returns (T, B, H)."""
+def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None,
+                         keep=()):
+    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias); keep:
+    zoneout's (keep_h, keep_c) or (keep_h,), each [T, B, H] or None), and the inference
+    operators' past their input side; returns (T, B, H)."""
     gates = 4 if cell == "LSTM" else 3
     T, B, H = _check_xg(xn, cell, gates)
     _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)
@@ -175,4 +177,7 @@ def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None,
     else:
         _check_tensor("b_hh", b_hh, (gates * H,), xn.dtype, xn.device)
     _check_lengths(lengths, T, B, xn.device)
+    for name, k in zip(("keep_h", "keep_c"), keep):
+        if k is not None:
+            _check_tensor(name, k, (T, B, H), xn.dtype, xn.device)
     return T, B, H

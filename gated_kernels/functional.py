@@ -33,13 +33,14 @@ def _layer_backend(name, device):
 
 
 def _check_options(backend, layer_norm, keep, tensors):
-    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm in float32,
-    float64 and bfloat16 also on the C++ one (`tensors`: the layer's, for the dtype)."""
+    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm, with zoneout
+    or without, in float32, float64 and bfloat16 also on the C++ one (`tensors`: the layer's,
+    for the dtype)."""
     if backend == "reference" or (layer_norm is None and keep is None):
         return
-    if keep is not None:
-        raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
-                         f"not built yet), got backend {backend!r}")
+    if layer_norm is None:
+        raise ValueError(f"zoneout without LayerNorm runs on the 'reference' backend only (the "
+                         f"plain kernels have no zoneout yet), got backend {backend!r}")
     dtype = tensors[0].dtype
     if backend != "cpp" or dtype not in (torch.float32, torch.float64, torch.bfloat16):
         raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32, "
@@ -73,14 +74,17 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         if w_hr is not None:
             raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
         ln_ih, ln_hh, ln_c = layer_norm
+        keep_h, keep_c = keep or (None, None)
         if not needs_grad(x, w_ih, bias, w_hh, h0, c0, *ln_ih, *ln_hh, *ln_c):
             # The input side inside the operator, a step at a time: no xn [T, B, 4H].
             return torch.ops.gated_kernels.layernorm_lstm_inference(
-                x, w_ih, *_folded(ln_ih, bias), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse)
+                x, w_ih, *_folded(ln_ih, bias), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse,
+                keep_h, keep_c)
         if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
             c0 = c0.clone()
         return LayerNormLSTMFunction.apply(_input_gates(x, w_ih, bias, ln_ih, backend), w_hh,
-                                           *ln_hh, *ln_c, h0, c0, lengths, reverse)
+                                           *ln_hh, *ln_c, h0, c0, lengths, reverse, keep_h,
+                                           keep_c)
     if backend == "reference":
         ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
         xg = _input_gates(x, w_ih, bias, ln_ih)
@@ -116,11 +120,12 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         b_hh = w_hh.new_zeros(w_hh.shape[0])
     if backend == "cpp" and layer_norm is not None:
         ln_ih, ln_hh = layer_norm
+        (keep_h,) = keep or (None,)
         if not needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0, *ln_ih, *ln_hh):
             return torch.ops.gated_kernels.layernorm_gru_inference(
-                x, w_ih, *_folded(ln_ih, b_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse)
+                x, w_ih, *_folded(ln_ih, b_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse, keep_h)
         return LayerNormGRUFunction.apply(_input_gates(x, w_ih, b_ih, ln_ih, backend), w_hh,
-                                          b_hh, *ln_hh, h0, lengths, reverse)
+                                          b_hh, *ln_hh, h0, lengths, reverse, keep_h)
     if backend == "reference":
         ln_ih, ln_hh = layer_norm or (None, None)
         (keep_h,) = keep or (None,)

@@ -13,8 +13,8 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 (lstm_recurrence, gru_recurrence with LayerNorm), stacked by functional.lstm / gru.
 
 Issue 17's fused kernels are partly built: the modules in float32, float64 and bfloat16 on the
-CPU without zoneout run csrc/layernorm.cpp (inference, and training with its backward);
-everything else (zoneout, float16, CUDA, the cells) the `reference` backend (a loop of torch ops over the steps,
+CPU run csrc/layernorm.cpp (inference, and training with its backward; zoneout inside, its
+masks drawn above); everything else (float16, CUDA, the cells) the `reference` backend (a loop of torch ops over the steps,
 as users write these cells today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are LSTM /
 GRU's keywords (rnn.py, functional.lstm).
 """
@@ -44,10 +44,10 @@ class _LayerNormBase:
 
     def _call_backend(self, input, hx=None):
         """The backend a call runs (and the benchmark records): the C++ one for float32,
-        float64 and bfloat16 on the CPU without zoneout (csrc/layernorm.cpp), else the
+        float64 and bfloat16 on the CPU (csrc/layernorm.cpp, zoneout included), else the
         reference."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if (resolve_backend(self.backend, data.device) != "cpp" or self.zoneout > 0.0
+        if (resolve_backend(self.backend, data.device) != "cpp"
                 or data.dtype not in (torch.float32, torch.float64, torch.bfloat16)):
             return "reference"
         return "cpp"

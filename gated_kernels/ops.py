@@ -170,15 +170,17 @@ _LN_INPUT_ARGS = "Tensor x, Tensor w_ih, Tensor ln_ih_weight, Tensor ln_ih_bias"
 LIBRARY.define(
     f"layernorm_lstm_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor ln_hh_weight, "
     "Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
-    "Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
+    "Tensor? lengths, bool reverse, Tensor? keep_h=None, Tensor? keep_c=None) "
+    "-> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
     f"layernorm_gru_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
-    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
+    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
+    "-> (Tensor y, Tensor h_n)"
 )
 _LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
                  "Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, "
-                 "bool reverse")
+                 "bool reverse, Tensor? keep_h=None, Tensor? keep_c=None")
 LIBRARY.define(
     f"layernorm_lstm_forward({_LN_LSTM_ARGS}) -> (Tensor y, Tensor h_n, Tensor c_n, "
     "Tensor gates, Tensor norm_hh, Tensor c_all, Tensor norm_c, Tensor rstd)"
@@ -187,19 +189,20 @@ LIBRARY.define(
     "layernorm_lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, "
     "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
     "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, Tensor c_all, "
-    "Tensor norm_c, Tensor rstd) -> (Tensor dxn, Tensor dw_hh, Tensor dln_hh_weight, "
+    "Tensor norm_c, Tensor rstd, Tensor? keep_h=None, Tensor? keep_c=None) "
+    "-> (Tensor dxn, Tensor dw_hh, Tensor dln_hh_weight, "
     "Tensor dln_hh_bias, Tensor dln_c_weight, Tensor dln_c_bias, Tensor dh0, Tensor dc0)"
 )
 LIBRARY.define(
     "layernorm_gru_forward(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
-    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse) "
+    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
     "-> (Tensor y, Tensor h_n, Tensor gates, Tensor norm_hh, Tensor rstd)"
 )
 LIBRARY.define(
     "layernorm_gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor ln_hh_weight, "
     "Tensor h0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, "
-    "Tensor rstd) -> (Tensor dxn, Tensor dw_hh, Tensor db_hh, Tensor dln_hh_weight, "
-    "Tensor dh0)"
+    "Tensor rstd, Tensor? keep_h=None) -> (Tensor dxn, Tensor dw_hh, Tensor db_hh, "
+    "Tensor dln_hh_weight, Tensor dh0)"
 )
 LAYERNORM_OPERATORS = ("layernorm_lstm_inference", "layernorm_lstm_forward",
                        "layernorm_lstm_backward", "layernorm_gru_inference",
@@ -391,25 +394,26 @@ def _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, cell):
 
 @torch.library.register_fake("gated_kernels::layernorm_lstm_inference")
 def _layernorm_lstm_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, ln_hh_weight,
-                                   ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse):
+                                   ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
+                                   keep_h=None, keep_c=None):
     xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "LSTM")
     return _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-                                        ln_c_bias, h0, c0, lengths, reverse)[:3]
+                                        ln_c_bias, h0, c0, lengths, reverse, keep_h, keep_c)[:3]
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_inference")
 def _layernorm_gru_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, b_hh, ln_hh_weight,
-                                  ln_hh_bias, h0, lengths, reverse):
+                                  ln_hh_bias, h0, lengths, reverse, keep_h=None):
     xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "GRU")
     return _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
-                                       reverse)[:2]
+                                       reverse, keep_h)[:2]
 
 
 @torch.library.register_fake("gated_kernels::layernorm_lstm_forward")
 def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0,
-                                 c0, lengths, reverse):
+                                 c0, lengths, reverse, keep_h=None, keep_c=None):
     T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
-                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias))
+                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias), keep=(keep_h, keep_c))
     G, acc = 4 * H, saved_dtype(xn.dtype)
     return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H),
             *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, G), (T, B, G), (T, B, H),
@@ -419,16 +423,17 @@ def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight
 @torch.library.register_fake("gated_kernels::layernorm_lstm_backward")
 def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
                                   h0, c0, lengths, reverse, y, gates, norm_hh, c_all, norm_c,
-                                  rstd):
+                                  rstd, keep_h=None, keep_c=None):
     return (h0.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
             *(t.new_empty(t.shape) for t in (ln_hh_weight, ln_hh_weight, ln_c_weight,
                                               ln_c_bias, h0, c0)))
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_forward")
-def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse):
+def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse,
+                                keep_h=None):
     T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
-                                   b_hh=b_hh)
+                                   b_hh=b_hh, keep=(keep_h,))
     acc = saved_dtype(xn.dtype)
     return (xn.new_empty(T, B, H), xn.new_empty(B, H),
             *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, 4 * H), xn.shape, (T, B, 1))))
@@ -436,7 +441,7 @@ def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, le
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_backward")
 def _layernorm_gru_backward_fake(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
-                                 norm_hh, rstd):
+                                 norm_hh, rstd, keep_h=None):
     return (h0.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
             ln_hh_weight.new_empty(ln_hh_weight.shape), ln_hh_weight.new_empty(ln_hh_weight.shape),
             h0.new_empty(h0.shape))

@@ -46,14 +46,15 @@ def _inputs(cell, T, B, H, lengths, dtype, seed=0, I=5):
 
 
 def _op(cell, a, reverse):
-    """The inference operator, from the layer input."""
+    """The inference operator, from the layer input (with zoneout's a["keep"] where given)."""
+    keep = a.get("keep", ())
     if cell == "LSTM":
         return torch.ops.gated_kernels.layernorm_lstm_inference(
             a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"],
-            a["lengths"], reverse)
+            a["lengths"], reverse, *keep)
     return torch.ops.gated_kernels.layernorm_gru_inference(
         a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"],
-        reverse)
+        reverse, *keep)
 
 
 def _reference(cell, a, reverse):
@@ -96,10 +97,10 @@ def _differentiable(cell, a):
     return [t.detach().requires_grad_() for t in tensors]
 
 
-def _function(cell, tensors, lengths, reverse):
+def _function(cell, tensors, lengths, reverse, keep=()):
     if cell == "LSTM":
-        return LayerNormLSTMFunction.apply(*tensors, lengths, reverse)
-    return LayerNormGRUFunction.apply(*tensors, lengths, reverse)
+        return LayerNormLSTMFunction.apply(*tensors, lengths, reverse, *keep)
+    return LayerNormGRUFunction.apply(*tensors, lengths, reverse, *keep)
 
 
 def _reference_of(cell, tensors, lengths, reverse):
@@ -146,6 +147,59 @@ def test_layernorm_training_matches_the_reference(cell, case, dtype, threads, mo
         assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
     for k, (got, want) in enumerate(zip(got_grads, want_grads)):
         assert got.dtype == dtype
+        assert_close(got, want, dtype, "grad", f"gradient of argument {k}",
+                     max_rel_error(low_grads[k], want))
+
+
+def _keep(cell, T, B, H, dtype, training, seed=3):
+    """zoneout's weights of the old state: Bernoulli(0.3) masks (training) or 0.3 everywhere
+    (eval, as functional.zoneout_keep expands it), one per state."""
+    g = torch.Generator().manual_seed(seed)
+    states = 2 if cell == "LSTM" else 1
+    if training:
+        return tuple((torch.rand(T, B, H, generator=g) < 0.3).to(dtype) for _ in range(states))
+    return tuple(torch.full((), 0.3, dtype=dtype).expand(T, B, H) for _ in range(states))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["masks", "eval"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_zoneout_matches_the_reference(cell, dtype, training, monkeypatch):
+    """zoneout inside the operators: inference from the layer input, and training's outputs and
+    every gradient, against reference.py's keep_h / keep_c, with lengths in reverse (a row
+    past its length keeps its state whatever the mask)."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H, lengths, reverse = CASES["T6-B5-H12-lengths-reverse"]
+    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
+    lengths = a["lengths"]
+    keep64, keep = (_keep(cell, T, B, H, d, training) for d in (torch.float64, dtype))
+
+    def run_reference(tensors, keeps):
+        kwargs = dict(zip(("keep_h", "keep_c"), keeps))
+        if cell == "LSTM":
+            xn, w_hh, lw, lb, cw, cb, h0, c0 = tensors
+            return reference.lstm_recurrence(xn, w_hh, None, h0, c0, lengths, reverse,
+                                             ln_hh=(lw, lb), ln_c=(cw, cb), **kwargs)
+        xn, w_hh, b_hh, lw, lb, h0 = tensors
+        return reference.gru_recurrence(xn, w_hh, b_hh, h0, lengths, reverse, ln_hh=(lw, lb),
+                                        **kwargs)
+
+    want_in = _differentiable(cell, a64)
+    expected = run_reference(want_in, keep64)
+    weights = [torch.randn_like(t) for t in expected]
+    want_grads = torch.autograd.grad(expected, want_in, weights)
+    low_in = _differentiable(cell, a)  # bfloat16: PyTorch's own error, the reference in it
+    low = run_reference(low_in, keep)
+    low_grads = torch.autograd.grad(low, low_in, [w.to(dtype) for w in weights])
+    got_in = _differentiable(cell, a)
+    actual = _function(cell, got_in, lengths, reverse, keep)
+    got_grads = torch.autograd.grad(actual, got_in, [w.to(dtype) for w in weights])
+    a["keep"] = keep
+    inferred = _op(cell, a, reverse)
+    for k, want in enumerate(expected):
+        for got in (actual[k], inferred[k]):
+            assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
+    for k, (got, want) in enumerate(zip(got_grads, want_grads)):
         assert_close(got, want, dtype, "grad", f"gradient of argument {k}",
                      max_rel_error(low_grads[k], want))
 
@@ -226,7 +280,7 @@ def test_compile_fullgraph_trains_as_eager(cell):
 def test_the_modules_run_the_operators(cell):
     """float32 / float64 on the CPU without zoneout: the operators, the same values as the
     reference backend (bidirectional, two layers, a PackedSequence; the gradients in
-    test_layernorm.py); bfloat16 and zoneout: the reference."""
+    test_layernorm.py), bfloat16 and zoneout included; float16: the reference."""
     torch.manual_seed(0)
     cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
     module = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
@@ -251,7 +305,7 @@ def test_the_modules_run_the_operators(cell):
         assert module.half()._call_backend(x.half()) == "reference"
     assert module.double()._call_backend(x) == "cpp"  # parameters require grad
     with torch.no_grad():
-        assert cls(3, 5, zoneout=0.1)._call_backend(x.float()) == "reference"
+        assert cls(3, 5, zoneout=0.1)._call_backend(x.float()) == "cpp"
 
 
 def test_the_operators_name_a_bad_argument():
