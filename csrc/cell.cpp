@@ -155,9 +155,10 @@ bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) 
          (o == at::kFloat || o == at::kBFloat16);
 }
 
-// out = beta * out + a b, beta 0 or 1, for out [M, N] contiguous, a [M, K] and b [K, N] with any
-// strides (b is w^T for the forward products, w itself or x for the backward ones). Our own
-// kernels where own_takes(), else a library in b's dtype (a converted to it where they differ).
+}  // namespace
+
+// Our own kernels where own_takes(), else a library in b's dtype (a converted to it where they
+// differ).
 void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (out.numel() == 0) return;
@@ -204,11 +205,10 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
   }
 }
 
-// a w^T (+ bias) in the accumulation type, for a [M, K] and w [N, K] (a weight as torch.nn stores
-// it): the passes read it in float. A small bfloat16 batch runs on our kernels from float rows
-// (the weight widened as it is read); a larger one in bfloat16 on a library, rounded there as
-// torch.nn's cell rounds it, then widened (ATen exports no bfloat16 x bfloat16 -> float product).
-// Below oneDNN's size the bias goes into ATen's addmm, one call as in torch.nn's linear.
+// A small bfloat16 batch runs on our kernels from float rows (the weight widened as it is read);
+// a larger one in bfloat16 on a library, rounded there as torch.nn's cell rounds it, then
+// widened (ATen exports no bfloat16 x bfloat16 -> float product). Below oneDNN's size the bias
+// goes into ATen's addmm, one call as in torch.nn's linear.
 at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
                         const std::optional<at::Tensor>& bias) {
   const auto acc = at::toOpMathType(a.scalar_type());
@@ -224,6 +224,8 @@ at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
   cell_matmul(out, own ? to_acc(a) : a, w.t(), bias.has_value() ? 1.0f : 0.0f);
   return out.to(acc);
 }
+
+namespace {
 
 // ---- checks: each names the argument, expected against got ----
 

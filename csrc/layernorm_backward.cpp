@@ -24,6 +24,7 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <optional>
 #include <vector>
 
 namespace gated_kernels {
@@ -49,10 +50,17 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
   acc_t* dh_p = dh.data_ptr<acc_t>();
   acc_t* dxn_p = dxn.data_ptr<acc_t>();
   acc_t* dgh_p = dgh.data_ptr<acc_t>();
+  // One step (the LayerNorm cells): dgh W_hh once for all rows after the passes, on the cells'
+  // product, with no weight put in a kernel's form per thread (as the forward).
+  const bool one_step = T == 1;
   at::parallel_for(0, B, 1, [&](int64_t b0, int64_t b1) {
     acc_t* sums = partial_sums.data_ptr<acc_t>() + at::get_thread_num() * K;
     // dgh's rows of the block at every step, [T, rows, G]: call t multiplies step t's by W_hh.
-    ThreadProduct<scalar_t> product({w_hh}, dgh.narrow(1, b0, b1 - b0), PackSlot::kNone);
+    std::optional<ThreadProduct<scalar_t>> product;
+    if (!one_step) {
+      product.emplace(std::vector<at::Tensor>{w_hh}, dgh.narrow(1, b0, b1 - b0),
+                      PackSlot::kNone);
+    }
     for (int64_t s = T - 1; s >= 0; --s) {
       const int64_t t = time_index(s, T, reverse);
       for (int64_t b = b0; b < b1; ++b) {
@@ -67,7 +75,8 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
         for (const auto u : c10::irange(H)) dh_row[u] += static_cast<acc_t>(dy_row[u]);
         row_step(t, b, dh_row, sums);
       }
-      const acc_t* through_w = product(t);
+      if (one_step) break;
+      const acc_t* through_w = (*product)(t);
       for (int64_t b = b0; b < b1; ++b) {
         if (len != nullptr && t >= len[b]) continue;
         acc_t* dh_row = dh_p + b * H;
@@ -76,6 +85,10 @@ void run_rows_backward(const at::Tensor& dy, const at::Tensor& w_hh, at::Tensor&
       }
     }
   });
+  if (one_step) {
+    // dgh is 0 on rows past their length, whose dh carries: the product adds nothing there.
+    cell_matmul(dh, dgh[0], w_hh, 1.0f);
+  }
 }
 
 // t in the accumulation type, or undefined where t is.

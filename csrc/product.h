@@ -29,6 +29,7 @@
 #include <ATen/OpMathType.h>
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace gated_kernels {
@@ -50,6 +51,17 @@ bool brgemm_available(at::ScalarType dtype);
 // for bfloat16 must hold). For a product that runs once (a cell's): w goes into brgemm's pairs
 // for this call alone, split by columns over the threads where the work repays a fork.
 void brgemm_bf16_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add);
+
+// One product that runs once, with no packing to repay (csrc/cell.cpp: the cells' and one-step
+// calls' products, the kernel picked by size): out = beta * out + a b, beta 0 or 1, for out
+// [M, N] contiguous, a [M, K] and b [K, N] with any strides (b is w^T for a forward product,
+// w itself for a backward one).
+void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta);
+
+// a w^T (+ bias) in the accumulation type, for a [M, K] and w [N, K] (a weight as torch.nn
+// stores it), on cell_matmul; a bfloat16 product rounded as torch.nn's cell rounds it.
+at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
+                        const std::optional<at::Tensor>& bias);
 
 // For the mkl kernel: MKL's packed copy of a weight lives in a buffer of the calling thread, one
 // per slot, kept from call to call (outside torch's allocator): MKL asks 8-13 MB of address space

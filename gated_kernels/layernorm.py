@@ -14,9 +14,10 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 
 Issue 17's fused kernels are partly built: the modules in float32, float64 and bfloat16 on the
 CPU run csrc/layernorm.cpp (inference, and training with its backward; zoneout inside, its
-masks drawn above); everything else (float16, CUDA, the cells) the `reference` backend (a loop of torch ops over the steps,
-as users write these cells today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are LSTM /
-GRU's keywords (rnn.py, functional.lstm).
+masks drawn above), the cells too (one step of those operators); everything else (float16,
+CUDA) the `reference` backend (a loop of torch ops over the steps, as users write these cells
+today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are
+LSTM / GRU's keywords (rnn.py, functional.lstm).
 """
 
 import torch
@@ -161,7 +162,7 @@ class LayerNormGRU(_LayerNormBase, GRU):
 class _LayerNormCellBase(_LayerNormBase):
     """The LayerNorm cells: the parameters without `_l{k}{sfx}`, the zoneout and dropconnect
     keywords (one step: zoneout's masks and the DropConnect mask are drawn at every call), and
-    one step of the layer on the reference backend."""
+    one step of the layer (T=1) on the backend the modules would run."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  zoneout=0.0, dropconnect=0.0, backend="auto"):
@@ -173,9 +174,6 @@ class _LayerNormCellBase(_LayerNormBase):
 
     def _suffixes(self):
         return [""]
-
-    def _call_backend(self, input):
-        return "reference"  # csrc/layernorm.cpp's operators run sequences
 
     def extra_repr(self):
         s = super().extra_repr()
@@ -193,8 +191,7 @@ class _LayerNormCellBase(_LayerNormBase):
             keep = tuple(functional.zoneout_keep(self.zoneout, self.training, (1, *s.shape),
                                                  input) for s in states)
         out = layer(input.unsqueeze(0), *states, self.weight_ih, w_hh, self.bias_ih,
-                    self.bias_hh, backend="reference", layer_norm=self._layer_norms()[0],
-                    keep=keep)
+                    self.bias_hh, backend=backend, layer_norm=self._layer_norms()[0], keep=keep)
         return out[1:]
 
 

@@ -258,3 +258,33 @@ def test_a_cell_s_zoneout_in_eval_mixes_in_p_of_the_previous_state(cell):
         assert max_abs_error(a, 0.4 * s + 0.6 * b) <= FP64_ATOL
     with pytest.raises(ValueError, match="'reference' backend only.*backend='triton'"):
         CELLS[cell](3, 4, backend="triton")
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_a_cell_runs_the_cpp_operators_as_the_reference_backend(cell):
+    """A cell's call on `auto` (the C++ operators, one step) against backend='reference': output
+    and every gradient, with zoneout's training masks drawn from the same seed."""
+    torch.manual_seed(6)
+    fast = CELLS[cell](3, 4, dtype=torch.float64, zoneout=0.3)
+    slow = CELLS[cell](3, 4, dtype=torch.float64, zoneout=0.3, backend="reference")
+    with torch.no_grad():
+        for p in fast.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    slow.load_state_dict(fast.state_dict())
+    x = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    states = [torch.randn(2, 4, dtype=torch.float64, requires_grad=True)
+              for _ in range(2 if cell == "LSTM" else 1)]
+    hx = tuple(states) if cell == "LSTM" else states[0]
+    assert fast._call_backend(x) == "cpp" and slow._call_backend(x) == "reference"
+    outs = []
+    for module in (fast, slow):
+        torch.manual_seed(7)
+        out = module(x, hx)
+        out = out if cell == "LSTM" else (out,)
+        weights = [torch.ones_like(o) * (k + 1) for k, o in enumerate(out)]
+        outs.append((out, torch.autograd.grad(out, [x, *states, *module.parameters()], weights)))
+    (ours, our_grads), (theirs, their_grads) = outs
+    for a, b in zip(ours, theirs):
+        assert max_abs_error(a, b) <= FP64_ATOL
+    for k, (a, b) in enumerate(zip(our_grads, their_grads)):
+        assert max_abs_error(a, b) <= FP64_ATOL, f"grad {k}"
