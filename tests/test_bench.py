@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from gated_kernels.bench import cli, measure, report
-from gated_kernels.bench.suites import Case
+from gated_kernels.bench.suites import Case, draw_lengths
 
 TINY = ["--shape", "6,3,5,4", "--min-seconds", "0.01"]
 
@@ -274,3 +274,15 @@ def test_bad_arguments_exit_with_one_line(argv):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gated-kernels-bench: error:"), result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_packed_bound_measures_the_suite_s_long_tailed_lengths():
+    """bench.packed_bound's numbers for one small shape: the fill of the suite's long-tailed
+    lengths, and a time for each of the three runs (no speed is asserted)."""
+    from gated_kernels.bench import packed_bound
+
+    fill, full, packed, steps = packed_bound.bound("GRU", 12, 4, 8, torch.float32)
+    case = Case("GRU", "fwd", 12, 4, 8, 8, "fp32", 1, True, "cpu", "longtail")
+    lengths = draw_lengths(case, torch.Generator().manual_seed(1))
+    assert fill == pytest.approx(float(lengths.sum()) / (12 * 4))
+    assert min(full, packed, steps) > 0
