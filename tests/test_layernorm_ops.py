@@ -17,6 +17,14 @@ CASES = {
     "T6-B5-H12-lengths": (6, 5, 12, [3, 6, 1, 5, 6], False),
     "T6-B5-H12-lengths-reverse": (6, 5, 12, [3, 6, 1, 5, 6], True),
 }
+# One row over two threads' hidden units: inference splits them, as the plain operators do,
+# from a W_hh of 384 KB (4 x 160 x 160 in float64, 3 x 256 x 256 in bfloat16); training keeps
+# the rows split, tested above.
+SPLIT_CASES = {
+    "T7-B1-H160-lengths-reverse": (7, 1, 160, [5], True),
+    "T4-B1-H160": (4, 1, 160, None, False),
+    "T3-B1-H256-lengths": (3, 1, 256, [2], False),
+}
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 
@@ -67,7 +75,8 @@ def _reference(cell, a, reverse):
 
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+@pytest.mark.parametrize("case", [*CASES.values(), *SPLIT_CASES.values()],
+                         ids=[*CASES, *SPLIT_CASES])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_layernorm_inference_matches_the_reference(cell, case, dtype, threads, monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")  # an unwritten element stays NaN
@@ -202,6 +211,39 @@ def test_zoneout_matches_the_reference(cell, dtype, training, monkeypatch):
     for k, (got, want) in enumerate(zip(got_grads, want_grads)):
         assert_close(got, want, dtype, "grad", f"gradient of argument {k}",
                      max_rel_error(low_grads[k], want))
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["masks", "eval"])
+@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_zoneout_in_one_row_split_over_threads(cell, dtype, training, monkeypatch):
+    """zoneout in the inference operators' split of one row's hidden units over two threads,
+    against reference.py's keep_h / keep_c."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H, lengths, reverse = SPLIT_CASES["T7-B1-H160-lengths-reverse"]
+    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
+    keep64, keep = (_keep(cell, T, B, H, d, training) for d in (torch.float64, dtype))
+
+    def run_reference(b, keeps):
+        kwargs = {"ln_hh": b["ln_hh"], "keep_h": keeps[0]}
+        if cell == "LSTM":
+            return reference.lstm_recurrence(b["xn"], b["w_hh"], None, b["h0"], b["c0"],
+                                             b["lengths"], reverse, ln_c=b["ln_c"],
+                                             keep_c=keeps[1], **kwargs)
+        return reference.gru_recurrence(b["xn"], b["w_hh"], b["b_hh"], b["h0"], b["lengths"],
+                                        reverse, **kwargs)
+
+    expected = run_reference(a64, keep64)
+    low = run_reference(a, keep)  # bfloat16: PyTorch's own error, the reference run in it
+    a["keep"] = keep
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        actual = _op(cell, a, reverse)
+    finally:
+        torch.set_num_threads(previous)
+    for k, (got, want) in enumerate(zip(actual, expected)):
+        assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
