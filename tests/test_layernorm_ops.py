@@ -251,7 +251,8 @@ def test_gradcheck(cell):
     lengths = torch.tensor([3, 1, 2])
     for reverse in (False, True):
         tensors = _differentiable(cell, _inputs(cell, 3, 3, 4, None, torch.float64, seed=1))
-        assert torch.autograd.gradcheck(lambda *t: _function(cell, t, lengths, reverse), tensors)
+        assert torch.autograd.gradcheck(
+            lambda *t, reverse=reverse: _function(cell, t, lengths, reverse), tensors)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
