@@ -301,7 +301,9 @@ void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
     const acc_t* w_g = thread.ln_w.template const_data_ptr<acc_t>();
     const acc_t* b_g = thread.ln_b.template const_data_ptr<acc_t>();
     const acc_t* b_r = thread.bias.template const_data_ptr<acc_t>();
-    std::vector<acc_t> g(NG * U);
+    // The step's gate row, [NG * U]: the product's own output, overwritten in place (valid
+    // until the next step's product).
+    acc_t* g = nullptr;
     for (const auto s : c10::irange(T)) {
       const int64_t t = time_index(s, T, reverse);
       scalar_t* y_row = y_p + t * H;
@@ -317,18 +319,17 @@ void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
       team.work([&] {
         hh_parts[tid] = {0, 0, 0};
         if (U == 0) return;
-        const acc_t* gh = thread.product(s % 2);
-        std::copy(gh, gh + NG * U, g.begin());
-        hh_parts[tid] = part_stats(g.data(), NG * U);
+        g = const_cast<acc_t*>(thread.product(s % 2));
+        hh_parts[tid] = part_stats(g, NG * U);
       });
       team.barrier();  // every part of LN(h W_hh^T)'s statistics
       team.work([&] {
         if (U == 0) return;
         const auto [mean, rstd] = merged_stats(hh_parts);
-        normalise(g.data(), NG * U, mean, rstd, w_g, b_g, b_r);
+        normalise(g, NG * U, mean, rstd, w_g, b_g, b_r);
         const acc_t* h_prev = h_p[s % 2];
         acc_t* h_next = h_p[(s + 1) % 2];
-        acc_t* gi = g.data();
+        acc_t* gi = g;
         for (const auto k : c10::irange(lstm ? NG : 2)) {  // + xn, but the GRU's n adds later
           for (const auto j : c10::irange(U)) gi[k * U + j] += x_row[k * H + u0 + j];
         }
@@ -362,7 +363,7 @@ void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
         team.work([&] {
           if (U == 0) return;
           const auto [mean, rstd] = merged_stats(c_parts);
-          acc_t* gi = g.data();
+          acc_t* gi = g;
           normalise(gi + U, U, mean, rstd, w_c.const_data_ptr<acc_t>() + u0,
                     b_c.const_data_ptr<acc_t>() + u0);
           kernels.tanh(gi + U, U);

@@ -205,8 +205,8 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
 
 class InputProjection(torch.autograd.Function):
     """xg = x w_ih^T [T, B, G] on the C++ backend, for the LayerNorm cells, which normalise it:
-    the product and both gradients on the input projection operators (oneDNN where ATen's
-    float32 product would run MKL's generic code on AMD CPUs)."""
+    the product and both gradients on the input projection operators (oneDNN for large
+    products, where ATen's float32 product would run MKL's generic code on AMD CPUs)."""
 
     @staticmethod
     def forward(ctx, x, w_ih):

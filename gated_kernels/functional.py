@@ -134,23 +134,13 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)
 
 
-# Multiply-adds from which the input projection operators (oneDNN) repay their fixed cost over
-# ATen's product: csrc/cell.cpp's kOnednnWork (a LayerNormLSTMCell training step at B=1, H=64
-# took 615 us with them, 457 us on the reference backend, the two operators 115 us of it).
-ONEDNN_MIN_WORK = 1 << 23
-
-
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
     """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once: the product on
-    the input projection operators on the C++ backend from ONEDNN_MIN_WORK multiply-adds,
-    ATen's otherwise. The bias adds to LN's own (one [G] sum, not a pass over [T, B, G])."""
+    the input projection operators on the C++ backend (which pick the kernel by size), ATen's on
+    the reference. The bias adds to LN's own (one [G] sum, not a pass over [T, B, G])."""
     if ln_ih is None:
         return F.linear(x, w_ih, bias)
-    work = x.shape[0] * x.shape[1] * w_ih.numel()
-    if backend == "cpp" and work >= ONEDNN_MIN_WORK:
-        xg = InputProjection.apply(x.contiguous(), w_ih)
-    else:
-        xg = x @ w_ih.T
+    xg = InputProjection.apply(x.contiguous(), w_ih) if backend == "cpp" else x @ w_ih.T
     return reference.layer_norm(xg, _folded(ln_ih, bias))
 
 

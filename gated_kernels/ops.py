@@ -35,8 +35,9 @@ what backward needs; the input projection's gradients come from their own operat
   input_projection_backward(dxg [T,B,G], x [T,B,I], w_ih [G,I], bias: bool, lengths?)
       -> dx [T,B,I], dw_ih [G,I], dbias [G] (or [0]); with lengths, dxg is 0 past each row's
       length and the products take the running rows alone
-(csrc/input_projection.cpp: one product each on oneDNN's matmul, where ATen's float32 product
-would run MKL's generic code on AMD CPUs.)
+(csrc/input_projection.cpp: one product each, on oneDNN's matmul where it is large enough to
+repay oneDNN's fixed cost, since ATen's float32 product would run MKL's generic code on AMD
+CPUs.)
 
 One step of a cell, for LSTMCell, GRUCell and one-layer T=1 calls (CPU; csrc/cell.cpp): two
 products and one fused pass, without the sequence operators' thread team and packing:
