@@ -21,7 +21,9 @@ from torch.autograd.function import once_differentiable
 from gated_kernels import ops  # noqa: F401  (declares the torch.ops.gated_kernels operators)
 
 
-def _op(name, backend, device):
+def operator(name, backend, device):
+    """The operator `name` for tensors on `device`: torch.ops' (dispatched by device), or the
+    Triton launcher itself for the `triton` backend on CPU tensors (the interpreter)."""
     if backend == "triton" and device.type == "cpu":
         from gated_kernels.triton_kernels import launchers
 
@@ -34,7 +36,7 @@ class LSTMFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xg, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
-        y, h_n, c_n, gates, c_all = _op("lstm_forward", backend, xg.device)(
+        y, h_n, c_n, gates, c_all = operator("lstm_forward", backend, xg.device)(
             xg, w_hh, w_hr, h0, c0, lengths, reverse
         )
         ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
@@ -45,7 +47,7 @@ class LSTMFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n, dc_n):
         w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
-        dxg, dw_hh, dw_hr, dh0, dc0 = _op("lstm_backward", ctx.backend, dy.device)(
+        dxg, dw_hh, dw_hr, dh0, dc0 = operator("lstm_backward", ctx.backend, dy.device)(
             dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all
         )
         return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
@@ -126,7 +128,7 @@ def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
         xg = F.linear(x, w_ih, bias)
-        forward = _op("lstm_forward", backend, x.device)
+        forward = operator("lstm_forward", backend, x.device)
         return forward(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=False)[:3]
     return torch.ops.gated_kernels.lstm_inference(
         x.contiguous(), w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
@@ -138,7 +140,7 @@ class GRUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, xg, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
-        y, h_n, gates = _op("gru_forward", backend, xg.device)(
+        y, h_n, gates = operator("gru_forward", backend, xg.device)(
             xg, w_hh, b_hh, h0, lengths, reverse
         )
         ctx.save_for_backward(w_hh, h0, lengths, y, gates)
@@ -149,7 +151,7 @@ class GRUFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dy, dh_n):
         w_hh, h0, lengths, y, gates = ctx.saved_tensors
-        dxg, dw_hh, db_hh, dh0 = _op("gru_backward", ctx.backend, dy.device)(
+        dxg, dw_hh, db_hh, dh0 = operator("gru_backward", ctx.backend, dy.device)(
             dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
         )
         return dxg, dw_hh, db_hh, dh0, None, None, None
@@ -196,7 +198,7 @@ def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
         xg = F.linear(x, w_ih, b_ih)
-        forward = _op("gru_forward", backend, x.device)
+        forward = operator("gru_forward", backend, x.device)
         return forward(xg, w_hh, b_hh, h0, lengths, reverse, save=False)[:2]
     return torch.ops.gated_kernels.gru_inference(
         x.contiguous(), w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
@@ -224,22 +226,22 @@ class InputProjection(torch.autograd.Function):
 
 
 class LayerNormLSTMFunction(torch.autograd.Function):
-    """A LayerNorm LSTM layer-direction on the C++ operators (csrc/layernorm.cpp): (xn, w_hh,
-    ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths or None, reverse,
-    keep_h or None, keep_c or None) -> (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh
-    stays ordinary PyTorch above it; keep_h / keep_c are zoneout's weights of the old state
-    (reference.py), not differentiated."""
+    """A LayerNorm LSTM layer-direction on the operators (csrc/layernorm.cpp on the CPU,
+    triton_kernels/layernorm.py on CUDA): (xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+    ln_c_bias, h0, c0, lengths or None, reverse, keep_h or None, keep_c or None, backend) ->
+    (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh stays ordinary PyTorch above it;
+    keep_h / keep_c are zoneout's weights of the old state (reference.py), not differentiated."""
 
     @staticmethod
     def forward(ctx, xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths,
-                reverse, keep_h=None, keep_c=None):
-        y, h_n, c_n, *saved = torch.ops.gated_kernels.layernorm_lstm_forward(
+                reverse, keep_h=None, keep_c=None, backend="cpp"):
+        y, h_n, c_n, *saved = operator("layernorm_lstm_forward", backend, xn.device)(
             xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
             keep_h, keep_c
         )
         ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
                               keep_h, keep_c, y, *saved)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.backend = reverse, backend
         return y, h_n, c_n
 
     @staticmethod
@@ -247,36 +249,38 @@ class LayerNormLSTMFunction(torch.autograd.Function):
     def backward(ctx, dy, dh_n, dc_n):
         (w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, keep_h, keep_c,
          *saved) = ctx.saved_tensors
-        grads = torch.ops.gated_kernels.layernorm_lstm_backward(
+        grads = operator("layernorm_lstm_backward", ctx.backend, dy.device)(
             dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
             ctx.reverse, *saved, keep_h, keep_c
         )
-        return (*grads, None, None, None, None)
+        return (*grads, None, None, None, None, None)
 
 
 class LayerNormGRUFunction(torch.autograd.Function):
-    """A LayerNorm GRU layer-direction on the C++ operators: (xn, w_hh, b_hh, ln_hh_weight,
-    ln_hh_bias, h0, lengths or None, reverse, keep_h or None) -> (y, h_n),
+    """A LayerNorm GRU layer-direction on the operators: (xn, w_hh, b_hh, ln_hh_weight,
+    ln_hh_bias, h0, lengths or None, reverse, keep_h or None, backend) -> (y, h_n),
     xn = LN(x W_ih^T; ln_ih) + b_ih."""
 
     @staticmethod
-    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h=None):
-        y, h_n, *saved = torch.ops.gated_kernels.layernorm_gru_forward(
+    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h=None,
+                backend="cpp"):
+        y, h_n, *saved = operator("layernorm_gru_forward", backend, xn.device)(
             xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h
         )
         ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, keep_h, y, *saved)
-        ctx.reverse = reverse
+        ctx.reverse, ctx.backend = reverse, backend
         return y, h_n
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dy, dh_n):
         w_hh, ln_hh_weight, h0, lengths, keep_h, *saved = ctx.saved_tensors
-        dxn, dw_hh, db_hh, dln_hh_weight, dh0 = torch.ops.gated_kernels.layernorm_gru_backward(
+        dxn, dw_hh, db_hh, dln_hh_weight, dh0 = operator(
+            "layernorm_gru_backward", ctx.backend, dy.device)(
             dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved, keep_h
         )
         # b_hh and ln_hh's bias add to the same R: one gradient, each its own tensor.
-        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None, None
+        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None, None, None
 
 
 class LSTMCellFunction(torch.autograd.Function):

@@ -19,6 +19,7 @@ from gated_kernels.autograd import (
     lstm_cell,
     lstm_recurrence,
     needs_grad,
+    operator,
 )
 from gated_kernels.backends import resolve_backend
 
@@ -32,9 +33,15 @@ def _layer_backend(name, device):
     return backend
 
 
+# The dtypes each backend runs LayerNorm cells in (issue 17): csrc/layernorm.cpp and
+# triton_kernels/layernorm.py.
+LAYERNORM_DTYPES = {"cpp": (torch.float32, torch.float64, torch.bfloat16),
+                    "triton": (torch.float32, torch.float16, torch.bfloat16)}
+
+
 def _check_options(backend, layer_norm, keep, tensors):
     """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm, with zoneout
-    or without, in float32, float64 and bfloat16 also on the C++ one (`tensors`: the layer's,
+    or without, also on the C++ and Triton ones in LAYERNORM_DTYPES (`tensors`: the layer's,
     for the dtype)."""
     if backend == "reference" or (layer_norm is None and keep is None):
         return
@@ -42,9 +49,10 @@ def _check_options(backend, layer_norm, keep, tensors):
         raise ValueError(f"zoneout without LayerNorm runs on the 'reference' backend only (the "
                          f"plain kernels have no zoneout yet), got backend {backend!r}")
     dtype = tensors[0].dtype
-    if backend != "cpp" or dtype not in (torch.float32, torch.float64, torch.bfloat16):
-        raise ValueError(f"LayerNorm runs on the 'reference' backend, and on 'cpp' for float32, "
-                         f"float64 and bfloat16, got backend {backend!r} ({dtype})")
+    if dtype not in LAYERNORM_DTYPES.get(backend, ()):
+        raise ValueError(f"LayerNorm runs on the 'reference' backend, on 'cpp' for float32, "
+                         f"float64 and bfloat16 and on 'triton' for float32, float16 and "
+                         f"bfloat16, got backend {backend!r} ({dtype})")
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
@@ -52,8 +60,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     """Returns y [T, B, P], h_n [B, P], c_n [B, H]. layer_norm: (ln_ih, ln_hh, ln_c), each a
     (weight, bias) pair, for G = LN(x W_ih^T; ln_ih) + b_ih + b_hh + LN(h W_hh^T; ln_hh) and
     h = o tanh(LN(c; ln_c)); keep: zoneout's (keep_h [T, B, P], keep_c [T, B, H]) (see
-    reference.py). Both on the reference backend; LayerNorm in float32 / float64 / bfloat16,
-    without projection, on the C++ one too.
+    reference.py). Both on the reference backend; LayerNorm, without projection, also on the
+    C++ and Triton ones in their LAYERNORM_DTYPES.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h, c = lstm_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.zeros(B, H),
@@ -70,21 +78,22 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         return h.unsqueeze(0), h.clone(), c
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
-    if backend == "cpp" and layer_norm is not None:
+    if backend in LAYERNORM_DTYPES and layer_norm is not None:
         if w_hr is not None:
             raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
         ln_ih, ln_hh, ln_c = layer_norm
         keep_h, keep_c = keep or (None, None)
         if not needs_grad(x, w_ih, bias, w_hh, h0, c0, *ln_ih, *ln_hh, *ln_c):
-            # The input side inside the operator, a step at a time: no xn [T, B, 4H].
-            return torch.ops.gated_kernels.layernorm_lstm_inference(
+            # On the CPU the input side is made inside the operator, a step at a time: no xn
+            # [T, B, 4H].
+            return operator("layernorm_lstm_inference", backend, x.device)(
                 x, w_ih, *_folded(ln_ih, bias), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse,
                 keep_h, keep_c)
         if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
             c0 = c0.clone()
         return LayerNormLSTMFunction.apply(_input_gates(x, w_ih, bias, ln_ih, backend), w_hh,
                                            *ln_hh, *ln_c, h0, c0, lengths, reverse, keep_h,
-                                           keep_c)
+                                           keep_c, backend)
     if backend == "reference":
         ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
         xg = _input_gates(x, w_ih, bias, ln_ih)
@@ -102,7 +111,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
               backend="auto", *, layer_norm=None, keep=None):
     """Returns y [T, B, H], h_n [B, H]. layer_norm: (ln_ih, ln_hh) for A = LN(x W_ih^T; ln_ih)
     + b_ih and R = LN(h W_hh^T; ln_hh) + b_hh; keep: zoneout's (keep_h [T, B, H],). Both on the
-    reference backend; LayerNorm in float32 / float64 / bfloat16 on the C++ one too.
+    reference backend; LayerNorm also on the C++ and Triton ones in their LAYERNORM_DTYPES.
 
     >>> T, B, I, H = 7, 2, 3, 4
     >>> y, h = gru_layer(torch.randn(T, B, I), torch.zeros(B, H), torch.randn(3 * H, I),
@@ -118,14 +127,14 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
-    if backend == "cpp" and layer_norm is not None:
+    if backend in LAYERNORM_DTYPES and layer_norm is not None:
         ln_ih, ln_hh = layer_norm
         (keep_h,) = keep or (None,)
         if not needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0, *ln_ih, *ln_hh):
-            return torch.ops.gated_kernels.layernorm_gru_inference(
+            return operator("layernorm_gru_inference", backend, x.device)(
                 x, w_ih, *_folded(ln_ih, b_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse, keep_h)
         return LayerNormGRUFunction.apply(_input_gates(x, w_ih, b_ih, ln_ih, backend), w_hh,
-                                          b_hh, *ln_hh, h0, lengths, reverse, keep_h)
+                                          b_hh, *ln_hh, h0, lengths, reverse, keep_h, backend)
     if backend == "reference":
         ln_ih, ln_hh = layer_norm or (None, None)
         (keep_h,) = keep or (None,)

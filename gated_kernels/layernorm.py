@@ -12,12 +12,12 @@ LayerNorm, a weight (starting at 1) and a bias (starting at 0):
 (sfx: '' or '_reverse'; the cells' names have no `_l{k}{sfx}`). The math is reference.py's
 (lstm_recurrence, gru_recurrence with LayerNorm), stacked by functional.lstm / gru.
 
-Issue 17's fused kernels are partly built: the modules in float32, float64 and bfloat16 on the
-CPU run csrc/layernorm.cpp (inference, and training with its backward; zoneout inside, its
-masks drawn above), the cells too (one step of those operators); everything else (float16,
-CUDA) the `reference` backend (a loop of torch ops over the steps, as users write these cells
-today). A backend other than `auto` / `reference` is refused. zoneout and DropConnect are
-LSTM / GRU's keywords (rnn.py, functional.lstm).
+The fused kernels (issue 17) run the modules and the cells (one step of the modules'
+operators): csrc/layernorm.cpp on the CPU in float32, float64 and bfloat16,
+triton_kernels/layernorm.py on CUDA in float32, float16 and bfloat16, inference and training,
+zoneout inside (its masks drawn above). `auto` runs the `reference` backend (a loop of torch ops
+over the steps, as users write these cells today) for the other dtypes. zoneout and DropConnect
+are LSTM / GRU's keywords (rnn.py, functional.lstm).
 """
 
 import torch
@@ -36,22 +36,23 @@ class _LayerNormBase:
     _NORMS: the LayerNorms of a layer-direction and their size in units of H."""
 
     _NORMS = ()
+    _FUSED_ZONEOUT = True
 
     def _check_backend(self, backend):
-        if backend not in ("auto", "reference"):
-            raise ValueError(
-                f"{type(self).__name__} runs on the 'reference' backend only (its fused kernels "
-                f"are not built yet), got backend={backend!r}")
+        if backend == "torch":
+            raise ValueError(f"{type(self).__name__} has no torch.nn counterpart to run: choose "
+                             f"backend 'auto', 'cpp', 'triton' or 'reference', got {backend!r}")
 
     def _call_backend(self, input, hx=None):
-        """The backend a call runs (and the benchmark records): the C++ one for float32,
-        float64 and bfloat16 on the CPU (csrc/layernorm.cpp, zoneout included), else the
-        reference."""
+        """The backend a call runs (and the benchmark records). `auto`: the fused kernels
+        where they run the input's dtype (functional.LAYERNORM_DTYPES: C++ on the CPU, Triton
+        on CUDA), else the reference; a backend asked for by name runs or raises."""
         data = input.data if isinstance(input, PackedSequence) else input
-        if (resolve_backend(self.backend, data.device) != "cpp"
-                or data.dtype not in (torch.float32, torch.float64, torch.bfloat16)):
+        backend = resolve_backend(self.backend, data.device)
+        if self.backend == "auto" and data.dtype not in functional.LAYERNORM_DTYPES.get(
+                backend, ()):
             return "reference"
-        return "cpp"
+        return backend
 
     def _suffixes(self):
         """The parameter-name suffix of each layer-direction, in torch.nn's order."""
@@ -167,7 +168,7 @@ class _LayerNormCellBase(_LayerNormBase):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  zoneout=0.0, dropconnect=0.0, backend="auto"):
         self._check_backend(backend)
-        check_regularizers(backend, zoneout, dropconnect)
+        check_regularizers(backend, zoneout, dropconnect, fused_zoneout=True)
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
         self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
         self._init_layer_norms()

@@ -79,8 +79,8 @@ from gated_kernels.contract import (
     check_cell_args,
     check_gru_args,
     check_layernorm_args,
-    check_vectors_like,
     check_lstm_args,
+    check_vectors_like,
     input_gates_like,
     lstm_gates_dtype,
     saved_dtype,
@@ -260,6 +260,8 @@ LIBRARY.impl("lstm_inference", _triton_from_input("lstm_forward", 3, False), "CU
 LIBRARY.impl("gru_inference", _triton_from_input("gru_forward", 2, False), "CUDA")
 LIBRARY.impl("lstm_forward_from_input", _triton_from_input("lstm_forward", 5, True), "CUDA")
 LIBRARY.impl("gru_forward_from_input", _triton_from_input("gru_forward", 3, True), "CUDA")
+for _name in LAYERNORM_OPERATORS:  # triton_kernels/layernorm.py
+    LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
 
 @torch.library.register_fake("gated_kernels::lstm_forward")
 def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):

@@ -30,12 +30,14 @@ def _check_rate(name, p, closed):
         raise ValueError(f"{name} must be in {'[0, 1]' if closed else '[0, 1)'}, got {p}")
 
 
-def check_regularizers(backend, zoneout, dropconnect):
-    """zoneout runs on the reference backend alone so far (its masks change the state every
-    step); DropConnect on every backend but `torch` (torch.nn's forward reads its own weights)."""
+def check_regularizers(backend, zoneout, dropconnect, fused_zoneout=False):
+    """zoneout runs on the reference backend alone in the plain modules so far (its masks
+    change the state every step), on every backend but `torch` in those with `fused_zoneout`
+    (the LayerNorm ones); DropConnect on every backend but `torch` (torch.nn's forward reads
+    its own weights)."""
     _check_rate("zoneout", zoneout, closed=True)
     _check_rate("dropconnect", dropconnect, closed=False)
-    if zoneout > 0.0 and backend not in ("auto", "reference"):
+    if zoneout > 0.0 and backend not in ("auto", "reference") and not fused_zoneout:
         raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
                          f"not built yet), got backend={backend!r}")
     if dropconnect > 0.0 and backend == "torch":
@@ -58,10 +60,11 @@ class _RecurrentBase(nn.RNNBase):
     """What LSTM and GRU share: the backend, conversion from torch.nn, input plumbing."""
 
     _CONFIG = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
+    _FUSED_ZONEOUT = False  # whether the kernels run this module's zoneout (check_regularizers)
 
     def __init__(self, mode, *args, backend="auto", zoneout=0.0, dropconnect=0.0, **kwargs):
         check_backend_name(backend)
-        check_regularizers(backend, zoneout, dropconnect)
+        check_regularizers(backend, zoneout, dropconnect, self._FUSED_ZONEOUT)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
         self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)

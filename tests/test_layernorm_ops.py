@@ -1,15 +1,19 @@
-"""The C++ LayerNorm operators (csrc/layernorm.cpp, csrc/layernorm_backward.cpp) against
-gated_kernels.reference: inference, and training's outputs and every gradient, in float64 and
-float32, lengths (unsorted, 1 and T), reverse, one and two threads, poisoned outputs; gradcheck,
-opcheck and compile; the modules' choice between them and the reference; errors naming the
-argument."""
+"""The LayerNorm operators on each backend (C++: csrc/layernorm.cpp, csrc/layernorm_backward.cpp;
+Triton: triton_kernels/layernorm.py, in its interpreter without a GPU) against
+gated_kernels.reference: inference, and training's outputs and every gradient, in each backend's
+dtypes, lengths (unsorted, 1 and T), reverse, zoneout, one and two threads, poisoned outputs;
+gradcheck, opcheck and compile; the modules' choice between them and the reference; errors
+naming the argument."""
+
+import os
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from common import assert_close, max_rel_error
 from gated_kernels import LayerNormGRU, LayerNormLSTM, reference
-from gated_kernels.autograd import LayerNormGRUFunction, LayerNormLSTMFunction
+from gated_kernels.autograd import LayerNormGRUFunction, LayerNormLSTMFunction, operator
 
 # (T, B, H, lengths, reverse): B=1, odd H, two threads' worth of rows with lengths 1 and T.
 CASES = {
@@ -26,6 +30,50 @@ SPLIT_CASES = {
     "T3-B1-H256-lengths": (3, 1, 256, [2], False),
 }
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+# On a GPU the Triton runs are `cuda` tests (benchmarks/gpu_layernorm.sh selects them); without
+# one they run in the interpreter with the rest.
+ON_GPU = [pytest.mark.cuda] if torch.cuda.is_available() else []
+
+
+def _triton_runs():
+    """(backend, dtype, threads) of the Triton kernels where they run: on a GPU in float32,
+    float16 and bfloat16; in the interpreter in float32 and float16 (it gets bfloat16
+    arithmetic wrong, DESIGN.md)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return []
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16}
+    if torch.cuda.is_available():
+        dtypes["bf16"] = torch.bfloat16
+    elif os.environ.get("TRITON_INTERPRET") != "1":
+        return []
+    return [pytest.param("triton", d, 1, id=f"triton-{name}", marks=ON_GPU)
+            for name, d in dtypes.items()]
+
+
+# Every backend's runs: the C++ operators with one and two threads, then Triton's.
+RUNS = [pytest.param("cpp", d, threads, id=f"cpp-{name}-{threads}t")
+        for name, d in DTYPES.items() for threads in (1, 2)] + _triton_runs()
+DEVICE = {"cpp": "cpu", "triton": "cuda" if torch.cuda.is_available() else "cpu"}
+
+
+def _on(backend, a):
+    """The arguments `a` (as _inputs makes them) on `backend`'s device."""
+    device = DEVICE[backend]
+    return {k: tuple(t.to(device) for t in v) if isinstance(v, tuple)
+            else None if v is None else v.to(device) for k, v in a.items()}
+
+
+def _with_threads(threads, run):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return run()
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _inputs(cell, T, B, H, lengths, dtype, seed=0, I=5):
@@ -53,16 +101,28 @@ def _inputs(cell, T, B, H, lengths, dtype, seed=0, I=5):
     return args
 
 
-def _op(cell, a, reverse):
+def _exact(a, inference=False):
+    """The arguments `a` (as _inputs makes them in some dtype) in float64 exactly as rounded:
+    the oracle's inputs, so that a kernel's error is its own and not the rounding of its
+    inputs (a float16 LayerNorm LSTM's c_n: 7e-3 from that rounding alone, where PyTorch's
+    float16 loop happened to land at 4.5e-3). For an inference operator xn is made again from
+    the rounded x, w_ih and ln_ih, as the operator makes it."""
+    b = {k: tuple(t.double() for t in v) if isinstance(v, tuple)
+         else v if v is None or not v.is_floating_point() else v.double() for k, v in a.items()}
+    if inference:
+        b["xn"] = reference.layer_norm(b["x"] @ b["w_ih"].T, b["ln_ih"])
+    return b
+
+
+def _op(cell, a, reverse, backend="cpp"):
     """The inference operator, from the layer input (with zoneout's a["keep"] where given)."""
     keep = a.get("keep", ())
+    op = operator(f"layernorm_{cell.lower()}_inference", backend, a["x"].device)
     if cell == "LSTM":
-        return torch.ops.gated_kernels.layernorm_lstm_inference(
-            a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"],
-            a["lengths"], reverse, *keep)
-    return torch.ops.gated_kernels.layernorm_gru_inference(
-        a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"], a["lengths"],
-        reverse, *keep)
+        return op(a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"],
+                  a["c0"], a["lengths"], reverse, *keep)
+    return op(a["x"], a["w_ih"], *a["ln_ih"], a["w_hh"], a["b_hh"], *a["ln_hh"], a["h0"],
+              a["lengths"], reverse, *keep)
 
 
 def _reference(cell, a, reverse):
@@ -73,27 +133,23 @@ def _reference(cell, a, reverse):
                                     reverse, ln_hh=a["ln_hh"])
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize(("backend", "dtype", "threads"), RUNS)
 @pytest.mark.parametrize("case", [*CASES.values(), *SPLIT_CASES.values()],
                          ids=[*CASES, *SPLIT_CASES])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_layernorm_inference_matches_the_reference(cell, case, dtype, threads, monkeypatch):
+def test_layernorm_inference_matches_the_reference(cell, case, backend, dtype, threads,
+                                                   monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")  # an unwritten element stays NaN
     T, B, H, lengths, reverse = case
-    a64 = _inputs(cell, T, B, H, lengths, torch.float64)
-    expected = _reference(cell, a64, reverse)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        actual = _op(cell, _inputs(cell, T, B, H, lengths, dtype), reverse)
-    finally:
-        torch.set_num_threads(previous)
-    # bfloat16: within 2x PyTorch's own error, the reference run in bfloat16.
+    a = _inputs(cell, T, B, H, lengths, dtype)
+    expected = _reference(cell, _exact(a, inference=True), reverse)
+    a = _on(backend, a)
+    actual = _with_threads(threads, lambda: _op(cell, a, reverse, backend))
+    # Half types: within 2x PyTorch's own error, the reference run in that type.
     low = _reference(cell, _inputs(cell, T, B, H, lengths, dtype), reverse)
     for k, (got, want) in enumerate(zip(actual, expected)):
-        assert got.dtype == dtype
-        assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
+        assert got.dtype == dtype and got.device.type == DEVICE[backend]
+        assert_close(got.cpu(), want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
 
 
 def _differentiable(cell, a):
@@ -106,10 +162,11 @@ def _differentiable(cell, a):
     return [t.detach().requires_grad_() for t in tensors]
 
 
-def _function(cell, tensors, lengths, reverse, keep=()):
+def _function(cell, tensors, lengths, reverse, keep=(), backend="cpp"):
     if cell == "LSTM":
-        return LayerNormLSTMFunction.apply(*tensors, lengths, reverse, *keep)
-    return LayerNormGRUFunction.apply(*tensors, lengths, reverse, *keep)
+        return LayerNormLSTMFunction.apply(*tensors, lengths, reverse, *(keep or (None, None)),
+                                           backend)
+    return LayerNormGRUFunction.apply(*tensors, lengths, reverse, *(keep or (None,)), backend)
 
 
 def _reference_of(cell, tensors, lengths, reverse):
@@ -122,41 +179,41 @@ def _reference_of(cell, tensors, lengths, reverse):
     return reference.gru_recurrence(xn, w_hh, b_hh, h0, lengths, reverse, ln_hh=(lw, lb))
 
 
-@pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize(("backend", "dtype", "threads"), RUNS)
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_layernorm_training_matches_the_reference(cell, case, dtype, threads, monkeypatch):
+def test_layernorm_training_matches_the_reference(cell, case, backend, dtype, threads,
+                                                  monkeypatch):
     """The forward operator's outputs and the backward operator's gradient of every argument
     (through LayerNormLSTMFunction / LayerNormGRUFunction), weighted by random output
     gradients, against the reference's in float64."""
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
     T, B, H, lengths, reverse = case
-    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
-    lengths = a["lengths"]
-    want_in = _differentiable(cell, a64)
-    expected = _reference_of(cell, want_in, lengths, reverse)
+    a = _inputs(cell, T, B, H, lengths, dtype)
+    want_in = _differentiable(cell, _exact(a))
+    expected = _reference_of(cell, want_in, a["lengths"], reverse)
     weights = [torch.randn_like(t) for t in expected]
     want_grads = torch.autograd.grad(expected, want_in, weights)
-    got_in = _differentiable(cell, a)
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        actual = _function(cell, got_in, lengths, reverse)
-        got_grads = torch.autograd.grad(actual, got_in, [w.to(dtype) for w in weights])
-    finally:
-        torch.set_num_threads(previous)
-    # bfloat16: within 2x (outputs) / 3x (gradients) PyTorch's own error, the reference run in
-    # bfloat16.
+    on = _on(backend, a)
+    got_in = _differentiable(cell, on)
+
+    def run():
+        actual = _function(cell, got_in, on["lengths"], reverse, backend=backend)
+        dev = got_in[0].device
+        return actual, torch.autograd.grad(actual, got_in, [w.to(dev, dtype) for w in weights])
+
+    actual, got_grads = _with_threads(threads, run)
+    # Half types: within 2x (outputs) / 3x (gradients) PyTorch's own error, the reference run
+    # in that type.
     low_in = _differentiable(cell, a)
-    low = _reference_of(cell, low_in, lengths, reverse)
+    low = _reference_of(cell, low_in, a["lengths"], reverse)
     low_grads = torch.autograd.grad(low, low_in, [w.to(dtype) for w in weights])
     for k, (got, want) in enumerate(zip(actual, expected)):
         assert got.dtype == dtype
-        assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
+        assert_close(got.cpu(), want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
     for k, (got, want) in enumerate(zip(got_grads, want_grads)):
         assert got.dtype == dtype
-        assert_close(got, want, dtype, "grad", f"gradient of argument {k}",
+        assert_close(got.cpu(), want, dtype, "grad", f"gradient of argument {k}",
                      max_rel_error(low_grads[k], want))
 
 
@@ -171,17 +228,18 @@ def _keep(cell, T, B, H, dtype, training, seed=3):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["masks", "eval"])
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
+@pytest.mark.parametrize(("backend", "dtype", "threads"), RUNS)
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_zoneout_matches_the_reference(cell, dtype, training, monkeypatch):
+def test_zoneout_matches_the_reference(cell, backend, dtype, threads, training, monkeypatch):
     """zoneout inside the operators: inference from the layer input, and training's outputs and
     every gradient, against reference.py's keep_h / keep_c, with lengths in reverse (a row
     past its length keeps its state whatever the mask)."""
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
     T, B, H, lengths, reverse = CASES["T6-B5-H12-lengths-reverse"]
-    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
+    a = _inputs(cell, T, B, H, lengths, dtype)
     lengths = a["lengths"]
-    keep64, keep = (_keep(cell, T, B, H, d, training) for d in (torch.float64, dtype))
+    keep = _keep(cell, T, B, H, dtype, training)
+    keep64 = tuple(k.double() for k in keep)
 
     def run_reference(tensors, keeps):
         kwargs = dict(zip(("keep_h", "keep_c"), keeps))
@@ -193,23 +251,31 @@ def test_zoneout_matches_the_reference(cell, dtype, training, monkeypatch):
         return reference.gru_recurrence(xn, w_hh, b_hh, h0, lengths, reverse, ln_hh=(lw, lb),
                                         **kwargs)
 
-    want_in = _differentiable(cell, a64)
+    want_in = _differentiable(cell, _exact(a))
     expected = run_reference(want_in, keep64)
+    expected_inference = run_reference(_differentiable(cell, _exact(a, inference=True)), keep64)
     weights = [torch.randn_like(t) for t in expected]
     want_grads = torch.autograd.grad(expected, want_in, weights)
-    low_in = _differentiable(cell, a)  # bfloat16: PyTorch's own error, the reference in it
+    low_in = _differentiable(cell, a)  # half types: PyTorch's own error, the reference in them
     low = run_reference(low_in, keep)
     low_grads = torch.autograd.grad(low, low_in, [w.to(dtype) for w in weights])
-    got_in = _differentiable(cell, a)
-    actual = _function(cell, got_in, lengths, reverse, keep)
-    got_grads = torch.autograd.grad(actual, got_in, [w.to(dtype) for w in weights])
     a["keep"] = keep
-    inferred = _op(cell, a, reverse)
-    for k, want in enumerate(expected):
-        for got in (actual[k], inferred[k]):
-            assert_close(got, want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
+    on = _on(backend, a)
+    got_in = _differentiable(cell, on)
+
+    def run():
+        actual = _function(cell, got_in, on["lengths"], reverse, on["keep"], backend)
+        dev = got_in[0].device
+        got_grads = torch.autograd.grad(actual, got_in, [w.to(dev, dtype) for w in weights])
+        return actual, got_grads, _op(cell, on, reverse, backend)
+
+    actual, got_grads, inferred = _with_threads(threads, run)
+    for k in range(len(expected)):
+        for got, want in ((actual[k], expected[k]), (inferred[k], expected_inference[k])):
+            assert_close(got.cpu(), want, dtype, "out", f"output {k}",
+                         max_rel_error(low[k], want))
     for k, (got, want) in enumerate(zip(got_grads, want_grads)):
-        assert_close(got, want, dtype, "grad", f"gradient of argument {k}",
+        assert_close(got.cpu(), want, dtype, "grad", f"gradient of argument {k}",
                      max_rel_error(low_grads[k], want))
 
 
@@ -221,8 +287,8 @@ def test_zoneout_in_one_row_split_over_threads(cell, dtype, training, monkeypatc
     against reference.py's keep_h / keep_c."""
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
     T, B, H, lengths, reverse = SPLIT_CASES["T7-B1-H160-lengths-reverse"]
-    a64, a = (_inputs(cell, T, B, H, lengths, d) for d in (torch.float64, dtype))
-    keep64, keep = (_keep(cell, T, B, H, d, training) for d in (torch.float64, dtype))
+    a = _inputs(cell, T, B, H, lengths, dtype)
+    keep = _keep(cell, T, B, H, dtype, training)
 
     def run_reference(b, keeps):
         kwargs = {"ln_hh": b["ln_hh"], "keep_h": keeps[0]}
@@ -233,7 +299,7 @@ def test_zoneout_in_one_row_split_over_threads(cell, dtype, training, monkeypatc
         return reference.gru_recurrence(b["xn"], b["w_hh"], b["b_hh"], b["h0"], b["lengths"],
                                         reverse, **kwargs)
 
-    expected = run_reference(a64, keep64)
+    expected = run_reference(_exact(a, inference=True), tuple(k.double() for k in keep))
     low = run_reference(a, keep)  # bfloat16: PyTorch's own error, the reference run in it
     a["keep"] = keep
     previous = torch.get_num_threads()
@@ -412,3 +478,70 @@ def test_strided_arguments(cell):
     assert not b["x"].is_contiguous() and not b["ln_ih"][1].is_contiguous()
     for got, want in zip(_op(cell, b, False), expected):
         assert_close(got, want, torch.float64, "out", "output")
+
+
+@pytest.mark.skipif(not _triton_runs(), reason="needs Triton, on a GPU or in its interpreter")
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=ON_GPU) for c in ("LSTM", "GRU")])
+def test_the_modules_run_the_triton_kernels(cell):
+    """float32 on the `triton` backend (`auto` on a GPU): the Triton operators, with the
+    reference backend's outputs and gradients (two layers, bidirectional, a PackedSequence),
+    and zoneout in eval."""
+    torch.manual_seed(0)
+    device = DEVICE["triton"]
+    backend = "auto" if device == "cuda" else "triton"
+    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
+    module = cls(3, 5, num_layers=2, bidirectional=True, backend=backend, device=device)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    exact = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference")
+    exact.load_state_dict(module.state_dict())
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 6, 1, 4]),
+                                                     enforce_sorted=False)
+    assert module._call_backend(x.float().to(device)) == "triton"
+    for inputs in (x, packed):
+        fast = module(inputs.float().to(device))
+        want = exact(inputs)
+        y_fast, y_want = (o.data if isinstance(o, PackedSequence) else o
+                          for o in (fast[0], want[0]))
+        assert_close(y_fast.cpu(), y_want, torch.float32, "out", "y")
+        params = list(module.parameters())
+        got = torch.autograd.grad(y_fast.square().sum(), params)
+        expected = torch.autograd.grad(y_want.square().sum(), list(exact.parameters()))
+        for name, a, b in zip(dict(module.named_parameters()), got, expected):
+            assert_close(a.cpu(), b, torch.float32, "grad", name)
+    # zoneout in eval (each state p old + (1 - p) new; the masks' draws depend on the dtype,
+    # and the operator tests check them).
+    module.zoneout = exact.zoneout = 0.25
+    module.eval()
+    exact.eval()
+    with torch.no_grad():
+        y_fast, y_want = module(x.float().to(device))[0], exact(x)[0]
+    assert_close(y_fast.cpu(), y_want, torch.float32, "out", "y with zoneout")
+
+
+@pytest.mark.skipif(not _triton_runs(), reason="needs Triton, on a GPU or in its interpreter")
+@pytest.mark.parametrize("device", [pytest.param(DEVICE["triton"], marks=ON_GPU)])
+def test_the_triton_operators_name_a_bad_argument(device):
+    a = _on("triton", _inputs("LSTM", 4, 2, 6, None, torch.float32))
+    forward = operator("layernorm_lstm_forward", "triton", a["x"].device)
+    args = [a["xn"], a["w_hh"], *a["ln_hh"], *a["ln_c"], a["h0"], a["c0"], None, False]
+    bad = list(args)
+    bad[4] = a["ln_c"][0][:5]
+    with pytest.raises(ValueError, match=r"ln_c_weight must have shape \(6,\)"):
+        forward(*bad)
+    with pytest.raises(ValueError, match=r"keep_h must be 3-D, got 2-D"):
+        forward(*args, a["h0"])
+    with pytest.raises(ValueError, match="float64"):
+        forward(*(t.double() if isinstance(t, torch.Tensor) else t for t in args))
+    y, h_n, c_n, *saved = forward(*args)
+    backward = operator("layernorm_lstm_backward", "triton", a["x"].device)
+    with pytest.raises(ValueError, match=r"norm_c must have shape \(4, 2, 6\)"):
+        backward(y, h_n, c_n, a["w_hh"], a["ln_hh"][0], *a["ln_c"], a["h0"], a["c0"], None,
+                 False, y, *saved[:3], saved[3][:, :, :5], saved[4])
+    inference = operator("layernorm_gru_inference", "triton", a["x"].device)
+    b = _on("triton", _inputs("GRU", 4, 2, 6, None, torch.float32))
+    with pytest.raises(ValueError, match=r"ln_ih_bias must have shape \(18,\)"):
+        inference(b["x"], b["w_ih"], b["ln_ih"][0], b["ln_ih"][1][:5], b["w_hh"], b["b_hh"],
+                  *b["ln_hh"], b["h0"], None, False)

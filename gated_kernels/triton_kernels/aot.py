@@ -30,10 +30,10 @@ CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia",
 def all_configs():
     """(name, kernel, signature, constexprs, options[, archs]) from every kernel file,
     without duplicates (several H can pick the same compiled configuration)."""
-    from gated_kernels.triton_kernels import gru, lstm
+    from gated_kernels.triton_kernels import gru, layernorm, lstm
 
     seen, configs = set(), []
-    for config in lstm.aot_configs() + gru.aot_configs():
+    for config in lstm.aot_configs() + gru.aot_configs() + layernorm.aot_configs():
         name, kernel, signature, constexprs, options = config[:5]
         key = (kernel.__name__, tuple(sorted(signature.items())),
                tuple(sorted(constexprs.items())), tuple(sorted(options.items())))

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The LayerNorm cells' check on a GPU machine (issue 17), after gpu_check.sh where device time
+# allows (its 7-minute budget has no room for these compiles):
+#   bash benchmarks/gpu_layernorm.sh OUT_DIR
+# Runs from the source tree on the Triton path only, as gpu_check.sh does. Writes into OUT_DIR:
+# gpu_layernorm.log, the Triton LayerNorm operator tests' result (every dtype, bfloat16 included,
+# which the interpreter cannot check) and the runner's `layernorm` suite against the Python loop
+# users write today (the issue's 5x target) and our plain LSTM / GRU. Budget: about 4 minutes.
+set -uo pipefail
+out=${1:?usage: bash benchmarks/gpu_layernorm.sh OUT_DIR}
+mkdir -p "$out"
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+unset TRITON_INTERPRET
+status=0
+
+run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recorded, not fatal
+  local limit=$1
+  shift
+  echo "== $* (limit ${limit}s)"
+  timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
+}
+
+exec > >(tee "$out/gpu_layernorm.log") 2>&1
+echo "== gpu_layernorm $(date -u +%Y-%m-%dT%H:%M:%SZ) sources digest $(bash benchmarks/source_digest.sh)"
+run 150 python -m pytest -q -x -m cuda tests/test_layernorm_ops.py \
+  --junitxml "$out/gpu_layernorm_tests.xml"
+run 90 python -m gated_kernels.bench --suite layernorm --device cuda --backend triton \
+  --min-seconds 0.05 --json "$out/layernorm_suite.json" --markdown "$out/layernorm_suite.md"
+echo "== gpu_layernorm finished with status $status"
+exit "$status"
