@@ -77,10 +77,25 @@ at::Tensor check_keep(const std::optional<at::Tensor>& keep, const char* name, i
   return k.contiguous();
 }
 
+at::Tensor layer_norm_or(const std::optional<at::Tensor>& t, const char* name, int64_t size,
+                         double fill, const at::Tensor& like) {
+  if (!t.has_value()) return at::full({size}, fill, like.options());
+  check_vector(*t, name, size, like);
+  return *t;
+}
+
+bool check_normalised(std::initializer_list<const std::optional<at::Tensor>*> ln,
+                      const char* names) {
+  const bool normalised = (*ln.begin())->has_value();
+  for (const std::optional<at::Tensor>* t : ln) {
+    TORCH_CHECK(t->has_value() == normalised, names,
+                " must all be given (LayerNorm) or all be None (none), got some of each");
+  }
+  return normalised;
+}
+
 void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
-                          const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
-                          const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-                          int64_t num_gates) {
+                          const at::Tensor& w_hh, const at::Tensor& h0, int64_t num_gates) {
   TORCH_CHECK(input.scalar_type() == at::kFloat || input.scalar_type() == at::kDouble ||
                   input.scalar_type() == at::kBFloat16,
               input_name, " must be float32, float64 or bfloat16, got ", input.scalar_type());
@@ -90,8 +105,6 @@ void check_layernorm_args(const at::Tensor& input, const char* input_name, int64
   GK_CHECK_DTYPE(w_hh, "w_hh", input.scalar_type());
   GK_CHECK_CPU(w_hh, "w_hh");
   check_state(h0, "h0", input.size(1), H, input);
-  check_vector(ln_hh_weight, "ln_hh_weight", num_gates * H, input);
-  check_vector(ln_hh_bias, "ln_hh_bias", num_gates * H, input);
 }
 
 namespace {
@@ -108,7 +121,17 @@ struct LnSaved {
 struct LnInput {
   at::Tensor xn;                                 // or undefined
   at::Tensor x, w_ih, ln_ih_weight, ln_ih_bias;  // where xn is undefined
+  // Whether the operator normalises: else the identity in each LayerNorm's place (affine_row),
+  // its weights 1 and biases 0 (ln_ih_bias: the biases that add to the input side, or 0).
+  bool normalised = true;
 };
+
+// The row function in a LayerNorm's place: the pointwise kernels' layer_norm, or affine_row.
+template <typename scalar_t>
+auto row_norm(bool normalised) {
+  using acc_t = at::opmath_type<scalar_t>;
+  return normalised ? pointwise_kernels<scalar_t>().layer_norm : &affine_row<acc_t>;
+}
 
 // The most values of x W_ih^T an inference task makes for all steps at once (16 MB in float).
 constexpr int64_t kWholeInput = int64_t(1) << 22;
@@ -138,7 +161,7 @@ void run_rows(const LnInput& in, const at::Tensor& w_hh, const at::Tensor& ln_hh
   acc_t* norm_all = saved.norm_hh.defined() ? saved.norm_hh.data_ptr<acc_t>() : nullptr;
   acc_t* rstd_all = saved.rstd.defined() ? saved.rstd.data_ptr<acc_t>() : nullptr;
   const int64_t R = saved.rstd.defined() ? saved.rstd.size(2) : 0;
-  const auto layer_norm = pointwise_kernels<scalar_t>().layer_norm;
+  const auto layer_norm = row_norm<scalar_t>(in.normalised);
   // One step (the LayerNorm cells): both products known up front, each once on the cells'
   // product, with no weight put in a kernel's form per thread (LayerNormLSTMCell inference,
   // B=32, H=256, float32 on the EPYC: 864 us in the operator with ThreadProducts, against the
@@ -261,7 +284,7 @@ void normalise(acc_t* v, int64_t n, acc_t mean, acc_t rstd, const acc_t* weight,
 // picks the cell (c: its state [1, H]); keep_*: zoneout's, or undefined. Rows past the length
 // (len, or T) output 0.
 template <typename scalar_t>
-void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
+void run_units(bool lstm, bool normalised, const at::Tensor& xn_all, const at::Tensor& w_hh,
                const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
                const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
                const at::Tensor& b_hh, at::Tensor& h, at::Tensor& c, at::Tensor& y,
@@ -325,7 +348,7 @@ void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
       team.barrier();  // every part of LN(h W_hh^T)'s statistics
       team.work([&] {
         if (U == 0) return;
-        const auto [mean, rstd] = merged_stats(hh_parts);
+        const auto [mean, rstd] = normalised ? merged_stats(hh_parts) : std::pair<acc_t, acc_t>(0, 1);
         normalise(g, NG * U, mean, rstd, w_g, b_g, b_r);
         const acc_t* h_prev = h_p[s % 2];
         acc_t* h_next = h_p[(s + 1) % 2];
@@ -362,7 +385,8 @@ void run_units(bool lstm, const at::Tensor& xn_all, const at::Tensor& w_hh,
         team.barrier();  // every part of LN(c')'s statistics
         team.work([&] {
           if (U == 0) return;
-          const auto [mean, rstd] = merged_stats(c_parts);
+          const auto [mean, rstd] =
+              normalised ? merged_stats(c_parts) : std::pair<acc_t, acc_t>(0, 1);
           acc_t* gi = g;
           normalise(gi + U, U, mean, rstd, w_c.const_data_ptr<acc_t>() + u0,
                     b_c.const_data_ptr<acc_t>() + u0);
@@ -404,7 +428,7 @@ at::Tensor one_row_inputs(const LnInput& in) {
   const at::Tensor w = to_acc(in.ln_ih_weight), b = to_acc(in.ln_ih_bias);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, in.x.scalar_type(), "one_row_inputs", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    const auto layer_norm = pointwise_kernels<scalar_t>().layer_norm;
+    const auto layer_norm = row_norm<scalar_t>(in.normalised);
     const int64_t G = xn.size(1);
     acc_t* p = xn.data_ptr<acc_t>();
     at::parallel_for(0, xn.size(0), 16, [&](int64_t t0, int64_t t1) {
@@ -419,34 +443,40 @@ at::Tensor one_row_inputs(const LnInput& in) {
 // The input of a forward (its xn, checked) or of an inference (x, w_ih and ln_ih, checked):
 // returns it with H.
 std::pair<LnInput, int64_t> check_input(const at::Tensor& xn_or_x, const at::Tensor* w_ih,
-                                        const at::Tensor* ln_ih_weight,
-                                        const at::Tensor* ln_ih_bias, int64_t num_gates,
-                                        const char* gate_order) {
+                                        const std::optional<at::Tensor>& ln_ih_weight,
+                                        const std::optional<at::Tensor>& ln_ih_bias,
+                                        int64_t num_gates, const char* gate_order,
+                                        bool normalised) {
   if (w_ih == nullptr) {
     const int64_t H = check_input_gates(xn_or_x, num_gates, gate_order);
-    return {LnInput{xn_or_x.contiguous()}, H};
+    return {LnInput{xn_or_x.contiguous(), {}, {}, {}, {}, normalised}, H};
   }
   const int64_t H = check_input_projection(xn_or_x, *w_ih, std::nullopt, num_gates);
-  check_vector(*ln_ih_weight, "ln_ih_weight", num_gates * H, xn_or_x);
-  check_vector(*ln_ih_bias, "ln_ih_bias", num_gates * H, xn_or_x);
-  return {LnInput{at::Tensor(), xn_or_x.contiguous(), *w_ih, *ln_ih_weight, *ln_ih_bias}, H};
+  const int64_t G = num_gates * H;
+  return {LnInput{at::Tensor(), xn_or_x.contiguous(), *w_ih,
+                  layer_norm_or(ln_ih_weight, "ln_ih_weight", G, 1.0, xn_or_x),
+                  layer_norm_or(ln_ih_bias, "ln_ih_bias", G, 0.0, xn_or_x), normalised},
+          H};
 }
 
 // The LSTM forward; saves for backward where `save`. Returns y, h_n, c_n and the saved tensors
 // (undefined without `save`).
 std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
-    const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
-    const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
-    const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
+    const LnInput& in, int64_t H, const at::Tensor& w_hh_in,
+    const std::optional<at::Tensor>& ln_hh_weight_in,
+    const std::optional<at::Tensor>& ln_hh_bias_in,
+    const std::optional<at::Tensor>& ln_c_weight_in,
+    const std::optional<at::Tensor>& ln_c_bias_in, const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
     bool reverse, const std::optional<at::Tensor>& keep_h_in,
     const std::optional<at::Tensor>& keep_c_in, bool save) {
   const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
-  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
-                       h0, 4);
+  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, h0, 4);
   const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
-  check_vector(ln_c_weight, "ln_c_weight", H, xn);
-  check_vector(ln_c_bias, "ln_c_bias", H, xn);
+  const at::Tensor ln_hh_weight = layer_norm_or(ln_hh_weight_in, "ln_hh_weight", 4 * H, 1.0, xn);
+  const at::Tensor ln_hh_bias = layer_norm_or(ln_hh_bias_in, "ln_hh_bias", 4 * H, 0.0, xn);
+  const at::Tensor ln_c_weight = layer_norm_or(ln_c_weight_in, "ln_c_weight", H, 1.0, xn);
+  const at::Tensor ln_c_bias = layer_norm_or(ln_c_bias_in, "ln_c_bias", H, 0.0, xn);
   check_state(c0, "c0", B, H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   const at::Tensor keep_h = check_keep(keep_h_in, "keep_h", T, B, H, xn);
@@ -461,7 +491,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
   }
   if (in.x.defined() && splits_units(B, w_hh, save)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_lstm_units", [&] {
-      run_units<scalar_t>(true, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
+      run_units<scalar_t>(true, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
                           ln_c_bias, at::Tensor(), h, c, y,
                           lengths.defined() ? lengths.item<int64_t>() : T, reverse, keep_h,
                           keep_c);
@@ -482,6 +512,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     const scalar_t* keep_h_p = keep_h.defined() ? keep_h.const_data_ptr<scalar_t>() : nullptr;
     const scalar_t* keep_c_p = keep_c.defined() ? keep_c.const_data_ptr<scalar_t>() : nullptr;
     const auto& kernels = pointwise_kernels<scalar_t>();
+    const auto layer_norm = row_norm<scalar_t>(in.normalised);
     run_rows<scalar_t>(in, w_hh, ln_hh_weight, ln_hh_bias, h, y, lengths, reverse, saved,
                        [&](int64_t t, int64_t b, acc_t* g, const acc_t* xr, scalar_t* y_row) {
       const int64_t row = t * B + b;
@@ -513,9 +544,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
       }
       if (save) {
         std::copy(c_row, c_row + H, c_all + row * H);
-        rstd_all[row * 2 + 1] = kernels.layer_norm(g + H, H, w_c, b_c, norm_c_all + row * H);
+        rstd_all[row * 2 + 1] = layer_norm(g + H, H, w_c, b_c, norm_c_all + row * H);
       } else {
-        kernels.layer_norm(g + H, H, w_c, b_c, nullptr);
+        layer_norm(g + H, H, w_c, b_c, nullptr);
       }
       kernels.tanh(g + H, H);
       acc_t* h_row = h_all + b * H;
@@ -531,14 +562,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
-    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& ln_ih_weight,
-    const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
-    const at::Tensor& ln_hh_bias, const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& ln_ih_weight,
+    const std::optional<at::Tensor>& ln_ih_bias, const at::Tensor& w_hh,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const std::optional<at::Tensor>& ln_c_weight, const std::optional<at::Tensor>& ln_c_bias,
     const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
     bool reverse, const std::optional<at::Tensor>& keep_h,
     const std::optional<at::Tensor>& keep_c) {
   const KernelGuard guard;
-  const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 4, "i, f, g, o");
+  const bool normalised = check_normalised(
+      {&ln_hh_weight, &ln_ih_weight, &ln_hh_bias, &ln_c_weight, &ln_c_bias},
+      "ln_ih_weight, ln_hh_weight, ln_hh_bias, ln_c_weight and ln_c_bias");
+  const auto [in, H] =
+      check_input(x, &w_ih, ln_ih_weight, ln_ih_bias, 4, "i, f, g, o", normalised);
   auto [y, h_n, c_n, saved] =
       layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0,
                      lengths, reverse, keep_h, keep_c, false);
@@ -548,14 +584,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> layernorm_lstm_inference_cpu(
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
 layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
-                           const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias,
-                           const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
-                           const at::Tensor& h0, const at::Tensor& c0,
-                           const std::optional<at::Tensor>& lengths, bool reverse,
-                           const std::optional<at::Tensor>& keep_h,
+                           const std::optional<at::Tensor>& ln_hh_weight,
+                           const std::optional<at::Tensor>& ln_hh_bias,
+                           const std::optional<at::Tensor>& ln_c_weight,
+                           const std::optional<at::Tensor>& ln_c_bias, const at::Tensor& h0,
+                           const at::Tensor& c0, const std::optional<at::Tensor>& lengths,
+                           bool reverse, const std::optional<at::Tensor>& keep_h,
                            const std::optional<at::Tensor>& keep_c) {
   const KernelGuard guard;
-  const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 4, "i, f, g, o");
+  const bool normalised =
+      check_normalised({&ln_hh_weight, &ln_hh_bias, &ln_c_weight, &ln_c_bias},
+                       "ln_hh_weight, ln_hh_bias, ln_c_weight and ln_c_bias");
+  const auto [in, H] =
+      check_input(xn, nullptr, std::nullopt, std::nullopt, 4, "i, f, g, o", normalised);
   auto [y, h_n, c_n, s] = layernorm_lstm(in, H, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
                                          ln_c_bias, h0, c0, lengths, reverse, keep_h, keep_c,
                                          true);
@@ -565,14 +606,16 @@ layernorm_lstm_forward_cpu(const at::Tensor& xn, const at::Tensor& w_hh,
 // The GRU forward; saves for backward where `save`.
 std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
     const LnInput& in, int64_t H, const at::Tensor& w_hh_in, const at::Tensor& b_hh,
-    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
+    const std::optional<at::Tensor>& ln_hh_weight_in,
+    const std::optional<at::Tensor>& ln_hh_bias_in, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse,
     const std::optional<at::Tensor>& keep_h_in, bool save) {
   const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
-  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, ln_hh_weight, ln_hh_bias,
-                       h0, 3);
+  check_layernorm_args(xn, in.xn.defined() ? "xn" : "x", H, w_hh_in, h0, 3);
   const at::Tensor w_hh = w_hh_in.contiguous();
   const int64_t T = xn.size(0), B = xn.size(1);
+  const at::Tensor ln_hh_weight = layer_norm_or(ln_hh_weight_in, "ln_hh_weight", 3 * H, 1.0, xn);
+  const at::Tensor ln_hh_bias = layer_norm_or(ln_hh_bias_in, "ln_hh_bias", 3 * H, 0.0, xn);
   check_vector(b_hh, "b_hh", 3 * H, xn);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   const at::Tensor keep_h = check_keep(keep_h_in, "keep_h", T, B, H, xn);
@@ -587,7 +630,7 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
   if (in.x.defined() && splits_units(B, w_hh, save)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_gru_units", [&] {
       at::Tensor no_c;
-      run_units<scalar_t>(false, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias,
+      run_units<scalar_t>(false, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias,
                           at::Tensor(), at::Tensor(), b_hh, h, no_c, y,
                           lengths.defined() ? lengths.item<int64_t>() : T, reverse, keep_h,
                           at::Tensor());
@@ -632,13 +675,16 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
 }
 
 std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
-    const at::Tensor& x, const at::Tensor& w_ih, const at::Tensor& ln_ih_weight,
-    const at::Tensor& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& b_hh,
-    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths, bool reverse,
+    const at::Tensor& x, const at::Tensor& w_ih, const std::optional<at::Tensor>& ln_ih_weight,
+    const std::optional<at::Tensor>& ln_ih_bias, const at::Tensor& w_hh, const at::Tensor& b_hh,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
     const std::optional<at::Tensor>& keep_h) {
   const KernelGuard guard;
-  const auto [in, H] = check_input(x, &w_ih, &ln_ih_weight, &ln_ih_bias, 3, "r, z, n");
+  const bool normalised = check_normalised({&ln_hh_weight, &ln_ih_weight, &ln_hh_bias},
+                                           "ln_ih_weight, ln_hh_weight and ln_hh_bias");
+  const auto [in, H] =
+      check_input(x, &w_ih, ln_ih_weight, ln_ih_bias, 3, "r, z, n", normalised);
   auto [y, h_n, saved] = layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
                                        reverse, keep_h, false);
   return {y, h_n};
@@ -646,11 +692,14 @@ std::tuple<at::Tensor, at::Tensor> layernorm_gru_inference_cpu(
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_forward_cpu(
     const at::Tensor& xn, const at::Tensor& w_hh, const at::Tensor& b_hh,
-    const at::Tensor& ln_hh_weight, const at::Tensor& ln_hh_bias, const at::Tensor& h0,
-    const std::optional<at::Tensor>& lengths, bool reverse,
+    const std::optional<at::Tensor>& ln_hh_weight, const std::optional<at::Tensor>& ln_hh_bias,
+    const at::Tensor& h0, const std::optional<at::Tensor>& lengths, bool reverse,
     const std::optional<at::Tensor>& keep_h) {
   const KernelGuard guard;
-  const auto [in, H] = check_input(xn, nullptr, nullptr, nullptr, 3, "r, z, n");
+  const bool normalised =
+      check_normalised({&ln_hh_weight, &ln_hh_bias}, "ln_hh_weight and ln_hh_bias");
+  const auto [in, H] =
+      check_input(xn, nullptr, std::nullopt, std::nullopt, 3, "r, z, n", normalised);
   auto [y, h_n, s] = layernorm_gru(in, H, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
                                    reverse, keep_h, true);
   return {y, h_n, s.gates, s.norm_hh, s.rstd};

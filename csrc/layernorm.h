@@ -6,6 +6,7 @@
 
 #include "common.h"
 
+#include <initializer_list>
 #include <optional>
 
 namespace gated_kernels {
@@ -24,11 +25,10 @@ const scalar_t* previous_state(const scalar_t* all, const scalar_t* initial, int
 }
 
 // Checks what both cells' forward and inference take besides their input (xn or x, its dtype
-// float32 / float64 checked here, `input_name` in the message): w_hh [G, H], ln_hh's weight and
-// bias [G], h0 [B, H], G = num_gates * H.
+// float32 / float64 / bfloat16 checked here, `input_name` in the message) and LayerNorms:
+// w_hh [G, H], h0 [B, H], G = num_gates * H.
 void check_layernorm_args(const at::Tensor& input, const char* input_name, int64_t H,
-                          const at::Tensor& w_hh, const at::Tensor& ln_hh_weight,
-                          const at::Tensor& ln_hh_bias, const at::Tensor& h0, int64_t num_gates);
+                          const at::Tensor& w_hh, const at::Tensor& h0, int64_t num_gates);
 
 // zoneout's weights of the previous state, keep [T, B, H] in the input's dtype (`like`), CPU,
 // or none: returned contiguous, or undefined.
@@ -44,6 +44,29 @@ inline acc_t zoned(keep_t keep, acc_t old_value, acc_t new_value) {
 
 // A vector argument: shape [size], the input's dtype (`like`), CPU.
 void check_vector(const at::Tensor& t, const char* name, int64_t size, const at::Tensor& like);
+
+// The operators without LayerNorm (every ln_* argument None: the plain cells with zoneout) run
+// the same passes with the identity in each LayerNorm's place. A LayerNorm's weight or bias as
+// the passes read it: the argument (checked as check_vector does), or `fill` (weight 1, bias 0).
+at::Tensor layer_norm_or(const std::optional<at::Tensor>& t, const char* name, int64_t size,
+                         double fill, const at::Tensor& like);
+
+// Whether an operator normalises: ln_hh_weight given. Its LayerNorm arguments must then all be
+// given, or all be None (`names`, for the message).
+bool check_normalised(std::initializer_list<const std::optional<at::Tensor>*> ln,
+                      const char* names);
+
+// The identity in a LayerNorm's place, with its affine part: v := v * weight + bias over
+// v[0, n), and v to `norm` where not nullptr (what backward reads in place of the normalised
+// values); returns 1, the rstd of no normalisation. The pointwise kernels' layer_norm signature.
+template <typename acc_t>
+acc_t affine_row(acc_t* v, int64_t n, const acc_t* weight, const acc_t* bias, acc_t* norm) {
+  for (int64_t k = 0; k < n; ++k) {
+    if (norm != nullptr) norm[k] = v[k];
+    v[k] = v[k] * weight[k] + bias[k];
+  }
+  return acc_t(1);
+}
 
 // A state argument: shape [B, H], the input's dtype (`like`), CPU.
 void check_state(const at::Tensor& t, const char* name, int64_t B, int64_t H,

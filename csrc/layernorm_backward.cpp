@@ -105,10 +105,10 @@ std::vector<at::Tensor> summed_over_threads(const at::Tensor& partial_sums,
   return parts;
 }
 
-// Checks the saved gates [T, B, 4H] (both cells save 4H) and, against them, w_hh [G, H], ln_hh_weight [G] and h0 [B, H] in h0's dtype (float32, float64 or
-// bfloat16; the saved tensors in its accumulation type); returns H.
-int64_t check_backward_args(const at::Tensor& gates, const at::Tensor& w_hh,
-                            const at::Tensor& ln_hh_weight, const at::Tensor& h0,
+// Checks the saved gates [T, B, 4H] (both cells save 4H) and, against them, w_hh [G, H] and
+// h0 [B, H] in h0's dtype (float32, float64 or bfloat16; the saved tensors in its accumulation
+// type); returns H.
+int64_t check_backward_args(const at::Tensor& gates, const at::Tensor& w_hh, const at::Tensor& h0,
                             int64_t num_gates) {
   const auto dtype = h0.scalar_type();
   TORCH_CHECK(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16,
@@ -120,16 +120,40 @@ int64_t check_backward_args(const at::Tensor& gates, const at::Tensor& w_hh,
               gates.scalar_type());
   const int64_t B = gates.size(1), H = gates.size(2) / 4, G = num_gates * H;
   check_saved("w_hh", w_hh, {G, H}, dtype);
-  check_saved("ln_hh_weight", ln_hh_weight, {G}, dtype);
   check_saved("h0", h0, {B, H}, dtype);
   return H;
+}
+
+// A LayerNorm's weight or bias in the accumulation type, checked against h0's dtype: the
+// argument, or `fill` [size] where the operator has no LayerNorm (layernorm.h).
+at::Tensor saved_layer_norm(const std::optional<at::Tensor>& t, const char* name, int64_t size,
+                            double fill, const at::Tensor& h0) {
+  if (!t.has_value()) {
+    return at::full({size}, fill, h0.options().dtype(at::toOpMathType(h0.scalar_type())));
+  }
+  check_saved(name, *t, {size}, h0.scalar_type());
+  return to_acc(*t);
+}
+
+// The gradients of LayerNorm parameters of `sizes` summed over the threads or, without
+// LayerNorm, empty tensors (there are no such parameters).
+std::vector<at::Tensor> layer_norm_gradients(const at::Tensor& partial_sums, at::IntArrayRef sizes,
+                                             at::ScalarType dtype, bool normalised) {
+  if (normalised) return summed_over_threads(partial_sums, sizes, dtype);
+  std::vector<at::Tensor> none;  // each its own tensor: outputs must not alias
+  for (size_t k = 0; k < sizes.size(); ++k) {
+    none.push_back(at::empty({0}, partial_sums.options().dtype(dtype)));
+  }
+  return none;
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor,
            at::Tensor>
 layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& dc_n,
-                            const at::Tensor& w_hh_in, const at::Tensor& ln_hh_weight,
-                            const at::Tensor& ln_c_weight, const at::Tensor& ln_c_bias,
+                            const at::Tensor& w_hh_in,
+                            const std::optional<at::Tensor>& ln_hh_weight,
+                            const std::optional<at::Tensor>& ln_c_weight,
+                            const std::optional<at::Tensor>& ln_c_bias,
                             const at::Tensor& h0, const at::Tensor& c0,
                             const std::optional<at::Tensor>& lengths_in, bool reverse,
                             const at::Tensor& y, const at::Tensor& gates_in,
@@ -138,11 +162,14 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
                             const std::optional<at::Tensor>& keep_h_in,
                             const std::optional<at::Tensor>& keep_c_in) {
   const KernelGuard guard;
-  const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 4);
+  const int64_t H = check_backward_args(gates_in, w_hh_in, h0, 4);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 4 * H;
   const auto dtype = h0.scalar_type(), acc = gates_in.scalar_type();
-  check_saved("ln_c_weight", ln_c_weight, {H}, dtype);
-  check_saved("ln_c_bias", ln_c_bias, {H}, dtype);
+  const bool normalised = check_normalised({&ln_hh_weight, &ln_c_weight, &ln_c_bias},
+                                           "ln_hh_weight, ln_c_weight and ln_c_bias");
+  const at::Tensor ln_hh_w = saved_layer_norm(ln_hh_weight, "ln_hh_weight", G, 1.0, h0);
+  const at::Tensor ln_c_w = saved_layer_norm(ln_c_weight, "ln_c_weight", H, 1.0, h0);
+  const at::Tensor ln_c_b = saved_layer_norm(ln_c_bias, "ln_c_bias", H, 0.0, h0);
   check_saved("c0", c0, {B, H}, dtype);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   check_saved("dy", dy, {T, B, H}, dtype);
@@ -159,8 +186,6 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
   const at::Tensor c_all = c_all_in.contiguous(), norm_c = norm_c_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor y_acc = to_acc(y), h0_acc = to_acc(h0), c0_acc = to_acc(c0);
-  const at::Tensor ln_hh_w = to_acc(ln_hh_weight);
-  const at::Tensor ln_c_w = to_acc(ln_c_weight), ln_c_b = to_acc(ln_c_bias);
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
@@ -195,27 +220,30 @@ layernorm_lstm_backward_cpu(const at::Tensor& dy, const at::Tensor& dh_n, const 
            norm_c_p + row * H, norm_hh_p + row * G, rstd_p[row * 2 + 1], rstd_p[row * 2], w_c,
            b_c, w_g, keep_h_p != nullptr ? keep_h_p + row * H : nullptr,
            keep_c_p != nullptr ? keep_c_p + row * H : nullptr, dh_row, dc_p + b * H,
-           dxn_p + row * G, dgh_p + row * G, sums, scratch.data()});
+           dxn_p + row * G, dgh_p + row * G, sums, scratch.data(), normalised});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
   });
   at::Tensor dw_hh = times_previous_hidden(dgh, y_acc, h0_acc, lengths, reverse);
-  const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G, H, H}, dtype);
+  const std::vector<at::Tensor> sums =
+      layer_norm_gradients(partial_sums, {G, G, H, H}, dtype, normalised);
   return {dxn.to(dtype), dw_hh.to(dtype), sums[0], sums[1], sums[2], sums[3], dh.to(dtype),
           dc.to(dtype)};
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm_gru_backward_cpu(
     const at::Tensor& dy, const at::Tensor& dh_n, const at::Tensor& w_hh_in,
-    const at::Tensor& ln_hh_weight, const at::Tensor& h0,
+    const std::optional<at::Tensor>& ln_hh_weight, const at::Tensor& h0,
     const std::optional<at::Tensor>& lengths_in, bool reverse, const at::Tensor& y,
     const at::Tensor& gates_in, const at::Tensor& norm_hh_in, const at::Tensor& rstd_in,
     const std::optional<at::Tensor>& keep_h_in) {
   const KernelGuard guard;
-  const int64_t H = check_backward_args(gates_in, w_hh_in, ln_hh_weight, h0, 3);
+  const int64_t H = check_backward_args(gates_in, w_hh_in, h0, 3);
   const int64_t T = gates_in.size(0), B = gates_in.size(1), G = 3 * H;
   const auto dtype = h0.scalar_type(), acc = gates_in.scalar_type();
+  const bool normalised = ln_hh_weight.has_value();
+  const at::Tensor ln_hh_w = saved_layer_norm(ln_hh_weight, "ln_hh_weight", G, 1.0, h0);
   check_saved("norm_hh", norm_hh_in, {T, B, G}, acc);
   const at::Tensor lengths = check_lengths(lengths_in, T, B);
   check_saved("dy", dy, {T, B, H}, dtype);
@@ -226,7 +254,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
   const at::Tensor gates = gates_in.contiguous(), norm_hh = norm_hh_in.contiguous();
   const at::Tensor rstd = rstd_in.contiguous(), w_hh = w_hh_in.contiguous();
   const at::Tensor y_acc = to_acc(y), h0_acc = to_acc(h0);
-  const at::Tensor ln_hh_w = to_acc(ln_hh_weight);
   const auto options = gates.options();
   at::Tensor dxn = new_output({T, B, G}, options);
   at::Tensor dgh = at::empty({T, B, G}, options);
@@ -252,14 +279,17 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> layernorm
       backward_row({H, gates_p + row * 4 * H,
                     previous_state(y_p, h0_p, t, b, T, B, H, reverse, len), norm_hh_p + row * G,
                     rstd_p[row], w_g, keep_h_p != nullptr ? keep_h_p + row * H : nullptr,
-                    dh_row, dxn_p + row * G, dgh_p + row * G, sums});
+                    dh_row, dxn_p + row * G, dgh_p + row * G, sums, normalised});
     };
     run_rows_backward<scalar_t>(dy.contiguous(), w_hh, dh, dxn, dgh, partial_sums, lengths,
                                 reverse, row_step);
   });
   at::Tensor dw_hh = times_previous_hidden(dgh, y_acc, h0_acc, lengths, reverse);
+  // b_hh's gradient, the sums of dR, stands with or without LayerNorm; ln_hh's weight's only
+  // with.
   const std::vector<at::Tensor> sums = summed_over_threads(partial_sums, {G, G}, dtype);
-  return {dxn.to(dtype), dw_hh.to(dtype), sums[0], sums[1], dh.to(dtype)};
+  const at::Tensor dln_hh_weight = normalised ? sums[1] : at::empty({0}, sums[1].options());
+  return {dxn.to(dtype), dw_hh.to(dtype), sums[0], dln_hh_weight, dh.to(dtype)};
 }
 
 }  // namespace

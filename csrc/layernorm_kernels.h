@@ -102,7 +102,8 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
     at::vec::fmadd(d, norm_c, V::loadu(r.sums + 2 * G + j, w)).store(r.sums + 2 * G + j, w);
     (d + V::loadu(r.sums + 2 * G + H + j, w)).store(r.sums + 2 * G + H + j, w);
   }
-  layer_norm_row_backward(dl, r.norm_c, r.ln_c_weight, r.rstd_c, H, dl);  // dl := dc' through LN
+  // dl := dc' through LN(c'; ln_c)
+  if (r.normalised) layer_norm_row_backward(dl, r.norm_c, r.ln_c_weight, r.rstd_c, H, dl);
   for (int64_t j = 0; j < H; j += V::size()) {
     const int64_t w = std::min<int64_t>(V::size(), H - j);
     const V i = V::loadu(r.gates + j, w), f = V::loadu(r.gates + H + j, w);
@@ -124,7 +125,11 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
     at::vec::fmadd(d, V::loadu(r.norm_hh + j, w), V::loadu(r.sums + j, w)).store(r.sums + j, w);
     (d + V::loadu(r.sums + G + j, w)).store(r.sums + G + j, w);
   }
-  layer_norm_row_backward(r.dxn, r.norm_hh, r.ln_hh_weight, r.rstd_hh, G, r.dgh);
+  if (r.normalised) {
+    layer_norm_row_backward(r.dxn, r.norm_hh, r.ln_hh_weight, r.rstd_hh, G, r.dgh);
+  } else {
+    std::copy(r.dxn, r.dxn + G, r.dgh);
+  }
 }
 
 // One running row of the LayerNorm GRU's backward (pointwise.h gives the contract): the
@@ -159,7 +164,9 @@ void layernorm_gru_backward_row(const LayerNormGruBackwardRow<acc_t>& r) {
     at::vec::fmadd(d, V::loadu(r.norm_hh + j, w), V::loadu(r.sums + G + j, w))
         .store(r.sums + G + j, w);
   }
-  layer_norm_row_backward(r.dgh, r.norm_hh, r.ln_hh_weight, r.rstd_hh, G, r.dgh);
+  if (r.normalised) {
+    layer_norm_row_backward(r.dgh, r.norm_hh, r.ln_hh_weight, r.rstd_hh, G, r.dgh);
+  }
 }
 
 }  // namespace

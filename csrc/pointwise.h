@@ -147,6 +147,7 @@ struct LayerNormLstmBackwardRow {
   acc_t* dgh;      // [4H] out: the gradient of h_{t-1} W_hh^T
   acc_t* sums;     // [10H] += dG norm_hh [4H], dG [4H], dl norm_c [H], dl [H] (ln_hh's, ln_c's)
   acc_t* scratch;  // [2H]
+  bool normalised;  // false: the identity in each LayerNorm's place (layernorm.h, affine_row)
 };
 
 template <typename acc_t>
@@ -163,6 +164,7 @@ struct LayerNormGruBackwardRow {
   acc_t* dxn;   // [3H] out: the gradient of A = xn
   acc_t* dgh;   // [3H] out: the gradient of h_{t-1} W_hh^T
   acc_t* sums;  // [6H] += dR [3H], dR norm_hh [3H] (b_hh's and ln_hh's bias; ln_hh's weight)
+  bool normalised;  // false: the identity in LN(gh)'s place
 };
 
 // Each pass covers the flat range [begin, end) of step t's B*H hidden units, so that callers can

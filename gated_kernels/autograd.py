@@ -230,7 +230,8 @@ class LayerNormLSTMFunction(torch.autograd.Function):
     triton_kernels/layernorm.py on CUDA): (xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
     ln_c_bias, h0, c0, lengths or None, reverse, keep_h or None, keep_c or None, backend) ->
     (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh stays ordinary PyTorch above it;
-    keep_h / keep_c are zoneout's weights of the old state (reference.py), not differentiated."""
+    keep_h / keep_c are zoneout's weights of the old state (reference.py), not differentiated.
+    The four ln_* None: the plain LSTM (with zoneout), xn = x W_ih^T + b_ih + b_hh."""
 
     @staticmethod
     def forward(ctx, xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths,
@@ -242,6 +243,7 @@ class LayerNormLSTMFunction(torch.autograd.Function):
         ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
                               keep_h, keep_c, y, *saved)
         ctx.reverse, ctx.backend = reverse, backend
+        ctx.normalised = ln_hh_weight is not None
         return y, h_n, c_n
 
     @staticmethod
@@ -253,13 +255,16 @@ class LayerNormLSTMFunction(torch.autograd.Function):
             dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
             ctx.reverse, *saved, keep_h, keep_c
         )
-        return (*grads, None, None, None, None, None)
+        dxn, dw_hh, *ln, dh0, dc0 = grads
+        if not ctx.normalised:  # no LayerNorm parameters to differentiate
+            ln = [None] * 4
+        return (dxn, dw_hh, *ln, dh0, dc0, None, None, None, None, None)
 
 
 class LayerNormGRUFunction(torch.autograd.Function):
     """A LayerNorm GRU layer-direction on the operators: (xn, w_hh, b_hh, ln_hh_weight,
     ln_hh_bias, h0, lengths or None, reverse, keep_h or None, backend) -> (y, h_n),
-    xn = LN(x W_ih^T; ln_ih) + b_ih."""
+    xn = LN(x W_ih^T; ln_ih) + b_ih; ln_hh None: the plain GRU (with zoneout)."""
 
     @staticmethod
     def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h=None,
@@ -269,6 +274,7 @@ class LayerNormGRUFunction(torch.autograd.Function):
         )
         ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, keep_h, y, *saved)
         ctx.reverse, ctx.backend = reverse, backend
+        ctx.normalised = ln_hh_weight is not None
         return y, h_n
 
     @staticmethod
@@ -280,7 +286,8 @@ class LayerNormGRUFunction(torch.autograd.Function):
             dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved, keep_h
         )
         # b_hh and ln_hh's bias add to the same R: one gradient, each its own tensor.
-        return dxn, dw_hh, db_hh, dln_hh_weight, db_hh.clone(), dh0, None, None, None, None
+        ln = (dln_hh_weight, db_hh.clone()) if ctx.normalised else (None, None)
+        return dxn, dw_hh, db_hh, *ln, dh0, None, None, None, None
 
 
 class LSTMCellFunction(torch.autograd.Function):

@@ -154,26 +154,41 @@ def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates, c=None):
 
 
 def check_vectors_like(xn, **vectors):
-    """Each named vector [G] in xn's dtype and device, G = xn.size(2)."""
+    """Each named vector [G] (or None) in xn's dtype and device, G = xn.size(2)."""
     for name, t in vectors.items():
-        _check_tensor(name, t, (xn.shape[2],), xn.dtype, xn.device)
+        if t is not None:
+            _check_tensor(name, t, (xn.shape[2],), xn.dtype, xn.device)
+
+
+def check_normalised(**layer_norms):
+    """Whether a LayerNorm operator normalises: its named LayerNorm arguments all given, or all
+    None (the cell without LayerNorm: the plain LSTM / GRU with zoneout); raises on a mix."""
+    given = {t is not None for t in layer_norms.values()}
+    _expect(len(given) == 1, ValueError,
+            f"{', '.join(layer_norms)} must all be given (LayerNorm) or all be None (none), got "
+            f"some of each")
+    return given.pop()
 
 
 def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None,
                          keep=()):
-    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias); keep:
-    zoneout's (keep_h, keep_c) or (keep_h,), each [T, B, H] or None), and the inference
-    operators' past their input side; returns (T, B, H)."""
+    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias), all
+    four given or all None, see check_normalised; keep: zoneout's (keep_h, keep_c) or
+    (keep_h,), each [T, B, H] or None), and the inference operators' past their input side;
+    returns (T, B, H)."""
     gates = 4 if cell == "LSTM" else 3
     T, B, H = _check_xg(xn, cell, gates)
     _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)
     _check_tensor("h0", h0, (B, H), xn.dtype, xn.device)
-    for name, t in zip(("ln_hh_weight", "ln_hh_bias"), ln_hh):
-        _check_tensor(name, t, (gates * H,), xn.dtype, xn.device)
+    norms = dict(zip(("ln_hh_weight", "ln_hh_bias"), ln_hh))
+    if cell == "LSTM":
+        norms.update(zip(("ln_c_weight", "ln_c_bias"), ln_c))
+    check_normalised(**norms)
+    for name, t in norms.items():
+        if t is not None:
+            _check_tensor(name, t, ((gates if "_hh_" in name else 1) * H,), xn.dtype, xn.device)
     if cell == "LSTM":
         _check_tensor("c0", c0, (B, H), xn.dtype, xn.device)
-        for name, t in zip(("ln_c_weight", "ln_c_bias"), ln_c):
-            _check_tensor(name, t, (H,), xn.dtype, xn.device)
     else:
         _check_tensor("b_hh", b_hh, (gates * H,), xn.dtype, xn.device)
     _check_lengths(lengths, T, B, xn.device)

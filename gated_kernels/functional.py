@@ -33,26 +33,41 @@ def _layer_backend(name, device):
     return backend
 
 
-# The dtypes each backend runs LayerNorm cells in (issue 17): csrc/layernorm.cpp and
-# triton_kernels/layernorm.py.
+# The dtypes each backend runs LayerNorm and zoneout in (issue 17): the layernorm_* operators,
+# csrc/layernorm.cpp and triton_kernels/layernorm.py (the plain cells with zoneout run them
+# without their LayerNorms).
 LAYERNORM_DTYPES = {"cpp": (torch.float32, torch.float64, torch.bfloat16),
                     "triton": (torch.float32, torch.float16, torch.bfloat16)}
 
 
+def options_backend(requested, data, projection=False):
+    """The backend a module's call with LayerNorm or zoneout runs (and the benchmark records):
+    `auto` the layernorm_* operators where they run data's dtype (LAYERNORM_DTYPES: C++ on the
+    CPU, Triton on CUDA) and the layer has no projection, else the reference; a backend asked
+    for by name runs or raises (lstm_layer, gru_layer)."""
+    backend = resolve_backend(requested, data.device)
+    if requested == "auto" and (projection
+                                or data.dtype not in LAYERNORM_DTYPES.get(backend, ())):
+        return "reference"
+    return backend
+
+
 def _check_options(backend, layer_norm, keep, tensors):
-    """LayerNorm and zoneout (issue 17) run on the reference backend; LayerNorm, with zoneout
-    or without, also on the C++ and Triton ones in LAYERNORM_DTYPES (`tensors`: the layer's,
-    for the dtype)."""
+    """LayerNorm and zoneout (issue 17) run on the reference backend, and on the C++ and Triton
+    ones in LAYERNORM_DTYPES (`tensors`: the layer's, for the dtype)."""
     if backend == "reference" or (layer_norm is None and keep is None):
         return
-    if layer_norm is None:
-        raise ValueError(f"zoneout without LayerNorm runs on the 'reference' backend only (the "
-                         f"plain kernels have no zoneout yet), got backend {backend!r}")
     dtype = tensors[0].dtype
     if dtype not in LAYERNORM_DTYPES.get(backend, ()):
-        raise ValueError(f"LayerNorm runs on the 'reference' backend, on 'cpp' for float32, "
-                         f"float64 and bfloat16 and on 'triton' for float32, float16 and "
-                         f"bfloat16, got backend {backend!r} ({dtype})")
+        raise ValueError(f"LayerNorm and zoneout run on the 'reference' backend, on 'cpp' for "
+                         f"float32, float64 and bfloat16 and on 'triton' for float32, float16 "
+                         f"and bfloat16, got backend {backend!r} ({dtype})")
+
+
+def _no_layer_norm(count):
+    """A layer's LayerNorms where it has none: (weight, bias) pairs of None, as the layernorm_*
+    operators take them for the plain cells."""
+    return ((None, None),) * count
 
 
 def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=None,
@@ -72,16 +87,17 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     backend = _layer_backend(backend, x.device)
     _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
     if (backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None
-            and layer_norm is None):
+            and layer_norm is None and keep is None):
         # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
         h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
         return h.unsqueeze(0), h.clone(), c
     # Both biases act on the same pre-activation, so they fold into the input projection.
     bias = b_ih + b_hh if b_ih is not None else None
-    if backend in LAYERNORM_DTYPES and layer_norm is not None:
+    if backend in LAYERNORM_DTYPES and (layer_norm is not None or keep is not None):
         if w_hr is not None:
-            raise ValueError("LayerNorm LSTM layers have no projection (w_hr)")
-        ln_ih, ln_hh, ln_c = layer_norm
+            raise ValueError(f"LSTM layers with LayerNorm or zoneout have no projection (w_hr) "
+                             f"on backend {backend!r}; the 'reference' backend runs it")
+        ln_ih, ln_hh, ln_c = layer_norm or _no_layer_norm(3)
         keep_h, keep_c = keep or (None, None)
         if not needs_grad(x, w_ih, bias, w_hh, h0, c0, *ln_ih, *ln_hh, *ln_c):
             # On the CPU the input side is made inside the operator, a step at a time: no xn
@@ -121,14 +137,15 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     """
     backend = _layer_backend(backend, x.device)
     _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, h0))
-    if backend == "cpp" and x.size(0) == 1 and lengths is None and layer_norm is None:
+    if (backend == "cpp" and x.size(0) == 1 and lengths is None and layer_norm is None
+            and keep is None):
         h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
         return h.unsqueeze(0), h.clone()
     # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
     if b_hh is None:
         b_hh = w_hh.new_zeros(w_hh.shape[0])
-    if backend in LAYERNORM_DTYPES and layer_norm is not None:
-        ln_ih, ln_hh = layer_norm
+    if backend in LAYERNORM_DTYPES and (layer_norm is not None or keep is not None):
+        ln_ih, ln_hh = layer_norm or _no_layer_norm(2)
         (keep_h,) = keep or (None,)
         if not needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0, *ln_ih, *ln_hh):
             return operator("layernorm_gru_inference", backend, x.device)(
@@ -146,8 +163,9 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
     """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once: the product on
     the input projection operators on the C++ backend (which pick the kernel by size), ATen's on
-    the reference. The bias adds to LN's own (one [G] sum, not a pass over [T, B, G])."""
-    if ln_ih is None:
+    the reference. The bias adds to LN's own (one [G] sum, not a pass over [T, B, G]). ln_ih
+    None or (None, None): no LayerNorm."""
+    if ln_ih is None or ln_ih[0] is None:
         return F.linear(x, w_ih, bias)
     xg = InputProjection.apply(x.contiguous(), w_ih) if backend == "cpp" else x @ w_ih.T
     return reference.layer_norm(xg, _folded(ln_ih, bias))
@@ -155,9 +173,9 @@ def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
 
 def _folded(ln, bias):
     """A LayerNorm's (weight, bias) with `bias` (or None) added to its bias: LN(v; w, b) + bias
-    = LN(v; w, b + bias)."""
+    = LN(v; w, b + bias); without LayerNorm ((None, None)), (None, bias)."""
     weight, ln_bias = ln
-    return weight, ln_bias if bias is None else ln_bias + bias
+    return weight, ln_bias if bias is None else bias if ln_bias is None else ln_bias + bias
 
 
 def zoneout_keep(p, training, shape, like):

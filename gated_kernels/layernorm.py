@@ -25,7 +25,6 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
 from gated_kernels import functional
-from gated_kernels.backends import resolve_backend
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.rnn import GRU, LSTM, check_regularizers
 
@@ -36,7 +35,6 @@ class _LayerNormBase:
     _NORMS: the LayerNorms of a layer-direction and their size in units of H."""
 
     _NORMS = ()
-    _FUSED_ZONEOUT = True
 
     def _check_backend(self, backend):
         if backend == "torch":
@@ -44,15 +42,9 @@ class _LayerNormBase:
                              f"backend 'auto', 'cpp', 'triton' or 'reference', got {backend!r}")
 
     def _call_backend(self, input, hx=None):
-        """The backend a call runs (and the benchmark records). `auto`: the fused kernels
-        where they run the input's dtype (functional.LAYERNORM_DTYPES: C++ on the CPU, Triton
-        on CUDA), else the reference; a backend asked for by name runs or raises."""
+        """The backend a call runs (and the benchmark records): functional.options_backend's."""
         data = input.data if isinstance(input, PackedSequence) else input
-        backend = resolve_backend(self.backend, data.device)
-        if self.backend == "auto" and data.dtype not in functional.LAYERNORM_DTYPES.get(
-                backend, ()):
-            return "reference"
-        return backend
+        return functional.options_backend(self.backend, data)
 
     def _suffixes(self):
         """The parameter-name suffix of each layer-direction, in torch.nn's order."""
@@ -168,7 +160,7 @@ class _LayerNormCellBase(_LayerNormBase):
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  zoneout=0.0, dropconnect=0.0, backend="auto"):
         self._check_backend(backend)
-        check_regularizers(backend, zoneout, dropconnect, fused_zoneout=True)
+        check_regularizers(backend, zoneout, dropconnect)
         super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
         self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
         self._init_layer_norms()

@@ -80,6 +80,7 @@ from gated_kernels.contract import (
     check_gru_args,
     check_layernorm_args,
     check_lstm_args,
+    check_normalised,
     check_vectors_like,
     input_gates_like,
     lstm_gates_dtype,
@@ -167,20 +168,22 @@ CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backwar
 for _name in CELL_OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
-_LN_INPUT_ARGS = "Tensor x, Tensor w_ih, Tensor ln_ih_weight, Tensor ln_ih_bias"
+# The LayerNorm cells' operators. Every ln_* argument None: the same cell without LayerNorm (the
+# plain LSTM / GRU with zoneout), ln_ih_bias then the bias that adds to x W_ih^T, if any.
+_LN_INPUT_ARGS = "Tensor x, Tensor w_ih, Tensor? ln_ih_weight, Tensor? ln_ih_bias"
 LIBRARY.define(
-    f"layernorm_lstm_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor ln_hh_weight, "
-    "Tensor ln_hh_bias, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
+    f"layernorm_lstm_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor? ln_hh_weight, "
+    "Tensor? ln_hh_bias, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, "
     "Tensor? lengths, bool reverse, Tensor? keep_h=None, Tensor? keep_c=None) "
     "-> (Tensor y, Tensor h_n, Tensor c_n)"
 )
 LIBRARY.define(
-    f"layernorm_gru_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
-    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
+    f"layernorm_gru_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor b_hh, Tensor? ln_hh_weight, "
+    "Tensor? ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
     "-> (Tensor y, Tensor h_n)"
 )
-_LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor ln_hh_weight, Tensor ln_hh_bias, "
-                 "Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, "
+_LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor? ln_hh_weight, Tensor? ln_hh_bias, "
+                 "Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, "
                  "bool reverse, Tensor? keep_h=None, Tensor? keep_c=None")
 LIBRARY.define(
     f"layernorm_lstm_forward({_LN_LSTM_ARGS}) -> (Tensor y, Tensor h_n, Tensor c_n, "
@@ -188,19 +191,19 @@ LIBRARY.define(
 )
 LIBRARY.define(
     "layernorm_lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, "
-    "Tensor ln_hh_weight, Tensor ln_c_weight, Tensor ln_c_bias, Tensor h0, Tensor c0, "
+    "Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, "
     "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, Tensor c_all, "
     "Tensor norm_c, Tensor rstd, Tensor? keep_h=None, Tensor? keep_c=None) "
     "-> (Tensor dxn, Tensor dw_hh, Tensor dln_hh_weight, "
     "Tensor dln_hh_bias, Tensor dln_c_weight, Tensor dln_c_bias, Tensor dh0, Tensor dc0)"
 )
 LIBRARY.define(
-    "layernorm_gru_forward(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor ln_hh_weight, "
-    "Tensor ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
+    "layernorm_gru_forward(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor? ln_hh_weight, "
+    "Tensor? ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
     "-> (Tensor y, Tensor h_n, Tensor gates, Tensor norm_hh, Tensor rstd)"
 )
 LIBRARY.define(
-    "layernorm_gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor ln_hh_weight, "
+    "layernorm_gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor? ln_hh_weight, "
     "Tensor h0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, "
     "Tensor rstd, Tensor? keep_h=None) -> (Tensor dxn, Tensor dw_hh, Tensor db_hh, "
     "Tensor dln_hh_weight, Tensor dh0)"
@@ -400,6 +403,7 @@ def _layernorm_lstm_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, ln_h
                                    ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
                                    keep_h=None, keep_c=None):
     xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "LSTM")
+    check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
     return _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
                                         ln_c_bias, h0, c0, lengths, reverse, keep_h, keep_c)[:3]
 
@@ -408,6 +412,7 @@ def _layernorm_lstm_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, ln_h
 def _layernorm_gru_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, b_hh, ln_hh_weight,
                                   ln_hh_bias, h0, lengths, reverse, keep_h=None):
     xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "GRU")
+    check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
     return _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
                                        reverse, keep_h)[:2]
 
@@ -428,8 +433,14 @@ def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weigh
                                   h0, c0, lengths, reverse, y, gates, norm_hh, c_all, norm_c,
                                   rstd, keep_h=None, keep_c=None):
     return (h0.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
-            *(t.new_empty(t.shape) for t in (ln_hh_weight, ln_hh_weight, ln_c_weight,
-                                              ln_c_bias, h0, c0)))
+            *_layer_norm_gradients_like(h0, ln_hh_weight, ln_hh_weight, ln_c_weight, ln_c_bias),
+            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
+
+
+def _layer_norm_gradients_like(h0, *layer_norms):
+    """Empty gradients of LayerNorm parameters: each like its parameter, or [0] where None (an
+    operator without LayerNorm)."""
+    return tuple(h0.new_empty(0) if t is None else t.new_empty(t.shape) for t in layer_norms)
 
 
 @torch.library.register_fake("gated_kernels::layernorm_gru_forward")
@@ -446,5 +457,5 @@ def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, le
 def _layernorm_gru_backward_fake(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
                                  norm_hh, rstd, keep_h=None):
     return (h0.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
-            ln_hh_weight.new_empty(ln_hh_weight.shape), ln_hh_weight.new_empty(ln_hh_weight.shape),
+            h0.new_empty(norm_hh.shape[2]), *_layer_norm_gradients_like(h0, ln_hh_weight),
             h0.new_empty(h0.shape))

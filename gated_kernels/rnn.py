@@ -30,16 +30,13 @@ def _check_rate(name, p, closed):
         raise ValueError(f"{name} must be in {'[0, 1]' if closed else '[0, 1)'}, got {p}")
 
 
-def check_regularizers(backend, zoneout, dropconnect, fused_zoneout=False):
-    """zoneout runs on the reference backend alone in the plain modules so far (its masks
-    change the state every step), on every backend but `torch` in those with `fused_zoneout`
-    (the LayerNorm ones); DropConnect on every backend but `torch` (torch.nn's forward reads
-    its own weights)."""
+def check_regularizers(backend, zoneout, dropconnect):
+    """zoneout and DropConnect run on every backend but `torch` (torch.nn's forward has no
+    zoneout and reads its own weights)."""
     _check_rate("zoneout", zoneout, closed=True)
     _check_rate("dropconnect", dropconnect, closed=False)
-    if zoneout > 0.0 and backend not in ("auto", "reference") and not fused_zoneout:
-        raise ValueError(f"zoneout runs on the 'reference' backend only (its fused kernels are "
-                         f"not built yet), got backend={backend!r}")
+    if zoneout > 0.0 and backend == "torch":
+        raise ValueError("zoneout cannot run on backend='torch': torch.nn's forward has none")
     if dropconnect > 0.0 and backend == "torch":
         raise ValueError("dropconnect cannot run on backend='torch': torch.nn's forward reads "
                          "the module's own weights")
@@ -60,11 +57,10 @@ class _RecurrentBase(nn.RNNBase):
     """What LSTM and GRU share: the backend, conversion from torch.nn, input plumbing."""
 
     _CONFIG = ("num_layers", "bias", "batch_first", "dropout", "bidirectional")
-    _FUSED_ZONEOUT = False  # whether the kernels run this module's zoneout (check_regularizers)
 
     def __init__(self, mode, *args, backend="auto", zoneout=0.0, dropconnect=0.0, **kwargs):
         check_backend_name(backend)
-        check_regularizers(backend, zoneout, dropconnect, self._FUSED_ZONEOUT)
+        check_regularizers(backend, zoneout, dropconnect)
         super().__init__(mode, *args, **kwargs)
         self.backend = backend
         self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
@@ -91,12 +87,15 @@ class _RecurrentBase(nn.RNNBase):
         return new.train(module.training)
 
     def _call_backend(self, input, hx):
-        """The backend of this call: `reference` with zoneout; `torch` while torch.onnx exports
-        the model; else the requested one resolved by device and, for `auto`, by shape
-        (dispatch), but never torch.nn's code for a DropConnect training call (it would read
-        the unmasked weights)."""
+        """The backend of this call: with zoneout functional.options_backend's (the
+        layernorm_* operators without their LayerNorms, or the reference); `torch` while
+        torch.onnx exports the model; else the requested one resolved by device and, for
+        `auto`, by shape (dispatch), but never torch.nn's code for a DropConnect training call
+        (it would read the unmasked weights)."""
         if self.zoneout > 0.0:
-            return "reference"  # the constructor allowed `auto` or `reference` alone
+            data = input.data if isinstance(input, PackedSequence) else input
+            return functional.options_backend(self.backend, data,
+                                              getattr(self, "proj_size", 0) > 0)
         backend = self._shape_backend(input, hx)
         if backend == "torch" and self.dropconnect > 0.0 and self.training:
             data = input.data if isinstance(input, PackedSequence) else input
@@ -212,7 +211,8 @@ class _RecurrentBase(nn.RNNBase):
 class LSTM(_RecurrentBase):
     """Drop-in torch.nn.LSTM: the same arguments, plus the keywords `backend` ("auto", "cpp",
     "triton", "torch", "reference"), `zoneout` and `dropconnect` (rates, 0 by default; see
-    functional.lstm: zoneout runs the reference backend).
+    functional.lstm: zoneout runs the layernorm_* operators without their LayerNorms, or the
+    reference backend with a projection or a dtype they lack).
 
     >>> lstm = LSTM(10, 20, num_layers=2)
     >>> output, (h_n, c_n) = lstm(torch.randn(5, 3, 10))

@@ -12,7 +12,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from common import assert_close, max_rel_error
-from gated_kernels import LayerNormGRU, LayerNormLSTM, reference
+from gated_kernels import LayerNormGRU, LayerNormLSTM, contract, reference
 from gated_kernels.autograd import LayerNormGRUFunction, LayerNormLSTMFunction, operator
 
 # (T, B, H, lengths, reverse): B=1, odd H, two threads' worth of rows with lengths 1 and T.
@@ -545,3 +545,117 @@ def test_the_triton_operators_name_a_bad_argument(device):
     with pytest.raises(ValueError, match=r"ln_ih_bias must have shape \(18,\)"):
         inference(b["x"], b["w_ih"], b["ln_ih"][0], b["ln_ih"][1][:5], b["w_hh"], b["b_hh"],
                   *b["ln_hh"], b["h0"], None, False)
+
+
+def _plain_reference(cell, a, reverse, keep, differentiable=None):
+    """reference.py's plain recurrence (no LayerNorm) on `a` with zoneout's `keep`, from
+    xg = x W_ih^T + bias (a["bias"]); with `differentiable` (xg, w_hh, [b_hh,] h0[, c0]) those
+    tensors in place of a's."""
+    if cell == "LSTM":
+        xg, w_hh, h0, c0 = differentiable or (a["x"] @ a["w_ih"].T + a["bias"], a["w_hh"],
+                                              a["h0"], a["c0"])
+        return reference.lstm_recurrence(xg, w_hh, None, h0, c0, a["lengths"], reverse,
+                                         keep_h=keep[0], keep_c=keep[1])
+    xg, w_hh, b_hh, h0 = differentiable or (a["x"] @ a["w_ih"].T + a["bias"], a["w_hh"],
+                                            a["b_hh"], a["h0"])
+    return reference.gru_recurrence(xg, w_hh, b_hh, h0, a["lengths"], reverse, keep_h=keep[0])
+
+
+@pytest.mark.parametrize("training", [True, False], ids=["masks", "eval"])
+@pytest.mark.parametrize(("backend", "dtype", "threads"), RUNS)
+@pytest.mark.parametrize("case", [CASES["T6-B5-H12-lengths-reverse"],
+                                  SPLIT_CASES["T7-B1-H160-lengths-reverse"]],
+                         ids=["T6-B5-H12-lengths-reverse", "T7-B1-H160-lengths-reverse"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_without_layer_norm_the_operators_run_the_plain_cells(cell, case, backend, dtype,
+                                                               threads, training, monkeypatch):
+    """Every ln_* argument None (the plain LSTM / GRU with zoneout): inference from the layer
+    input (ln_ih_bias the bias; one row over the team's threads at H=160 in C++), the forward's
+    outputs and the backward's gradients, empty for the LayerNorms', against the plain
+    reference with zoneout on the rounded inputs."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    T, B, H, lengths, reverse = case
+    G = (4 if cell == "LSTM" else 3) * H
+    a = _inputs(cell, T, B, H, lengths, dtype)
+    a["bias"] = (0.3 * torch.randn(G, generator=torch.Generator().manual_seed(4),
+                                   dtype=torch.float64)).to(dtype)
+    keep = _keep(cell, T, B, H, dtype, training)
+    keep64 = tuple(k.double() for k in keep)
+    a64 = _exact(a)
+    a64["bias"] = a["bias"].double()
+    expected = _plain_reference(cell, a64, reverse, (*keep64, None))
+    low = _plain_reference(cell, a, reverse, (*keep, None))  # PyTorch's own error in dtype
+    on = _on(backend, {**a, "keep": keep})
+    dev = on["x"].device
+    ops = {k: operator(f"layernorm_{cell.lower()}_{k}", backend, dev)
+           for k in ("inference", "forward", "backward")}
+    none = (None, None)
+
+    def run():
+        if cell == "LSTM":
+            inferred = ops["inference"](on["x"], on["w_ih"], None, on["bias"], on["w_hh"],
+                                        *none, *none, on["h0"], on["c0"], on["lengths"], reverse,
+                                        *on["keep"])
+        else:
+            inferred = ops["inference"](on["x"], on["w_ih"], None, on["bias"], on["w_hh"],
+                                        on["b_hh"], *none, on["h0"], on["lengths"], reverse,
+                                        *on["keep"])
+        return inferred
+
+    inferred = _with_threads(threads, run)
+    for k, want in enumerate(expected):
+        assert_close(inferred[k].cpu(), want, dtype, "out", f"inference output {k}",
+                     max_rel_error(low[k], want))
+    # Training: xg given (the exact oracle's, rounded), every gradient.
+    xg = (a64["x"] @ a64["w_ih"].T + a64["bias"]).to(dtype)
+    tensors = ([xg, a["w_hh"], a["h0"], a["c0"]] if cell == "LSTM"
+               else [xg, a["w_hh"], a["b_hh"], a["h0"]])
+    want_in = [t.double().requires_grad_() for t in tensors]
+    expected = _plain_reference(cell, a64, reverse, (*keep64, None), want_in)
+    weights = [torch.randn_like(t) for t in expected]
+    want_grads = torch.autograd.grad(expected, want_in, weights)
+    low_in = [t.detach().clone().requires_grad_() for t in tensors]
+    low = _plain_reference(cell, a, reverse, (*keep, None), low_in)
+    low_grads = torch.autograd.grad(low, low_in, [w.to(dtype) for w in weights])
+    got_in = [t.to(dev) for t in tensors]
+    dys = [w.to(dev, dtype) for w in weights]
+    if cell == "LSTM":
+        xg_d, w_hh, h0, c0 = got_in
+        out = _with_threads(threads, lambda: ops["forward"](
+            xg_d, w_hh, *none, *none, h0, c0, on["lengths"], reverse, *on["keep"]))
+        grads = _with_threads(threads, lambda: ops["backward"](
+            *dys, w_hh, None, *none, h0, c0, on["lengths"], reverse, out[0], *out[3:],
+            *on["keep"]))
+        got_grads = (grads[0], grads[1], grads[6], grads[7])
+        assert all(g.numel() == 0 for g in grads[2:6])
+    else:
+        xg_d, w_hh, b_hh, h0 = got_in
+        out = _with_threads(threads, lambda: ops["forward"](
+            xg_d, w_hh, b_hh, *none, h0, on["lengths"], reverse, *on["keep"]))
+        grads = _with_threads(threads, lambda: ops["backward"](
+            *dys, w_hh, None, h0, on["lengths"], reverse, out[0], *out[2:], *on["keep"]))
+        got_grads = (grads[0], grads[1], grads[2], grads[4])
+        assert grads[3].numel() == 0
+    for k, want in enumerate(expected):
+        assert_close(out[k].cpu(), want, dtype, "out", f"output {k}", max_rel_error(low[k], want))
+    for k, (got, want) in enumerate(zip(got_grads, want_grads)):
+        assert_close(got.cpu(), want, dtype, "grad", f"gradient of argument {k}",
+                     max_rel_error(low_grads[k], want))
+
+
+def test_the_layer_norm_arguments_come_all_or_none():
+    a = _inputs("LSTM", 4, 2, 6, None, torch.float32)
+    with pytest.raises(RuntimeError, match="ln_hh_weight, ln_hh_bias, ln_c_weight and ln_c_bias "
+                                           "must all be given .* or all be None"):
+        torch.ops.gated_kernels.layernorm_lstm_forward(
+            a["xn"], a["w_hh"], *a["ln_hh"], None, a["ln_c"][1], a["h0"], a["c0"], None, False)
+    with pytest.raises(RuntimeError, match="ln_ih_weight, ln_hh_weight and ln_hh_bias must all"):
+        b = _inputs("GRU", 4, 2, 6, None, torch.float32)
+        torch.ops.gated_kernels.layernorm_gru_inference(
+            b["x"], b["w_ih"], None, None, b["w_hh"], b["b_hh"], *b["ln_hh"], b["h0"], None,
+            False)
+    # The fake implementations' and the Triton launchers' check.
+    with pytest.raises(ValueError, match="ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias must "
+                                         "all be given"):
+        contract.check_layernorm_args(a["xn"], a["w_hh"], (None, a["ln_hh"][1]), a["h0"], None,
+                                      "LSTM", c0=a["c0"], ln_c=a["ln_c"])

@@ -1,11 +1,14 @@
 """The zoneout and dropconnect keywords of LSTM and GRU (issue 17): DropConnect on our kernels
-(C++ here) with its mask drawn from torch's RNG, zoneout on the reference backend, against
-gated_kernels.reference in float64; the backends each refuses."""
+(C++ here) with its mask drawn from torch's RNG; zoneout inside the layernorm_* operators
+without their LayerNorms (C++, and Triton in its interpreter) and on the reference backend;
+against gated_kernels.reference in float64; the backends each refuses."""
+
+import os
 
 import pytest
 import torch
 
-from common import FP64_ATOL, max_abs_error
+from common import FP64_ATOL, assert_close, max_abs_error
 from gated_kernels import GRU, LSTM, reference
 
 MODULES = {"LSTM": LSTM, "GRU": GRU}
@@ -51,9 +54,14 @@ def test_dropconnect_trains_on_our_kernels_with_a_mask_of_torch_s_rng(cell):
     assert max_abs_error(module(x, hx)[0], plain) <= FP64_ATOL  # eval: W_hh as it is
 
 
+@pytest.mark.parametrize("backend", ["auto", "cpp", "reference"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_zoneout_runs_the_reference_with_masks_of_torch_s_rng(cell):
-    module, x, hx = _setup(cell, zoneout=0.25)
+def test_zoneout_trains_with_masks_of_torch_s_rng(cell, backend):
+    """Training and eval against the reference in float64: `auto` and `cpp` run the
+    layernorm_* operators without their LayerNorms (zoneout inside the fused kernels), outputs
+    and the gradients of x and every parameter."""
+    module, x, hx = _setup(cell, zoneout=0.25, backend=backend)
+    assert module._call_backend(x, hx) == ("cpp" if backend == "auto" else backend)
     torch.manual_seed(6)
     y, _ = module(x, hx)
     torch.manual_seed(6)
@@ -61,10 +69,48 @@ def test_zoneout_runs_the_reference_with_masks_of_torch_s_rng(cell):
             for _ in range(2 if cell == "LSTM" else 1)]
     expected = _reference(cell, module, x, hx, module.weight_hh_l0, (keep + [None])[:2])
     assert max_abs_error(y, expected) <= FP64_ATOL
+    dy = torch.randn_like(y)
+    inputs = [x, *module.parameters()]
+    for a, b in zip(torch.autograd.grad(y, inputs, dy), torch.autograd.grad(expected, inputs, dy)):
+        assert max_abs_error(a, b) <= FP64_ATOL
     module.eval()
     p = torch.full((T, B, H), 0.25, dtype=torch.float64)
     expected = _reference(cell, module, x, hx, module.weight_hh_l0, (p, p))
-    assert max_abs_error(module(x, hx)[0], expected) <= FP64_ATOL
+    with torch.no_grad():
+        assert max_abs_error(module(x, hx)[0], expected) <= FP64_ATOL
+
+
+@pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
+                    reason="needs Triton on a GPU or in its interpreter")
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_zoneout_runs_the_triton_kernels(cell):
+    """float32 on backend='triton' (its interpreter without a GPU): the layernorm_* Triton
+    kernels without their LayerNorms, eval's outputs and training's gradients (masks drawn
+    in float32, as the module draws them) against the reference in float64."""
+    pytest.importorskip("triton")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    module = MODULES[cell](I, H, zoneout=0.25, backend="triton", device=device)
+    x = torch.randn(T, B, I, device=device, requires_grad=True)
+    hx = tuple(torch.randn(1, B, H, device=device) for _ in range(2 if cell == "LSTM" else 1))
+    hx = hx if cell == "LSTM" else hx[0]
+    assert module._call_backend(x, hx) == "triton"
+    torch.manual_seed(6)
+    y, _ = module(x, hx)
+    torch.manual_seed(6)
+    keep = [(torch.rand(T, B, H, device=device) < 0.25).double().cpu()
+            for _ in range(2 if cell == "LSTM" else 1)]
+    exact = MODULES[cell](I, H, dtype=torch.float64)
+    exact.load_state_dict(module.state_dict())
+    x64 = x.detach().double().cpu().requires_grad_()
+    hx64 = tuple(s.double().cpu() for s in hx) if cell == "LSTM" else hx.double().cpu()
+    expected = _reference(cell, exact, x64, hx64, exact.weight_hh_l0, (keep + [None])[:2])
+    assert_close(y.detach().cpu(), expected.detach(), torch.float32, "out", "y")
+    dy = torch.randn_like(expected)
+    got = torch.autograd.grad(y, [x, *module.parameters()], dy.float().to(device))
+    want = torch.autograd.grad(expected, [x64, *exact.parameters()], dy)
+    for name, a, b in zip(["x", *dict(module.named_parameters())], got, want):
+        assert_close(a.cpu(), b, torch.float32, "grad", name)
 
 
 def test_a_dropconnect_training_call_never_runs_torch_nn_s_code():
@@ -81,8 +127,8 @@ def test_a_dropconnect_training_call_never_runs_torch_nn_s_code():
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_the_backends_each_keyword_refuses(cell):
     cls = MODULES[cell]
-    with pytest.raises(ValueError, match="zoneout runs on the 'reference' backend only.*'cpp'"):
-        cls(3, 4, zoneout=0.1, backend="cpp")
+    with pytest.raises(ValueError, match="zoneout cannot run on backend='torch'"):
+        cls(3, 4, zoneout=0.1, backend="torch")
     with pytest.raises(ValueError, match="dropconnect cannot run on backend='torch'"):
         cls(3, 4, dropconnect=0.1, backend="torch")
     with pytest.raises(ValueError, match=r"zoneout must be in \[0, 1\], got -0.1"):
@@ -90,6 +136,15 @@ def test_the_backends_each_keyword_refuses(cell):
     with pytest.raises(ValueError, match=r"dropconnect must be in \[0, 1\), got 1.0"):
         cls(3, 4, dropconnect=1.0)
     assert "zoneout=0.5" in repr(cls(3, 4, zoneout=0.5))
+
+
+def test_zoneout_with_a_projection_runs_the_reference():
+    """The layernorm_* operators have no projection: `auto` runs the reference, `cpp` says so."""
+    x = torch.randn(T, B, I)
+    assert LSTM(I, H, proj_size=2, zoneout=0.2)._call_backend(x, None) == "reference"
+    module = LSTM(I, H, proj_size=2, zoneout=0.2, backend="cpp")
+    with pytest.raises(ValueError, match="no projection .*'reference' backend runs it"):
+        module(x)
 
 
 def test_revert_refuses_what_torch_nn_cannot_run():

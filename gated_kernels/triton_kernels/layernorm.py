@@ -32,6 +32,7 @@ replace multiplies).
 """
 
 import inspect
+import itertools
 
 import torch
 import triton
@@ -76,9 +77,10 @@ def _row_stats(v, ok, mean, m2, count, width):
 
 @triton.jit
 def _product_stats(h_ptr, w_ptr, raw_ptr, rows, row_ok, H, G, BLOCK_B: tl.constexpr,
-                   BLOCK: tl.constexpr, PRECISION: tl.constexpr):
+                   BLOCK: tl.constexpr, PRECISION: tl.constexpr, NORM: tl.constexpr):
     """raw = h W^T for the tile's rows (h_ptr [B, H] float32, W [G, H]), stored at raw_ptr
-    [B, G] float32; returns each row's mean and 1 / sqrt(var + eps) over its G columns."""
+    [B, G] float32; returns each row's mean and 1 / sqrt(var + eps) over its G columns (without
+    NORM: 0 and 1, the identity's)."""
     lane = tl.arange(0, BLOCK)
     count = tl.zeros((BLOCK_B,), dtype=tl.float32)
     mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -95,16 +97,26 @@ def _product_stats(h_ptr, w_ptr, raw_ptr, rows, row_ok, H, G, BLOCK_B: tl.conste
             acc = tl.dot(h_k.to(w_k.dtype), w_k, acc, input_precision=PRECISION)
         ok = row_ok[:, None] & (n < G)[None, :]
         tl.store(raw_ptr + rows[:, None] * G + n[None, :], acc, mask=ok)
-        mean, m2, count = _row_stats(acc, ok, mean, m2, count,
-                                     tl.minimum(G - n0, BLOCK).to(tl.float32))
+        if NORM:
+            mean, m2, count = _row_stats(acc, ok, mean, m2, count,
+                                         tl.minimum(G - n0, BLOCK).to(tl.float32))
+    if not NORM:
+        return mean, mean + 1.0
     return mean, 1.0 / tl.sqrt(m2 / G + _EPS)
 
 
 @triton.jit
 def _normalized(raw_ptr, at, ok, on, mean, rstd, lnw_ptr, lnb_ptr, cols, col_ok,
-                SAVE: tl.constexpr):
+                SAVE: tl.constexpr, NORM: tl.constexpr):
     """LN of raw values at `at` (columns `cols` of their LayerNorm): the value with ln's weight
-    and bias; with SAVE the normalised value is stored back (0 on rows not `on`)."""
+    and bias; with SAVE the normalised value is stored back (0 on rows not `on`). Without NORM
+    the raw value itself (the identity in LN's place: the plain cells with zoneout), which
+    stays where it is as what backward reads."""
+    if not NORM:
+        raw = tl.load(raw_ptr + at, mask=ok, other=0.0)
+        if SAVE:
+            tl.store(raw_ptr + at, tl.where(on, raw, 0.0), mask=ok)
+        return raw
     norm = (tl.load(raw_ptr + at, mask=ok, other=0.0) - mean[:, None]) * rstd[:, None]
     if SAVE:
         tl.store(raw_ptr + at, tl.where(on, norm, 0.0), mask=ok)
@@ -139,14 +151,24 @@ def _add_column_sums(sums_ptr, cols, values, col_ok):
 
 
 @triton.jit
+def _affine(norm_c, cw_ptr, cb_ptr, u, H, NORM: tl.constexpr):
+    """LN(c'; ln_c) from the saved normalised c' (without NORM, the saved c' itself)."""
+    if not NORM:
+        return norm_c
+    cw = tl.load(cw_ptr + u, mask=u < H, other=0.0).to(tl.float32)
+    cb = tl.load(cb_ptr + u, mask=u < H, other=0.0).to(tl.float32)
+    return norm_c * cw[None, :] + cb[None, :]
+
+
+@triton.jit
 def _gate(norm_ptr, step_g, add_ptr, add_at, k, H, u, ok, on, mean, rstd, lnw_ptr, lnb_ptr,
-          SAVE: tl.constexpr):
+          SAVE: tl.constexpr, NORM: tl.constexpr):
     """Gate k's columns of LN(h W_hh^T; ln_hh) plus add_ptr's at add_at + columns (the LSTM:
     its row of xn; the GRU: b_hh)."""
     cols = k * H + u
     x = tl.load(add_ptr + add_at + cols[None, :], mask=ok, other=0.0).to(tl.float32)
     return x + _normalized(norm_ptr, step_g + cols[None, :], ok, on, mean, rstd, lnw_ptr,
-                           lnb_ptr, cols, u < H, SAVE)
+                           lnb_ptr, cols, u < H, SAVE, NORM)
 
 
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
@@ -155,8 +177,10 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
                                c_all_ptr, norm_c_ptr, rstd_ptr, T, B, H, reverse,
                                BLOCK_B: tl.constexpr, BLOCK: tl.constexpr,
                                PRECISION: tl.constexpr, SAVE: tl.constexpr,
-                               HAS_KEEP_H: tl.constexpr, HAS_KEEP_C: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile. h_ptr / c_ptr [B, H] float32: the running state
+                               HAS_KEEP_H: tl.constexpr, HAS_KEEP_C: tl.constexpr,
+                               NORM: tl.constexpr):
+    """All T steps of one BLOCK_B-row tile (NORM: with LayerNorms, else the identity in their
+    place, see _normalized). h_ptr / c_ptr [B, H] float32: the running state
     (h0, c0 in; h_n, c_n out). gates_ptr, norm_ptr [., B, 4H] and norm_c_ptr [., B, H] hold
     step t at slot t with SAVE (the saved tensors; norm_ptr holds the raw product until the
     gates' pass normalises it, norm_c_ptr the new cell until the last pass does), and are
@@ -177,7 +201,7 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
         xn_g = (t * B + rows)[:, None] * G
         out_h = (t * B + rows)[:, None] * H
         mean, rstd = _product_stats(h_ptr, w_ptr, norm_ptr + slot * B * G, rows, row_ok, H, G,
-                                    BLOCK_B, BLOCK, PRECISION)
+                                    BLOCK_B, BLOCK, PRECISION, NORM)
         tl.debug_barrier()
         # The gates and the new cell, a block of units at a time, and LN(c')'s statistics.
         count = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -187,13 +211,13 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
             u = u0 + lane
             ok = row_ok[:, None] & (u < H)[None, :]
             i = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 0, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE))
+                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             f = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 1, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE))
+                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             g = common.tanh(_gate(norm_ptr, step_g, xn_ptr, xn_g, 2, H, u, ok, on, mean,
-                                       rstd, lnw_ptr, lnb_ptr, SAVE))
+                                       rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             o = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 3, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE))
+                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             state = rows[:, None] * H + u[None, :]
             c_old = tl.load(c_ptr + state, mask=ok, other=0.0)
             c_new = f * c_old + i * g
@@ -203,14 +227,18 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
             if SAVE:
                 tl.store(c_all_ptr + out_h + u[None, :], c, mask=ok)
             tl.store(norm_c_ptr + step_h + u[None, :], c_new, mask=ok)
-            c_mean, c_m2, count = _row_stats(c_new, ok, c_mean, c_m2, count,
-                                             tl.minimum(H - u0, BLOCK).to(tl.float32))
+            if NORM:
+                c_mean, c_m2, count = _row_stats(c_new, ok, c_mean, c_m2, count,
+                                                 tl.minimum(H - u0, BLOCK).to(tl.float32))
             at = gates_ptr + step_g + u[None, :]
             tl.store(at, tl.where(on, i, 0.0), mask=ok)
             tl.store(at + H, tl.where(on, f, 0.0), mask=ok)
             tl.store(at + 2 * H, tl.where(on, g, 0.0), mask=ok)
             tl.store(at + 3 * H, tl.where(on, o, 0.0), mask=ok)
-        rstd_c = 1.0 / tl.sqrt(c_m2 / H + _EPS)
+        if NORM:
+            rstd_c = 1.0 / tl.sqrt(c_m2 / H + _EPS)
+        else:
+            rstd_c = c_mean + 1.0
         if SAVE:
             tl.store(rstd_ptr + (t * B + rows) * 2, tl.where(active, rstd, 0.0), mask=row_ok)
             tl.store(rstd_ptr + (t * B + rows) * 2 + 1, tl.where(active, rstd_c, 0.0),
@@ -221,7 +249,7 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
             u = u0 + lane
             ok = row_ok[:, None] & (u < H)[None, :]
             tanh_c = common.tanh(_normalized(norm_c_ptr, step_h + u[None, :], ok, on, c_mean,
-                                             rstd_c, cw_ptr, cb_ptr, u, u < H, SAVE))
+                                             rstd_c, cw_ptr, cb_ptr, u, u < H, SAVE, NORM))
             o = tl.load(gates_ptr + step_g + 3 * H + u[None, :], mask=ok, other=0.0)
             state = rows[:, None] * H + u[None, :]
             h_old = tl.load(h_ptr + state, mask=ok, other=0.0)
@@ -237,8 +265,9 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
                               h_ptr, y_ptr, gates_ptr, norm_ptr, rstd_ptr, T, B, H, reverse,
                               BLOCK_B: tl.constexpr, BLOCK: tl.constexpr,
                               PRECISION: tl.constexpr, SAVE: tl.constexpr,
-                              HAS_KEEP_H: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile. h_ptr [B, H] float32: the running state. norm_ptr
+                              HAS_KEEP_H: tl.constexpr, NORM: tl.constexpr):
+    """All T steps of one BLOCK_B-row tile (NORM: as the LSTM's). h_ptr [B, H] float32: the
+    running state. norm_ptr
     [., B, 3H]: step t at slot t with SAVE (the raw product, then norm_hh), scratch at slot 0
     without; gates_ptr [T, B, 4H] (r, z, n, R_n) and rstd_ptr [T, B, 1] with SAVE only."""
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
@@ -255,18 +284,18 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
         xn_g = (t * B + rows)[:, None] * G
         out_h = (t * B + rows)[:, None] * H
         mean, rstd = _product_stats(h_ptr, w_ptr, norm_ptr + slot * B * G, rows, row_ok, H, G,
-                                    BLOCK_B, BLOCK, PRECISION)
+                                    BLOCK_B, BLOCK, PRECISION, NORM)
         tl.debug_barrier()
         for u0 in range(0, H, BLOCK):
             u = u0 + lane
             ok = row_ok[:, None] & (u < H)[None, :]
             # R = LN(h W_hh^T; ln_hh) + b_hh, gate by gate.
             r_r = _gate(norm_ptr, step_g, b_ptr, 0, 0, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE)
+                             lnb_ptr, SAVE, NORM)
             r_z = _gate(norm_ptr, step_g, b_ptr, 0, 1, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE)
+                             lnb_ptr, SAVE, NORM)
             r_n = _gate(norm_ptr, step_g, b_ptr, 0, 2, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE)
+                             lnb_ptr, SAVE, NORM)
             x = xn_ptr + xn_g + u[None, :]
             r = common.sigmoid(tl.load(x, mask=ok, other=0.0).to(tl.float32) + r_r)
             z = common.sigmoid(tl.load(x + H, mask=ok, other=0.0).to(tl.float32) + r_z)
@@ -292,17 +321,21 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
 
 @triton.jit
 def _gate_gradient(dx, dr, k, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr, norm_ptr, lnw_ptr,
-                   sums_ptr, b1, b2):
+                   sums_ptr, b1, b2, NORM: tl.constexpr):
     """Gate k's gradients, 0 on rows not `on`: dx that of xn (stored in dxn at step_g), dr that
     of LN(h W_hh^T; ln_hh)'s output (kept in float32 in dg_ptr [B, G] for the LayerNorm's
     backward, and added to this program's sums of ln_hh's weight [0, G) and bias [G, 2G)
-    gradients). Returns b1 + the rows' sums of dr w, b2 + those of dr w norm."""
+    gradients). Returns b1 + the rows' sums of dr w, b2 + those of dr w norm. Without NORM dr
+    goes to dg_ptr alone (the GRU's sums of dR, b_hh's gradient, stay)."""
     cols = k * H + u
     col_ok = u < H
     dx = tl.where(on, dx, 0.0)
     dr = tl.where(on, dr, 0.0)
     tl.store(dxn_ptr + step_g + cols[None, :], dx.to(dxn_ptr.dtype.element_ty), mask=ok)
     tl.store(dg_ptr + rows[:, None] * G + cols[None, :], dr, mask=ok)
+    if not NORM:
+        _add_column_sums(sums_ptr + G, cols, dr, col_ok)
+        return b1, b2
     norm = tl.load(norm_ptr + step_g + cols[None, :], mask=ok, other=0.0)
     _add_column_sums(sums_ptr, cols, dr * norm, col_ok)
     _add_column_sums(sums_ptr + G, cols, dr, col_ok)
@@ -312,18 +345,19 @@ def _gate_gradient(dx, dr, k, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr, no
 
 @triton.jit
 def _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
-                       rstd, G, BLOCK: tl.constexpr):
+                       rstd, G, BLOCK: tl.constexpr, NORM: tl.constexpr):
     """dgh = the gradient of h W_hh^T through LN (dg_ptr [B, G] the output's; b1, b2 the rows'
     sums of dg w and dg w norm): rstd (dg w - mean(dg w) - norm mean(dg w norm)), stored at
-    step_g in dgh_ptr (0 on rows not `on`)."""
+    step_g in dgh_ptr (0 on rows not `on`); without NORM dg itself."""
     lane = tl.arange(0, BLOCK)
     for n0 in range(0, G, BLOCK):
         n = n0 + lane
         ok = row_ok[:, None] & (n < G)[None, :]
-        dg = tl.load(dg_ptr + rows[:, None] * G + n[None, :], mask=ok, other=0.0)
-        norm = tl.load(norm_ptr + step_g + n[None, :], mask=ok, other=0.0)
-        lnw = tl.load(lnw_ptr + n, mask=n < G, other=0.0).to(tl.float32)
-        dgh = rstd[:, None] * (dg * lnw[None, :] - (b1[:, None] + norm * b2[:, None]) / G)
+        dgh = tl.load(dg_ptr + rows[:, None] * G + n[None, :], mask=ok, other=0.0)
+        if NORM:
+            norm = tl.load(norm_ptr + step_g + n[None, :], mask=ok, other=0.0)
+            lnw = tl.load(lnw_ptr + n, mask=n < G, other=0.0).to(tl.float32)
+            dgh = rstd[:, None] * (dgh * lnw[None, :] - (b1[:, None] + norm * b2[:, None]) / G)
         tl.store(dgh_ptr + step_g + n[None, :],
                  tl.where(on, dgh, 0.0).to(dgh_ptr.dtype.element_ty), mask=ok)
 
@@ -354,8 +388,9 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
                                rstd_ptr, dh_ptr, dc_ptr, dl_ptr, dg_ptr, dxn_ptr, dgh_ptr,
                                sums_ptr, T, B, H, reverse, BLOCK_B: tl.constexpr,
                                BLOCK: tl.constexpr, PRECISION: tl.constexpr,
-                               HAS_KEEP_H: tl.constexpr, HAS_KEEP_C: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile backwards. dh_ptr / dc_ptr [B, H] float32: the state
+                               HAS_KEEP_H: tl.constexpr, HAS_KEEP_C: tl.constexpr,
+                               NORM: tl.constexpr):
+    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr / dc_ptr [B, H] float32: the state
     gradients (dh_n, dc_n in; dh0, dc0 out). dl_ptr [B, H] and dg_ptr [B, 4H] float32: scratch
     (the gradients of LN(c')'s and LN(h W_hh^T)'s outputs). dxn_ptr, dgh_ptr [T, B, 4H]: the
     gradients of xn and h W_hh^T. sums_ptr [programs, 2G + 2H] float32 (zeros): this program's
@@ -388,16 +423,16 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
             tl.store(dh_ptr + state, dh, mask=ok)
             dh_new, _ = _split_zone(keep_h_ptr, step_h + u[None, :], ok, dh, HAS_KEEP_H)
             norm_c = tl.load(norm_c_ptr + step_h + u[None, :], mask=ok, other=0.0)
-            cw = tl.load(cw_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
-            cb = tl.load(cb_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
-            tanh_c = common.tanh(norm_c * cw + cb)
+            tanh_c = common.tanh(_affine(norm_c, cw_ptr, cb_ptr, u, H, NORM))
             o = tl.load(gates_ptr + step_g + 3 * H + u[None, :], mask=ok, other=0.0)
             d = tl.where(on, dh_new * o * (1.0 - tanh_c * tanh_c), 0.0)
             tl.store(dl_ptr + state, d, mask=ok)
-            _add_column_sums(sums_ptr + 2 * G, u, d * norm_c, u < H)
-            _add_column_sums(sums_ptr + 2 * G + H, u, d, u < H)
-            c1 += tl.sum(d * cw, axis=1)
-            c2 += tl.sum(d * cw * norm_c, axis=1)
+            if NORM:
+                cw = tl.load(cw_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
+                _add_column_sums(sums_ptr + 2 * G, u, d * norm_c, u < H)
+                _add_column_sums(sums_ptr + 2 * G + H, u, d, u < H)
+                c1 += tl.sum(d * cw, axis=1)
+                c2 += tl.sum(d * cw * norm_c, axis=1)
         tl.debug_barrier()
         # The gates' gradients (dc' adds the part through LN(c')), the state's to step t-1.
         b1 = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -407,10 +442,10 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
             ok = row_ok[:, None] & (u < H)[None, :]
             state = rows[:, None] * H + u[None, :]
             norm_c = tl.load(norm_c_ptr + step_h + u[None, :], mask=ok, other=0.0)
-            cw = tl.load(cw_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
-            cb = tl.load(cb_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
-            d_ln = rstd_c[:, None] * (tl.load(dl_ptr + state, mask=ok, other=0.0) * cw
-                                      - (c1[:, None] + norm_c * c2[:, None]) / H)
+            d_ln = tl.load(dl_ptr + state, mask=ok, other=0.0)
+            if NORM:  # through LN(c'; ln_c)
+                cw = tl.load(cw_ptr + u, mask=u < H, other=0.0).to(tl.float32)[None, :]
+                d_ln = rstd_c[:, None] * (d_ln * cw - (c1[:, None] + norm_c * c2[:, None]) / H)
             at = gates_ptr + step_g + u[None, :]
             i = tl.load(at, mask=ok, other=0.0)
             f = tl.load(at + H, mask=ok, other=0.0)
@@ -426,24 +461,24 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
             c_prev = (tl.load(c_all_ptr + (prev_t * B + rows)[:, None] * H + u[None, :],
                               mask=ok & has_prev, other=0.0)
                       + tl.load(c0_ptr + state, mask=ok & ((prev_t < 0) | (prev_t >= T)), other=0.0).to(tl.float32))
-            tanh_c = common.tanh(norm_c * cw + cb)
+            tanh_c = common.tanh(_affine(norm_c, cw_ptr, cb_ptr, u, H, NORM))
             d_i = dc * g * i * (1.0 - i)
             d_f = dc * c_prev * f * (1.0 - f)
             d_g = dc * i * (1.0 - g * g)
             d_o = dh_new * tanh_c * o * (1.0 - o)
             b1, b2 = _gate_gradient(d_i, d_i, 0, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             b1, b2 = _gate_gradient(d_f, d_f, 1, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             b1, b2 = _gate_gradient(d_g, d_g, 2, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             b1, b2 = _gate_gradient(d_o, d_o, 3, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             tl.store(dc_ptr + state, tl.where(on, dc * f + dc_old, dc_in), mask=ok)
             tl.store(dh_ptr + state, tl.where(on, dh_old, dh), mask=ok)
         tl.debug_barrier()
         _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
-                           rstd_hh, G, BLOCK)
+                           rstd_hh, G, BLOCK, NORM)
         tl.debug_barrier()
         _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B, BLOCK,
                    PRECISION)
@@ -454,8 +489,9 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
 def _layernorm_gru_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, len_ptr, keep_h_ptr, hprev_ptr, gates_ptr,
                               norm_ptr, rstd_ptr, dh_ptr, dg_ptr, dxn_ptr, dgh_ptr, sums_ptr, T,
                               B, H, reverse, BLOCK_B: tl.constexpr, BLOCK: tl.constexpr,
-                              PRECISION: tl.constexpr, HAS_KEEP_H: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile backwards. dh_ptr [B, H] float32: the state gradient
+                              PRECISION: tl.constexpr, HAS_KEEP_H: tl.constexpr,
+                              NORM: tl.constexpr):
+    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr [B, H] float32: the state gradient
     (dh_n in, dh0 out); hprev_ptr [T, B, H]: h_{t-1} of every step; dg_ptr [B, 3H] float32:
     scratch (the gradient of R); dxn_ptr, dgh_ptr [T, B, 3H]; sums_ptr [programs, 2G] float32
     (zeros): this program's sums of the gradients of ln_hh's weight and of R's bias (b_hh's and
@@ -491,16 +527,16 @@ def _layernorm_gru_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, len_ptr, keep_h_ptr, hprev
             d_r = d_n * r_n * r * (1.0 - r)
             d_z = dh_new * (h_prev - n) * z * (1.0 - z)
             b1, b2 = _gate_gradient(d_r, d_r, 0, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             b1, b2 = _gate_gradient(d_z, d_z, 1, H, G, u, ok, on, rows, step_g, dxn_ptr, dg_ptr,
-                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             b1, b2 = _gate_gradient(d_n, d_n * r, 2, H, G, u, ok, on, rows, step_g, dxn_ptr,
-                                    dg_ptr, norm_ptr, lnw_ptr, sums_ptr, b1, b2)
+                                    dg_ptr, norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             tl.store(dh_ptr + state, tl.where(on, dh_new * z + dh_old, dh), mask=ok)
         rstd = tl.load(rstd_ptr + t * B + rows, mask=row_ok, other=0.0)
         tl.debug_barrier()
         _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
-                           rstd, G, BLOCK)
+                           rstd, G, BLOCK, NORM)
         tl.debug_barrier()
         _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B, BLOCK,
                    PRECISION)
@@ -539,10 +575,11 @@ def _lengths(lengths, T, B, device):
     return torch.full((B,), T, dtype=torch.int64, device=device) if lengths is None else lengths
 
 
-def _keep(keep, fallback):
-    """zoneout's keep (eval's, an expanded scalar, becomes [T, B, H] in _launch), or `fallback`
-    as a pointer the kernel never reads."""
-    return fallback if keep is None else keep
+def _or(t, fallback):
+    """An optional argument (zoneout's keep, eval's an expanded scalar that _launch makes
+    [T, B, H]; a LayerNorm's weight or bias), or `fallback` as a pointer the kernel never
+    reads."""
+    return fallback if t is None else t
 
 
 def _state(t):
@@ -567,11 +604,12 @@ def layernorm_lstm_forward(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c
     c_all = _new_output((T, B, H), f32, device) if save else norm_c
     rstd = _new_output((T, B, 2), f32, device) if save else norm_c
     h, c = _state(h0), _state(c0)
-    _launch(_layernorm_lstm_fwd_kernel, B, dtype, xn, w_hh, ln_hh_weight, ln_hh_bias,
-            ln_c_weight, ln_c_bias, _lengths(lengths, T, B, device),
-            _keep(keep_h, y), _keep(keep_c, y), h, c, y, gates, norm_hh, c_all, norm_c, rstd, T,
-            B, H, int(reverse), SAVE=save, HAS_KEEP_H=keep_h is not None,
-            HAS_KEEP_C=keep_c is not None)
+    _launch(_layernorm_lstm_fwd_kernel, B, dtype, xn, w_hh,
+            *(_or(t, y) for t in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias)),
+            _lengths(lengths, T, B, device), _or(keep_h, y), _or(keep_c, y), h, c, y, gates,
+            norm_hh, c_all, norm_c, rstd, T, B, H, int(reverse), SAVE=save,
+            HAS_KEEP_H=keep_h is not None, HAS_KEEP_C=keep_c is not None,
+            NORM=ln_hh_weight is not None)
     outputs = (y, h.to(dtype), c.to(dtype))
     return (*outputs, gates, norm_hh, c_all, norm_c, rstd) if save else outputs
 
@@ -590,10 +628,10 @@ def layernorm_gru_forward(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
     gates = _new_output((T, B, 4 * H), f32, device) if save else norm_hh
     rstd = _new_output((T, B, 1), f32, device) if save else norm_hh
     h = _state(h0)
-    _launch(_layernorm_gru_fwd_kernel, B, dtype, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias,
-            _lengths(lengths, T, B, device), _keep(keep_h, y), h, y,
-            gates, norm_hh, rstd, T, B, H, int(reverse), SAVE=save,
-            HAS_KEEP_H=keep_h is not None)
+    _launch(_layernorm_gru_fwd_kernel, B, dtype, xn, w_hh, b_hh, _or(ln_hh_weight, y),
+            _or(ln_hh_bias, y), _lengths(lengths, T, B, device), _or(keep_h, y), h, y, gates,
+            norm_hh, rstd, T, B, H, int(reverse), SAVE=save, HAS_KEEP_H=keep_h is not None,
+            NORM=ln_hh_weight is not None)
     return (y, h.to(dtype), gates, norm_hh, rstd) if save else (y, h.to(dtype))
 
 
@@ -613,10 +651,13 @@ def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_
                             lengths, reverse, y, gates, norm_hh, c_all, norm_c, rstd,
                             keep_h=None, keep_c=None):
     """gated_kernels::layernorm_lstm_backward on Triton: dxn, dw_hh, dln_hh_weight,
-    dln_hh_bias, dln_c_weight, dln_c_bias, dh0, dc0 in h0's dtype."""
+    dln_hh_bias, dln_c_weight, dln_c_bias, dh0, dc0 in h0's dtype (without LayerNorm, every
+    ln_* None, the four dln_* empty)."""
     T, B, H = y.shape
     G, dtype, device = 4 * H, h0.dtype, y.device
     _check_dtype(dtype)
+    norm = contract.check_normalised(ln_hh_weight=ln_hh_weight, ln_c_weight=ln_c_weight,
+                                     ln_c_bias=ln_c_bias)
     _check_saved(dy=(dy, (T, B, H)), dh_n=(dh_n, (B, H)), dc_n=(dc_n, (B, H)),
                  w_hh=(w_hh, (G, H)), gates=(gates, (T, B, G)), norm_hh=(norm_hh, (T, B, G)),
                  c_all=(c_all, (T, B, H)), norm_c=(norm_c, (T, B, H)), rstd=(rstd, (T, B, 2)))
@@ -629,13 +670,22 @@ def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_
     dg = torch.empty(B, G, dtype=torch.float32, device=device)
     sums = torch.zeros(triton.cdiv(B, common.BLOCK_B), 2 * G + 2 * H, dtype=torch.float32,
                        device=device)
-    _launch(_layernorm_lstm_bwd_kernel, B, dtype, dy, w_hh, ln_hh_weight, ln_c_weight,
-            ln_c_bias, _lengths(lengths, T, B, device), _keep(keep_h, dy), _keep(keep_c, dy), c0,
-            gates, norm_hh, c_all, norm_c, rstd, dh, dc, dl, dg, dxn, dgh, sums, T, B, H, int(reverse),
-            HAS_KEEP_H=keep_h is not None, HAS_KEEP_C=keep_c is not None)
-    total = sums.sum(0).to(dtype).split((G, G, H, H))
-    return (dxn, _weight_gradient(dgh, _previous_hidden(y, h0, lengths, reverse)), *total, dh.to(dtype),
-            dc.to(dtype))
+    _launch(_layernorm_lstm_bwd_kernel, B, dtype, dy, w_hh,
+            *(_or(t, dy) for t in (ln_hh_weight, ln_c_weight, ln_c_bias)),
+            _lengths(lengths, T, B, device), _or(keep_h, dy), _or(keep_c, dy), c0, gates,
+            norm_hh, c_all, norm_c, rstd, dh, dc, dl, dg, dxn, dgh, sums, T, B, H, int(reverse),
+            HAS_KEEP_H=keep_h is not None, HAS_KEEP_C=keep_c is not None, NORM=norm)
+    total = _layer_norm_gradients(sums, (G, G, H, H), dtype, norm)
+    dw_hh = _weight_gradient(dgh, _previous_hidden(y, h0, lengths, reverse))
+    return dxn, dw_hh, *total, dh.to(dtype), dc.to(dtype)
+
+
+def _layer_norm_gradients(sums, sizes, dtype, norm):
+    """The programs' partial sums summed and cut into gradients of `sizes`; without LayerNorm
+    (not `norm`) empty tensors, one each."""
+    if not norm:
+        return tuple(sums.new_empty(0, dtype=dtype) for _ in sizes)
+    return tuple(t.to(dtype) for t in sums.sum(0).split(sizes))
 
 
 def layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
@@ -654,10 +704,14 @@ def layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y
     dg = torch.empty(B, G, dtype=torch.float32, device=device)
     sums = torch.zeros(triton.cdiv(B, common.BLOCK_B), 2 * G, dtype=torch.float32, device=device)
     hprev = _previous_hidden(y, h0, lengths, reverse)
-    _launch(_layernorm_gru_bwd_kernel, B, dtype, dy, w_hh, ln_hh_weight,
-            _lengths(lengths, T, B, device), _keep(keep_h, dy), hprev, gates, norm_hh, rstd, dh,
-            dg, dxn, dgh, sums, T, B, H, int(reverse), HAS_KEEP_H=keep_h is not None)
-    dln_weight, db_hh = sums.sum(0).to(dtype).split((G, G))
+    norm = ln_hh_weight is not None
+    _launch(_layernorm_gru_bwd_kernel, B, dtype, dy, w_hh, _or(ln_hh_weight, dy),
+            _lengths(lengths, T, B, device), _or(keep_h, dy), hprev, gates, norm_hh, rstd, dh,
+            dg, dxn, dgh, sums, T, B, H, int(reverse), HAS_KEEP_H=keep_h is not None,
+            NORM=norm)
+    # b_hh's gradient, the sums of dR, stands with or without LayerNorm.
+    db_hh = sums[:, G:].sum(0).to(dtype)
+    (dln_weight,) = _layer_norm_gradients(sums[:, :G], (G,), dtype, norm)
     return dxn, _weight_gradient(dgh, hprev), db_hh, dln_weight, dh.to(dtype)
 
 
@@ -670,10 +724,16 @@ def _inference(forward, cell):
     def inference(x, w_ih, ln_ih_weight, ln_ih_bias, *args):
         like = contract.input_gates_like(x, w_ih, None, cell, 4 if cell == "LSTM" else 3)
         contract.check_vectors_like(like, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
+        ln_hh_weight = args[1] if cell == "LSTM" else args[2]  # after w_hh (and b_hh)
+        contract.check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
         f32 = torch.float32
-        xn = torch.nn.functional.layer_norm(
-            torch.nn.functional.linear(x.to(f32), w_ih.to(f32)), ln_ih_weight.shape,
-            ln_ih_weight.to(f32), ln_ih_bias.to(f32), LN_EPS)
+        bias = None if ln_ih_bias is None else ln_ih_bias.to(f32)
+        xn = torch.nn.functional.linear(x.to(f32), w_ih.to(f32))
+        if ln_ih_weight is None:  # no LayerNorm: ln_ih_bias is the bias, where given
+            xn = xn if bias is None else xn + bias
+        else:
+            xn = torch.nn.functional.layer_norm(xn, ln_ih_weight.shape, ln_ih_weight.to(f32),
+                                                bias, LN_EPS)
         return forward(xn, *args, save=False, like=like)
 
     return inference
@@ -692,8 +752,9 @@ _FLOAT32_POINTERS = ("h_ptr", "c_ptr", "gates_ptr", "norm_ptr", "c_all_ptr", "no
 def aot_configs():
     """Every (name, kernel, signature, constexprs, options) the launchers can launch, for
     triton.compile on sm_80 and sm_90 (aot.py): each kernel in each dtype and fp32 precision,
-    the forward with and without saving (inference: xn in float32), zoneout on (without it
-    the kernels only drop code). The block sizes do not depend on H."""
+    the forward with and without saving (inference: xn in float32), with LayerNorm and without
+    (the plain cells with zoneout), zoneout on (without it the kernels only drop code). The
+    block sizes do not depend on H."""
     kernels = (("fwd", _layernorm_lstm_fwd_kernel), ("fwd", _layernorm_gru_fwd_kernel),
                ("bwd", _layernorm_lstm_bwd_kernel), ("bwd", _layernorm_gru_bwd_kernel))
     configs = []
@@ -701,7 +762,8 @@ def aot_configs():
         io = _TYPE_NAMES[dtype]
         for precision in ("tf32", "ieee") if dtype == torch.float32 else ("tf32",):
             for kind, kernel in kernels:
-                for save in (True, False) if kind == "fwd" else (None,):
+                for save, norm in itertools.product(
+                        (True, False) if kind == "fwd" else (None,), (True, False)):
                     params = inspect.signature(kernel.fn).parameters
                     signature = {}
                     for name in params:
@@ -715,13 +777,13 @@ def aot_configs():
                         else:
                             signature[name] = "constexpr"
                     constexprs = dict(BLOCK_B=common.BLOCK_B, BLOCK=BLOCK, PRECISION=precision,
-                                      HAS_KEEP_H=True)
+                                      HAS_KEEP_H=True, NORM=norm)
                     if "HAS_KEEP_C" in params:
                         constexprs["HAS_KEEP_C"] = True
                     if save is not None:
                         constexprs["SAVE"] = save
                     cell = "lstm" if "lstm" in kernel.fn.__name__ else "gru"
                     name = f"layernorm_{cell}_{kind}-{io}-{precision}"
-                    name += "-inference" if save is False else ""
+                    name += ("-inference" if save is False else "") + ("" if norm else "-plain")
                     configs.append((name, kernel, signature, constexprs, _options()))
     return configs
