@@ -180,9 +180,11 @@ def _folded(ln, bias):
 
 def zoneout_keep(p, training, shape, like):
     """zoneout's weights of the previous state, `shape` [T, B, H] (reference.py's keep_h /
-    keep_c): Bernoulli(p) masks drawn from torch's RNG in training, p everywhere in eval."""
+    keep_c): Bernoulli(p) masks drawn from torch's RNG in training, p everywhere in eval. The
+    uniforms are float32 whatever like's dtype: the same masks in every dtype under one seed
+    (a bfloat16 uniform has 8 bits, which would also round p)."""
     if training:
-        return (torch.rand(shape, dtype=like.dtype, device=like.device) < p).to(like.dtype)
+        return (torch.rand(shape, device=like.device) < p).to(like.dtype)
     return torch.full((), p, dtype=like.dtype, device=like.device).expand(shape)
 
 

@@ -44,10 +44,11 @@ def test_a_custom_shape_of_one_step_runs_the_cells_too():
     assert cells(["--shape", "1,3,5,4", "--cell", "GRUCell"]) == {"GRUCell"}
 
 
-@pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU"])
+@pytest.mark.parametrize("cell", ["LayerNormLSTM", "LayerNormGRU", "ZoneoutLSTM", "ZoneoutGRU"])
 def test_a_layernorm_case_is_timed_against_the_python_loop(cell):
-    """No torch.nn twin: the baseline is bench/loops.py's loop, with the same parameters; our
-    plain LSTM / GRU at the same shape is timed beside them (the `plain` peer)."""
+    """No torch.nn twin: the baseline is bench/loops.py's loop, with the same parameters (and,
+    for zoneout in training, the same masks: the gate passes); our plain LSTM / GRU at the same
+    shape is timed beside them (the `plain` peer)."""
     case = Case(cell, "fwdbwd", T=6, B=3, I=5, H=4)
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
     assert record["gate"] == "PASS" and record["speedup"] > 0, record["error"]
@@ -58,6 +59,7 @@ def test_a_layernorm_case_is_timed_against_the_python_loop(cell):
     assert type(theirs).__name__ == f"Loop{cell}"
     ours = measure.ours_module(theirs)
     assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters()))
+    assert ours.zoneout == (0.1 if cell.startswith("Zoneout") else 0.0)
 
 
 def test_a_case_that_cannot_run_is_an_error_record():

@@ -160,7 +160,7 @@ def test_zoneout_in_training_draws_masks_from_torch_s_rng(cell):
     torch.manual_seed(7)
     y, _ = module(x, hx)
     torch.manual_seed(7)
-    keep = [(torch.rand(5, 2, 4, dtype=torch.float64) < 0.3).double() for _ in states]
+    keep = [(torch.rand(5, 2, 4) < 0.3).double() for _ in states]
     expected, *_ = _direction(cell, module, x, [s[0] for s in states], 0, "", False,
                               keep=(keep + [None])[:2])
     assert max_abs_error(y, expected) <= FP64_ATOL

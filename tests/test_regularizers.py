@@ -65,8 +65,7 @@ def test_zoneout_trains_with_masks_of_torch_s_rng(cell, backend):
     torch.manual_seed(6)
     y, _ = module(x, hx)
     torch.manual_seed(6)
-    keep = [(torch.rand(T, B, H, dtype=torch.float64) < 0.25).double()
-            for _ in range(2 if cell == "LSTM" else 1)]
+    keep = [(torch.rand(T, B, H) < 0.25).double() for _ in range(2 if cell == "LSTM" else 1)]
     expected = _reference(cell, module, x, hx, module.weight_hh_l0, (keep + [None])[:2])
     assert max_abs_error(y, expected) <= FP64_ATOL
     dy = torch.randn_like(y)

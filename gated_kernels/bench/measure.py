@@ -48,9 +48,9 @@ def ours_module(theirs, backend="auto"):
     name = type(theirs).__name__
     if name.startswith("Loop"):
         weight = theirs.weight_ih_l0
-        ours = getattr(gated_kernels, name.removeprefix("Loop"))(
+        ours = getattr(gated_kernels, theirs.ours_name())(
             weight.shape[1], theirs.hidden_size, dtype=weight.dtype, device=weight.device,
-            backend=backend)
+            backend=backend, **theirs.OURS_KWARGS)
         ours.load_state_dict(theirs.state_dict())
         return ours
     return getattr(gated_kernels, name).from_torch(theirs, backend=backend)
@@ -144,8 +144,10 @@ def _with_grad(args):
 
 def _run_with_grads(case, module, args, seed=2):
     """Outputs and the gradients (inputs and states, then every parameter) of
-    sum(outputs * fixed random weights)."""
+    sum(outputs * fixed random weights). torch's RNG seeded first: zoneout's masks (drawn in
+    float32 whatever the dtype) come out the same in every implementation."""
     args = _with_grad(args)
+    torch.manual_seed(seed)
     outs = _outputs(case, module(*args))
     g = torch.Generator(device=outs[0].device).manual_seed(seed)
     # Drawn in float64 and cast, so every dtype gets the same upstream gradient.

@@ -4,15 +4,15 @@ haste (LSTM and GRU; lmnt-com/haste) and FlashRNN (LSTM, its fused CUDA kernel; 
 shapes (with a random input projection for FlashRNN, which takes precomputed input gates), not
 its weights, and no correctness gate. Where a peer is not installed it is left out silently.
 
-The LayerNorm cells get one peer everywhere: `plain`, our own LSTM / GRU at the same shape (issue
-17's target: a LayerNorm module within 1.3x of it)."""
+The LayerNorm and zoneout cells get one peer everywhere: `plain`, our own LSTM / GRU at the same
+shape without them (issue 17's target: a LayerNorm module within 1.3x of it)."""
 
 import importlib.util
 
 import torch
 
 import gated_kernels
-from gated_kernels.bench.suites import DTYPES, LAYERNORM_CELLS
+from gated_kernels.bench.suites import DTYPES, LAYERNORM_CELLS, ZONEOUT_CELLS
 
 
 def _haste(case):
@@ -44,8 +44,8 @@ class _FlashRNNLSTM(torch.nn.Module):
 
 
 def _plain(case):
-    """gated_kernels.LSTM / GRU at a LayerNorm case's shape."""
-    cls = getattr(gated_kernels, case.cell.removeprefix("LayerNorm"))
+    """gated_kernels.LSTM / GRU at a LayerNorm or zoneout case's shape, without either."""
+    cls = getattr(gated_kernels, case.cell.removeprefix("LayerNorm").removeprefix("Zoneout"))
     return cls(case.I, case.H, dtype=DTYPES[case.dtype]).to(case.device)
 
 
@@ -58,7 +58,7 @@ PEERS = {
 
 def available(case):
     """{name: factory(case) -> module} of the peers that can run `case` here."""
-    if case.cell in LAYERNORM_CELLS:
+    if case.cell in LAYERNORM_CELLS + ZONEOUT_CELLS:
         return {"plain": _plain}
     if not case.device.startswith("cuda") or case.layers != 1 or case.bidirectional:
         return {}

@@ -12,6 +12,7 @@ import torch
 
 import gated_kernels
 from gated_kernels import cpu
+from gated_kernels.bench.suites import ZONEOUT_RATE
 
 COLUMNS = ("case", "gate", "ours ms", "torch ms", "speedup", "ours err", "torch err",
            "ours MB", "torch MB")
@@ -196,10 +197,13 @@ def markdown(suite, records, prov):
                 "sum(lengths) / (T B), `vs fill` our time over fill x our time on the same batch "
                 "with every row of length T (1.00x: time in proportion to the real lengths)."
                 if has_lengths(records) else "")
-             + (" The LayerNorm cells have no torch.nn module: their `torch` column times the "
-                "same cells as a Python loop of torch ops (gated_kernels/bench/loops.py); "
-                "`plain ms` is our LSTM / GRU at the same shape, timed in the same runs."
-                if any(r["cell"].startswith("LayerNorm") for r in records) else ""), "",
+             + (" The LayerNorm and zoneout cells have no torch.nn module: their `torch` "
+                "column times the same cells as a Python loop of torch ops "
+                f"(gated_kernels/bench/loops.py; zoneout's rate {ZONEOUT_RATE}, its masks drawn "
+                "in training mode as ours); `plain ms` is our LSTM / GRU at the same shape without them, "
+                "timed in the same runs."
+                if any(r["cell"].startswith(("LayerNorm", "Zoneout")) for r in records)
+                else ""), "",
              "| " + " | ".join(columns(records)) + " |", "|" + "---|" * len(columns(records))]
     lines += ["| " + " | ".join(row(r, peer_names(records), has_auto(records),
                                     has_gpu_time(records), has_lengths(records))) + " |"

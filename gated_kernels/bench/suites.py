@@ -12,6 +12,10 @@ CELLS = ("LSTM", "GRU")
 CELL_MODULES = ("LSTMCell", "GRUCell")  # one step a call: the `cells` suite
 # No torch.nn twin: timed against a Python loop of torch ops (bench/loops.py).
 LAYERNORM_CELLS = ("LayerNormLSTM", "LayerNormGRU")
+# Our LSTM / GRU with zoneout (ZONEOUT_RATE), timed against the same cells as a Python loop
+# (bench/loops.py): torch.nn has no zoneout either.
+ZONEOUT_CELLS = ("ZoneoutLSTM", "ZoneoutGRU")
+ZONEOUT_RATE = 0.1
 # One-step calls: B and H of the `cells` and `step` suites (a decoder, an RL policy, streaming).
 STEP_BATCHES = (1, 8, 32, 64)
 STEP_HIDDEN = (64, 128, 256, 512, 1024)
@@ -22,7 +26,9 @@ GPU_HIDDEN = (256, 512, 1024, 2048)
 
 @dataclass(frozen=True)
 class Case:
-    cell: str  # "LSTM", "GRU", "LSTMCell", "GRUCell" (T=1: a call is a step) or LAYERNORM_CELLS
+    # "LSTM", "GRU", "LSTMCell", "GRUCell" (T=1: a call is a step), LAYERNORM_CELLS or
+    # ZONEOUT_CELLS
+    cell: str
     mode: str  # "fwd" or "fwdbwd"
     T: int
     B: int
@@ -111,7 +117,10 @@ def suite(name, device):
         return _packed(device)
     if name == "layernorm":  # issue 17's cells against the Python loop users write for them
         return _grid(LAYERNORM_CELLS, [100], [1, 32], [128, 256], ["fp32", "bf16"], device)
+    if name == "zoneout":  # issue 17's zoneout in our plain LSTM / GRU against the Python loop
+        return _grid(ZONEOUT_CELLS, [100], [1, 32], [128, 256], ["fp32", "bf16"], device)
     raise ValueError(f"unknown suite {name!r}; choose from {SUITES}")
 
 
-SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn", "packed", "layernorm")
+SUITES = ("quick", "cpu", "gpu", "cells", "step", "fastrnns", "flashrnn", "packed", "layernorm",
+          "zoneout")
