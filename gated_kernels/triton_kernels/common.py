@@ -33,6 +33,29 @@ PATHS = ("small", "persistent", "per_step")
 NO_SPECIALIZE = ["T", "B"]
 
 
+def new_output(shape, dtype, device):
+    """With GATED_KERNELS_POISON_OUTPUTS=1 outputs start as NaN, like the C++ kernels', so an
+    element a kernel never writes fails the tests."""
+    if os.environ.get("GATED_KERNELS_POISON_OUTPUTS") == "1":
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def previous_hidden(y, h0, lengths, reverse):
+    """h_{t-1} of every step, rebuilt from y and h0 (csrc/common.cpp previous_hidden)."""
+    hprev = torch.empty_like(y)
+    if not reverse:
+        hprev[0] = h0
+        hprev[1:] = y[:-1]
+        return hprev
+    hprev[:-1] = y[1:]
+    hprev[-1] = h0
+    if lengths is not None:  # a reversed row starts at t = lengths[b] - 1 from h0
+        batch = torch.arange(y.shape[1], device=y.device)
+        hprev[lengths - 1, batch] = h0
+    return hprev
+
+
 def interpreting():
     """Triton's interpreter runs programs one after another on the CPU."""
     return os.environ.get("TRITON_INTERPRET") == "1"

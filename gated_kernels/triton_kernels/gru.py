@@ -15,7 +15,6 @@ writes slot (s + 1) % 2, so one barrier per step suffices), dh in a [B, H] buffe
 """
 
 import itertools
-import os
 
 import torch
 import triton
@@ -283,14 +282,6 @@ def _gru_bwd_kernel(dy_ptr, w_ptr, lengths_ptr, hprev_ptr, gates_ptr, dh_ptr, dx
             grid_barrier(counter_ptr + u * tl.num_programs(1) + pid_b, tl.num_programs(0))
 
 
-def _new_output(shape, dtype, device):
-    """Like csrc's new_output: NaN-filled under GATED_KERNELS_POISON_OUTPUTS=1, so a test catches
-    an element the kernel never writes."""
-    if os.environ.get("GATED_KERNELS_POISON_OUTPUTS") == "1":
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _config(kind, path, H, dtype, precision, interpreted, save=True):
     """Compile-time parameters and launch options of the `kind` ("fwd" or "bwd") kernel on one
     path at hidden size H (save=False: the inference forward). Every rule below was checked by
@@ -400,30 +391,15 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
     """
     T, B, H = contract.check_gru_args(xg, w_hh, b_hh, h0, lengths)
     _check_dtype(xg.dtype)
-    y = _new_output((T, B, H), xg.dtype, xg.device)
-    gates = _new_output((T, B, 4 * H), xg.dtype, xg.device) if save else None
-    h = _new_output((2, B, H), xg.dtype, xg.device)  # step s reads slot s % 2
+    y = common.new_output((T, B, H), xg.dtype, xg.device)
+    gates = common.new_output((T, B, 4 * H), xg.dtype, xg.device) if save else None
+    h = common.new_output((2, B, H), xg.dtype, xg.device)  # step s reads slot s % 2
     h[0].copy_(h0)
     # Without saving, y stands in for the gates pointer (SAVE=False never touches it).
     pointers = [xg.contiguous(), w_hh.contiguous(), b_hh.contiguous(), lengths, h, y,
                 y if gates is None else gates]
     _run(_gru_fwd_kernel, pointers, T, B, H, xg.dtype, lengths, reverse, SAVE=save)
     return y, h[T % 2], gates
-
-
-def _previous_hidden(y, h0, lengths, reverse):
-    """h_{t-1} of every step, rebuilt from y and h0 (csrc/common.cpp previous_hidden)."""
-    hprev = torch.empty_like(y)
-    if not reverse:
-        hprev[0] = h0
-        hprev[1:] = y[:-1]
-        return hprev
-    hprev[:-1] = y[1:]
-    hprev[-1] = h0
-    if lengths is not None:  # a reversed row starts at t = lengths[b] - 1 from h0
-        batch = torch.arange(y.shape[1], device=y.device)
-        hprev[lengths - 1, batch] = h0
-    return hprev
 
 
 def gru_backward_triton(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
@@ -442,12 +418,12 @@ def gru_backward_triton(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
     for name, (t, shape) in expected.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    hprev = _previous_hidden(y, h0, lengths, reverse)
-    dxg = _new_output((T, B, 3 * H), dtype, y.device)
+    hprev = common.previous_hidden(y, h0, lengths, reverse)
+    dxg = common.new_output((T, B, 3 * H), dtype, y.device)
     # dGh in the model's dtype, as the C++ kernel keeps it: computed in fp32, rounded as stored,
     # read by the next step's product in that dtype anyway (bf16 T=256 B=256 H=1024: 0.4 GB
     # where float32 took 0.8).
-    dgh = _new_output((T, B, 3 * H), dtype, y.device)
+    dgh = common.new_output((T, B, 3 * H), dtype, y.device)
     dh = dh_n.to(torch.float32, copy=True).contiguous()
     w = w_hh.contiguous()
     pointers = [dy.contiguous(), w, lengths, hprev, gates.contiguous(), dh, dxg, dgh]

@@ -41,7 +41,6 @@ import triton.language as tl
 from gated_kernels import contract
 from gated_kernels.reference import LN_EPS
 from gated_kernels.triton_kernels import common
-from gated_kernels.triton_kernels.gru import _new_output, _previous_hidden
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 # Columns, K rows and units a block, and the launch: every kernel compiles without a stack
@@ -598,11 +597,11 @@ def layernorm_lstm_forward(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c
     dtype, device, f32 = like.dtype, xn.device, torch.float32
     _check_dtype(dtype)
     slots = T if save else 1
-    y = _new_output((T, B, H), dtype, device)
-    gates, norm_hh = (_new_output((slots, B, 4 * H), f32, device) for _ in range(2))
-    norm_c = _new_output((slots, B, H), f32, device)
-    c_all = _new_output((T, B, H), f32, device) if save else norm_c
-    rstd = _new_output((T, B, 2), f32, device) if save else norm_c
+    y = common.new_output((T, B, H), dtype, device)
+    gates, norm_hh = (common.new_output((slots, B, 4 * H), f32, device) for _ in range(2))
+    norm_c = common.new_output((slots, B, H), f32, device)
+    c_all = common.new_output((T, B, H), f32, device) if save else norm_c
+    rstd = common.new_output((T, B, 2), f32, device) if save else norm_c
     h, c = _state(h0), _state(c0)
     _launch(_layernorm_lstm_fwd_kernel, B, dtype, xn, w_hh,
             *(_or(t, y) for t in (ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias)),
@@ -623,10 +622,10 @@ def layernorm_gru_forward(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
                                             "GRU", b_hh=b_hh, keep=(keep_h,))
     dtype, device, f32 = like.dtype, xn.device, torch.float32
     _check_dtype(dtype)
-    y = _new_output((T, B, H), dtype, device)
-    norm_hh = _new_output((T if save else 1, B, 3 * H), f32, device)
-    gates = _new_output((T, B, 4 * H), f32, device) if save else norm_hh
-    rstd = _new_output((T, B, 1), f32, device) if save else norm_hh
+    y = common.new_output((T, B, H), dtype, device)
+    norm_hh = common.new_output((T if save else 1, B, 3 * H), f32, device)
+    gates = common.new_output((T, B, 4 * H), f32, device) if save else norm_hh
+    rstd = common.new_output((T, B, 1), f32, device) if save else norm_hh
     h = _state(h0)
     _launch(_layernorm_gru_fwd_kernel, B, dtype, xn, w_hh, b_hh, _or(ln_hh_weight, y),
             _or(ln_hh_bias, y), _lengths(lengths, T, B, device), _or(keep_h, y), h, y, gates,
@@ -661,10 +660,10 @@ def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_
     _check_saved(dy=(dy, (T, B, H)), dh_n=(dh_n, (B, H)), dc_n=(dc_n, (B, H)),
                  w_hh=(w_hh, (G, H)), gates=(gates, (T, B, G)), norm_hh=(norm_hh, (T, B, G)),
                  c_all=(c_all, (T, B, H)), norm_c=(norm_c, (T, B, H)), rstd=(rstd, (T, B, 2)))
-    dxn = _new_output((T, B, G), dtype, device)
+    dxn = common.new_output((T, B, G), dtype, device)
     # dgh in the model's dtype, as the plain kernels keep it (gru.py): the product with W_hh
     # reads it in that dtype anyway.
-    dgh = _new_output((T, B, G), dtype, device)
+    dgh = common.new_output((T, B, G), dtype, device)
     dh, dc = _state(dh_n), _state(dc_n)
     dl = torch.empty(B, H, dtype=torch.float32, device=device)
     dg = torch.empty(B, G, dtype=torch.float32, device=device)
@@ -676,7 +675,7 @@ def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_
             norm_hh, c_all, norm_c, rstd, dh, dc, dl, dg, dxn, dgh, sums, T, B, H, int(reverse),
             HAS_KEEP_H=keep_h is not None, HAS_KEEP_C=keep_c is not None, NORM=norm)
     total = _layer_norm_gradients(sums, (G, G, H, H), dtype, norm)
-    dw_hh = _weight_gradient(dgh, _previous_hidden(y, h0, lengths, reverse))
+    dw_hh = _weight_gradient(dgh, common.previous_hidden(y, h0, lengths, reverse))
     return dxn, dw_hh, *total, dh.to(dtype), dc.to(dtype)
 
 
@@ -698,12 +697,12 @@ def layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y
     _check_saved(dy=(dy, (T, B, H)), dh_n=(dh_n, (B, H)), w_hh=(w_hh, (G, H)),
                  gates=(gates, (T, B, 4 * H)), norm_hh=(norm_hh, (T, B, G)),
                  rstd=(rstd, (T, B, 1)))
-    dxn = _new_output((T, B, G), dtype, device)
-    dgh = _new_output((T, B, G), dtype, device)
+    dxn = common.new_output((T, B, G), dtype, device)
+    dgh = common.new_output((T, B, G), dtype, device)
     dh = _state(dh_n)
     dg = torch.empty(B, G, dtype=torch.float32, device=device)
     sums = torch.zeros(triton.cdiv(B, common.BLOCK_B), 2 * G, dtype=torch.float32, device=device)
-    hprev = _previous_hidden(y, h0, lengths, reverse)
+    hprev = common.previous_hidden(y, h0, lengths, reverse)
     norm = ln_hh_weight is not None
     _launch(_layernorm_gru_bwd_kernel, B, dtype, dy, w_hh, _or(ln_hh_weight, dy),
             _lengths(lengths, T, B, device), _or(keep_h, dy), hprev, gates, norm_hh, rstd, dh,

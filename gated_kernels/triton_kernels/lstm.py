@@ -19,8 +19,6 @@ its loop. That keeps one grid barrier per step instead of two (write m, barrier,
 barrier).
 """
 
-import math
-import os
 
 import torch
 import triton
@@ -381,14 +379,6 @@ def backward_config(path, H, precision):
                 num_stages=3)
 
 
-def _new_output(shape, dtype, device):
-    """With GATED_KERNELS_POISON_OUTPUTS=1 outputs start as NaN, like the C++ kernels', so an
-    element a kernel never writes fails the tests."""
-    if os.environ.get("GATED_KERNELS_POISON_OUTPUTS") == "1":
-        return torch.full(shape, math.nan, dtype=dtype, device=device)
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
 def _check_device_and_dtype(t):
     if t.dtype not in DTYPES:
         raise ValueError(f"the triton backend supports {DTYPES}, got {t.dtype}; "
@@ -458,9 +448,9 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
         g0 = h0.float() @ w_hh.float().T
         h[0] = 0
     c = _fp32_copy(c0)
-    m = _new_output((T, B, H), dtype, device)  # y itself without projection
-    gates = _new_output((T, B, 4 * H), CUDA_GATES_DTYPE[dtype], device) if save else None
-    c_all = _new_output((T, B, H), torch.float32, device) if save else None
+    m = common.new_output((T, B, H), dtype, device)  # y itself without projection
+    gates = common.new_output((T, B, 4 * H), CUDA_GATES_DTYPE[dtype], device) if save else None
+    c_all = common.new_output((T, B, H), torch.float32, device) if save else None
     # Without saving, c stands in for the gates and c_all pointers (SAVE=False never uses them).
     args = (xg.contiguous(), w, xg if g0 is None else g0, lens, h, c, m,
             c if gates is None else gates, c if c_all is None else c_all)
@@ -472,7 +462,7 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     if w_hr is None:
         y = m
     else:
-        y = _new_output((T, B, P), dtype, device)
+        y = common.new_output((T, B, P), dtype, device)
         torch.matmul(m, w_hr.T, out=y)  # y = 0 past a row's length, where m = 0
     batch = torch.arange(B, device=device)
     # A row's last step: lengths[b]-1, or 0 in reverse. The kernel carries c past it and leaves
@@ -522,7 +512,7 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     # dG in the model's dtype: the kernel rounds it once as it stores it (the dh product reads it
     # in that dtype anyway), and it is dxg itself, with no float32 copy beside it (bf16 T=256
     # B=256 H=1024: 0.5 GB where float32 dG and its bf16 copy took 1.6 GB).
-    dg = _new_output((T, B, G), dtype, device)
+    dg = common.new_output((T, B, G), dtype, device)
     args = (dm_in, w, lens, dm, dc, c0.contiguous(), gates.contiguous(), c_all.contiguous(), dg)
     precision = common.input_precision(dtype)
     cfg = backward_config(path, H, precision)
