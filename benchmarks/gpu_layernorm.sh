@@ -4,8 +4,9 @@
 #   bash benchmarks/gpu_layernorm.sh OUT_DIR
 # Runs from the source tree on the Triton path only, as gpu_check.sh does. Writes into OUT_DIR:
 # gpu_layernorm.log, the Triton LayerNorm operator tests' result (every dtype, bfloat16 included,
-# which the interpreter cannot check) and the runner's `layernorm` suite against the Python loop
-# users write today (the issue's 5x target) and our plain LSTM / GRU. Budget: about 4 minutes.
+# which the interpreter cannot check; opcheck and compile; zoneout in the plain modules) and the runner's `layernorm` suite against the Python loop
+# users write today (the issue's 5x target) and our plain LSTM / GRU. Budget: about 6 minutes,
+# most of it compiling the kernels' variants (dtype, saving or not, LayerNorm or not, zoneout).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_layernorm.sh OUT_DIR}
 mkdir -p "$out"
@@ -23,7 +24,7 @@ run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recor
 
 exec > >(tee "$out/gpu_layernorm.log") 2>&1
 echo "== gpu_layernorm $(date -u +%Y-%m-%dT%H:%M:%SZ) sources digest $(bash benchmarks/source_digest.sh)"
-run 150 python -m pytest -q -x -m cuda tests/test_layernorm_ops.py \
+run 240 python -m pytest -q -x -m cuda tests/test_layernorm_ops.py tests/test_regularizers.py \
   --junitxml "$out/gpu_layernorm_tests.xml"
 run 90 python -m gated_kernels.bench --suite layernorm --device cuda --backend triton \
   --min-seconds 0.05 --json "$out/layernorm_suite.json" --markdown "$out/layernorm_suite.md"

@@ -659,3 +659,58 @@ def test_the_layer_norm_arguments_come_all_or_none():
                                          "all be given"):
         contract.check_layernorm_args(a["xn"], a["w_hh"], (None, a["ln_hh"][1]), a["h0"], None,
                                       "LSTM", c0=a["c0"], ln_c=a["ln_c"])
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_opcheck_of_the_triton_operators(cell):
+    """On a GPU: the fake implementations against the Triton kernels, every operator."""
+    a = _on("triton", _inputs(cell, 4, 3, 5, [4, 1, 3], torch.float32))
+    ops = torch.ops.gated_kernels
+    tensors = [t.detach() for t in _differentiable(cell, a)]
+    lengths = a["lengths"]
+    if cell == "LSTM":
+        xn, w_hh, lw, lb, cw, cb, h0, c0 = tensors
+        forward, args = ops.layernorm_lstm_forward, (xn, w_hh, lw, lb, cw, cb, h0, c0, lengths,
+                                                     True)
+        inference = (ops.layernorm_lstm_inference, (a["x"], a["w_ih"], *a["ln_ih"], w_hh, lw,
+                                                    lb, cw, cb, h0, c0, lengths, True))
+    else:
+        xn, w_hh, b_hh, lw, lb, h0 = tensors
+        forward, args = ops.layernorm_gru_forward, (xn, w_hh, b_hh, lw, lb, h0, lengths, True)
+        inference = (ops.layernorm_gru_inference, (a["x"], a["w_ih"], *a["ln_ih"], w_hh, b_hh,
+                                                   lw, lb, h0, lengths, True))
+    torch.library.opcheck(forward.default, args)
+    torch.library.opcheck(inference[0].default, inference[1])
+    y, h_n, *rest = forward(*args)
+    if cell == "LSTM":
+        c_n, *saved = rest
+        back_args = (torch.randn_like(y), torch.randn_like(h_n), torch.randn_like(c_n), w_hh,
+                     lw, cw, cb, h0, c0, lengths, True, y, *saved)
+        torch.library.opcheck(ops.layernorm_lstm_backward.default, back_args)
+    else:
+        back_args = (torch.randn_like(y), torch.randn_like(h_n), w_hh, lw, h0, lengths, True, y,
+                     *rest)
+        torch.library.opcheck(ops.layernorm_gru_backward.default, back_args)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_compile_fullgraph_trains_as_eager_on_the_gpu(cell):
+    """On a GPU, float32: a two-layer bidirectional module's training step under
+    torch.compile(fullgraph=True) on the Triton operators, the same loss and gradients as
+    eager."""
+    torch.manual_seed(3)
+    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
+    module = cls(3, 4, num_layers=2, bidirectional=True, device="cuda")
+    x = torch.randn(5, 2, 3, device="cuda", requires_grad=True)
+
+    def loss(x):
+        return module(x)[0].square().sum()
+
+    torch._dynamo.reset()
+    inputs = [x, *module.parameters()]
+    expected = torch.autograd.grad(loss(x), inputs)
+    actual = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), inputs)
+    for k, (a, b) in enumerate(zip(actual, expected)):
+        assert_close(a.double(), b.double(), torch.float32, "grad", f"grad {k}")

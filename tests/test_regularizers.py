@@ -12,6 +12,9 @@ from common import FP64_ATOL, assert_close, max_abs_error
 from gated_kernels import GRU, LSTM, reference
 
 MODULES = {"LSTM": LSTM, "GRU": GRU}
+# On a GPU the Triton test is a `cuda` test (benchmarks/gpu_layernorm.sh runs it with the
+# LayerNorm kernels it shares); without one it runs in the interpreter with the rest.
+ON_GPU = [pytest.mark.cuda] if torch.cuda.is_available() else []
 T, B, I, H = 6, 3, 4, 5
 
 
@@ -81,7 +84,7 @@ def test_zoneout_trains_with_masks_of_torch_s_rng(cell, backend):
 
 @pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available(),
                     reason="needs Triton on a GPU or in its interpreter")
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+@pytest.mark.parametrize("cell", [pytest.param(c, marks=ON_GPU) for c in ("LSTM", "GRU")])
 def test_zoneout_runs_the_triton_kernels(cell):
     """float32 on backend='triton' (its interpreter without a GPU): the layernorm_* Triton
     kernels without their LayerNorms, eval's outputs and training's gradients (masks drawn
