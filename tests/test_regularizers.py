@@ -158,3 +158,32 @@ def test_revert_refuses_what_torch_nn_cannot_run():
         with pytest.raises(ValueError, match=f"torch.nn.LSTM has no {keyword}"):
             gated_kernels.revert(model)
     assert type(gated_kernels.revert(GRU(3, 4))) is torch.nn.GRU
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_zoneout_in_a_packed_bidirectional_stack_matches_the_reference(cell):
+    """Two layers, both directions, a PackedSequence of unsorted lengths 1 to T, DropConnect
+    too: the fused operators (`cpp`) against the reference backend under the same seed, outputs
+    and every gradient, in training and in eval."""
+    kwargs = dict(num_layers=2, bidirectional=True, dtype=torch.float64, zoneout=0.3,
+                  dropconnect=0.2)
+    torch.manual_seed(0)
+    fused = MODULES[cell](I, H, backend="cpp", **kwargs)
+    slow = MODULES[cell](I, H, backend="reference", **kwargs)
+    slow.load_state_dict(fused.state_dict())
+    x = torch.randn(T, B, I, dtype=torch.float64, requires_grad=True)
+    for training in (True, False):
+        fused.train(training)
+        slow.train(training)
+        outs = []
+        for module in (fused, slow):
+            packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, T, 1]),
+                                                             enforce_sorted=False)
+            torch.manual_seed(11)
+            y, final = module(packed)
+            states = final if cell == "LSTM" else (final,)
+            loss = y.data.square().sum() + sum(s.sum() for s in states)
+            outs.append((y.data, *states,
+                         *torch.autograd.grad(loss, [x, *module.parameters()])))
+        for a, b in zip(*outs):
+            assert max_abs_error(a, b) <= FP64_ATOL
