@@ -1,4 +1,5 @@
-"""Drop-in torch.nn.LSTMCell and torch.nn.GRUCell: one step of the recurrence operators (T=1).
+"""Drop-in torch.nn.LSTMCell and torch.nn.GRUCell: one step of the recurrence operators (T=1),
+plus the keywords `zoneout` and `dropconnect` (issue 17; a cell draws its masks at every call).
 
 They derive from the torch.nn cells (Dynamo traces those), so isinstance checks still hold and
 parameters, initialisation and state_dict are torch.nn's own. On the `torch` backend, and while
@@ -10,11 +11,11 @@ import warnings
 import torch
 from torch import nn
 
-from gated_kernels import autocast, dispatch
+from gated_kernels import autocast, dispatch, functional
 from gated_kernels.autograd import gru_cell, lstm_cell
 from gated_kernels.backends import backend_forced, resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
-from gated_kernels.rnn import check_backend_name
+from gated_kernels.rnn import check_backend_name, check_regularizers
 
 
 def _check_cell_state(input, state, index, hidden_size):
@@ -28,17 +29,23 @@ def _check_cell_state(input, state, index, hidden_size):
 
 
 class _CellBase:
-    """What both cells share: the constructor (torch.nn's arguments plus `backend`), conversion
-    from torch.nn, input checks. A mixin placed before nn.LSTMCell / nn.GRUCell."""
+    """What both cells share: the constructor (torch.nn's arguments plus `backend`, `zoneout`
+    and `dropconnect`), conversion from torch.nn, input checks, the step. A mixin placed before
+    nn.LSTMCell / nn.GRUCell."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
-                 backend="auto"):
+                 zoneout=0.0, dropconnect=0.0, backend="auto"):
         check_backend_name(backend)
+        check_regularizers(backend, zoneout, dropconnect)
         super().__init__(input_size, hidden_size, bias, device, dtype)
         self.backend = backend
+        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
 
     def extra_repr(self):
         s = super().extra_repr()
+        for name in ("zoneout", "dropconnect"):
+            if getattr(self, name):
+                s += f", {name}={getattr(self, name)}"
         return s if self.backend == "auto" else f"{s}, backend={self.backend!r}"
 
     @classmethod
@@ -54,10 +61,21 @@ class _CellBase:
         return new.train(module.training)
 
     def _call_backend(self, input):
-        """The backend of this call: `torch` while torch.onnx exports the model; else the
-        requested one resolved by device and, for `auto` on CUDA, by dispatch's rule."""
+        """The backend of this call: with zoneout functional.options_backend's; `torch` while
+        torch.onnx exports the model; else the requested one resolved by device and, for `auto`
+        on CUDA, by dispatch's rule, but never torch.nn's code for a DropConnect training call
+        (it would read the unmasked weight)."""
+        if self.zoneout > 0.0:
+            return functional.options_backend(self.backend, input)
         if dispatch.exporting_onnx():
             return "torch"
+        backend = self._shape_backend(input)
+        if backend == "torch" and self.dropconnect > 0.0 and self.training:
+            return "cpp" if input.device.type == "cpu" else "triton"
+        return backend
+
+    def _shape_backend(self, input):
+        """_call_backend's choice for a call without regularizers."""
         backend = resolve_backend(self.backend, input.device)
         if backend != "triton" or self.backend != "auto" or backend_forced():
             return backend
@@ -87,9 +105,24 @@ class _CellBase:
             _check_cell_state(input, state, index, self.hidden_size)
         return input, states, is_batched
 
+    def _layer_norm(self):
+        """The step's LayerNorms, as lstm_layer / gru_layer take them (None: none; the
+        LayerNorm cells override it)."""
+
     def _step(self, backend, layer, cell_step, input, states):
-        """One step in the dtype torch.nn's cell would use under autocast."""
-        tensors = [input, *states, self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh]
+        """One step in the dtype torch.nn's cell would use under autocast; with DropConnect on
+        a masked W_hh, and with zoneout or LayerNorm one step of `layer` (lstm_layer or
+        gru_layer) with them."""
+        w_hh = functional.drop_connect(self.weight_hh, self.dropconnect, self.training)
+        layer_norm, keep = self._layer_norm(), None
+        if self.zoneout > 0.0:
+            keep = tuple(functional.zoneout_keep(self.zoneout, self.training, (1, *s.shape),
+                                                 input) for s in states)
+        if keep is not None or layer_norm is not None:
+            out = layer(input.unsqueeze(0), *states, self.weight_ih, w_hh, self.bias_ih,
+                        self.bias_hh, backend=backend, layer_norm=layer_norm, keep=keep)
+            return out[1:]
+        tensors = [input, *states, self.weight_ih, w_hh, self.bias_ih, self.bias_hh]
         dtype = autocast.compute_dtype(type(self).__name__, input)
         if dtype is None:
             return self._run_step(backend, layer, cell_step, tensors)
@@ -114,7 +147,7 @@ class _CellBase:
 
 
 class LSTMCell(_CellBase, nn.LSTMCell):
-    """Drop-in torch.nn.LSTMCell, plus the keyword `backend`.
+    """Drop-in torch.nn.LSTMCell, plus the keywords `backend`, `zoneout` and `dropconnect`.
 
     >>> cell = LSTMCell(10, 20)
     >>> h, c = cell(torch.randn(3, 10))
@@ -141,7 +174,7 @@ class LSTMCell(_CellBase, nn.LSTMCell):
 
 
 class GRUCell(_CellBase, nn.GRUCell):
-    """Drop-in torch.nn.GRUCell, plus the keyword `backend`.
+    """Drop-in torch.nn.GRUCell, plus the keywords `backend`, `zoneout` and `dropconnect`.
 
     >>> cell = GRUCell(10, 20)
     >>> tuple(cell(torch.randn(3, 10)).shape)

@@ -26,7 +26,7 @@ from torch.nn.utils.rnn import PackedSequence
 
 from gated_kernels import functional
 from gated_kernels.cells import GRUCell, LSTMCell
-from gated_kernels.rnn import GRU, LSTM, check_regularizers
+from gated_kernels.rnn import GRU, LSTM
 
 
 class _LayerNormBase:
@@ -153,39 +153,22 @@ class LayerNormGRU(_LayerNormBase, GRU):
 
 
 class _LayerNormCellBase(_LayerNormBase):
-    """The LayerNorm cells: the parameters without `_l{k}{sfx}`, the zoneout and dropconnect
-    keywords (one step: zoneout's masks and the DropConnect mask are drawn at every call), and
-    one step of the layer (T=1) on the backend the modules would run."""
+    """The LayerNorm cells: the parameters without `_l{k}{sfx}`, and the cells' step (with
+    zoneout and DropConnect, cells.py) through the layer's LayerNorm operators (T=1) on the
+    backend the modules would run."""
 
     def __init__(self, input_size, hidden_size, bias=True, device=None, dtype=None, *,
                  zoneout=0.0, dropconnect=0.0, backend="auto"):
         self._check_backend(backend)
-        check_regularizers(backend, zoneout, dropconnect)
-        super().__init__(input_size, hidden_size, bias, device, dtype, backend=backend)
-        self.zoneout, self.dropconnect = float(zoneout), float(dropconnect)
+        super().__init__(input_size, hidden_size, bias, device, dtype, zoneout=zoneout,
+                         dropconnect=dropconnect, backend=backend)
         self._init_layer_norms()
 
     def _suffixes(self):
         return [""]
 
-    def extra_repr(self):
-        s = super().extra_repr()
-        for name in ("zoneout", "dropconnect"):
-            if getattr(self, name):
-                s += f", {name}={getattr(self, name)}"
-        return s
-
-    def _step(self, backend, layer, cell_step, input, states):
-        """One step of `layer` (lstm_layer or gru_layer) with this cell's LayerNorms, zoneout
-        and DropConnect."""
-        w_hh = functional.drop_connect(self.weight_hh, self.dropconnect, self.training)
-        keep = None
-        if self.zoneout > 0.0:
-            keep = tuple(functional.zoneout_keep(self.zoneout, self.training, (1, *s.shape),
-                                                 input) for s in states)
-        out = layer(input.unsqueeze(0), *states, self.weight_ih, w_hh, self.bias_ih,
-                    self.bias_hh, backend=backend, layer_norm=self._layer_norms()[0], keep=keep)
-        return out[1:]
+    def _layer_norm(self):
+        return self._layer_norms()[0]
 
 
 class LayerNormLSTMCell(_LayerNormCellBase, LSTMCell):

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import FP64_ATOL, assert_close, max_abs_error
-from gated_kernels import GRU, LSTM, reference
+from gated_kernels import GRU, LSTM, GRUCell, LSTMCell, reference
 
 MODULES = {"LSTM": LSTM, "GRU": GRU}
 # On a GPU the Triton test is a `cuda` test (benchmarks/gpu_layernorm.sh runs it with the
@@ -187,3 +187,53 @@ def test_zoneout_in_a_packed_bidirectional_stack_matches_the_reference(cell):
                          *torch.autograd.grad(loss, [x, *module.parameters()])))
         for a, b in zip(*outs):
             assert max_abs_error(a, b) <= FP64_ATOL
+
+
+CELLS = {"LSTM": LSTMCell, "GRU": GRUCell}
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_the_cells_take_zoneout_and_dropconnect(cell, backend):
+    """A cell's step with both keywords in float64: training's output and every gradient
+    against the same step without them on the masked W_hh, zoned with the same masks (drawn at
+    each call: DropConnect's, then h's, then c's); eval mixes in p of the old state."""
+    torch.manual_seed(0)
+    cls = CELLS[cell]
+    module = cls(I, H, dtype=torch.float64, zoneout=0.3, dropconnect=0.2, backend=backend)
+    plain = cls(I, H, dtype=torch.float64)
+    plain.load_state_dict(module.state_dict())
+    assert module._call_backend(torch.randn(B, I, dtype=torch.float64)) == (
+        "cpp" if backend == "auto" else backend)
+    x = torch.randn(B, I, dtype=torch.float64, requires_grad=True)
+    states = tuple(torch.randn(B, H, dtype=torch.float64) for _ in range(2 if cell == "LSTM"
+                                                                         else 1))
+    hx = states if cell == "LSTM" else states[0]
+    torch.manual_seed(7)
+    got = module(x, hx)
+    torch.manual_seed(7)
+    mask = torch.rand_like(module.weight_hh) >= 0.2
+    keeps = [(torch.rand(1, B, H) < 0.3).double()[0] for _ in states]
+    w_hh = module.weight_hh * mask / 0.8
+    new = torch.func.functional_call(plain, {**dict(module.named_parameters()), "weight_hh": w_hh},
+                                     (x, hx))
+    new = new if cell == "LSTM" else (new,)
+    want = tuple(k * s + (1 - k) * n for k, s, n in zip(keeps, states, new))
+    got = got if cell == "LSTM" else (got,)
+    inputs = [x, *module.parameters()]
+    weights = [torch.randn_like(t) for t in want]
+    for a, b in zip(got, want):
+        assert max_abs_error(a, b) <= FP64_ATOL
+    for a, b in zip(torch.autograd.grad(got, inputs, weights),
+                    torch.autograd.grad(want, inputs, weights)):
+        assert max_abs_error(a, b) <= FP64_ATOL
+    module.eval()
+    plain.eval()
+    zoned = module(x, hx)
+    zoned = zoned if cell == "LSTM" else (zoned,)
+    new = plain(x, hx)
+    for a, n, s in zip(zoned, new if cell == "LSTM" else (new,), states):
+        assert max_abs_error(a, 0.3 * s + 0.7 * n) <= FP64_ATOL
+    assert "zoneout=0.3, dropconnect=0.2" in repr(module)
+    with pytest.raises(ValueError, match="zoneout cannot run on backend='torch'"):
+        cls(I, H, zoneout=0.1, backend="torch")

@@ -6,6 +6,8 @@ LayerNorms through torch.nn.functional.layer_norm. Parameters carry gated_kernel
 module (OURS, with OURS_KWARGS).
 """
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -18,7 +20,7 @@ class _Loop(nn.Module):
     """Parameters as gated_kernels' module OURS (by default the loop's name without `Loop`)
     initialises them."""
 
-    OURS_KWARGS = {}
+    OURS_KWARGS: ClassVar[dict] = {}
 
     @classmethod
     def ours_name(cls):

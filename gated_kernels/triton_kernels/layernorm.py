@@ -775,8 +775,8 @@ def aot_configs():
                             signature[name] = "i32"
                         else:
                             signature[name] = "constexpr"
-                    constexprs = dict(BLOCK_B=common.BLOCK_B, BLOCK=BLOCK, PRECISION=precision,
-                                      HAS_KEEP_H=True, NORM=norm)
+                    constexprs = {"BLOCK_B": common.BLOCK_B, "BLOCK": BLOCK,
+                                  "PRECISION": precision, "HAS_KEEP_H": True, "NORM": norm}
                     if "HAS_KEEP_C" in params:
                         constexprs["HAS_KEEP_C"] = True
                     if save is not None:
