@@ -11,20 +11,7 @@
 # benchmarks/gpu_layernorm.sh (issue 17's LayerNorm cells and zoneout, about 6 minutes).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
-mkdir -p "$out"
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET
-status=0
-
-run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recorded, not fatal
-  local limit=$1
-  shift
-  echo "== $* (limit ${limit}s)"
-  timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
-}
-
-exec > >(tee "$out/gpu_check.log") 2>&1
+source "$(dirname "$0")/gpu_steps.sh" "$out" gpu_check.log
 echo "== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) commit $(git rev-parse --short HEAD 2>/dev/null)"
 # The commit above can be stale on a copied tree; the digest of the sources is not: run
 # benchmarks/source_digest.sh in a checkout to tell which commit ran.

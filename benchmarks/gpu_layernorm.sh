@@ -9,20 +9,7 @@
 # most of it compiling the kernels' variants (dtype, saving or not, LayerNorm or not, zoneout).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_layernorm.sh OUT_DIR}
-mkdir -p "$out"
-cd "$(dirname "$0")/.."
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET
-status=0
-
-run() {  # run LIMIT_SECONDS COMMAND...: a step that fails or runs over is recorded, not fatal
-  local limit=$1
-  shift
-  echo "== $* (limit ${limit}s)"
-  timeout "$limit" "$@" || { echo "== FAILED ($?): $*"; status=1; }
-}
-
-exec > >(tee "$out/gpu_layernorm.log") 2>&1
+source "$(dirname "$0")/gpu_steps.sh" "$out" gpu_layernorm.log
 echo "== gpu_layernorm $(date -u +%Y-%m-%dT%H:%M:%SZ) sources digest $(bash benchmarks/source_digest.sh)"
 run 240 python -m pytest -q -x -m cuda tests/test_layernorm_ops.py tests/test_regularizers.py \
   --junitxml "$out/gpu_layernorm_tests.xml"

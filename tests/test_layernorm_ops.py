@@ -365,14 +365,17 @@ def test_the_backward_operators_name_a_bad_argument():
         backward(y, h_n, w_hh, lw, h0, None, False, y, gates.bfloat16(), norm_hh, rstd)
 
 
+@pytest.mark.parametrize(("device", "dtype"), [
+    ("cpu", torch.float64), pytest.param("cuda", torch.float32, marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_compile_fullgraph_trains_as_eager(cell):
+def test_compile_fullgraph_trains_as_eager(cell, device, dtype):
     """A two-layer bidirectional module's training step under torch.compile(fullgraph=True):
-    the same loss and gradients as eager."""
+    the same loss and gradients as eager (the C++ operators in float64; on a GPU the Triton
+    ones in float32)."""
     torch.manual_seed(3)
     cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
-    module = cls(3, 4, num_layers=2, bidirectional=True, dtype=torch.float64)
-    x = torch.randn(5, 2, 3, dtype=torch.float64, requires_grad=True)
+    module = cls(3, 4, num_layers=2, bidirectional=True, dtype=dtype, device=device)
+    x = torch.randn(5, 2, 3, dtype=dtype, device=device, requires_grad=True)
 
     def loss(x):
         return module(x)[0].square().sum()
@@ -382,7 +385,25 @@ def test_compile_fullgraph_trains_as_eager(cell):
     expected = torch.autograd.grad(loss(x), inputs)
     actual = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), inputs)
     for k, (a, b) in enumerate(zip(actual, expected)):
-        assert_close(a, b, torch.float64, "grad", f"grad {k}")
+        assert_close(a.double().cpu(), b.double().cpu(), dtype, "grad", f"grad {k}")
+
+
+def _stack_and_reference(cell, **kwargs):
+    """A two-layer bidirectional module (kwargs: its backend, device, dtype) with parameters
+    moved off their initial values, the reference backend's in float64 with the same values, an
+    input [6, 4, 3] in float64 and its rows as a PackedSequence of lengths 2, 6, 1, 4."""
+    torch.manual_seed(0)
+    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
+    module = cls(3, 5, num_layers=2, bidirectional=True, **kwargs)
+    with torch.no_grad():
+        for p in module.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    exact = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference")
+    exact.load_state_dict(module.state_dict())
+    x = torch.randn(6, 4, 3, dtype=torch.float64)
+    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 6, 1, 4]),
+                                                     enforce_sorted=False)
+    return module, exact, x, packed
 
 
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
@@ -390,17 +411,8 @@ def test_the_modules_run_the_operators(cell):
     """float32 / float64 on the CPU without zoneout: the operators, the same values as the
     reference backend (bidirectional, two layers, a PackedSequence; the gradients in
     test_layernorm.py), bfloat16 and zoneout included; float16: the reference."""
-    torch.manual_seed(0)
     cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
-    module = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    slow = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference")
-    slow.load_state_dict(module.state_dict())
-    x = torch.randn(6, 4, 3, dtype=torch.float64)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 6, 1, 4]),
-                                                     enforce_sorted=False)
+    module, slow, x, packed = _stack_and_reference(cell, dtype=torch.float64)
     with torch.no_grad():
         assert module._call_backend(x) == "cpp" and slow._call_backend(x) == "reference"
         for inputs in ((x,), (packed,)):
@@ -486,19 +498,9 @@ def test_the_modules_run_the_triton_kernels(cell):
     """float32 on the `triton` backend (`auto` on a GPU): the Triton operators, with the
     reference backend's outputs and gradients (two layers, bidirectional, a PackedSequence),
     and zoneout in eval."""
-    torch.manual_seed(0)
     device = DEVICE["triton"]
     backend = "auto" if device == "cuda" else "triton"
-    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
-    module = cls(3, 5, num_layers=2, bidirectional=True, backend=backend, device=device)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    exact = cls(3, 5, num_layers=2, bidirectional=True, dtype=torch.float64, backend="reference")
-    exact.load_state_dict(module.state_dict())
-    x = torch.randn(6, 4, 3, dtype=torch.float64)
-    packed = torch.nn.utils.rnn.pack_padded_sequence(x, torch.tensor([2, 6, 1, 4]),
-                                                     enforce_sorted=False)
+    module, exact, x, packed = _stack_and_reference(cell, backend=backend, device=device)
     assert module._call_backend(x.float().to(device)) == "triton"
     for inputs in (x, packed):
         fast = module(inputs.float().to(device))
@@ -692,25 +694,3 @@ def test_opcheck_of_the_triton_operators(cell):
         back_args = (torch.randn_like(y), torch.randn_like(h_n), w_hh, lw, h0, lengths, True, y,
                      *rest)
         torch.library.opcheck(ops.layernorm_gru_backward.default, back_args)
-
-
-@pytest.mark.cuda
-@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_compile_fullgraph_trains_as_eager_on_the_gpu(cell):
-    """On a GPU, float32: a two-layer bidirectional module's training step under
-    torch.compile(fullgraph=True) on the Triton operators, the same loss and gradients as
-    eager."""
-    torch.manual_seed(3)
-    cls = LayerNormLSTM if cell == "LSTM" else LayerNormGRU
-    module = cls(3, 4, num_layers=2, bidirectional=True, device="cuda")
-    x = torch.randn(5, 2, 3, device="cuda", requires_grad=True)
-
-    def loss(x):
-        return module(x)[0].square().sum()
-
-    torch._dynamo.reset()
-    inputs = [x, *module.parameters()]
-    expected = torch.autograd.grad(loss(x), inputs)
-    actual = torch.autograd.grad(torch.compile(loss, fullgraph=True)(x), inputs)
-    for k, (a, b) in enumerate(zip(actual, expected)):
-        assert_close(a.double(), b.double(), torch.float32, "grad", f"grad {k}")

@@ -63,6 +63,36 @@ def matmul_precision(dtype):
 
 
 @triton.jit
+def _tile(len_ptr, B, BLOCK_B: tl.constexpr, BLOCK: tl.constexpr):
+    """This program's rows (int64), which exist, a block's lanes, and the rows' lengths."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
+    row_ok = rows < B
+    return rows, row_ok, tl.arange(0, BLOCK), tl.load(len_ptr + rows, mask=row_ok, other=0)
+
+
+@triton.jit
+def _time_step(t, length, row_ok):
+    """Which rows run step t: per row, and as a [rows, 1] mask."""
+    active = (t < length) & row_ok
+    return active, active[:, None]
+
+
+@triton.jit
+def _unit_block(u0, lane, rows, row_ok, H):
+    """Units u0 + lane of the tile's rows: the units, which exist, and their offsets in a
+    [B, H] state."""
+    u = u0 + lane
+    return u, row_ok[:, None] & (u < H)[None, :], rows[:, None] * H + u[None, :]
+
+
+@triton.jit
+def _dh_with_dy(dy_ptr, dh_ptr, step_h, state, u, ok, on):
+    """A backward step's state gradient: the carried dh plus dy on the rows running (`on`)."""
+    dy = tl.load(dy_ptr + step_h + u[None, :], mask=ok & on, other=0.0).to(tl.float32)
+    return tl.load(dh_ptr + state, mask=ok, other=0.0) + dy
+
+
+@triton.jit
 def _row_stats(v, ok, mean, m2, count, width):
     """Chan et al.'s (1979) pairwise update of each row's (mean, m2, count) by the valid
     columns `ok` of a [rows, width] block: no E[x^2] - E[x]^2 cancellation."""
@@ -185,16 +215,12 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
     gates' pass normalises it, norm_c_ptr the new cell until the last pass does), and are
     scratch at slot 0 without; c_all_ptr [T, B, H] and rstd_ptr [T, B, 2] are written with SAVE
     only."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lane = tl.arange(0, BLOCK)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 4 * H
     for s in range(T):
         t = s + reverse * (T - 1 - 2 * s)
         slot = t if SAVE else 0
-        active = (t < length) & row_ok
-        on = active[:, None]
+        active, on = _time_step(t, length, row_ok)
         step_g = (slot * B + rows)[:, None] * G  # a row's offset in a [., B, 4H] tensor
         step_h = (slot * B + rows)[:, None] * H
         xn_g = (t * B + rows)[:, None] * G
@@ -207,8 +233,7 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
         c_mean = tl.zeros((BLOCK_B,), dtype=tl.float32)
         c_m2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             i = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 0, H, u, ok, on, mean,
                                           rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             f = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 1, H, u, ok, on, mean,
@@ -217,7 +242,6 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
                                        rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             o = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 3, H, u, ok, on, mean,
                                           rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
-            state = rows[:, None] * H + u[None, :]
             c_old = tl.load(c_ptr + state, mask=ok, other=0.0)
             c_new = f * c_old + i * g
             c = tl.where(on, _zone(keep_c_ptr, out_h + u[None, :], ok, c_new, c_old, HAS_KEEP_C),
@@ -245,12 +269,10 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
         tl.debug_barrier()
         # h' = o tanh(LN(c'; ln_c)), zoned, and y.
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             tanh_c = common.tanh(_normalized(norm_c_ptr, step_h + u[None, :], ok, on, c_mean,
                                              rstd_c, cw_ptr, cb_ptr, u, u < H, SAVE, NORM))
             o = tl.load(gates_ptr + step_g + 3 * H + u[None, :], mask=ok, other=0.0)
-            state = rows[:, None] * H + u[None, :]
             h_old = tl.load(h_ptr + state, mask=ok, other=0.0)
             h = _zone(keep_h_ptr, out_h + u[None, :], ok, o * tanh_c, h_old, HAS_KEEP_H)
             tl.store(h_ptr + state, tl.where(on, h, h_old), mask=ok)
@@ -266,19 +288,15 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
                               PRECISION: tl.constexpr, SAVE: tl.constexpr,
                               HAS_KEEP_H: tl.constexpr, NORM: tl.constexpr):
     """All T steps of one BLOCK_B-row tile (NORM: as the LSTM's). h_ptr [B, H] float32: the
-    running state. norm_ptr
-    [., B, 3H]: step t at slot t with SAVE (the raw product, then norm_hh), scratch at slot 0
-    without; gates_ptr [T, B, 4H] (r, z, n, R_n) and rstd_ptr [T, B, 1] with SAVE only."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lane = tl.arange(0, BLOCK)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    running state. norm_ptr [., B, 3H]: step t at slot t with SAVE (the raw product, then
+    norm_hh), scratch at slot 0 without; gates_ptr [T, B, 4H] (r, z, n, R_n) and rstd_ptr
+    [T, B, 1] with SAVE only."""
+    rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 3 * H
     for s in range(T):
         t = s + reverse * (T - 1 - 2 * s)
         slot = t if SAVE else 0
-        active = (t < length) & row_ok
-        on = active[:, None]
+        active, on = _time_step(t, length, row_ok)
         step_g = (slot * B + rows)[:, None] * G
         xn_g = (t * B + rows)[:, None] * G
         out_h = (t * B + rows)[:, None] * H
@@ -286,8 +304,7 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
                                     BLOCK_B, BLOCK, PRECISION, NORM)
         tl.debug_barrier()
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             # R = LN(h W_hh^T; ln_hh) + b_hh, gate by gate.
             r_r = _gate(norm_ptr, step_g, b_ptr, 0, 0, H, u, ok, on, mean, rstd, lnw_ptr,
                              lnb_ptr, SAVE, NORM)
@@ -299,7 +316,6 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
             r = common.sigmoid(tl.load(x, mask=ok, other=0.0).to(tl.float32) + r_r)
             z = common.sigmoid(tl.load(x + H, mask=ok, other=0.0).to(tl.float32) + r_z)
             n = common.tanh(tl.load(x + 2 * H, mask=ok, other=0.0).to(tl.float32) + r * r_n)
-            state = rows[:, None] * H + u[None, :]
             h_old = tl.load(h_ptr + state, mask=ok, other=0.0)
             h = _zone(keep_h_ptr, out_h + u[None, :], ok, n + z * (h_old - n), h_old,
                       HAS_KEEP_H)
@@ -381,6 +397,20 @@ def _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B: tl.c
         tl.store(at, tl.load(at, mask=ok, other=0.0) + acc, mask=ok)
 
 
+@triton.jit
+def _to_previous_step(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, w_ptr, dh_ptr, rows, row_ok, on,
+                      step_g, b1, b2, rstd, H, G, BLOCK_B: tl.constexpr, BLOCK: tl.constexpr,
+                      PRECISION: tl.constexpr, NORM: tl.constexpr):
+    """The end of a backward step, once the gates' pass has filled dg and b1, b2: the gradient
+    through LN(h W_hh^T) into dgh, then dh += dgh W_hh; each pass behind a CTA barrier."""
+    tl.debug_barrier()
+    _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
+                       rstd, G, BLOCK, NORM)
+    tl.debug_barrier()
+    _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B, BLOCK, PRECISION)
+    tl.debug_barrier()
+
+
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
 def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, keep_h_ptr,
                                keep_c_ptr, c0_ptr, gates_ptr, norm_ptr, c_all_ptr, norm_c_ptr,
@@ -394,18 +424,14 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
     (the gradients of LN(c')'s and LN(h W_hh^T)'s outputs). dxn_ptr, dgh_ptr [T, B, 4H]: the
     gradients of xn and h W_hh^T. sums_ptr [programs, 2G + 2H] float32 (zeros): this program's
     sums of the gradients of ln_hh's weight, its bias, ln_c's weight and its bias."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lane = tl.arange(0, BLOCK)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 4 * H
     sums_ptr += tl.program_id(0).to(tl.int64) * (2 * G + 2 * H)
     for s in range(T):
         t = T - 1 - s + reverse * (2 * s + 1 - T)  # the forward's steps, last first
         prev_t = t - 1 + 2 * reverse
         has_prev = (prev_t >= 0) & (prev_t < T)
-        active = (t < length) & row_ok
-        on = active[:, None]
+        active, on = _time_step(t, length, row_ok)
         step_g = (t * B + rows)[:, None] * G
         step_h = (t * B + rows)[:, None] * H
         rstd_hh = tl.load(rstd_ptr + (t * B + rows) * 2, mask=row_ok, other=0.0)
@@ -414,11 +440,8 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
         c1 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         c2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
-            state = rows[:, None] * H + u[None, :]
-            dy = tl.load(dy_ptr + step_h + u[None, :], mask=ok & on, other=0.0).to(tl.float32)
-            dh = tl.load(dh_ptr + state, mask=ok, other=0.0) + dy
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
+            dh = _dh_with_dy(dy_ptr, dh_ptr, step_h, state, u, ok, on)
             tl.store(dh_ptr + state, dh, mask=ok)
             dh_new, _ = _split_zone(keep_h_ptr, step_h + u[None, :], ok, dh, HAS_KEEP_H)
             norm_c = tl.load(norm_c_ptr + step_h + u[None, :], mask=ok, other=0.0)
@@ -437,9 +460,7 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
         b1 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         b2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
-            state = rows[:, None] * H + u[None, :]
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             norm_c = tl.load(norm_c_ptr + step_h + u[None, :], mask=ok, other=0.0)
             d_ln = tl.load(dl_ptr + state, mask=ok, other=0.0)
             if NORM:  # through LN(c'; ln_c)
@@ -475,13 +496,8 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
                                     norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             tl.store(dc_ptr + state, tl.where(on, dc * f + dc_old, dc_in), mask=ok)
             tl.store(dh_ptr + state, tl.where(on, dh_old, dh), mask=ok)
-        tl.debug_barrier()
-        _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
-                           rstd_hh, G, BLOCK, NORM)
-        tl.debug_barrier()
-        _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B, BLOCK,
-                   PRECISION)
-        tl.debug_barrier()
+        _to_previous_step(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, w_ptr, dh_ptr, rows, row_ok, on,
+                          step_g, b1, b2, rstd_hh, H, G, BLOCK_B, BLOCK, PRECISION, NORM)
 
 
 @triton.jit(do_not_specialize=common.NO_SPECIALIZE)
@@ -495,26 +511,19 @@ def _layernorm_gru_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, len_ptr, keep_h_ptr, hprev
     scratch (the gradient of R); dxn_ptr, dgh_ptr [T, B, 3H]; sums_ptr [programs, 2G] float32
     (zeros): this program's sums of the gradients of ln_hh's weight and of R's bias (b_hh's and
     ln_hh's)."""
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
-    row_ok = rows < B
-    lane = tl.arange(0, BLOCK)
-    length = tl.load(len_ptr + rows, mask=row_ok, other=0)
+    rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 3 * H
     sums_ptr += tl.program_id(0).to(tl.int64) * 2 * G
     for s in range(T):
         t = T - 1 - s + reverse * (2 * s + 1 - T)
-        active = (t < length) & row_ok
-        on = active[:, None]
+        active, on = _time_step(t, length, row_ok)
         step_g = (t * B + rows)[:, None] * G
         step_h = (t * B + rows)[:, None] * H
         b1 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         b2 = tl.zeros((BLOCK_B,), dtype=tl.float32)
         for u0 in range(0, H, BLOCK):
-            u = u0 + lane
-            ok = row_ok[:, None] & (u < H)[None, :]
-            state = rows[:, None] * H + u[None, :]
-            dy = tl.load(dy_ptr + step_h + u[None, :], mask=ok & on, other=0.0).to(tl.float32)
-            dh = tl.load(dh_ptr + state, mask=ok, other=0.0) + dy
+            u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
+            dh = _dh_with_dy(dy_ptr, dh_ptr, step_h, state, u, ok, on)
             dh_new, dh_old = _split_zone(keep_h_ptr, step_h + u[None, :], ok, dh, HAS_KEEP_H)
             at = gates_ptr + (t * B + rows)[:, None] * 4 * H + u[None, :]
             r = tl.load(at, mask=ok, other=0.0)
@@ -533,13 +542,8 @@ def _layernorm_gru_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, len_ptr, keep_h_ptr, hprev
                                     dg_ptr, norm_ptr, lnw_ptr, sums_ptr, b1, b2, NORM)
             tl.store(dh_ptr + state, tl.where(on, dh_new * z + dh_old, dh), mask=ok)
         rstd = tl.load(rstd_ptr + t * B + rows, mask=row_ok, other=0.0)
-        tl.debug_barrier()
-        _through_layernorm(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, rows, row_ok, on, step_g, b1, b2,
-                           rstd, G, BLOCK, NORM)
-        tl.debug_barrier()
-        _add_dgh_w(dgh_ptr, w_ptr, dh_ptr, rows, row_ok, step_g, H, G, BLOCK_B, BLOCK,
-                   PRECISION)
-        tl.debug_barrier()
+        _to_previous_step(dg_ptr, norm_ptr, lnw_ptr, dgh_ptr, w_ptr, dh_ptr, rows, row_ok, on,
+                          step_g, b1, b2, rstd, H, G, BLOCK_B, BLOCK, PRECISION, NORM)
 
 
 def _check_dtype(dtype):
