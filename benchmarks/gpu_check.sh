@@ -8,7 +8,7 @@
 # same process) and the barrier benchmark's JSON. Budget: under 7 minutes on an H100 (the H200
 # runs of 2026-11-30: 39 s of tests, about 230 s of gpu suite before it timed the GPU's work alone
 # too, which the 87-case run of d03e6a2 put at about 20% more). Then, where device time allows,
-# benchmarks/gpu_layernorm.sh (issue 17's LayerNorm cells and zoneout, about 6 minutes).
+# benchmarks/gpu_layernorm.sh (issue 17's LayerNorm cells and zoneout, about 7 minutes).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_check.sh OUT_DIR}
 source "$(dirname "$0")/gpu_steps.sh" "$out" gpu_check.log

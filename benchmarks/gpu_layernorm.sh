@@ -5,7 +5,8 @@
 # Runs from the source tree on the Triton path only, as gpu_check.sh does. Writes into OUT_DIR:
 # gpu_layernorm.log, the Triton LayerNorm operator tests' result (every dtype, bfloat16 included,
 # which the interpreter cannot check; opcheck and compile; zoneout in the plain modules) and the runner's `layernorm` suite against the Python loop
-# users write today (the issue's 5x target) and our plain LSTM / GRU. Budget: about 6 minutes,
+# users write today (the issue's 5x target) and our plain LSTM / GRU, and the `zoneout` suite.
+# Budget: about 7 minutes,
 # most of it compiling the kernels' variants (dtype, saving or not, LayerNorm or not, zoneout).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_layernorm.sh OUT_DIR}
@@ -15,5 +16,7 @@ run 240 python -m pytest -q -x -m cuda tests/test_layernorm_ops.py tests/test_re
   --junitxml "$out/gpu_layernorm_tests.xml"
 run 90 python -m gated_kernels.bench --suite layernorm --device cuda --backend triton \
   --min-seconds 0.05 --json "$out/layernorm_suite.json" --markdown "$out/layernorm_suite.md"
+run 60 python -m gated_kernels.bench --suite zoneout --device cuda --backend triton \
+  --min-seconds 0.05 --json "$out/zoneout_suite.json" --markdown "$out/zoneout_suite.md"
 echo "== gpu_layernorm finished with status $status"
 exit "$status"
