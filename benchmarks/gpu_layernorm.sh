@@ -3,11 +3,12 @@
 # allows (its 7-minute budget has no room for these compiles):
 #   bash benchmarks/gpu_layernorm.sh OUT_DIR
 # Runs from the source tree on the Triton path only, as gpu_check.sh does. Writes into OUT_DIR:
-# gpu_layernorm.log, the Triton LayerNorm operator tests' result (every dtype, bfloat16 included,
-# which the interpreter cannot check; opcheck and compile; zoneout in the plain modules) and the runner's `layernorm` suite against the Python loop
-# users write today (the issue's 5x target) and our plain LSTM / GRU, and the `zoneout` suite.
-# Budget: about 7 minutes,
-# most of it compiling the kernels' variants (dtype, saving or not, LayerNorm or not, zoneout).
+# gpu_layernorm.log; the result of the Triton LayerNorm operators' tests (every dtype, bfloat16
+# included, which the interpreter cannot check; opcheck, compile fullgraph, zoneout in the
+# plain modules); the runner's `layernorm` suite against the Python loop users write today (the
+# issue's 5x target) and our plain LSTM / GRU, and its `zoneout` suite. Budget: about 7
+# minutes, most of it compiling the kernels' variants (dtype, saving or not, LayerNorm or not,
+# zoneout).
 set -uo pipefail
 out=${1:?usage: bash benchmarks/gpu_layernorm.sh OUT_DIR}
 source "$(dirname "$0")/gpu_steps.sh" "$out" gpu_layernorm.log
