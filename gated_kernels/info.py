@@ -79,6 +79,10 @@ def main(argv=None):
           f"python {sys.version.split()[0]}, {torch.get_num_threads()} CPU threads")
     print(f"TF32 for fp32 recurrences (torch.backends.cudnn.allow_tf32): "
           f"{torch.backends.cudnn.allow_tf32}")
+    # The LayerNorm and zoneout kernels replace a loop of torch ops, whose products follow
+    # torch's matmul setting (triton_kernels/layernorm.py, matmul_precision).
+    print(f"TF32 for fp32 LayerNorm / zoneout recurrences (torch.backends.cuda.matmul."
+          f"allow_tf32): {torch.backends.cuda.matmul.allow_tf32}")
     for name, (ok, reason) in backend_status().items():
         print(f"backend {name:9s} {'available' if ok else 'unavailable':11s} {reason}")
     config = cpu.config()

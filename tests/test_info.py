@@ -13,6 +13,7 @@ def test_reports_versions_backends_and_tf32(capsys):
     out = capsys.readouterr().out
     assert f"torch {torch.__version__}" in out
     assert "allow_tf32" in out
+    assert "LayerNorm / zoneout recurrences (torch.backends.cuda.matmul.allow_tf32)" in out
     for name in ("reference", "cpp", "triton"):
         assert f"backend {name}" in out
 
