@@ -43,9 +43,20 @@ def check_regularizers(backend, zoneout, dropconnect):
 
 
 def _pad(data, batch_sizes):
-    """Packed data [sum(lengths), I] -> time-major padded [T, B, I] in sorted batch order, and
-    lengths [B] (int64, CPU, decreasing)."""
-    return torch._VF._pad_packed_sequence(data, batch_sizes, False, 0.0, batch_sizes.size(0))
+    """Packed data [sum(lengths), I] -> time-major padded [T, B, I] in sorted batch order, 0
+    past each row's length, and lengths [B] (int64, CPU, decreasing). One index_copy, whose
+    backward is one gather: torch's _pad_packed_sequence writes a slice per distinct batch size,
+    and autograd's node for each slice cloned the whole [T, B, I] gradient (35 clones, 13 ms of
+    a 194 ms bidirectional GRU training step at T=100, B=64, H=512, long-tailed lengths,
+    float32, on the EPYC)."""
+    T, B = batch_sizes.size(0), int(batch_sizes[0])
+    steps = torch.arange(T).repeat_interleave(batch_sizes)  # each packed row's step
+    starts = (batch_sizes.cumsum(0) - batch_sizes).repeat_interleave(batch_sizes)
+    rows = torch.arange(steps.size(0)) - starts  # and its row in the sorted batch
+    positions = (steps * B + rows).to(data.device)
+    padded = data.new_zeros(T * B, *data.shape[1:]).index_copy(0, positions, data)
+    lengths = (batch_sizes[None, :] > torch.arange(B)[:, None]).sum(1)
+    return padded.view(T, B, *data.shape[1:]), lengths
 
 
 def _pack(y, lengths):
