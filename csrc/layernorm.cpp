@@ -348,7 +348,8 @@ void run_units(bool lstm, bool normalised, const at::Tensor& xn_all, const at::T
       team.barrier();  // every part of LN(h W_hh^T)'s statistics
       team.work([&] {
         if (U == 0) return;
-        const auto [mean, rstd] = normalised ? merged_stats(hh_parts) : std::pair<acc_t, acc_t>(0, 1);
+        const auto [mean, rstd] =
+            normalised ? merged_stats(hh_parts) : std::pair<acc_t, acc_t>(0, 1);
         normalise(g, NG * U, mean, rstd, w_g, b_g, b_r);
         const acc_t* h_prev = h_p[s % 2];
         acc_t* h_next = h_p[(s + 1) % 2];
@@ -466,7 +467,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
     const std::optional<at::Tensor>& ln_hh_weight_in,
     const std::optional<at::Tensor>& ln_hh_bias_in,
     const std::optional<at::Tensor>& ln_c_weight_in,
-    const std::optional<at::Tensor>& ln_c_bias_in, const at::Tensor& h0, const at::Tensor& c0, const std::optional<at::Tensor>& lengths_in,
+    const std::optional<at::Tensor>& ln_c_bias_in, const at::Tensor& h0, const at::Tensor& c0,
+    const std::optional<at::Tensor>& lengths_in,
     bool reverse, const std::optional<at::Tensor>& keep_h_in,
     const std::optional<at::Tensor>& keep_c_in, bool save) {
   const at::Tensor& xn = in.xn.defined() ? in.xn : in.x;  // the input: its sizes and dtype
@@ -491,8 +493,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, LnSaved> layernorm_lstm(
   }
   if (in.x.defined() && splits_units(B, w_hh, save)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_lstm_units", [&] {
-      run_units<scalar_t>(true, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-                          ln_c_bias, at::Tensor(), h, c, y,
+      run_units<scalar_t>(true, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight,
+                          ln_hh_bias, ln_c_weight, ln_c_bias, at::Tensor(), h, c, y,
                           lengths.defined() ? lengths.item<int64_t>() : T, reverse, keep_h,
                           keep_c);
     });
@@ -630,8 +632,8 @@ std::tuple<at::Tensor, at::Tensor, LnSaved> layernorm_gru(
   if (in.x.defined() && splits_units(B, w_hh, save)) {
     AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, xn.scalar_type(), "layernorm_gru_units", [&] {
       at::Tensor no_c;
-      run_units<scalar_t>(false, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight, ln_hh_bias,
-                          at::Tensor(), at::Tensor(), b_hh, h, no_c, y,
+      run_units<scalar_t>(false, in.normalised, one_row_inputs(in), w_hh, ln_hh_weight,
+                          ln_hh_bias, at::Tensor(), at::Tensor(), b_hh, h, no_c, y,
                           lengths.defined() ? lengths.item<int64_t>() : T, reverse, keep_h,
                           at::Tensor());
     });

@@ -133,8 +133,9 @@ void layernorm_lstm_backward_row(const LayerNormLstmBackwardRow<acc_t>& r) {
 }
 
 // One running row of the LayerNorm GRU's backward (pointwise.h gives the contract): the
-// gradient of the new h past zoneout, those of A = xn (dA) and of R = LN(gh) + b_hh (dR, in dgh until its LayerNorm's gradient
-// overwrites it), then through LN(gh) into gh.
+// gradient of the new h past zoneout, those of A = xn (dA) and of R = LN(gh) + b_hh (dR, in
+// dgh until its LayerNorm's gradient overwrites it), then through LN(gh) into gh; without
+// LayerNorm (r.normalised false) dgh stays dR.
 template <typename acc_t>
 void layernorm_gru_backward_row(const LayerNormGruBackwardRow<acc_t>& r) {
   using V = Vec<acc_t>;

@@ -9,7 +9,7 @@ int64 (each in [1, T]) or None. The modules add batch_first, unbatched and packe
 import torch
 import torch.nn.functional as F
 
-from gated_kernels import reference
+from gated_kernels import dispatch, reference
 from gated_kernels.autograd import (
     InputProjection,
     LayerNormGRUFunction,
@@ -42,9 +42,12 @@ LAYERNORM_DTYPES = {"cpp": (torch.float32, torch.float64, torch.bfloat16),
 
 def options_backend(requested, data, projection=False):
     """The backend a module's call with LayerNorm or zoneout runs (and the benchmark records):
-    `auto` the layernorm_* operators where they run data's dtype (LAYERNORM_DTYPES: C++ on the
-    CPU, Triton on CUDA) and the layer has no projection, else the reference; a backend asked
-    for by name runs or raises (lstm_layer, gru_layer)."""
+    the reference while torch.onnx exports the model (its torch ops export; the operators do
+    not); `auto` the layernorm_* operators where they run data's dtype (LAYERNORM_DTYPES: C++
+    on the CPU, Triton on CUDA) and the layer has no projection, else the reference; a backend
+    asked for by name runs or raises (lstm_layer, gru_layer)."""
+    if dispatch.exporting_onnx():
+        return "reference"
     backend = resolve_backend(requested, data.device)
     if requested == "auto" and (projection
                                 or data.dtype not in LAYERNORM_DTYPES.get(backend, ())):

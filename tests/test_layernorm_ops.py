@@ -542,6 +542,9 @@ def test_the_triton_operators_name_a_bad_argument(device):
     with pytest.raises(ValueError, match=r"norm_c must have shape \(4, 2, 6\)"):
         backward(y, h_n, c_n, a["w_hh"], a["ln_hh"][0], *a["ln_c"], a["h0"], a["c0"], None,
                  False, y, *saved[:3], saved[3][:, :, :5], saved[4])
+    with pytest.raises(ValueError, match="gates must have dtype torch.float32, got torch.float64"):
+        backward(y, h_n, c_n, a["w_hh"], a["ln_hh"][0], *a["ln_c"], a["h0"], a["c0"], None,
+                 False, y, saved[0].double(), *saved[1:])
     inference = operator("layernorm_gru_inference", "triton", a["x"].device)
     b = _on("triton", _inputs("GRU", 4, 2, 6, None, torch.float32))
     with pytest.raises(ValueError, match=r"ln_ih_bias must have shape \(18,\)"):

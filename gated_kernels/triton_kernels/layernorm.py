@@ -10,7 +10,7 @@ its rows inside one launch: no other program ever waits on it, and no grid barri
 turn into two more grid barriers a step). A step is a few passes over the row tile, each a loop
 over column blocks, with what one pass hands the next in global memory (L1/L2-resident) behind a
 CTA barrier:
-- forward: the product h W_hh^T (W_hh streamed from L2 in BLOCK_K x BLOCK_N chunks), stored
+- forward: the product h W_hh^T (W_hh streamed from L2 in BLOCK x BLOCK chunks), stored
   raw, with each row's mean and variance merged block by block (Chan et al.'s pairwise update:
   no E[x^2] - E[x]^2 cancellation); then the gates and the state unit block by unit block; the
   LSTM adds a pass for LN(c').
@@ -59,7 +59,6 @@ def matmul_precision(dtype):
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
-
 
 
 @triton.jit
@@ -235,13 +234,13 @@ def _layernorm_lstm_fwd_kernel(xn_ptr, w_ptr, lnw_ptr, lnb_ptr, cw_ptr, cb_ptr, 
         for u0 in range(0, H, BLOCK):
             u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             i = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 0, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
+                                     rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             f = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 1, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
+                                     rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             g = common.tanh(_gate(norm_ptr, step_g, xn_ptr, xn_g, 2, H, u, ok, on, mean,
-                                       rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
+                                  rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             o = common.sigmoid(_gate(norm_ptr, step_g, xn_ptr, xn_g, 3, H, u, ok, on, mean,
-                                          rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
+                                     rstd, lnw_ptr, lnb_ptr, SAVE, NORM))
             c_old = tl.load(c_ptr + state, mask=ok, other=0.0)
             c_new = f * c_old + i * g
             c = tl.where(on, _zone(keep_c_ptr, out_h + u[None, :], ok, c_new, c_old, HAS_KEEP_C),
@@ -307,11 +306,11 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
             u, ok, state = _unit_block(u0, lane, rows, row_ok, H)
             # R = LN(h W_hh^T; ln_hh) + b_hh, gate by gate.
             r_r = _gate(norm_ptr, step_g, b_ptr, 0, 0, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE, NORM)
+                        lnb_ptr, SAVE, NORM)
             r_z = _gate(norm_ptr, step_g, b_ptr, 0, 1, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE, NORM)
+                        lnb_ptr, SAVE, NORM)
             r_n = _gate(norm_ptr, step_g, b_ptr, 0, 2, H, u, ok, on, mean, rstd, lnw_ptr,
-                             lnb_ptr, SAVE, NORM)
+                        lnb_ptr, SAVE, NORM)
             x = xn_ptr + xn_g + u[None, :]
             r = common.sigmoid(tl.load(x, mask=ok, other=0.0).to(tl.float32) + r_r)
             z = common.sigmoid(tl.load(x + H, mask=ok, other=0.0).to(tl.float32) + r_z)
@@ -331,7 +330,6 @@ def _layernorm_gru_fwd_kernel(xn_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, len_ptr, k
         if SAVE:
             tl.store(rstd_ptr + t * B + rows, tl.where(active, rstd, 0.0), mask=row_ok)
         tl.debug_barrier()
-
 
 
 @triton.jit
@@ -419,11 +417,12 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
                                BLOCK: tl.constexpr, PRECISION: tl.constexpr,
                                HAS_KEEP_H: tl.constexpr, HAS_KEEP_C: tl.constexpr,
                                NORM: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr / dc_ptr [B, H] float32: the state
-    gradients (dh_n, dc_n in; dh0, dc0 out). dl_ptr [B, H] and dg_ptr [B, 4H] float32: scratch
-    (the gradients of LN(c')'s and LN(h W_hh^T)'s outputs). dxn_ptr, dgh_ptr [T, B, 4H]: the
-    gradients of xn and h W_hh^T. sums_ptr [programs, 2G + 2H] float32 (zeros): this program's
-    sums of the gradients of ln_hh's weight, its bias, ln_c's weight and its bias."""
+    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr / dc_ptr
+    [B, H] float32: the state gradients (dh_n, dc_n in; dh0, dc0 out). dl_ptr [B, H] and
+    dg_ptr [B, 4H] float32: scratch (the gradients of LN(c')'s and LN(h W_hh^T)'s outputs).
+    dxn_ptr, dgh_ptr [T, B, 4H]: the gradients of xn and h W_hh^T. sums_ptr [programs,
+    2G + 2H] float32 (zeros): this program's sums of the gradients of ln_hh's weight, its
+    bias, ln_c's weight and its bias."""
     rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 4 * H
     sums_ptr += tl.program_id(0).to(tl.int64) * (2 * G + 2 * H)
@@ -431,7 +430,7 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
         t = T - 1 - s + reverse * (2 * s + 1 - T)  # the forward's steps, last first
         prev_t = t - 1 + 2 * reverse
         has_prev = (prev_t >= 0) & (prev_t < T)
-        active, on = _time_step(t, length, row_ok)
+        on = _time_step(t, length, row_ok)[1]
         step_g = (t * B + rows)[:, None] * G
         step_h = (t * B + rows)[:, None] * H
         rstd_hh = tl.load(rstd_ptr + (t * B + rows) * 2, mask=row_ok, other=0.0)
@@ -480,7 +479,8 @@ def _layernorm_lstm_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, cw_ptr, cb_ptr, len_ptr, 
             # yet started in reverse), c0 at the first.
             c_prev = (tl.load(c_all_ptr + (prev_t * B + rows)[:, None] * H + u[None, :],
                               mask=ok & has_prev, other=0.0)
-                      + tl.load(c0_ptr + state, mask=ok & ((prev_t < 0) | (prev_t >= T)), other=0.0).to(tl.float32))
+                      + tl.load(c0_ptr + state, mask=ok & ((prev_t < 0) | (prev_t >= T)),
+                                other=0.0).to(tl.float32))
             tanh_c = common.tanh(_affine(norm_c, cw_ptr, cb_ptr, u, H, NORM))
             d_i = dc * g * i * (1.0 - i)
             d_f = dc * c_prev * f * (1.0 - f)
@@ -506,17 +506,17 @@ def _layernorm_gru_bwd_kernel(dy_ptr, w_ptr, lnw_ptr, len_ptr, keep_h_ptr, hprev
                               B, H, reverse, BLOCK_B: tl.constexpr, BLOCK: tl.constexpr,
                               PRECISION: tl.constexpr, HAS_KEEP_H: tl.constexpr,
                               NORM: tl.constexpr):
-    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr [B, H] float32: the state gradient
-    (dh_n in, dh0 out); hprev_ptr [T, B, H]: h_{t-1} of every step; dg_ptr [B, 3H] float32:
-    scratch (the gradient of R); dxn_ptr, dgh_ptr [T, B, 3H]; sums_ptr [programs, 2G] float32
-    (zeros): this program's sums of the gradients of ln_hh's weight and of R's bias (b_hh's and
-    ln_hh's)."""
+    """All T steps of one BLOCK_B-row tile backwards (NORM: as the forward's). dh_ptr [B, H]
+    float32: the state gradient (dh_n in, dh0 out); hprev_ptr [T, B, H]: h_{t-1} of every
+    step; dg_ptr [B, 3H] float32: scratch (the gradient of R); dxn_ptr, dgh_ptr [T, B, 3H];
+    sums_ptr [programs, 2G] float32 (zeros): this program's sums of the gradients of ln_hh's
+    weight and of R's bias (b_hh's and ln_hh's)."""
     rows, row_ok, lane, length = _tile(len_ptr, B, BLOCK_B, BLOCK)
     G = 3 * H
     sums_ptr += tl.program_id(0).to(tl.int64) * 2 * G
     for s in range(T):
         t = T - 1 - s + reverse * (2 * s + 1 - T)
-        active, on = _time_step(t, length, row_ok)
+        on = _time_step(t, length, row_ok)[1]
         step_g = (t * B + rows)[:, None] * G
         step_h = (t * B + rows)[:, None] * H
         b1 = tl.zeros((BLOCK_B,), dtype=tl.float32)
@@ -638,10 +638,22 @@ def layernorm_gru_forward(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
     return (y, h.to(dtype), gates, norm_hh, rstd) if save else (y, h.to(dtype))
 
 
-def _check_saved(**tensors):
-    for name, (t, shape) in tensors.items():
+def _check_saved(device, **tensors):
+    """A backward launcher's arguments, name=(tensor, shape, dtype): a saved tensor of another
+    shape, dtype or device would be read as garbage by the kernel."""
+    for name, (t, shape, dtype) in tensors.items():
         if tuple(t.shape) != shape:
             raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+        if t.dtype != dtype:
+            raise ValueError(f"{name} must have dtype {dtype}, got {t.dtype}")
+        if t.device != device:
+            raise ValueError(f"{name} must be on {device}, got {t.device}")
+
+
+def _layer_norms_to_check(dtype, **layer_norms):
+    """_check_saved's entries for the LayerNorm arguments given (name=(tensor or None, size))."""
+    return {name: (t, (size,), dtype) for name, (t, size) in layer_norms.items()
+            if t is not None}
 
 
 def _weight_gradient(dgh, hprev):
@@ -661,9 +673,15 @@ def layernorm_lstm_backward(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_
     _check_dtype(dtype)
     norm = contract.check_normalised(ln_hh_weight=ln_hh_weight, ln_c_weight=ln_c_weight,
                                      ln_c_bias=ln_c_bias)
-    _check_saved(dy=(dy, (T, B, H)), dh_n=(dh_n, (B, H)), dc_n=(dc_n, (B, H)),
-                 w_hh=(w_hh, (G, H)), gates=(gates, (T, B, G)), norm_hh=(norm_hh, (T, B, G)),
-                 c_all=(c_all, (T, B, H)), norm_c=(norm_c, (T, B, H)), rstd=(rstd, (T, B, 2)))
+    f32 = torch.float32
+    _check_saved(device, dy=(dy, (T, B, H), dtype), dh_n=(dh_n, (B, H), dtype),
+                 dc_n=(dc_n, (B, H), dtype), w_hh=(w_hh, (G, H), dtype),
+                 h0=(h0, (B, H), dtype), c0=(c0, (B, H), dtype), gates=(gates, (T, B, G), f32),
+                 norm_hh=(norm_hh, (T, B, G), f32), c_all=(c_all, (T, B, H), f32),
+                 norm_c=(norm_c, (T, B, H), f32), rstd=(rstd, (T, B, 2), f32),
+                 **_layer_norms_to_check(ln_hh_weight=(ln_hh_weight, G),
+                                         ln_c_weight=(ln_c_weight, H), ln_c_bias=(ln_c_bias, H),
+                                         dtype=dtype))
     dxn = common.new_output((T, B, G), dtype, device)
     # dgh in the model's dtype, as the plain kernels keep it (gru.py): the product with W_hh
     # reads it in that dtype anyway.
@@ -698,9 +716,12 @@ def layernorm_gru_backward(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y
     T, B, H = y.shape
     G, dtype, device = 3 * H, h0.dtype, y.device
     _check_dtype(dtype)
-    _check_saved(dy=(dy, (T, B, H)), dh_n=(dh_n, (B, H)), w_hh=(w_hh, (G, H)),
-                 gates=(gates, (T, B, 4 * H)), norm_hh=(norm_hh, (T, B, G)),
-                 rstd=(rstd, (T, B, 1)))
+    f32 = torch.float32
+    _check_saved(device, dy=(dy, (T, B, H), dtype), dh_n=(dh_n, (B, H), dtype),
+                 w_hh=(w_hh, (G, H), dtype), h0=(h0, (B, H), dtype),
+                 gates=(gates, (T, B, 4 * H), f32), norm_hh=(norm_hh, (T, B, G), f32),
+                 rstd=(rstd, (T, B, 1), f32),
+                 **_layer_norms_to_check(ln_hh_weight=(ln_hh_weight, G), dtype=dtype))
     dxn = common.new_output((T, B, G), dtype, device)
     dgh = common.new_output((T, B, G), dtype, device)
     dh = _state(dh_n)
@@ -731,12 +752,12 @@ def _inference(forward, cell):
         contract.check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
         f32 = torch.float32
         bias = None if ln_ih_bias is None else ln_ih_bias.to(f32)
-        xn = torch.nn.functional.linear(x.to(f32), w_ih.to(f32))
         if ln_ih_weight is None:  # no LayerNorm: ln_ih_bias is the bias, where given
-            xn = xn if bias is None else xn + bias
+            xn = torch.nn.functional.linear(x.to(f32), w_ih.to(f32), bias)
         else:
-            xn = torch.nn.functional.layer_norm(xn, ln_ih_weight.shape, ln_ih_weight.to(f32),
-                                                bias, LN_EPS)
+            xn = torch.nn.functional.layer_norm(
+                torch.nn.functional.linear(x.to(f32), w_ih.to(f32)), ln_ih_weight.shape,
+                ln_ih_weight.to(f32), bias, LN_EPS)
         return forward(xn, *args, save=False, like=like)
 
     return inference
