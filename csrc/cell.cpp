@@ -11,16 +11,18 @@
 // lstm_cell_forward(same) -> (h1, c1, gates [B, 4H], c_saved [B, H])
 //   gates: post-activation i, f, g, o; c_saved: c1 before rounding; both in the accumulation type
 //   (float for bfloat16), saved for backward.
-// lstm_cell_backward(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias)
+// lstm_cell_backward(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias, output_mask)
 //   -> (dx [B, I], dh [B, H], dc [B, H], dw_ih [4H, I], dw_hh [4H, H], db [4H] or [0])
-//   db is the gradient of b_ih and of b_hh alike (both add to the same pre-activation).
+//   db is the gradient of b_ih and of b_hh alike (both add to the same pre-activation);
+//   output_mask [4] says which of dx, dh, dw_ih, dw_hh to compute (the others come back [0]).
 // gru_cell_inference(x, h, w_ih, w_hh, b_ih, b_hh) -> h1
 //   w_ih [3H, I], w_hh [3H, H], gate order r, z, n; n = tanh(x W_in^T + b_in + r (h W_hn^T +
 //   b_hn)).
 // gru_cell_forward(same) -> (h1, gates [B, 4H]): r, z, n and h W_hn^T + b_hn, in the
 //   accumulation type.
-// gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias)
-//   -> (dx, dh, dw_ih [3H, I], dw_hh [3H, H], db_ih [3H] or [0], db_hh [3H] or [0])
+// gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias, output_mask)
+//   -> (dx, dh, dw_ih [3H, I], dw_hh [3H, H], db_ih [3H] or [0], db_hh [3H] or [0]), output_mask
+//   as the LSTM's.
 //
 // The pointwise passes are the sequence operators' own (pointwise.h) run for one step, so a cell
 // and a T=1 layer compute the same values. The products go to cell_product() (forward) and
@@ -32,6 +34,8 @@
 
 #include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <array>
 
 namespace gated_kernels {
 namespace {
@@ -49,23 +53,23 @@ void run_pass(Pass pass, const Step& step, int64_t units) {
 
 // ---- products ----
 //
-// A cell's products are small and run once, so their fixed cost decides (EPYC Zen 4, 2 threads,
-// lstm_cell_inference): oneDNN's matmul costs about 17 us a call before any work (B=1 H=64:
-// 45 us against 11 us on ATen's product) and took an outer product (the weight gradient at
-// B=1) in 3.3 ms where ATen took 0.38 ms for the whole backward; ATen's float product is MKL's,
-// which on AMD runs generic SSE code for one row (B=1 H=512: 185 us against oneDNN's 111 us).
-// So: small batches on our own kernels over the weights in place (panel.h: dot, axpy), small
-// bfloat16 weights on brgemm, large products on oneDNN, the rest on ATen.
+// A cell's products are small and run once, so their fixed cost decides, and which library is
+// fastest depends on the CPU (EPYC Zen 4, 2 threads, lstm_cell_inference): oneDNN's matmul
+// costs about 17 us a call before any work (B=1 H=64: 45 us against 11 us on ATen's product)
+// and took an outer product (the weight gradient at B=1) in 3.3 ms where ATen took 0.38 ms for
+// the whole backward; ATen's float product is MKL's, which on AMD runs generic SSE code for one
+// row (B=1 H=512: 185 us against oneDNN's 111 us) and on an Intel Xeon AVX-512 code that beat
+// both our kernels and oneDNN at most cell shapes (dG W at B=1, H=512: 43 against 142 us on
+// ours; x W^T at B=32, H=256: 80 against 102 us on oneDNN). So a float product runs on whichever
+// of our own kernels (one or two rows, the weights in place: panel.h's dot and axpy), oneDNN and
+// ATen is fastest here for its kind (fastest.h); small bfloat16 weights go to brgemm, other
+// bfloat16 products to the faster library.
 
 // Rows of a batch our own kernels take. They stream a weight faster than MKL's one-row code on
 // AMD (B=1 H=1024: 228 against 863 us for x W^T, 274 against 898 for dG W), but a dot product
 // per output ends in a horizontal sum, and from 4 rows on those sums cost more than the weight's
 // stream: [4, 256] x [256, 1024] took 56 us, MKL's AVX2 GEMM 56; at 8 rows 108 against 58.
 constexpr int64_t kOwnRows = 2;
-// Multiply-adds from which oneDNN's speed (it compiles for the ISA) repays its fixed cost: at
-// 2^22 ([64, 128] x [128, 512]) it took 62 us against ATen's 58, at 2^23 ([32, 256] x
-// [256, 1024]) 111 against 135.
-constexpr int64_t kOnednnWork = int64_t(1) << 23;
 // bfloat16 weight values up to which a product of more rows than ours take goes to brgemm, the
 // weight put into its pairs for the call (product.h, brgemm_bf16_product), with the product in
 // float: ATen's bfloat16 product costs about 18 us before any work and rounds to bfloat16,
@@ -75,9 +79,6 @@ constexpr int64_t kOnednnWork = int64_t(1) << 23;
 constexpr int64_t kPairsMaxWeight = int64_t(1) << 17;
 // Weight or output bytes a thread of our kernels takes before a second one joins.
 constexpr int64_t kOwnBytesPerThread = int64_t(1) << 20;
-
-// Whether a library product of M x K by K x N goes to oneDNN's matmul rather than ATen's.
-bool onednn_takes(int64_t M, int64_t N, int64_t K) { return K >= 16 && M * N * K >= kOnednnWork; }
 
 template <typename w_t, typename out_t>
 void own_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta, bool dot) {
@@ -155,10 +156,34 @@ bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) 
          (o == at::kFloat || o == at::kBFloat16);
 }
 
+// out = beta * out + a b in float: the fastest here of our kernels (where own_takes), oneDNN and
+// ATen. oneDNN only from 16 terms a sum: at B=1 the weight gradient is an outer product, which
+// it took 9x ATen's time over (above).
+void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  const auto product = [&](Candidate c, at::Tensor& into) {
+    if (c == Candidate::kOwn) {
+      own_matmul<float, float>(into, a, b, beta, dot_takes(a, b));
+    } else {
+      library_matmul(c, into, a, b, beta);
+    }
+  };
+  at::Tensor scratch;
+  const auto run = [&](Candidate c) {
+    if (!scratch.defined()) scratch = at::zeros_like(out);
+    product(c, scratch);
+  };
+  const ProductKey key = product_key(/*tag=*/0, a.size(0), b.size(1), a.size(1),
+                                     a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
+                                     static_cast<int64_t>(at::kFloat));
+  const bool onednn = a.size(1) >= 16 && onednn_takes(out, a, b);
+  product(fastest(key, {own_takes(out, a, b), onednn, true}, run), out);
+}
+
 }  // namespace
 
-// Our own kernels where own_takes(), else a library in b's dtype (a converted to it where they
-// differ).
+// float products on float_matmul; a float a with a bfloat16 b or out on our kernels where
+// own_takes(); a small bfloat16 weight on brgemm; else a library in b's dtype (a converted to it
+// where they differ).
 void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   const int64_t M = a.size(0), K = a.size(1), N = b.size(1);
   if (out.numel() == 0) return;
@@ -166,14 +191,16 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
     if (beta == 0.0f) out.zero_();
     return;
   }
+  if (a.scalar_type() == at::kFloat && b.scalar_type() == at::kFloat &&
+      out.scalar_type() == at::kFloat) {
+    float_matmul(out, a, b, beta);
+    return;
+  }
   if (own_takes(out, a, b)) {
-    const bool dot = dot_takes(a, b);
     if (b.scalar_type() == at::kBFloat16) {
-      own_matmul<c10::BFloat16, float>(out, a, b, beta, dot);
-    } else if (out.scalar_type() == at::kBFloat16) {
-      own_matmul<float, c10::BFloat16>(out, a, b, beta, false);
+      own_matmul<c10::BFloat16, float>(out, a, b, beta, dot_takes(a, b));
     } else {
-      own_matmul<float, float>(out, a, b, beta, dot);
+      own_matmul<float, c10::BFloat16>(out, a, b, beta, false);
     }
     return;
   }
@@ -196,29 +223,18 @@ void cell_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
     else out.add_(part);
     return;
   }
-  if (onednn_takes(M, N, K)) {
-    matmul_into(out, a_like, b, beta);
-  } else if (beta == 0.0f) {
-    at::mm_out(out, a_like, b);
-  } else {
-    out.addmm_(a_like, b);
-  }
+  matmul_into(out, a_like, b, beta);
 }
 
 // A small bfloat16 batch runs on our kernels from float rows (the weight widened as it is read);
 // a larger one in bfloat16 on a library, rounded there as torch.nn's cell rounds it, then
-// widened (ATen exports no bfloat16 x bfloat16 -> float product). Below oneDNN's size the bias
-// goes into ATen's addmm, one call as in torch.nn's linear.
+// widened (ATen exports no bfloat16 x bfloat16 -> float product).
 at::Tensor cell_product(const at::Tensor& a, const at::Tensor& w,
                         const std::optional<at::Tensor>& bias) {
   const auto acc = at::toOpMathType(a.scalar_type());
   const int64_t M = a.size(0), N = w.size(0), K = a.size(1);
   const bool own = M <= kOwnRows && acc == at::kFloat;
   const bool pairs = !own && K > 0 && pairs_take(a, w.t());
-  if (!own && !pairs && !onednn_takes(M, N, K) && K > 0) {
-    const at::Tensor out = bias.has_value() ? at::addmm(*bias, a, w.t()) : at::mm(a, w.t());
-    return out.to(acc);
-  }
   at::Tensor out = at::empty({M, N}, a.options().dtype(own || pairs ? acc : a.scalar_type()));
   if (bias.has_value()) out.copy_(bias->expand({M, N}));
   cell_matmul(out, own ? to_acc(a) : a, w.t(), bias.has_value() ? 1.0f : 0.0f);
@@ -375,36 +391,50 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> lstm_cell_forward_cpu
 
 // The weight gradients and input gradients of both products from the pre-activation gradients
 // dGx, dGh [B, G] in the accumulation type: dx = dGx w_ih, dh = dh_in + dGh w_hh (dh_in: the
-// pass's direct part, or undefined), dw_ih = dGx^T x, dw_hh = dGh^T h, all in x's dtype. A small
-// batch runs on our kernels from float rows (a bfloat16 weight widened as it is read, a bfloat16
-// weight gradient rounded as it is stored); a larger one in x's dtype on a library.
+// pass's direct part, or undefined), dw_ih = dGx^T x, dw_hh = dGh^T h, all in x's dtype, each
+// only where `wanted` (CellGrads) asks for it, else empty [0]: torch.nn's cell skips the product
+// of an input that needs no gradient (a state passed detached, or none: dh at B=1, H=1024 reads
+// the 16 MB w_hh). A small batch runs on our kernels from float rows (a bfloat16 weight widened
+// as it is read, a bfloat16 weight gradient rounded as it is stored); a larger one in x's dtype
+// on a library.
 struct ProductGrads {
   at::Tensor dx, dh, dw_ih, dw_hh;
 };
 
+// Which of dx, dh, dw_ih, dw_hh a cell's backward returns (the schemas' output_mask).
+using CellGrads = std::array<bool, 4>;
+
 ProductGrads product_grads(const at::Tensor& dGx, const at::Tensor& dGh, const at::Tensor& x,
                            const at::Tensor& h, const at::Tensor& w_ih, const at::Tensor& w_hh,
-                           const at::Tensor& dh_in) {
+                           const at::Tensor& dh_in, const CellGrads& wanted) {
   const at::ScalarType dtype = x.scalar_type();
   const bool own = x.size(0) <= kOwnRows && dGx.scalar_type() == at::kFloat;
   const at::Tensor gx = own ? dGx : dGx.to(dtype), gh = own ? dGh : dGh.to(dtype);
-  const at::Tensor xr = own ? to_acc(x) : x.contiguous(), hr = own ? to_acc(h) : h.contiguous();
   // Our kernels write dx and dh in float, rounded after; a library writes them in x's dtype (a
   // float buffer there would be one more copy each way). dh_in, in float, stays float.
   const auto input_grad = [&](const at::Tensor& like) {
     return own ? pass_output(like.sizes(), x) : new_output(like.sizes(), x.options());
   };
-  ProductGrads g;
-  at::Tensor dx = input_grad(x);
-  cell_matmul(dx, gx, w_ih, 0.0f);
-  g.dx = as_output(dx, x);
-  at::Tensor dh = dh_in.defined() ? dh_in.clone() : input_grad(h);
-  cell_matmul(dh, gh, w_hh, dh_in.defined() ? 1.0f : 0.0f);
-  g.dh = as_output(dh, x);
-  g.dw_ih = new_output(w_ih.sizes(), w_ih.options());
-  cell_matmul(g.dw_ih, gx.t(), xr, 0.0f);
-  g.dw_hh = new_output(w_hh.sizes(), w_hh.options());
-  cell_matmul(g.dw_hh, gh.t(), hr, 0.0f);
+  const auto none = [&] { return at::empty({0}, x.options()); };  // no two outputs alias
+  ProductGrads g{none(), none(), none(), none()};
+  if (wanted[0]) {
+    at::Tensor dx = input_grad(x);
+    cell_matmul(dx, gx, w_ih, 0.0f);
+    g.dx = as_output(dx, x);
+  }
+  if (wanted[1]) {
+    at::Tensor dh = dh_in.defined() ? dh_in.clone() : input_grad(h);
+    cell_matmul(dh, gh, w_hh, dh_in.defined() ? 1.0f : 0.0f);
+    g.dh = as_output(dh, x);
+  }
+  if (wanted[2]) {
+    g.dw_ih = new_output(w_ih.sizes(), w_ih.options());
+    cell_matmul(g.dw_ih, gx.t(), own ? to_acc(x) : x.contiguous(), 0.0f);
+  }
+  if (wanted[3]) {
+    g.dw_hh = new_output(w_hh.sizes(), w_hh.options());
+    cell_matmul(g.dw_hh, gh.t(), own ? to_acc(h) : h.contiguous(), 0.0f);
+  }
   return g;
 }
 
@@ -418,7 +448,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 lstm_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& dc1, const at::Tensor& x,
                        const at::Tensor& h, const at::Tensor& c, const at::Tensor& w_ih,
                        const at::Tensor& w_hh, const at::Tensor& gates,
-                       const at::Tensor& c_saved, bool bias) {
+                       const at::Tensor& c_saved, bool bias, CellGrads output_mask) {
   const KernelGuard guard;
   const CellSizes s = check_cell_args(x, h, w_ih, w_hh, std::nullopt, std::nullopt, 4);
   const at::ScalarType dtype = x.scalar_type(), acc = at::toOpMathType(dtype);
@@ -446,7 +476,7 @@ lstm_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& dc1, const at::T
     step.dG = dG.data_ptr<acc_t>();
     run_pass(pointwise_kernels<acc_t>().lstm_backward, step, s.B * s.H);
   });
-  ProductGrads g = product_grads(dG, dG, x, h, w_ih, w_hh, at::Tensor());
+  ProductGrads g = product_grads(dG, dG, x, h, w_ih, w_hh, at::Tensor(), output_mask);
   at::Tensor dc_out = new_output({s.B, s.H}, x.options());
   dc_out.copy_(dc);
   return {g.dx, g.dh, dc_out, g.dw_ih, g.dw_hh, bias_grad(dG, bias, dtype)};
@@ -518,7 +548,7 @@ std::tuple<at::Tensor, at::Tensor> gru_cell_forward_cpu(const at::Tensor& x, con
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>
 gru_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& x, const at::Tensor& h,
                       const at::Tensor& w_ih, const at::Tensor& w_hh, const at::Tensor& gates,
-                      bool bias) {
+                      bool bias, CellGrads output_mask) {
   const KernelGuard guard;
   const CellSizes s = check_cell_args(x, h, w_ih, w_hh, std::nullopt, std::nullopt, 3);
   const at::ScalarType dtype = x.scalar_type(), acc = at::toOpMathType(dtype);
@@ -548,7 +578,7 @@ gru_cell_backward_cpu(const at::Tensor& dh1, const at::Tensor& x, const at::Tens
     step.dGhn = dGhn.data_ptr<scalar_t>();
     run_pass(pointwise_kernels<scalar_t>().gru_backward, step, B * H);
   });
-  ProductGrads g = product_grads(dGx, dGh, x, h, w_ih, w_hh, dh_direct);
+  ProductGrads g = product_grads(dGx, dGh, x, h, w_ih, w_hh, dh_direct, output_mask);
   return {g.dx, g.dh, g.dw_ih, g.dw_hh, bias_grad(dGx, bias, dtype), bias_grad(dGh, bias, dtype)};
 }
 

@@ -1,11 +1,10 @@
 // A layer's input projection xg = x W_ih^T + bias on the CPU where a caller needs xg itself (the
 // LayerNorm cells normalise it; the plain cells' forward makes its input gates inside the
 // recurrence), and its gradients for every training path: one product each over all T*B rows,
-// on the kernel cell_matmul picks by size (product.h): oneDNN's matmul from csrc/cell.cpp's
-// kOnednnWork multiply-adds (ATen's own float32 product runs MKL's generic code on AMD), ATen's
-// or ours below, where oneDNN's fixed cost is not repaid (a LayerNormLSTMCell training step
-// at B=1, H=64 took 615 us with oneDNN for its input product and gradients, 457 us on the
-// reference backend's ATen products).
+// on the kernel cell_matmul finds fastest here for the shape (product.h, fastest.h): oneDNN's
+// matmul, ATen's (MKL's, generic code on AMD) or ours; oneDNN's fixed cost is not repaid on
+// small products (a LayerNormLSTMCell training step at B=1, H=64 took 615 us with oneDNN for its
+// input product and gradients, 457 us on the reference backend's ATen products).
 //
 // input_projection(x [T, B, I], w_ih [G, I]) -> xg [T, B, G] = x W_ih^T (no bias: the callers
 //   add it where it costs no pass over xg).

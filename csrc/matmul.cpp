@@ -44,16 +44,33 @@ bool onednn_matmul_available() {
   return works && at::globalContext().userEnabledMkldnn();
 }
 
-void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
-  if (out.numel() == 0) return;
+bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
   const bool onednn_dtype = out.scalar_type() == at::kFloat || out.scalar_type() == at::kBFloat16;
-  if (onednn_dtype && a.size(1) > 0 && dense(a) && dense(b) && onednn_matmul_available()) {
+  return onednn_dtype && a.size(1) > 0 && dense(a) && dense(b) && onednn_matmul_available();
+}
+
+void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                    float beta) {
+  if (library == Candidate::kOnednn) {
     at::native::mkldnn_matmul(a, b, out, beta, 1.0f);
   } else if (beta == 0.0f) {
     at::mm_out(out, a, b);
   } else {
     out.addmm_(a, b, beta, 1.0f);
   }
+}
+
+void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  if (out.numel() == 0) return;
+  at::Tensor scratch;
+  const auto run = [&](Candidate c) {
+    if (!scratch.defined()) scratch = at::zeros_like(out);
+    library_matmul(c, scratch, a, b, beta);
+  };
+  const ProductKey key = product_key(/*tag=*/1, a.size(0), b.size(1), a.size(1),
+                                     a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
+                                     static_cast<int64_t>(out.scalar_type()));
+  library_matmul(fastest(key, {false, onednn_takes(out, a, b), true}, run), out, a, b, beta);
 }
 
 }  // namespace gated_kernels

@@ -1,22 +1,34 @@
 // The large products outside the time loop (the input projection's gradients dx = dG W_ih,
-// dW_ih = dG^T x, and dW_hh = dG^T h_prev): on oneDNN's matmul where it runs, not on ATen's
-// default.
+// dW_ih = dG^T x, and dW_hh = dG^T h_prev): on oneDNN's matmul or on ATen's, whichever this
+// machine runs faster for the shape (fastest.h).
 //
-// Why: ATen sends a float32 matmul to MKL, and MKL checks the CPU vendor: on AMD it runs a
-// generic AVX2 kernel. On the EPYC Zen 4 build machine (2 threads, medians of 15) oneDNN's matmul,
-// which compiles for the instruction set, took [6400, 256] x [256, 1024] in 16.5 against
-// 19.3 ms (203 against 174 GFLOP/s), [6400, 1024] x [1024, 256] 15.3 against 17.8 ms, and the
-// weight-gradient shape [1024, 6400] x [6400, 256] 18.4 against 18.8 ms. bfloat16 goes to oneDNN
-// too (as ATen would send it), float64 to ATen.
+// Why not ATen's alone: ATen sends a float32 matmul to MKL, and MKL checks the CPU vendor: on
+// AMD it runs a generic AVX2 kernel. On the EPYC Zen 4 build machine (2 threads, medians of 15)
+// oneDNN's matmul, which compiles for the instruction set, took [6400, 256] x [256, 1024] in
+// 16.5 against 19.3 ms (203 against 174 GFLOP/s), [6400, 1024] x [1024, 256] 15.3 against
+// 17.8 ms, and the weight-gradient shape [1024, 6400] x [6400, 256] 18.4 against 18.8 ms. On an
+// Intel Xeon MKL runs AVX-512 code and wins many shapes (cell sizes: csrc/fastest.h). float64
+// goes to ATen.
 #pragma once
+
+#include "fastest.h"
 
 #include <ATen/ATen.h>
 
 namespace gated_kernels {
 
-// out = beta * out + a @ b for 2-D a [M, K], b [K, N] (any strides) and out [M, N] contiguous;
-// a and b go to oneDNN only when their rows or columns are contiguous.
+// out = beta * out + a @ b for 2-D a [M, K], b [K, N] (any strides) and out [M, N] contiguous,
+// beta 0 or 1, on oneDNN's matmul or ATen's product, whichever is faster here for this kind of
+// product (fastest.h; on an Intel Xeon ATen's is MKL's AVX-512 code, on AMD its generic code).
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta);
+
+// Whether oneDNN's matmul takes out = a @ b: float or bfloat16, a non-empty sum, a and b with
+// rows or columns contiguous, oneDNN available.
+bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// out = beta * out + a @ b on one library: Candidate::kOnednn (where onednn_takes) or kAten.
+void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
+                    float beta);
 
 // Whether float32 products go to oneDNN here: an x86-64 torch with oneDNN enabled
 // (torch.backends.mkldnn.enabled) on a CPU where ATen lets oneDNN run float32 (AVX-512).

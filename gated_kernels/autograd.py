@@ -290,6 +290,17 @@ class LayerNormGRUFunction(torch.autograd.Function):
         return dxn, dw_hh, db_hh, *ln, dh0, None, None, None, None
 
 
+def _product_grads_mask(ctx, *inputs):
+    """A cell backward's output_mask: whether x, h, w_ih and w_hh (these inputs of its Function)
+    need a gradient; the products of the others are skipped, as torch.nn's cell skips them."""
+    return [ctx.needs_input_grad[k] for k in inputs]
+
+
+def _wanted(mask, *grads):
+    """The gradients the mask asked for; None for the rest (returned empty by the operator)."""
+    return tuple(g if wanted else None for g, wanted in zip(grads, mask))
+
+
 class LSTMCellFunction(torch.autograd.Function):
     """One LSTM step on the C++ backend: (x [B,I], h, c, w_ih, w_hh, b_ih or None, b_hh or None)
     -> (h1, c1), over the cell operators (two products and one fused pass each way)."""
@@ -307,11 +318,13 @@ class LSTMCellFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dh1, dc1):
         x, h, c, w_ih, w_hh, gates, c_saved = ctx.saved_tensors
+        mask = _product_grads_mask(ctx, 0, 1, 3, 4)
         dx, dh, dc, dw_ih, dw_hh, db = torch.ops.gated_kernels.lstm_cell_backward(
-            dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, ctx.bias
+            dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, ctx.bias, mask
         )
         # Both biases get the same gradient; each its own tensor, as accumulation may keep it.
         db_ih, db_hh = (db, db.clone()) if ctx.bias else (None, None)
+        dx, dh, dw_ih, dw_hh = _wanted(mask, dx, dh, dw_ih, dw_hh)
         return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
 
 
@@ -330,12 +343,13 @@ class GRUCellFunction(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, dh1):
         x, h, w_ih, w_hh, gates = ctx.saved_tensors
+        mask = _product_grads_mask(ctx, 0, 1, 2, 3)
         dx, dh, dw_ih, dw_hh, db_ih, db_hh = torch.ops.gated_kernels.gru_cell_backward(
-            dh1, x, h, w_ih, w_hh, gates, ctx.bias
+            dh1, x, h, w_ih, w_hh, gates, ctx.bias, mask
         )
         if not ctx.bias:
             db_ih = db_hh = None
-        return dx, dh, dw_ih, dw_hh, db_ih, db_hh
+        return (*_wanted(mask, dx, dh, dw_ih, dw_hh), db_ih, db_hh)
 
 
 def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):

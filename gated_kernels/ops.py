@@ -44,11 +44,14 @@ products and one fused pass, without the sequence operators' thread team and pac
   lstm_cell_inference(x [B,I], h [B,H], c [B,H], w_ih [4H,I], w_hh [4H,H], b_ih?, b_hh?)
       -> h1 [B,H], c1 [B,H]
   lstm_cell_forward(same) -> h1, c1, gates [B,4H], c_saved [B,H] (both saved_dtype)
-  lstm_cell_backward(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias: bool)
-      -> dx, dh, dc, dw_ih, dw_hh, db [4H] (or [0]; the gradient of b_ih and of b_hh alike)
+  lstm_cell_backward(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias: bool,
+                     output_mask: bool[4])
+      -> dx, dh, dc, dw_ih, dw_hh, db [4H] (or [0]; the gradient of b_ih and of b_hh alike);
+      output_mask: which of dx, dh, dw_ih, dw_hh to compute, the others [0] (torch.nn's cell
+      skips the product of an input that needs no gradient, as a detached state)
   gru_cell_inference(x, h, w_ih [3H,I], w_hh [3H,H], b_ih?, b_hh?) -> h1
   gru_cell_forward(same) -> h1, gates [B,4H] (r, z, n, h W_hn^T + b_hn; saved_dtype)
-  gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool)
+  gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool, output_mask: bool[4])
       -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
 
 The LayerNorm cells' recurrence (CPU, float32 / float64 / bfloat16, what is saved in
@@ -147,14 +150,14 @@ LIBRARY.define(f"lstm_cell_forward(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
                "-> (Tensor h1, Tensor c1, Tensor gates, Tensor c_saved)")
 LIBRARY.define(
     "lstm_cell_backward(Tensor dh1, Tensor dc1, Tensor x, Tensor h, Tensor c, Tensor w_ih, "
-    "Tensor w_hh, Tensor gates, Tensor c_saved, bool bias) "
+    "Tensor w_hh, Tensor gates, Tensor c_saved, bool bias, bool[4] output_mask) "
     "-> (Tensor dx, Tensor dh, Tensor dc, Tensor dw_ih, Tensor dw_hh, Tensor db)"
 )
 LIBRARY.define(f"gru_cell_inference(Tensor x, Tensor h, {_CELL_ARGS}) -> Tensor h1")
 LIBRARY.define(f"gru_cell_forward(Tensor x, Tensor h, {_CELL_ARGS}) -> (Tensor h1, Tensor gates)")
 LIBRARY.define(
     "gru_cell_backward(Tensor dh1, Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor gates, "
-    "bool bias) -> (Tensor dx, Tensor dh, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
+    "bool bias, bool[4] output_mask) -> (Tensor dx, Tensor dh, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
     "Tensor db_hh)"
 )
 # The cell operators' product choice on its own (cell_matmul in csrc/cell.cpp): c + a b in
@@ -366,10 +369,16 @@ def _lstm_cell_forward_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("gated_kernels::lstm_cell_backward")
-def _lstm_cell_backward_fake(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias):
+def _lstm_cell_backward_fake(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias, output_mask):
+    dx, dh, dw_ih, dw_hh = _cell_grads_like(output_mask, x, h, w_ih, w_hh)
     db = x.new_empty(w_hh.shape[0] if bias else 0)
-    return (x.new_empty(x.shape), h.new_empty(h.shape), c.new_empty(c.shape),
-            w_ih.new_empty(w_ih.shape), w_hh.new_empty(w_hh.shape), db)
+    return dx, dh, c.new_empty(c.shape), dw_ih, dw_hh, db
+
+
+def _cell_grads_like(output_mask, *inputs):
+    """Empty gradients of a cell's x, h, w_ih, w_hh: each like its input where output_mask asks
+    for it, else [0]."""
+    return tuple(t.new_empty(t.shape if wanted else 0) for t, wanted in zip(inputs, output_mask))
 
 
 @torch.library.register_fake("gated_kernels::gru_cell_inference")
@@ -385,10 +394,9 @@ def _gru_cell_forward_fake(x, h, w_ih, w_hh, b_ih, b_hh):
 
 
 @torch.library.register_fake("gated_kernels::gru_cell_backward")
-def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias):
+def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias, output_mask):
     db = x.new_empty(w_hh.shape[0] if bias else 0)
-    return (x.new_empty(x.shape), h.new_empty(h.shape), w_ih.new_empty(w_ih.shape),
-            w_hh.new_empty(w_hh.shape), db, x.new_empty(db.shape))
+    return (*_cell_grads_like(output_mask, x, h, w_ih, w_hh), db, x.new_empty(db.shape))
 
 
 def _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, cell):

@@ -113,6 +113,10 @@ def test_cell_bias_gradients_are_separate_tensors():
     assert b_ih.grad.data_ptr() != b_hh.grad.data_ptr()
 
 
+# The backward operators' output_mask (dx, dh, dw_ih, dw_hh): all, a detached state, weights alone.
+MASKS = ([True] * 4, [True, False, True, True], [False, False, True, True])
+
+
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
 def test_cell_opcheck(cell):
     args = [None if a is None else a.float() for a in _inputs(cell, 3, 5, 6, True)]
@@ -122,16 +126,18 @@ def test_cell_opcheck(cell):
         h1, c1, gates, c_saved = ops.lstm_cell_forward(*args)
         torch.library.opcheck(ops.lstm_cell_forward.default, args)
         x, h, c, w_ih, w_hh = args[:5]
-        torch.library.opcheck(ops.lstm_cell_backward.default,
-                              (torch.randn_like(h1), torch.randn_like(c1), x, h, c, w_ih, w_hh,
-                               gates, c_saved, True))
+        for mask in MASKS:
+            torch.library.opcheck(ops.lstm_cell_backward.default,
+                                  (torch.randn_like(h1), torch.randn_like(c1), x, h, c, w_ih,
+                                   w_hh, gates, c_saved, True, mask))
     else:
         torch.library.opcheck(ops.gru_cell_inference.default, args)
         h1, gates = ops.gru_cell_forward(*args)
         torch.library.opcheck(ops.gru_cell_forward.default, args)
         x, h, w_ih, w_hh = args[:4]
-        torch.library.opcheck(ops.gru_cell_backward.default,
-                              (torch.randn_like(h1), x, h, w_ih, w_hh, gates, False))
+        for mask in MASKS:
+            torch.library.opcheck(ops.gru_cell_backward.default,
+                                  (torch.randn_like(h1), x, h, w_ih, w_hh, gates, False, mask))
 
 
 def _lstm_args(**changes):
@@ -217,8 +223,12 @@ def check_cell_matmul():
         assert max_rel_error(actual, expected) <= 2.0**-8, f"a^T x -> bf16 {M}x{K}x{N}"
 
 
-def test_cell_matmul_matches_float64(monkeypatch):
+# A float product runs on whichever candidate is fastest on the machine (csrc/fastest.h), so
+# each is forced in turn: every kernel is checked wherever the tests run.
+@pytest.mark.parametrize("gemm", ["auto", "own", "onednn", "aten"])
+def test_cell_matmul_matches_float64(monkeypatch, gemm):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    monkeypatch.setenv("GATED_KERNELS_CELL_GEMM", gemm)
     previous = torch.get_num_threads()
     for threads in (1, 2):  # the kernels split columns or rows between threads
         torch.set_num_threads(threads)
@@ -228,11 +238,18 @@ def test_cell_matmul_matches_float64(monkeypatch):
             torch.set_num_threads(previous)
 
 
+def test_cell_gemm_variable_names_the_choices(monkeypatch):
+    monkeypatch.setenv("GATED_KERNELS_CELL_GEMM", "mkl")
+    with pytest.raises(RuntimeError, match="GATED_KERNELS_CELL_GEMM must be one of auto, own, "
+                                           "onednn, aten, got 'mkl'"):
+        torch.ops.gated_kernels._cell_matmul(torch.randn(40, 64), torch.randn(64, 90))
+
+
 @pytest.mark.parametrize("capability", capabilities())
 def test_cell_matmul_under_every_capability_build(capability):
     tests = os.path.dirname(os.path.abspath(__file__))
     env = dict(os.environ, ATEN_CPU_CAPABILITY=capability.lower(),
-               GATED_KERNELS_POISON_OUTPUTS="1")
+               GATED_KERNELS_POISON_OUTPUTS="1", GATED_KERNELS_CELL_GEMM="own")
     script = ("import torch, test_cell_ops; test_cell_ops.check_cell_matmul(); "
               "print(torch.backends.cpu.get_cpu_capability())")
     result = subprocess.run([sys.executable, "-c", script], cwd=tests, env=env,

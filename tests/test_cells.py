@@ -50,6 +50,38 @@ def test_cell_matches_torch_nn(config, backend, dtype):
         assert_close(a, e.double(), dtype, "grad", f"grad {k}")
 
 
+# What needs a gradient: (x, the states, the weights). The backward skips the products of the
+# rest (output_mask), as torch.nn's cell does.
+PARTIAL = {"detached-state": (True, False, True), "input-and-state-constant": (False, False, True),
+           "frozen-weights": (True, True, False)}
+
+
+@pytest.mark.parametrize("name", ["LSTMCell", "GRUCell"])
+@pytest.mark.parametrize("needs", PARTIAL.values(), ids=PARTIAL.keys())
+def test_cell_gradients_of_some_inputs_match_torch_nn(name, needs):
+    x_grad, state_grad, weight_grad = needs
+    theirs = getattr(torch.nn, name)(5, H)
+    ours = getattr(gk, name)(5, H, backend="cpp")
+    ours.load_state_dict(theirs.state_dict())
+    for module in (theirs, ours):
+        module.weight_ih.requires_grad_(weight_grad)
+        module.weight_hh.requires_grad_(weight_grad)
+    x = torch.randn(3, 5, requires_grad=x_grad)
+    states = [torch.randn(3, H, requires_grad=state_grad)
+              for _ in range(2 if name == "LSTMCell" else 1)]
+    hx = tuple(states) if name == "LSTMCell" else states[0]
+    grads = {}
+    for module in (theirs, ours):
+        out = module(x, hx)
+        out = list(out) if name == "LSTMCell" else [out]
+        leaves = [t for t in (x, *states, *module.parameters()) if t.requires_grad]
+        weights = [torch.ones_like(o) for o in out]
+        grads[module is ours] = torch.autograd.grad(out, leaves, weights)
+    assert len(grads[True]) == len(grads[False])
+    for k, (a, e) in enumerate(zip(grads[True], grads[False])):
+        assert_close(a, e.double(), torch.float32, "grad", f"grad {k}")
+
+
 def _call(name, x, hx=None):
     return lambda lib: getattr(lib, name)(5, H)(x, hx)
 

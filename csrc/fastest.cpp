@@ -1,0 +1,101 @@
+#include "fastest.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/Exception.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <mutex>
+
+namespace gated_kernels {
+namespace {
+
+// Time one timed round aims at: long against the clock's resolution and a call's jitter (a
+// small cell product takes 3 us), short enough that a choice costs little.
+constexpr double kRoundSeconds = 50e-6;
+constexpr int kRounds = 3;
+constexpr int kMaxRepeats = 64;
+
+std::mutex choices_mutex;
+std::map<ProductKey, Candidate>& choices() {
+  static std::map<ProductKey, Candidate> table;
+  return table;
+}
+
+double seconds_of(const std::function<void(Candidate)>& run, Candidate c, int repeats) {
+  const auto start = std::chrono::steady_clock::now();
+  for (int r = 0; r < repeats; ++r) run(c);
+  const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
+  return elapsed.count() / repeats;
+}
+
+// GATED_KERNELS_CELL_GEMM, or -1 for auto.
+int forced_candidate() {
+  const char* text = std::getenv("GATED_KERNELS_CELL_GEMM");
+  if (text == nullptr || *text == '\0' || std::strcmp(text, "auto") == 0) return -1;
+  if (std::strcmp(text, "own") == 0) return static_cast<int>(Candidate::kOwn);
+  if (std::strcmp(text, "onednn") == 0) return static_cast<int>(Candidate::kOnednn);
+  if (std::strcmp(text, "aten") == 0) return static_cast<int>(Candidate::kAten);
+  TORCH_CHECK(false, "GATED_KERNELS_CELL_GEMM must be one of auto, own, onednn, aten, got '",
+              text, "'");
+}
+
+Candidate time_candidates(const std::array<bool, kCandidates>& allowed,
+                          const std::function<void(Candidate)>& run) {
+  std::array<double, kCandidates> best{};
+  std::array<int, kCandidates> repeats{};
+  for (int c = 0; c < kCandidates; ++c) {
+    if (!allowed[c]) continue;
+    const double warm = seconds_of(run, static_cast<Candidate>(c), 1);
+    repeats[c] = std::clamp(static_cast<int>(kRoundSeconds / std::max(warm, 1e-9)), 1,
+                            kMaxRepeats);
+    best[c] = 1e30;
+  }
+  for (int round = 0; round < kRounds; ++round) {
+    for (int c = 0; c < kCandidates; ++c) {
+      if (allowed[c]) {
+        best[c] = std::min(best[c], seconds_of(run, static_cast<Candidate>(c), repeats[c]));
+      }
+    }
+  }
+  int winner = -1;
+  for (int c = 0; c < kCandidates; ++c) {
+    if (allowed[c] && (winner < 0 || best[c] < best[winner])) winner = c;
+  }
+  return static_cast<Candidate>(winner);
+}
+
+}  // namespace
+
+ProductKey product_key(int64_t tag, int64_t M, int64_t N, int64_t K, bool a_rows, bool b_rows,
+                       bool accumulate, int64_t dtype) {
+  int64_t size_class = 1;
+  while (size_class < M) size_class *= 2;
+  return {tag, size_class, N, K, a_rows, b_rows, accumulate, dtype, at::get_num_threads()};
+}
+
+Candidate fastest(const ProductKey& key, const std::array<bool, kCandidates>& allowed,
+                  const std::function<void(Candidate)>& run) {
+  const int forced = forced_candidate();
+  if (forced >= 0 && allowed[forced]) return static_cast<Candidate>(forced);
+  if (std::count(allowed.begin(), allowed.end(), true) == 1) {
+    return static_cast<Candidate>(std::find(allowed.begin(), allowed.end(), true) -
+                                  allowed.begin());
+  }
+  {
+    const std::lock_guard<std::mutex> lock(choices_mutex);
+    const auto found = choices().find(key);
+    if (found != choices().end()) return found->second;
+  }
+  // Timed outside the lock: two threads meeting the same new kind both time it, and agree or
+  // not, the later one's choice stands (either is a correct product).
+  const Candidate winner = time_candidates(allowed, run);
+  const std::lock_guard<std::mutex> lock(choices_mutex);
+  choices()[key] = winner;
+  return winner;
+}
+
+}  // namespace gated_kernels
