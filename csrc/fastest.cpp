@@ -20,12 +20,12 @@ constexpr int kRounds = 3;
 constexpr int kMaxRepeats = 64;
 
 std::mutex choices_mutex;
-std::map<ProductKey, Candidate>& choices() {
-  static std::map<ProductKey, Candidate> table;
+std::map<ProductKey, int>& choices() {
+  static std::map<ProductKey, int> table;
   return table;
 }
 
-double seconds_of(const std::function<void(Candidate)>& run, Candidate c, int repeats) {
+double seconds_of(const std::function<void(int)>& run, int c, int repeats) {
   const auto start = std::chrono::steady_clock::now();
   for (int r = 0; r < repeats; ++r) run(c);
   const std::chrono::duration<double> elapsed = std::chrono::steady_clock::now() - start;
@@ -43,29 +43,27 @@ int forced_candidate() {
               text, "'");
 }
 
-Candidate time_candidates(const std::array<bool, kCandidates>& allowed,
-                          const std::function<void(Candidate)>& run) {
-  std::array<double, kCandidates> best{};
-  std::array<int, kCandidates> repeats{};
-  for (int c = 0; c < kCandidates; ++c) {
+int time_candidates(const std::vector<bool>& allowed, const std::function<void(int)>& run) {
+  const int count = static_cast<int>(allowed.size());
+  std::vector<double> best(count, 1e30);
+  std::vector<int> repeats(count, 0);
+  for (int c = 0; c < count; ++c) {
     if (!allowed[c]) continue;
-    const double warm = seconds_of(run, static_cast<Candidate>(c), 1);
+    seconds_of(run, c, 1);  // set-up: packing, JIT, first touch
+    const double warm = seconds_of(run, c, 1);
     repeats[c] = std::clamp(static_cast<int>(kRoundSeconds / std::max(warm, 1e-9)), 1,
                             kMaxRepeats);
-    best[c] = 1e30;
   }
   for (int round = 0; round < kRounds; ++round) {
-    for (int c = 0; c < kCandidates; ++c) {
-      if (allowed[c]) {
-        best[c] = std::min(best[c], seconds_of(run, static_cast<Candidate>(c), repeats[c]));
-      }
+    for (int c = 0; c < count; ++c) {
+      if (allowed[c]) best[c] = std::min(best[c], seconds_of(run, c, repeats[c]));
     }
   }
   int winner = -1;
-  for (int c = 0; c < kCandidates; ++c) {
+  for (int c = 0; c < count; ++c) {
     if (allowed[c] && (winner < 0 || best[c] < best[winner])) winner = c;
   }
-  return static_cast<Candidate>(winner);
+  return winner;
 }
 
 }  // namespace
@@ -77,25 +75,32 @@ ProductKey product_key(int64_t tag, int64_t M, int64_t N, int64_t K, bool a_rows
   return {tag, size_class, N, K, a_rows, b_rows, accumulate, dtype, at::get_num_threads()};
 }
 
-Candidate fastest(const ProductKey& key, const std::array<bool, kCandidates>& allowed,
-                  const std::function<void(Candidate)>& run) {
-  const int forced = forced_candidate();
-  if (forced >= 0 && allowed[forced]) return static_cast<Candidate>(forced);
+int fastest_of(const ProductKey& key, const std::vector<bool>& allowed,
+               const std::function<void(int)>& run) {
   if (std::count(allowed.begin(), allowed.end(), true) == 1) {
-    return static_cast<Candidate>(std::find(allowed.begin(), allowed.end(), true) -
-                                  allowed.begin());
+    return static_cast<int>(std::find(allowed.begin(), allowed.end(), true) - allowed.begin());
   }
   {
     const std::lock_guard<std::mutex> lock(choices_mutex);
     const auto found = choices().find(key);
     if (found != choices().end()) return found->second;
   }
-  // Timed outside the lock: two threads meeting the same new kind both time it, and agree or
-  // not, the later one's choice stands (either is a correct product).
-  const Candidate winner = time_candidates(allowed, run);
+  // Timed outside the lock: two threads meeting the same new kind both time it (the threads of
+  // a recurrence set up their products at once, so each times its own while the others run
+  // theirs, as they will in the loop); the later one's choice stands, and either is correct.
+  const int winner = time_candidates(allowed, run);
   const std::lock_guard<std::mutex> lock(choices_mutex);
   choices()[key] = winner;
   return winner;
+}
+
+Candidate fastest(const ProductKey& key, const std::array<bool, kCandidates>& allowed,
+                  const std::function<void(Candidate)>& run) {
+  const int forced = forced_candidate();
+  if (forced >= 0 && allowed[forced]) return static_cast<Candidate>(forced);
+  return static_cast<Candidate>(
+      fastest_of(key, std::vector<bool>(allowed.begin(), allowed.end()),
+                 [&](int c) { run(static_cast<Candidate>(c)); }));
 }
 
 }  // namespace gated_kernels

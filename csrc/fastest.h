@@ -16,14 +16,22 @@
 // candidate in turn over enough repeats to last about 50 us, keeping each one's fastest round
 // (the least disturbed). A choice thus costs a few dozen products once.
 //
-// GATED_KERNELS_CELL_GEMM forces one candidate (for A/B runs and for the tests that must reach
-// every kernel wherever they run): auto (default), own, onednn or aten. Read on every call; a
-// forced candidate that cannot take a product leaves it to the timed choice.
+// Two families of products choose this way: the products that run once (cells, T=1 layers, the
+// input projection and weight gradients: cell.cpp, matmul.cpp), among our kernels, oneDNN's
+// matmul and ATen's product; and a recurrence thread's products (product.h), among own, brgemm
+// and mkl, where the same Xeon ran the float32 LSTM at T=100, B=64, H=512 in 128 ms on brgemm
+// and 92 on MKL's packed GEMM (torch.nn: 90), while on the EPYC MKL's generic code lost.
+//
+// GATED_KERNELS_CELL_GEMM forces one candidate of the first family (for A/B runs and for the
+// tests that must reach every kernel wherever they run): auto (default), own, onednn or aten.
+// Read on every call; a forced candidate that cannot take a product leaves it to the timed
+// choice. GATED_KERNELS_CPU_GEMM does the same for the second (cpu_info.h).
 #pragma once
 
 #include <array>
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace gated_kernels {
 
@@ -38,9 +46,14 @@ using ProductKey = std::array<int64_t, 9>;
 ProductKey product_key(int64_t tag, int64_t M, int64_t N, int64_t K, bool a_rows, bool b_rows,
                        bool accumulate, int64_t dtype);
 
-// The candidate to run among `allowed` (true for each Candidate that can take this product, at
-// least one): the forced one if allowed, the only one if just one is, else the fastest for
-// `key`, timed once through run(candidate), which must compute the product into scratch memory.
+// The index of the candidate to run among `allowed` (true for each that can take this product, at
+// least one): the only one if just one is, else the fastest for `key`, timed once through
+// run(index), which must compute the product into scratch memory (its first call may also set
+// the candidate up: it is not timed).
+int fastest_of(const ProductKey& key, const std::vector<bool>& allowed,
+               const std::function<void(int)>& run);
+
+// fastest_of for the products that run once, GATED_KERNELS_CELL_GEMM's choice first.
 Candidate fastest(const ProductKey& key, const std::array<bool, kCandidates>& allowed,
                   const std::function<void(Candidate)>& run);
 

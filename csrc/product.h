@@ -4,7 +4,8 @@
 // fixed up front. The weight is put in its kernel's form once, before the time loop; a call
 // allocates nothing.
 //
-// The kernels, chosen per product by choose_kernel():
+// The kernels, chosen for a float weight per kind of product (sizes, dtypes, packing, threads) by
+// timing them (ThreadProduct::timed_kernel, fastest.h), for bfloat16 by choose_kernel, or forced:
 //   own     our panel kernel (panel.h): weight in panels, rows a few at a time, compiled per
 //           CPU capability. The one-row (GEMV) regime, where speed is how fast the weight
 //           streams in, and every dtype where brgemm is missing (aarch64: NEON through at::vec).
@@ -14,9 +15,9 @@
 //           (avx512_bf16 or AMX).
 //   mkl     MKL's packed GEMM (cblas_sgemm_pack / compute) and its sgemv, as tuned on an Intel
 //           Xeon (benchmarks/cpu_profile.md). MKL checks the CPU vendor: on AMD these run
-//           generic SSE and AVX2 code (reference/cpu_portability.md), so `auto` never picks it;
-//           GATED_KERNELS_CPU_GEMM=mkl keeps it for A/B runs until an Intel machine shows
-//           where it is faster. bfloat16 weights run in float there.
+//           generic SSE and AVX2 code (reference/cpu_portability.md) and lose the timing; on
+//           the Xeon they won the float32 LSTM at H=512 (fastest.h). bfloat16 weights run in
+//           float there.
 //   aten    at::cpu::mm_out in the accumulation type: float64 (and a product with K = 0).
 //
 // GATED_KERNELS_CPU_GEMM (cpu_info.h) forces own, brgemm or mkl for every float and bfloat16
@@ -24,6 +25,7 @@
 #pragma once
 
 #include "cpu_info.h"
+#include "fastest.h"
 
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -38,7 +40,9 @@ enum class ProductKernel { kOwn, kBrgemm, kMkl, kAten };
 
 const char* kernel_name(ProductKernel kernel);
 
-// The kernel for a product of M rows by a weight of `dtype` [K, N].
+// The kernel for a product of M rows by a weight of `dtype` [K, N] under a forced
+// GATED_KERNELS_CPU_GEMM, or auto's where there is nothing to time (float64, K = 0, one
+// candidate); else auto's default before timing: own for one float row, brgemm otherwise.
 ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype);
 
 // Whether oneDNN's brgemm runs here for `dtype`: an x86-64 torch built with oneDNN, oneDNN
@@ -85,8 +89,11 @@ class ThreadProduct {
   // multiplies (h_{t-1}'s two buffers, dG_t of every step, a chunk of x), rows contiguous.
   // slot: the mkl kernel's packing (kNone for unpacked). bias [N] in scalar_t or acc_t,
   // optional: the product returns a @ w + bias.
+  // kernel: this one rather than GATED_KERNELS_CPU_GEMM's (auto: the fastest here for this
+  // kind of product, timed on the first of its kind, fastest.h).
   ThreadProduct(const std::vector<at::Tensor>& w, const at::Tensor& a, PackSlot slot,
-                const at::Tensor& bias = at::Tensor());
+                const at::Tensor& bias = at::Tensor(),
+                std::optional<ProductKernel> kernel = std::nullopt);
 
   // a[which] @ w (+ bias), [M, N] contiguous in acc_t, valid until the next call. With
   // `rows` in [0, M], only the first `rows` rows of a[which] (the rows still running at a step
@@ -99,6 +106,10 @@ class ThreadProduct {
   const acc_t* own(const char* a, int64_t M, acc_t* out);
   const acc_t* brgemm(const char* a, int64_t M, acc_t* out);
   const acc_t* mkl(const at::Tensor& a, acc_t* out);
+  // auto's kernel for a float weight: own, brgemm (where it runs) or mkl, whichever this thread
+  // ran fastest over zero rows shaped like a, each set up as the constructor would.
+  static ProductKernel timed_kernel(const std::vector<at::Tensor>& w, const at::Tensor& a,
+                                    PackSlot slot, const at::Tensor& bias);
 
   ProductKernel kernel_;
   int64_t M_, K_, N_;

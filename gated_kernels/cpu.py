@@ -78,10 +78,16 @@ def config():
 
 
 def products():
-    """The product kernel per dtype and rows per thread, e.g. "fp32: own (1 row), brgemm (16
-    rows); bf16: brgemm (1 row), brgemm (16 rows)"."""
+    """The product kernel per dtype and rows per thread, e.g. "fp32: own (1 row), own (16 rows);
+    bf16: brgemm (1 row), brgemm (16 rows)"; under GATED_KERNELS_CPU_GEMM=auto float32's is
+    timed per kind of product where it is first made (csrc/fastest.h), so it reads "fp32:
+    fastest of own, brgemm, mkl (timed)"."""
     parts = []
+    timed = (os.environ.get("GATED_KERNELS_CPU_GEMM") or "auto") == "auto"
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        if dtype == torch.float32 and timed:
+            parts.append("fp32: fastest of own, brgemm, mkl (timed)")
+            continue
         kernels = ", ".join(
             f"{torch.ops.gated_kernels._product_kernel(m, 256, dtype)} ({m} row{'s' * (m > 1)})"
             for m in REPORTED_ROWS)
