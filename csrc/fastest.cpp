@@ -10,6 +10,10 @@
 #include <map>
 #include <mutex>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
 namespace gated_kernels {
 namespace {
 
@@ -66,13 +70,25 @@ int time_candidates(const std::vector<bool>& allowed, const std::function<void(i
   return winner;
 }
 
+// The threads that run products at the same time as this one: its team's size inside a parallel
+// region (team.h), else ATen's thread count, which a library product may use. Not
+// at::get_num_threads() inside a region: that is omp_get_max_threads(), which read 2 on a team's
+// first thread and 1 on its second (2 threads, the EPYC), so the two keyed one product
+// differently and each kept the kernel it timed.
+int64_t threads_at_once() {
+#ifdef _OPENMP
+  if (at::in_parallel_region()) return omp_get_num_threads();
+#endif
+  return at::get_num_threads();
+}
+
 }  // namespace
 
 ProductKey product_key(int64_t tag, int64_t M, int64_t N, int64_t K, bool a_rows, bool b_rows,
                        bool accumulate, int64_t dtype) {
   int64_t size_class = 1;
   while (size_class < M) size_class *= 2;
-  return {tag, size_class, N, K, a_rows, b_rows, accumulate, dtype, at::get_num_threads()};
+  return {tag, size_class, N, K, a_rows, b_rows, accumulate, dtype, threads_at_once()};
 }
 
 int fastest_of(const ProductKey& key, const std::vector<bool>& allowed,
@@ -85,13 +101,14 @@ int fastest_of(const ProductKey& key, const std::vector<bool>& allowed,
     const auto found = choices().find(key);
     if (found != choices().end()) return found->second;
   }
-  // Timed outside the lock: two threads meeting the same new kind both time it (the threads of
-  // a recurrence set up their products at once, so each times its own while the others run
-  // theirs, as they will in the loop); the later one's choice stands, and either is correct.
+  // Timed outside the lock: the threads of a recurrence set up their products at once, so two
+  // threads meeting the same new kind both time it, each while the others run theirs, as they
+  // will in the loop. The first choice stored stands and both run it: had each kept its own, the
+  // first call would mix kernels (which round differently) where later calls do not, and repeated
+  // calls would differ in their last bits (tests/test_determinism.py).
   const int winner = time_candidates(allowed, run);
   const std::lock_guard<std::mutex> lock(choices_mutex);
-  choices()[key] = winner;
-  return winner;
+  return choices().emplace(key, winner).first->second;
 }
 
 Candidate fastest(const ProductKey& key, const std::array<bool, kCandidates>& allowed,

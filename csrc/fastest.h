@@ -8,7 +8,9 @@
 // at B=1 (csrc/cell.cpp), while on an Intel Xeon (AMX) ATen beat that choice by 5% or more at
 // 65 of 96 shapes, by up to 3.3x (dG W at B=1, H=512: 43 against 142 us). So the choice is made
 // on the machine that runs it: the first product of each kind times every candidate on the
-// call's own operands and keeps the fastest for the life of the process.
+// call's own operands and keeps the fastest for the life of the process: repeated calls run the
+// same kernels and give the same bits, while two processes may choose differently where two
+// candidates time alike, and then differ in the last bits (force one, below, to pin them).
 //
 // A kind is a ProductKey: the product's sizes (M rounded up to a power of two, so batches of
 // one size class share one choice), layout, accumulation, dtype and thread count. Timing: one
@@ -40,7 +42,7 @@ enum class Candidate { kOwn, kOnednn, kAten };
 constexpr int kCandidates = 3;
 
 // What decides which candidate wins: a tag naming the caller, M's size class, N, K, the
-// operands' layouts, whether the product accumulates, the dtype, the thread count.
+// operands' layouts, whether the product accumulates, the dtype, the threads running at once.
 using ProductKey = std::array<int64_t, 9>;
 
 ProductKey product_key(int64_t tag, int64_t M, int64_t N, int64_t K, bool a_rows, bool b_rows,
