@@ -176,7 +176,7 @@ void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, flo
                                      a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
                                      static_cast<int64_t>(at::kFloat));
   const bool onednn = a.size(1) >= 16 && onednn_takes(out, a, b);
-  product(fastest(key, {own_takes(out, a, b), onednn, true}, run), out);
+  product(fastest(key, {own_takes(out, a, b), onednn, true, false}, run), out);
 }
 
 }  // namespace

@@ -43,7 +43,8 @@ int forced_candidate() {
   if (std::strcmp(text, "own") == 0) return static_cast<int>(Candidate::kOwn);
   if (std::strcmp(text, "onednn") == 0) return static_cast<int>(Candidate::kOnednn);
   if (std::strcmp(text, "aten") == 0) return static_cast<int>(Candidate::kAten);
-  TORCH_CHECK(false, "GATED_KERNELS_CELL_GEMM must be one of auto, own, onednn, aten, got '",
+  if (std::strcmp(text, "float") == 0) return static_cast<int>(Candidate::kFloat);
+  TORCH_CHECK(false, "GATED_KERNELS_CELL_GEMM must be one of auto, own, onednn, aten, float, got '",
               text, "'");
 }
 

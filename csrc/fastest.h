@@ -25,7 +25,8 @@
 // and 92 on MKL's packed GEMM (torch.nn: 90), while on the EPYC MKL's generic code lost.
 //
 // GATED_KERNELS_CELL_GEMM forces one candidate of the first family (for A/B runs and for the
-// tests that must reach every kernel wherever they run): auto (default), own, onednn or aten.
+// tests that must reach every kernel wherever they run): auto (default), own, onednn, aten or
+// float.
 // Read on every call; a forced candidate that cannot take a product leaves it to the timed
 // choice. GATED_KERNELS_CPU_GEMM does the same for the second (cpu_info.h).
 #pragma once
@@ -37,9 +38,11 @@
 
 namespace gated_kernels {
 
-enum class Candidate { kOwn, kOnednn, kAten };
+// kFloat: a bfloat16 product as ATen's float product of the operands widened to float, rounded
+// once (matmul.h).
+enum class Candidate { kOwn, kOnednn, kAten, kFloat };
 
-constexpr int kCandidates = 3;
+constexpr int kCandidates = 4;
 
 // What decides which candidate wins: a tag naming the caller, M's size class, N, K, the
 // operands' layouts, whether the product accumulates, the dtype, the threads running at once.

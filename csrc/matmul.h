@@ -9,6 +9,11 @@
 // 17.8 ms, and the weight-gradient shape [1024, 6400] x [6400, 256] 18.4 against 18.8 ms. On an
 // Intel Xeon MKL runs AVX-512 code and wins many shapes (cell sizes: csrc/fastest.h). float64
 // goes to ATen.
+//
+// A bfloat16 product may also run as a float product of its operands widened to float, rounded
+// once as ATen rounds: where ATen's bfloat16 product has no oneDNN path (a CPU without AVX-512,
+// such as an AMD EPYC Zen 3) it runs a generic loop at about 1.6 GFLOP/s, and the widened
+// product is the only candidate; elsewhere it is timed against the others.
 #pragma once
 
 #include "fastest.h"
@@ -26,12 +31,21 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
 // rows or columns contiguous, oneDNN available.
 bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
-// out = beta * out + a @ b on one library: Candidate::kOnednn (where onednn_takes) or kAten.
+// Whether a bfloat16 product may run as a float product of its operands widened to float
+// (Candidate::kFloat): a, b and out in bfloat16.
+bool widened_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+
+// out = beta * out + a @ b on one library: Candidate::kOnednn (where onednn_takes), kAten or
+// kFloat (where widened_takes).
 void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                     float beta);
 
 // Whether float32 products go to oneDNN here: an x86-64 torch with oneDNN enabled
 // (torch.backends.mkldnn.enabled) on a CPU where ATen lets oneDNN run float32 (AVX-512).
 bool onednn_matmul_available();
+
+// Whether ATen's bfloat16 product runs on oneDNN here (AVX-512 or avx_ne_convert on x86-64),
+// oneDNN enabled; elsewhere it runs a generic loop.
+bool onednn_bf16_available();
 
 }  // namespace gated_kernels

@@ -122,6 +122,7 @@ class ThreadProduct {
   // A row buffer for a in the kernel's dtype, when a comes in another (or, for bfloat16 brgemm,
   // with an odd K, padded to even).
   at::Tensor a_cast_;
+  at::Tensor a_round_;  // own with a bfloat16 weight: a row of a rounded to bfloat16
   const float* packed_ = nullptr;  // mkl: the packed weight
   bool blocked_ = false;           // mkl: one row over a weight beyond half of L2, in blocks
   int64_t calls_ = 0;              // which way the panels or blocks go this call

@@ -146,3 +146,23 @@ def check_layout_independent(fn, args, lengths, reverse):
     outs_s, grads_s = run_with_grads(fn, strided, strided_copy(lengths), reverse)
     for a, b in zip(list(outs_s) + list(grads_s), list(outs) + list(grads_)):
         assert torch.equal(a, b)
+
+
+def cpu_flags():
+    """This CPU's feature flags as /proc/cpuinfo lists them (empty where it lists none)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_brgemm_expected():
+    """Whether oneDNN's bfloat16 brgemm runs here (csrc/product.cpp, brgemm_available): a CPU
+    with bfloat16 dot products (avx512_bf16, or AMX's tiles) and torch's oneDNN enabled. Not on
+    an AVX2-only CPU such as the AMD EPYC Zen 3, where our own kernels take those products."""
+    return (bool(cpu_flags() & {"avx512_bf16", "amx_bf16"}) and torch.backends.mkldnn.is_available()
+            and torch.backends.mkldnn.enabled)
