@@ -84,6 +84,10 @@ void widened_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, f
   }
 }
 
+// Multiply-adds up to which ATen's generic bfloat16 loop is timed against the widened product:
+// 2^27, about 80 ms a call at its 1.6 GFLOP/s, so a choice costs well under a second once.
+constexpr int64_t kGenericLoopMaxProducts = int64_t(1) << 27;
+
 // A matrix ATen hands to oneDNN as it is: rows or columns contiguous. Anything else it copies
 // first (the GRU's dW_hh reads 2H of every 3H columns of dG: a [T*B, 2H] copy, 6.5 MB at T=100,
 // B=32, H=256, which raised the training peak above torch.nn's), so that goes to ATen's product.
@@ -135,10 +139,13 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
   const ProductKey key = product_key(/*tag=*/1, a.size(0), b.size(1), a.size(1),
                                      a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
                                      static_cast<int64_t>(out.scalar_type()));
-  // ATen's own bfloat16 product only where it runs on oneDNN: its generic loop is never the
-  // fastest, and timing it once at T=500, B=64, H=512 would cost minutes.
+  // ATen's own bfloat16 product where it runs on oneDNN, or where its generic loop stays short:
+  // a few rows by a large weight, which widening would read and write whole (GRUCell B=8,
+  // H=1024 forward, EPYC Zen 3: 6.2 ms in torch.nn, 10.4 ours widened). Timing that loop on a
+  // large product (T=500, B=64, H=512) would cost minutes.
   const bool widened = widened_takes(out, a, b);
-  const bool aten = !widened || onednn_bf16_available();
+  const bool aten = !widened || onednn_bf16_available() ||
+                    a.size(0) * a.size(1) * b.size(1) <= kGenericLoopMaxProducts;
   library_matmul(fastest(key, {false, onednn_takes(out, a, b), aten, widened}, run), out, a, b,
                  beta);
 }

@@ -12,8 +12,9 @@
 //
 // A bfloat16 product may also run as a float product of its operands widened to float, rounded
 // once as ATen rounds: where ATen's bfloat16 product has no oneDNN path (a CPU without AVX-512,
-// such as an AMD EPYC Zen 3) it runs a generic loop at about 1.6 GFLOP/s, and the widened
-// product is the only candidate; elsewhere it is timed against the others.
+// such as an AMD EPYC Zen 3) it runs a generic loop at about 1.6 GFLOP/s, timed against the
+// widened product only for products small enough to time (a few rows by a large weight, which
+// the widening reads and writes whole, can go to it); elsewhere all are timed.
 #pragma once
 
 #include "fastest.h"
