@@ -44,8 +44,9 @@ int forced_candidate() {
   if (std::strcmp(text, "onednn") == 0) return static_cast<int>(Candidate::kOnednn);
   if (std::strcmp(text, "aten") == 0) return static_cast<int>(Candidate::kAten);
   if (std::strcmp(text, "float") == 0) return static_cast<int>(Candidate::kFloat);
-  TORCH_CHECK(false, "GATED_KERNELS_CELL_GEMM must be one of auto, own, onednn, aten, float, got '",
-              text, "'");
+  TORCH_CHECK(false,
+              "GATED_KERNELS_CELL_GEMM must be one of auto, own, onednn, aten, float, got '", text,
+              "'");
 }
 
 int time_candidates(const std::vector<bool>& allowed, const std::function<void(int)>& run) {

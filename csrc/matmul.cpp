@@ -15,38 +15,21 @@ __attribute__((weak)) void mkldnn_matmul(const at::Tensor& mat1, const at::Tenso
 namespace gated_kernels {
 namespace {
 
-// One small product against ATen's; false where ATen refuses oneDNN float32 here (it asks for
-// AVX-512 or avx_ne_convert on x86) or the symbol is missing.
-bool onednn_matmul_works() {
+// One small product in `dtype` (float or bfloat16) against ATen's float product; false where
+// ATen refuses oneDNN for that dtype here or the symbol is missing. ATen asks for AVX-512 or
+// avx_ne_convert on x86 for either, and runs a generic loop for bfloat16 without: on an AMD EPYC
+// Zen 3 (AVX2, 2 threads) a bfloat16 LSTMCell at B=32, H=1024 took 1.05 s a training step in
+// torch.nn and in ours, its products at about 1.6 GFLOP/s.
+bool onednn_matmul_works(at::ScalarType dtype) {
 #if defined(__x86_64__) || defined(_M_X64)
   if (&at::native::mkldnn_matmul == nullptr || !at::hasMKLDNN()) return false;
   try {
+    // Small integers: every value and sum is exact in bfloat16 too.
     const at::Tensor a = at::arange(6, at::kFloat).view({2, 3});
     const at::Tensor b = at::arange(12, at::kFloat).view({3, 4});
-    at::Tensor out = at::empty({2, 4}, at::kFloat);
-    at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
-    return at::equal(out, at::mm(a, b));
-  } catch (const std::exception&) {
-    return false;
-  }
-#else
-  return false;
-#endif
-}
-
-// Whether ATen's bfloat16 product runs on oneDNN here. ATen asks for AVX-512 (bw, vl, dq) or
-// avx_ne_convert and otherwise runs its generic loop: on an AMD EPYC Zen 3 (AVX2, 2 threads) a
-// bfloat16 LSTMCell at B=32, H=1024 took 1.05 s a training step in torch.nn and in ours, its
-// products at about 1.6 GFLOP/s.
-bool onednn_bf16_works() {
-#if defined(__x86_64__) || defined(_M_X64)
-  if (&at::native::mkldnn_matmul == nullptr || !at::hasMKLDNN()) return false;
-  try {
-    const at::Tensor a = at::arange(6, at::kFloat).view({2, 3}).to(at::kBFloat16);
-    const at::Tensor b = at::arange(12, at::kFloat).view({3, 4}).to(at::kBFloat16);
-    at::Tensor out = at::empty({2, 4}, a.options());
-    at::native::mkldnn_matmul(a, b, out, 0.0f, 1.0f);
-    return at::equal(out, at::mm(a.to(at::kFloat), b.to(at::kFloat)).to(at::kBFloat16));
+    at::Tensor out = at::empty({2, 4}, a.options().dtype(dtype));
+    at::native::mkldnn_matmul(a.to(dtype), b.to(dtype), out, 0.0f, 1.0f);
+    return at::equal(out, at::mm(a, b).to(dtype));
   } catch (const std::exception&) {
     return false;
   }
@@ -96,7 +79,7 @@ bool dense(const at::Tensor& t) { return t.is_contiguous() || t.t().is_contiguou
 }  // namespace
 
 bool onednn_matmul_available() {
-  static const bool works = onednn_matmul_works();
+  static const bool works = onednn_matmul_works(at::kFloat);
   return works && at::globalContext().userEnabledMkldnn();
 }
 
@@ -107,7 +90,7 @@ bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& 
 }
 
 bool onednn_bf16_available() {
-  static const bool works = onednn_bf16_works();
+  static const bool works = onednn_matmul_works(at::kBFloat16);
   return works && at::globalContext().userEnabledMkldnn();
 }
 
