@@ -168,11 +168,12 @@ def test_lstm_cell_errors_name_the_argument(case):
 
 
 # (M, K, N) for _cell_matmul, each kernel at odd sizes: one or two rows of a (dot, axpy over
-# rows), a sum of one or two terms (axpy in blocks), the libraries beyond (3 rows, 40 rows);
-# for a bfloat16 weight, brgemm split over threads (64 x 128 x 1000) and a weight beyond its
-# bound (300 x 500).
-MATMUL_SHAPES = [(1, 37, 70), (2, 129, 1), (1, 1, 17), (2, 600, 131), (130, 2, 70), (4099, 1, 300),
-                 (3, 17, 70), (40, 64, 90), (64, 128, 1000), (5, 300, 500)]
+# rows; over 2 MB of weight, axpy's threads split the sum: 2 x 1031 x 517), a sum of one or two
+# terms (axpy in blocks), the libraries beyond (3 rows, 40 rows); for a bfloat16 weight, brgemm
+# split over threads (64 x 128 x 1000) and a weight beyond its bound (300 x 500).
+MATMUL_SHAPES = [(1, 37, 70), (2, 129, 1), (1, 1, 17), (2, 600, 131), (2, 1031, 517),
+                 (130, 2, 70), (4099, 1, 300), (3, 17, 70), (40, 64, 90), (64, 128, 1000),
+                 (5, 300, 500)]
 
 
 def check_cell_matmul():
