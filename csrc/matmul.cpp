@@ -94,9 +94,17 @@ bool onednn_bf16_available() {
   return works && at::globalContext().userEnabledMkldnn();
 }
 
-bool widened_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  return out.scalar_type() == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
-         b.scalar_type() == at::kBFloat16;
+std::array<bool, kCandidates> library_candidates(const at::Tensor& out, const at::Tensor& a,
+                                                 const at::Tensor& b) {
+  // ATen's own bfloat16 product where it runs on oneDNN, or where its generic loop stays short:
+  // a few rows by a large weight, which widening would read and write whole (GRUCell B=8,
+  // H=1024 forward, EPYC Zen 3: 6.2 ms in torch.nn, 10.4 ours widened). Timing that loop on a
+  // large product (T=500, B=64, H=512) would cost minutes.
+  const bool widened = out.scalar_type() == at::kBFloat16 &&
+                       a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16;
+  const bool aten = !widened || onednn_bf16_available() ||
+                    a.size(0) * a.size(1) * b.size(1) <= kGenericLoopMaxProducts;
+  return {false, onednn_takes(out, a, b), aten, widened};
 }
 
 void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -122,15 +130,7 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
   const ProductKey key = product_key(/*tag=*/1, a.size(0), b.size(1), a.size(1),
                                      a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
                                      static_cast<int64_t>(out.scalar_type()));
-  // ATen's own bfloat16 product where it runs on oneDNN, or where its generic loop stays short:
-  // a few rows by a large weight, which widening would read and write whole (GRUCell B=8,
-  // H=1024 forward, EPYC Zen 3: 6.2 ms in torch.nn, 10.4 ours widened). Timing that loop on a
-  // large product (T=500, B=64, H=512) would cost minutes.
-  const bool widened = widened_takes(out, a, b);
-  const bool aten = !widened || onednn_bf16_available() ||
-                    a.size(0) * a.size(1) * b.size(1) <= kGenericLoopMaxProducts;
-  library_matmul(fastest(key, {false, onednn_takes(out, a, b), aten, widened}, run), out, a, b,
-                 beta);
+  library_matmul(fastest(key, library_candidates(out, a, b), run), out, a, b, beta);
 }
 
 }  // namespace gated_kernels

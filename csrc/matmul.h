@@ -32,12 +32,14 @@ void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, floa
 // rows or columns contiguous, oneDNN available.
 bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
 
-// Whether a bfloat16 product may run as a float product of its operands widened to float
-// (Candidate::kFloat): a, b and out in bfloat16.
-bool widened_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// The candidates (fastest.h) that may take out = beta * out + a @ b on a library: oneDNN where
+// onednn_takes; ATen's product, its generic bfloat16 loop only where short enough to time; the
+// widened product (kFloat) where a, b and out are bfloat16. kOwn is false.
+std::array<bool, kCandidates> library_candidates(const at::Tensor& out, const at::Tensor& a,
+                                                 const at::Tensor& b);
 
-// out = beta * out + a @ b on one library: Candidate::kOnednn (where onednn_takes), kAten or
-// kFloat (where widened_takes).
+// out = beta * out + a @ b on one library: Candidate::kOnednn, kAten or kFloat, where
+// library_candidates allows it.
 void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
                     float beta);
 
