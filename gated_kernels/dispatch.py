@@ -116,15 +116,18 @@ def triton_paths(props, cell, dtype, B, H):
 
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
                  training=False):
-    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 8
+    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 64
     rows at 128 < H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does
-    the step in one fused call where our cell operators run two library products and a pass.
-    On an AMD EPYC (Zen 4), 2 threads, 2026-12-01, a step with the state passed, medians of 40
-    interleaved runs: at H=256, B in {8, 32, 64}, ours 173-364 us against torch.nn's 166-323
-    (0.89x-0.96x). At H <= 128 our products run on brgemm (csrc/cell.cpp, kPairsMaxWeight)
-    and ours wins: 57-140 us against 92-225 (1.2x-2.2x). Everything else measured at parity
-    or faster on our kernels."""
-    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 8 and 128 < H <= 256
+    the step in one fused call where our cell operators run two products and a pass. On an AMD
+    EPYC Zen 4, 2 threads, 2026-12-01, a step with the state passed, medians of 40 interleaved
+    runs: at H=256, B in {8, 32, 64}, ours 173-364 us against torch.nn's 166-323 (0.89x-0.96x).
+    Since products by such weights may run on brgemm (csrc/cell.cpp, bf16_weight_matmul), on an
+    AMD EPYC Zen 5 (2 threads, 2026-12-02, the step suite's runner) ours read 1.21x-1.37x at B in
+    {8, 16, 24, 32} and 1.05x at B=48, where torch.nn's code read 0.96x-1.00x through our module,
+    and both 0.98x-1.00x at B=64. At H <= 128 our products run on brgemm (csrc/cell.cpp,
+    kPairsMaxWeight) and ours wins: 57-140 us against 92-225 (1.2x-2.2x). Everything else
+    measured at parity or faster on our kernels."""
+    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 64 and 128 < H <= 256
             and not training and num_layers == 1 and not bidirectional and not proj):
         return "torch"
     return "cpp"

@@ -119,8 +119,8 @@ def test_a_dropconnect_training_call_never_runs_torch_nn_s_code():
     """`auto` leaves one bfloat16 LSTM step to torch.nn's code (dispatch.cpu_backend), which
     would read the unmasked weights: with DropConnect a training call runs ours."""
     module = LSTM(16, 256, dtype=torch.bfloat16, dropconnect=0.2)
-    x, state = torch.randn(1, 8, 16, dtype=torch.bfloat16), torch.zeros(1, 8, 256,
-                                                                         dtype=torch.bfloat16)
+    x, state = torch.randn(1, 64, 16, dtype=torch.bfloat16), torch.zeros(1, 64, 256,
+                                                                          dtype=torch.bfloat16)
     with torch.no_grad():
         assert module._call_backend(x, (state, state)) == "cpp"
         assert module.eval()._call_backend(x, (state, state)) == "torch"
