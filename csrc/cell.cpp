@@ -194,16 +194,10 @@ void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, flo
       library_matmul(c, into, a, b, beta);
     }
   };
-  at::Tensor scratch;
-  const auto run = [&](Candidate c) {
-    if (!scratch.defined()) scratch = at::zeros_like(out);
-    product(c, scratch);
-  };
-  const ProductKey key = product_key(/*tag=*/0, a.size(0), b.size(1), a.size(1),
-                                     a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
-                                     static_cast<int64_t>(at::kFloat));
   const bool onednn = a.size(1) >= 16 && onednn_takes(out, a, b);
-  product(fastest(key, {own_takes(out, a, b), onednn, true, false}, run), out);
+  product(fastest_matmul(/*tag=*/0, out, a, b, beta, {own_takes(out, a, b), onednn, true, false},
+                         product),
+          out);
 }
 
 // out = beta * out + a b, out in float or b's dtype, on `c`: kOwn is brgemm over b's pairs made
@@ -239,15 +233,8 @@ void bf16_weight_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
   const at::Tensor like = at::empty({0}, b.options());
   std::array<bool, kCandidates> allowed = library_candidates(like, a.to(b.scalar_type()), b);
   allowed[static_cast<int>(Candidate::kOwn)] = pairs;
-  at::Tensor scratch;
-  const auto run = [&](Candidate c) {
-    if (!scratch.defined()) scratch = at::zeros_like(out);
-    weight_product(c, scratch, a, b, beta);
-  };
-  const ProductKey key = product_key(/*tag=*/2, a.size(0), b.size(1), a.size(1),
-                                     a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
-                                     static_cast<int64_t>(b.scalar_type()));
-  weight_product(fastest(key, allowed, run), out, a, b, beta);
+  const auto product = [&](Candidate c, at::Tensor& into) { weight_product(c, into, a, b, beta); };
+  product(fastest_matmul(/*tag=*/2, out, a, b, beta, allowed, product), out);
 }
 
 }  // namespace

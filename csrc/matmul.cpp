@@ -120,17 +120,25 @@ void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, con
   }
 }
 
-void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
-  if (out.numel() == 0) return;
+Candidate fastest_matmul(int64_t tag, const at::Tensor& out, const at::Tensor& a,
+                         const at::Tensor& b, float beta,
+                         const std::array<bool, kCandidates>& allowed,
+                         const std::function<void(Candidate, at::Tensor&)>& product) {
   at::Tensor scratch;
   const auto run = [&](Candidate c) {
     if (!scratch.defined()) scratch = at::zeros_like(out);
-    library_matmul(c, scratch, a, b, beta);
+    product(c, scratch);
   };
-  const ProductKey key = product_key(/*tag=*/1, a.size(0), b.size(1), a.size(1),
-                                     a.stride(1) == 1, b.stride(1) == 1, beta != 0.0f,
-                                     static_cast<int64_t>(out.scalar_type()));
-  library_matmul(fastest(key, library_candidates(out, a, b), run), out, a, b, beta);
+  const ProductKey key = product_key(tag, a.size(0), b.size(1), a.size(1), a.stride(1) == 1,
+                                     b.stride(1) == 1, beta != 0.0f,
+                                     static_cast<int64_t>(b.scalar_type()));
+  return fastest(key, allowed, run);
+}
+
+void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  if (out.numel() == 0) return;
+  const auto product = [&](Candidate c, at::Tensor& into) { library_matmul(c, into, a, b, beta); };
+  product(fastest_matmul(/*tag=*/1, out, a, b, beta, library_candidates(out, a, b), product), out);
 }
 
 }  // namespace gated_kernels

@@ -38,6 +38,14 @@ bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& 
 std::array<bool, kCandidates> library_candidates(const at::Tensor& out, const at::Tensor& a,
                                                  const at::Tensor& b);
 
+// The candidate fastest() picks among `allowed` for out = beta * out + a @ b, keyed by `tag` (the
+// caller) and the product's sizes, layouts and b's dtype. When the choice is timed,
+// product(c, into) computes the product on c into scratch memory shaped like out.
+Candidate fastest_matmul(int64_t tag, const at::Tensor& out, const at::Tensor& a,
+                         const at::Tensor& b, float beta,
+                         const std::array<bool, kCandidates>& allowed,
+                         const std::function<void(Candidate, at::Tensor&)>& product);
+
 // out = beta * out + a @ b on one library: Candidate::kOnednn, kAten or kFloat, where
 // library_candidates allows it.
 void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
