@@ -1,6 +1,6 @@
 """Which backend a module call runs when its backend is `auto`, shape by shape.
 
-On the CPU `auto` is the C++ backend, but for the one-step calls cpu_backend names. On CUDA it
+On the CPU `auto` is the C++ backend, but for the bfloat16 LSTM inference calls cpu_backend names. On CUDA it
 is the Triton kernels only where they were measured faster than cuDNN, and torch.nn's own code
 (the `torch` backend) elsewhere, so that converting a model never makes it slower.
 
@@ -114,23 +114,39 @@ def triton_paths(props, cell, dtype, B, H):
     return forward, common.choose_path(H, B, dtype, sms, shared)
 
 
+def _torch_lstm_on_onednn_bf16():
+    """Whether torch.nn's bfloat16 LSTM runs oneDNN's fused LSTM here: oneDNN enabled, on a CPU
+    where ATen lets it run bfloat16 (AVX-512 or avx_ne_convert). Elsewhere torch.nn computes
+    bfloat16 products in a generic loop (about 1.6 GFLOP/s on an AMD EPYC Zen 3), far slower
+    than ours."""
+    return (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
-                 training=False):
-    """"cpp" or "torch" for an `auto` call on the CPU. One bfloat16 LSTM step (T=1) of B >= 64
-    rows at 128 < H <= 256, in inference, runs torch.nn's code: its oneDNN LSTM primitive does
-    the step in one fused call where our cell operators run two products and a pass. On an AMD
-    EPYC Zen 4, 2 threads, 2026-12-01, a step with the state passed, medians of 40 interleaved
-    runs: at H=256, B in {8, 32, 64}, ours 173-364 us against torch.nn's 166-323 (0.89x-0.96x).
-    Since products by such weights may run on brgemm (csrc/cell.cpp, bf16_weight_matmul), on an
-    AMD EPYC Zen 5 (2 threads, 2026-12-02, the step suite's runner) ours read 1.21x-1.37x at B in
-    {8, 16, 24, 32} and 1.05x at B=48, where torch.nn's code read 0.96x-1.00x through our module,
-    and both 0.98x-1.00x at B=64. At H <= 128 our products run on brgemm (csrc/cell.cpp,
-    kPairsMaxWeight) and ours wins: 57-140 us against 92-225 (1.2x-2.2x). Everything else
-    measured at parity or faster on our kernels."""
-    if (cell == "LSTM" and dtype == torch.bfloat16 and T == 1 and B >= 64 and 128 < H <= 256
-            and not training and num_layers == 1 and not bidirectional and not proj):
-        return "torch"
-    return "cpp"
+                training=False):
+    """"cpp" or "torch" for an `auto` call on the CPU. Where torch.nn's bfloat16 LSTM runs
+    oneDNN's fused LSTM, a one-layer, one-direction bfloat16 LSTM in inference at B >= 64 runs
+    torch.nn's code: its oneDNN primitive does each step in one fused call where ours runs a
+    product and a pass.
+    - One step (T=1) at 128 < H <= 256. On an AMD EPYC Zen 4, 2 threads, 2026-12-01, a step
+      with the state passed, medians of 40 interleaved runs: at H=256, B in {8, 32, 64}, ours
+      173-364 us against torch.nn's 166-323 (0.89x-0.96x). Since products by such weights may
+      run on brgemm (csrc/cell.cpp, bf16_weight_matmul), on an AMD EPYC Zen 5 (2 threads,
+      2026-12-02, the step suite's runner) ours read 1.21x-1.37x at B in {8, 16, 24, 32} and
+      1.05x at B=48, where torch.nn's code read 0.96x-1.00x through our module, and both
+      0.98x-1.00x at B=64. At H <= 128 our products run on brgemm (csrc/cell.cpp,
+      kPairsMaxWeight) and ours wins: 57-140 us against 92-225 (1.2x-2.2x).
+    - A sequence at 128 < H <= 512. The cpu suite at B=64, T in {100, 500}, H in {256, 512}
+      (2 threads) read ours 0.84x-0.93x on an AMD EPYC Zen 5 (2026-12-02), 0.86x-0.95x on an
+      Intel Xeon with AMX (2026-12-01) and 0.93x-0.99x on an AMD EPYC Zen 4 (2026-11-30); at H=128
+      the Xeon read 1.06x-1.07x, and at B=16 all three 0.91x-1.19x.
+    Everything else measured at parity or faster on our kernels."""
+    if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj or num_layers != 1
+            or bidirectional or B < 64 or not _torch_lstm_on_onednn_bf16()):
+        return "cpp"
+    top = 256 if T == 1 else 512
+    return "torch" if 128 < H <= top else "cpp"
 
 
 def exporting_onnx():

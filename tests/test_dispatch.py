@@ -120,19 +120,33 @@ def test_one_layer_functions_refuse_the_torch_backend():
         lstm_layer(x, h, h, torch.randn(20, 4), torch.randn(20, 5), backend="torch")
 
 
-def test_auto_on_the_cpu_leaves_one_bf16_lstm_step_at_mid_h_to_torch():
-    """cpu_backend: one bfloat16 LSTM step of B >= 64 rows at 128 < H <= 256, in inference, runs
-    torch.nn's fused oneDNN step (ours measured 0.89x-1.00x there); everything else our C++."""
+def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypatch):
+    """cpu_backend: a one-layer, one-direction bfloat16 LSTM in inference at B >= 64 runs
+    torch.nn's fused oneDNN LSTM where torch.nn has it: one step at 128 < H <= 256, a sequence
+    at 128 < H <= 512 (ours measured 0.84x-1.00x there); everything else our C++."""
+    monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: True)
     cpu = dispatch.cpu_backend
     assert cpu("LSTM", BF16, 1, 64, 256) == "torch"
     assert cpu("LSTM", BF16, 1, 64, 129) == "torch"
+    assert cpu("LSTM", BF16, 100, 64, 512) == "torch"
+    assert cpu("LSTM", BF16, 500, 128, 129) == "torch"
     assert cpu("LSTM", BF16, 1, 32, 256) == "cpp"  # B < 64
-    assert cpu("LSTM", BF16, 1, 64, 512) == "cpp"  # H > 256
+    assert cpu("LSTM", BF16, 100, 63, 512) == "cpp"
+    assert cpu("LSTM", BF16, 1, 64, 512) == "cpp"  # H > 256 in one step
+    assert cpu("LSTM", BF16, 100, 64, 1024) == "cpp"  # H > 512
     assert cpu("LSTM", BF16, 1, 64, 128) == "cpp"  # H <= 128: our products on brgemm
-    assert cpu("LSTM", BF16, 2, 64, 256) == "cpp"  # a sequence
+    assert cpu("LSTM", BF16, 100, 64, 128) == "cpp"
     assert cpu("LSTM", BF16, 1, 64, 256, training=True) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 256, num_layers=2) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 256, bidirectional=True) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 256, proj=True) == "cpp"
     assert cpu("LSTM", FP32, 1, 64, 256) == "cpp"
     assert cpu("GRU", BF16, 1, 64, 256) == "cpp"
+    # Where torch.nn computes bfloat16 in a generic loop (no oneDNN bfloat16), ours runs.
+    monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: False)
+    assert cpu("LSTM", BF16, 1, 64, 256) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 512) == "cpp"
+    monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: True)
     module = gk.LSTM(16, 256, dtype=BF16)
     x, state = torch.randn(1, 64, 16, dtype=BF16), torch.zeros(1, 64, 256, dtype=BF16)
     with torch.no_grad():

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from common import FP64_ATOL, assert_close, max_abs_error
-from gated_kernels import GRU, LSTM, GRUCell, LSTMCell, reference
+from gated_kernels import GRU, LSTM, GRUCell, LSTMCell, dispatch, reference
 
 MODULES = {"LSTM": LSTM, "GRU": GRU}
 # On a GPU the Triton test is a `cuda` test (benchmarks/gpu_layernorm.sh runs it with the
@@ -115,9 +115,11 @@ def test_zoneout_runs_the_triton_kernels(cell):
         assert_close(a.cpu(), b, torch.float32, "grad", name)
 
 
-def test_a_dropconnect_training_call_never_runs_torch_nn_s_code():
-    """`auto` leaves one bfloat16 LSTM step to torch.nn's code (dispatch.cpu_backend), which
-    would read the unmasked weights: with DropConnect a training call runs ours."""
+def test_a_dropconnect_training_call_never_runs_torch_nn_s_code(monkeypatch):
+    """`auto` leaves one bfloat16 LSTM step to torch.nn's code (dispatch.cpu_backend) where
+    torch.nn runs oneDNN's bfloat16 LSTM, which would read the unmasked weights: with
+    DropConnect a training call runs ours."""
+    monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: True)
     module = LSTM(16, 256, dtype=torch.bfloat16, dropconnect=0.2)
     x, state = torch.randn(1, 64, 16, dtype=torch.bfloat16), torch.zeros(1, 64, 256,
                                                                           dtype=torch.bfloat16)
