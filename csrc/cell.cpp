@@ -120,8 +120,8 @@ void own_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float
     });
     return;
   }
-  const int64_t parts = std::min<int64_t>(at::get_num_threads(), bytes / kOwnBytesPerThread);
   if constexpr (std::is_same_v<out_t, float>) {
+    const int64_t parts = std::min<int64_t>(at::get_num_threads(), bytes / kOwnBytesPerThread);
     if (!dot && parts > 1) {
       // A long sum (dG W): the threads take contiguous blocks of w's rows, each into its own
       // partial rows, added up after. Taking blocks of columns instead, each thread read half of
@@ -194,7 +194,7 @@ void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, flo
       library_matmul(c, into, a, b, beta);
     }
   };
-  const bool onednn = a.size(1) >= 16 && onednn_takes(out, a, b);
+  const bool onednn = a.size(1) >= 16 && onednn_takes(at::kFloat, a, b);
   product(fastest_matmul(/*tag=*/0, out, a, b, beta, {own_takes(out, a, b), onednn, true, false},
                          product),
           out);
@@ -230,8 +230,8 @@ void bf16_weight_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& 
     weight_product(Candidate::kOwn, out, a, b, beta);
     return;
   }
-  const at::Tensor like = at::empty({0}, b.options());
-  std::array<bool, kCandidates> allowed = library_candidates(like, a.to(b.scalar_type()), b);
+  std::array<bool, kCandidates> allowed =
+      library_candidates(b.scalar_type(), a.to(b.scalar_type()), b);
   allowed[static_cast<int>(Candidate::kOwn)] = pairs;
   const auto product = [&](Candidate c, at::Tensor& into) { weight_product(c, into, a, b, beta); };
   product(fastest_matmul(/*tag=*/2, out, a, b, beta, allowed, product), out);

@@ -83,9 +83,9 @@ bool onednn_matmul_available() {
   return works && at::globalContext().userEnabledMkldnn();
 }
 
-bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) {
-  const bool onednn_dtype = out.scalar_type() == at::kFloat ||
-                            (out.scalar_type() == at::kBFloat16 && onednn_bf16_available());
+bool onednn_takes(at::ScalarType out_dtype, const at::Tensor& a, const at::Tensor& b) {
+  const bool onednn_dtype = out_dtype == at::kFloat ||
+                            (out_dtype == at::kBFloat16 && onednn_bf16_available());
   return onednn_dtype && a.size(1) > 0 && dense(a) && dense(b) && onednn_matmul_available();
 }
 
@@ -94,17 +94,17 @@ bool onednn_bf16_available() {
   return works && at::globalContext().userEnabledMkldnn();
 }
 
-std::array<bool, kCandidates> library_candidates(const at::Tensor& out, const at::Tensor& a,
+std::array<bool, kCandidates> library_candidates(at::ScalarType out_dtype, const at::Tensor& a,
                                                  const at::Tensor& b) {
   // ATen's own bfloat16 product where it runs on oneDNN, or where its generic loop stays short:
   // a few rows by a large weight, which widening would read and write whole (GRUCell B=8,
   // H=1024 forward, EPYC Zen 3: 6.2 ms in torch.nn, 10.4 ours widened). Timing that loop on a
   // large product (T=500, B=64, H=512) would cost minutes.
-  const bool widened = out.scalar_type() == at::kBFloat16 &&
-                       a.scalar_type() == at::kBFloat16 && b.scalar_type() == at::kBFloat16;
+  const bool widened = out_dtype == at::kBFloat16 && a.scalar_type() == at::kBFloat16 &&
+                       b.scalar_type() == at::kBFloat16;
   const bool aten = !widened || onednn_bf16_available() ||
                     a.size(0) * a.size(1) * b.size(1) <= kGenericLoopMaxProducts;
-  return {false, onednn_takes(out, a, b), aten, widened};
+  return {false, onednn_takes(out_dtype, a, b), aten, widened};
 }
 
 void library_matmul(Candidate library, at::Tensor& out, const at::Tensor& a, const at::Tensor& b,
@@ -138,7 +138,9 @@ Candidate fastest_matmul(int64_t tag, const at::Tensor& out, const at::Tensor& a
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
   if (out.numel() == 0) return;
   const auto product = [&](Candidate c, at::Tensor& into) { library_matmul(c, into, a, b, beta); };
-  product(fastest_matmul(/*tag=*/1, out, a, b, beta, library_candidates(out, a, b), product), out);
+  product(fastest_matmul(/*tag=*/1, out, a, b, beta, library_candidates(out.scalar_type(), a, b),
+                         product),
+          out);
 }
 
 }  // namespace gated_kernels

@@ -28,14 +28,14 @@ namespace gated_kernels {
 // product (fastest.h; on an Intel Xeon ATen's is MKL's AVX-512 code, on AMD its generic code).
 void matmul_into(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta);
 
-// Whether oneDNN's matmul takes out = a @ b: float or bfloat16, a non-empty sum, a and b with
-// rows or columns contiguous, oneDNN available.
-bool onednn_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b);
+// Whether oneDNN's matmul takes out = a @ b with out in out_dtype: float or bfloat16, a non-empty
+// sum, a and b with rows or columns contiguous, oneDNN available.
+bool onednn_takes(at::ScalarType out_dtype, const at::Tensor& a, const at::Tensor& b);
 
-// The candidates (fastest.h) that may take out = beta * out + a @ b on a library: oneDNN where
-// onednn_takes; ATen's product, its generic bfloat16 loop only where short enough to time; the
-// widened product (kFloat) where a, b and out are bfloat16. kOwn is false.
-std::array<bool, kCandidates> library_candidates(const at::Tensor& out, const at::Tensor& a,
+// The candidates (fastest.h) that may take out = beta * out + a @ b, out in out_dtype, on a
+// library: oneDNN where onednn_takes; ATen's product, its generic bfloat16 loop only where short
+// enough to time; the widened product (kFloat) where a, b and out are bfloat16. kOwn is false.
+std::array<bool, kCandidates> library_candidates(at::ScalarType out_dtype, const at::Tensor& a,
                                                  const at::Tensor& b);
 
 // The candidate fastest() picks among `allowed` for out = beta * out + a @ b, keyed by `tag` (the
