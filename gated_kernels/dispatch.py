@@ -1,8 +1,9 @@
 """Which backend a module call runs when its backend is `auto`, shape by shape.
 
-On the CPU `auto` is the C++ backend, but for the bfloat16 LSTM inference calls cpu_backend names. On CUDA it
-is the Triton kernels only where they were measured faster than cuDNN, and torch.nn's own code
-(the `torch` backend) elsewhere, so that converting a model never makes it slower.
+On the CPU `auto` is the C++ backend, but for the bfloat16 LSTM inference calls cpu_backend
+names. On CUDA it is the Triton kernels only where they were measured faster than cuDNN, and
+torch.nn's own code (the `torch` backend) elsewhere, so that converting a model never makes it
+slower.
 
 The measurements: the `gpu` suite on an H200 (132 SMs), our kernels forced against torch.nn as
 users have it, each call timed from an idle GPU: T=256, one layer, B in {1, 16, 64, 128, 256},
