@@ -71,7 +71,7 @@ void run_pass(Pass pass, const Step& step, int64_t units) {
 // stream: [4, 256] x [256, 1024] took 56 us, MKL's AVX2 GEMM 56; at 8 rows 108 against 58.
 constexpr int64_t kOwnRows = 2;
 // bfloat16 weight values up to which a product of more rows than ours take goes to brgemm, the
-// weight put into its pairs for the call (product.h, brgemm_bf16_product), with the product in
+// weight put into its pairs for the call (product.h, brgemm_product), with the product in
 // float: ATen's bfloat16 product costs about 18 us before any work and rounds to bfloat16,
 // which then costs a widening pass. [B, H] x [H, 4H] (EPYC Zen 4, 2 threads, B = 4 to 64):
 // H=64 8-17 us against ATen's 18-24, H=128 16-37 against 24-44; at H=256 (2^18 values) 42-120
@@ -183,21 +183,34 @@ bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) 
          (o == at::kFloat || o == at::kBFloat16);
 }
 
-// out = beta * out + a b in float: the fastest here of our kernels (where own_takes), oneDNN and
-// ATen. oneDNN only from 16 terms a sum: at B=1 the weight gradient is an outer product, which
-// it took 9x ATen's time over (above).
+// Whether brgemm takes a float a b (where it runs for float): a with contiguous rows; b any (its
+// columns are packed for the call where brgemm cannot read it in place).
+bool float_brgemm_takes(const at::Tensor& a, const at::Tensor& b) {
+  return b.scalar_type() == at::kFloat && (a.size(1) <= 1 || a.stride(1) == 1) &&
+         brgemm_available(at::kFloat);
+}
+
+// out = beta * out + a b in float: the fastest here of ours (our kernels where own_takes, else
+// brgemm), oneDNN and ATen. oneDNN only from 16 terms a sum: at B=1 the weight gradient is an
+// outer product, which it took 9x ATen's time over (above). brgemm, its weight read in place or
+// packed by each thread for the call, costs less before any work than oneDNN's matmul (AMD EPYC
+// Zen 5, 2 threads, interleaved medians, brgemm / oneDNN / ATen): x W^T at B=32, H=128 29 / 43 /
+// 39 us, dG W 15 / 35 / 37 us; at B=64, H=512 packing the weight outgrows that (x W^T 610 / 463
+// / 931 us).
 void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, float beta) {
+  const bool own = own_takes(out, a, b);
   const auto product = [&](Candidate c, at::Tensor& into) {
-    if (c == Candidate::kOwn) {
+    if (c != Candidate::kOwn) {
+      library_matmul(c, into, a, b, beta);
+    } else if (own) {
       own_matmul<float, float>(into, a, b, beta, dot_takes(a, b));
     } else {
-      library_matmul(c, into, a, b, beta);
+      brgemm_product(into, a, b, beta != 0.0f);
     }
   };
   const bool onednn = a.size(1) >= 16 && onednn_takes(at::kFloat, a, b);
-  product(fastest_matmul(/*tag=*/0, out, a, b, beta, {own_takes(out, a, b), onednn, true, false},
-                         product),
-          out);
+  const bool ours = own || float_brgemm_takes(a, b);
+  product(fastest_matmul(/*tag=*/0, out, a, b, beta, {ours, onednn, true, false}, product), out);
 }
 
 // out = beta * out + a b, out in float or b's dtype, on `c`: kOwn is brgemm over b's pairs made
@@ -208,7 +221,7 @@ void weight_product(Candidate c, at::Tensor& out, const at::Tensor& a, const at:
   const bool pairs = c == Candidate::kOwn;
   const at::ScalarType dtype = pairs ? at::kFloat : b.scalar_type();
   if (out.scalar_type() == dtype) {
-    if (pairs) brgemm_bf16_product(out, a, b, beta != 0.0f);
+    if (pairs) brgemm_product(out, a, b, beta != 0.0f);
     else library_matmul(c, out, a.to(dtype), b, beta);
     return;
   }

@@ -3,9 +3,10 @@
 // Which library multiplies small float32 matrices fastest depends on the CPU in ways no feature
 // bit tells: ATen's product is MKL's, which runs AVX-512 code on an Intel Xeon and generic
 // SSE / AVX2 code on an AMD EPYC (reference/cpu_portability.md, section 3); oneDNN compiles for
-// the instruction set on both; our own kernels stream a weight for one or two rows. Measured for
-// a cell's products (2 threads): on the EPYC Zen 4 our kernels and oneDNN beat ATen up to 3.8x
-// at B=1 (csrc/cell.cpp), while on an Intel Xeon (AMX) ATen beat that choice by 5% or more at
+// the instruction set on both; our own kernels stream a weight for one or two rows, and for
+// more rows brgemm (oneDNN's microkernel as ATen exports it) skips the matmul's setup. Measured
+// for a cell's products (2 threads): on the EPYC Zen 4 our kernels and oneDNN beat ATen up to
+// 3.8x at B=1 (csrc/cell.cpp), while on an Intel Xeon (AMX) ATen beat that choice by 5% or more at
 // 65 of 96 shapes, by up to 3.3x (dG W at B=1, H=512: 43 against 142 us). So the choice is made
 // on the machine that runs it: the first product of each kind times every candidate on the
 // call's own operands and keeps the fastest for the life of the process: repeated calls run the

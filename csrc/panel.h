@@ -60,8 +60,10 @@ struct PanelKernels {
                    int64_t panel, int64_t n0, float* out);
   void (*pack_bf16)(const c10::BFloat16* w, int64_t stride_k, int64_t stride_n, int64_t K,
                     int64_t N, int64_t panel, int64_t n0, c10::BFloat16* out);
-  // Row-major [K, ld] bfloat16 into brgemm's VNNI pairs [ceil(K / 2), ld, 2], zero-padded.
-  void (*pair_rows)(const c10::BFloat16* w, int64_t K, int64_t ld, c10::BFloat16* out);
+  // Rows of bfloat16 w [K, N] (element (k, n) at w[k * ldw + n]) into brgemm's VNNI pairs
+  // [ceil(K / 2), ld, 2], zero-padded past K and N.
+  void (*pair_rows)(const c10::BFloat16* w, int64_t ldw, int64_t K, int64_t N, int64_t ld,
+                    c10::BFloat16* out);
   // A block of columns that are rows of bfloat16 (element (k, n) at w[k + n * stride_n], K and
   // stride_n even) into columns [n0, n0 + N) of the VNNI pairs [K / 2, ld, 2].
   void (*pack_pairs)(const c10::BFloat16* w, int64_t stride_n, int64_t K, int64_t N, int64_t ld,

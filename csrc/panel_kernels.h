@@ -140,26 +140,29 @@ void pack(const T* w, int64_t stride_k, int64_t stride_n, int64_t K, int64_t N, 
   }
 }
 
-// Rows k and k + 1 of a [K, ld] bfloat16 matrix interleaved value by value: out[(k / 2) * ld
-// * 2 + 2 n + k % 2], the VNNI pairs brgemm reads (an odd K pairs its last row with zeros).
-void pair_rows(const c10::BFloat16* w, int64_t K, int64_t ld, c10::BFloat16* out) {
+// Rows k and k + 1 of a [K, N] bfloat16 matrix (rows ldw apart) interleaved value by value:
+// out[(k / 2) * ld * 2 + 2 n + k % 2], the VNNI pairs brgemm reads (an odd K pairs its last row
+// with zeros; columns N to ld are zeros).
+void pair_rows(const c10::BFloat16* w, int64_t ldw, int64_t K, int64_t N, int64_t ld,
+               c10::BFloat16* out) {
   const auto* in = reinterpret_cast<const uint16_t*>(w);
   auto* pairs = reinterpret_cast<uint16_t*>(out);
   for (int64_t k = 0; k < K; k += 2) {
-    const uint16_t* even = in + k * ld;
-    const uint16_t* odd = in + (k + 1) * ld;
+    const uint16_t* even = in + k * ldw;
+    const uint16_t* odd = in + (k + 1) * ldw;
     uint16_t* dst = pairs + k * ld;
     if (k + 1 < K) {
-      for (int64_t n = 0; n < ld; ++n) {
+      for (int64_t n = 0; n < N; ++n) {
         dst[2 * n] = even[n];
         dst[2 * n + 1] = odd[n];
       }
     } else {
-      for (int64_t n = 0; n < ld; ++n) {
+      for (int64_t n = 0; n < N; ++n) {
         dst[2 * n] = even[n];
         dst[2 * n + 1] = 0;
       }
     }
+    std::fill(dst + 2 * N, dst + 2 * ld, uint16_t(0));
   }
 }
 

@@ -118,11 +118,13 @@ at::Tensor brgemm_weight(const std::vector<at::Tensor>& columns, int64_t ld) {
       n0 += block.size(1);
     }
     if (ld > n0) pairs.narrow(1, n0, ld - n0).zero_();
-  } else if (columns.size() == 1 && first.stride(1) == 1 && first.stride(0) == ld) {
-    kernels.pair_rows(first.data_ptr<c10::BFloat16>(), K, ld, out);  // the backward's W_hh
+  } else if (columns.size() == 1 && (first.size(1) == 1 || first.stride(1) == 1)) {
+    // Rows in place (the backward's W_hh, or a thread's columns of it): one pass.
+    kernels.pair_rows(first.data_ptr<c10::BFloat16>(), first.stride(0), K, first.size(1), ld,
+                      out);
   } else {
     const at::Tensor rows = pack_panels(columns, ld).view({K, ld});
-    kernels.pair_rows(rows.data_ptr<c10::BFloat16>(), K, ld, out);
+    kernels.pair_rows(rows.data_ptr<c10::BFloat16>(), ld, K, ld, ld, out);
   }
   return pairs;
 }
@@ -197,36 +199,54 @@ ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype) {
   return dtype == at::kFloat && M <= kOwnMaxRows ? ProductKernel::kOwn : ProductKernel::kBrgemm;
 }
 
-void brgemm_bf16_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add) {
+void brgemm_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add) {
 #ifdef GATED_KERNELS_BRGEMM
-  const int64_t M = a.size(0), K = a.size(1), N = w.size(1), K2 = (K + 1) / 2 * 2;
+  const bool pairs = w.scalar_type() == at::kBFloat16;
+  const int64_t M = a.size(0), K = a.size(1), N = w.size(1), K2 = pairs ? (K + 1) / 2 * 2 : K;
   TORCH_INTERNAL_ASSERT(out.is_contiguous() && out.scalar_type() == at::kFloat &&
-                        w.scalar_type() == at::kBFloat16 && K > 0);
-  // a as brgemm reads it: bfloat16 rows with contiguous values, padded to w's pairs.
+                        (pairs || w.scalar_type() == at::kFloat) && K > 0);
+  // a as brgemm reads it: rows of w's dtype with contiguous values, padded to w's pairs.
+  const at::ScalarType row_type = w.scalar_type();
   at::Tensor rows = a;
-  if (a.scalar_type() != at::kBFloat16 || K2 != K || a.stride(1) != 1) {
-    rows = at::empty({M, K2}, a.options().dtype(at::kBFloat16));
+  if (a.scalar_type() != row_type || K2 != K || (K > 1 && a.stride(1) != 1)) {
+    rows = at::empty({M, K2}, a.options().dtype(row_type));
     if (K2 != K) rows.select(1, K).zero_();
     rows.narrow(1, 0, K).copy_(a);
   }
   const int64_t lda = M == 1 ? K2 : rows.stride(0);
-  // Columns in units of 64, a thread for every kBrgemmWork multiply-adds (2^21: some 20 us of
-  // a thread's work, beyond a fork's cost; at 2^18, [8, 128] x [128, 512] split over two
-  // threads took 34 us against 19 on one).
-  constexpr int64_t kUnit = 64, kBrgemmWork = int64_t(1) << 21;
+  // A float w whose rows brgemm reads in place (dG W, W as torch.nn stores it): no copy.
+  const int64_t w_ld = N == 1 ? 1 : w.stride(0);
+  const bool in_place = !pairs && (N == 1 || w.stride(1) == 1) && w_ld >= N &&
+                        brgemm_ld(w_ld) == w_ld;
+  // Columns in units of 64, a thread for every kBrgemmWork multiply-adds (2^18; AMD EPYC Zen 5,
+  // 2 threads, interleaved medians: [16, 128] x [128, 512] in float took 16 us on two threads
+  // against 28 on one, [32, 128] x [128, 512] 23 against 38, in bfloat16 12 against 16 and 16
+  // against 24; [8, 64] x [64, 256] (2^17) stays on one).
+  constexpr int64_t kUnit = 64, kBrgemmWork = int64_t(1) << 18;
   const int64_t units = (N + kUnit - 1) / kUnit;
   const int64_t grain = std::max<int64_t>(1, units * kBrgemmWork / std::max<int64_t>(1, M * N * K));
   at::parallel_for(0, units, grain, [&](int64_t begin, int64_t end) {
     const int64_t n0 = begin * kUnit, n = std::min(N, end * kUnit) - n0;
+    float* c = out.data_ptr<float>() + n0;
+    if (in_place) {
+      at::native::cpublas::brgemm(M, n, K, lda, w_ld, N, add, rows.const_data_ptr<float>(),
+                                  w.const_data_ptr<float>() + n0, c);
+      return;
+    }
+    // This thread's columns of w in brgemm's form: [K, ld] rows, or VNNI pairs for bfloat16.
     const int64_t ld = brgemm_ld(n);
-    const at::Tensor pairs = brgemm_weight({w.narrow(1, n0, n)}, ld);
-    at::native::cpublas::brgemm(M, n, K2, lda, ld, N, add, rows.const_data_ptr<c10::BFloat16>(),
-                                pairs.const_data_ptr<c10::BFloat16>(),
-                                out.data_ptr<float>() + n0, /*is_vnni=*/true);
-    at::native::cpublas::brgemm_release();
+    const at::Tensor packed = brgemm_weight({w.narrow(1, n0, n)}, ld);
+    if (pairs) {
+      at::native::cpublas::brgemm(M, n, K2, lda, ld, N, add, rows.const_data_ptr<c10::BFloat16>(),
+                                  packed.const_data_ptr<c10::BFloat16>(), c, /*is_vnni=*/true);
+      at::native::cpublas::brgemm_release();
+    } else {
+      at::native::cpublas::brgemm(M, n, K, lda, ld, N, add, rows.const_data_ptr<float>(),
+                                  packed.const_data_ptr<float>(), c);
+    }
   });
 #else
-  TORCH_INTERNAL_ASSERT(false, "brgemm_bf16_product: brgemm is not built in");
+  TORCH_INTERNAL_ASSERT(false, "brgemm_product: brgemm is not built in");
 #endif
 }
 

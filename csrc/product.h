@@ -50,11 +50,13 @@ ProductKernel choose_kernel(int64_t M, int64_t K, at::ScalarType dtype);
 // trial product).
 bool brgemm_available(at::ScalarType dtype);
 
-// out [M, N] (float, contiguous) = a [M, K] w [K, N] (+ out where `add`), for a bfloat16 w of
-// any strides and a in float or bfloat16 (rounded to bfloat16), on brgemm (brgemm_available
-// for bfloat16 must hold). For a product that runs once (a cell's): w goes into brgemm's pairs
-// for this call alone, split by columns over the threads where the work repays a fork.
-void brgemm_bf16_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add);
+// out [M, N] (float, contiguous) = a [M, K] w [K, N] (+ out where `add`) on brgemm
+// (brgemm_available for w's dtype must hold), for a float or bfloat16 w of any strides and a in
+// float or w's dtype (rounded to bfloat16 for a bfloat16 w). For a product that runs once (a
+// cell's): each thread puts its columns of w into brgemm's form (rows, or pairs for bfloat16)
+// for this call alone, or reads a float w's rows in place where brgemm can; the columns are
+// split over the threads where the work repays a fork.
+void brgemm_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, bool add);
 
 // One product that runs once, with no packing to repay (csrc/cell.cpp: the cells' and one-step
 // calls' products, the kernel picked by size): out = beta * out + a b, beta 0 or 1, for out
