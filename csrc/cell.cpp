@@ -460,7 +460,9 @@ ProductGrads product_grads(const at::Tensor& dGx, const at::Tensor& dGh, const a
                            const at::Tensor& dh_in, const CellGrads& wanted) {
   const at::ScalarType dtype = x.scalar_type();
   const bool own = x.size(0) <= kOwnRows && dGx.scalar_type() == at::kFloat;
-  const at::Tensor gx = own ? dGx : dGx.to(dtype), gh = own ? dGh : dGh.to(dtype);
+  // The LSTM's dG serves both sides: converted once.
+  const at::Tensor gx = own ? dGx : dGx.to(dtype);
+  const at::Tensor gh = own ? dGh : dGh.is_same(dGx) ? gx : dGh.to(dtype);
   // Our kernels write dx and dh in float, rounded after; a library writes them in x's dtype (a
   // float buffer there would be one more copy each way). dh_in, in float, stays float.
   const auto input_grad = [&](const at::Tensor& like) {

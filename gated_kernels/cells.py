@@ -15,7 +15,7 @@ from gated_kernels import autocast, dispatch, functional
 from gated_kernels.autograd import gru_cell, lstm_cell
 from gated_kernels.backends import backend_forced, resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
-from gated_kernels.rnn import check_backend_name, check_regularizers
+from gated_kernels.rnn import check_backend_name, check_regularizers, current_parameters
 
 
 def _check_cell_state(input, state, index, hidden_size):
@@ -26,6 +26,10 @@ def _check_cell_state(input, state, index, hidden_size):
     if state.size(1) != hidden_size:
         raise RuntimeError(f"hidden{index} has inconsistent hidden_size: got {state.size(1)}, "
                            f"expected {hidden_size}")
+
+
+# A cell's parameters in torch.nn's names (the biases None with bias=False).
+_CELL_PARAMETERS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")
 
 
 class _CellBase:
@@ -113,16 +117,17 @@ class _CellBase:
         """One step in the dtype torch.nn's cell would use under autocast; with DropConnect on
         a masked W_hh, and with zoneout or LayerNorm one step of `layer` (lstm_layer or
         gru_layer) with them."""
-        w_hh = functional.drop_connect(self.weight_hh, self.dropconnect, self.training)
+        w_ih, w_hh, b_ih, b_hh = current_parameters(self, _CELL_PARAMETERS)
+        w_hh = functional.drop_connect(w_hh, self.dropconnect, self.training)
         layer_norm, keep = self._layer_norm(), None
         if self.zoneout > 0.0:
             keep = tuple(functional.zoneout_keep(self.zoneout, self.training, (1, *s.shape),
                                                  input) for s in states)
         if keep is not None or layer_norm is not None:
-            out = layer(input.unsqueeze(0), *states, self.weight_ih, w_hh, self.bias_ih,
-                        self.bias_hh, backend=backend, layer_norm=layer_norm, keep=keep)
+            out = layer(input.unsqueeze(0), *states, w_ih, w_hh, b_ih, b_hh, backend=backend,
+                        layer_norm=layer_norm, keep=keep)
             return out[1:]
-        tensors = [input, *states, self.weight_ih, w_hh, self.bias_ih, self.bias_hh]
+        tensors = [input, *states, w_ih, w_hh, b_ih, b_hh]
         dtype = autocast.compute_dtype(type(self).__name__, input)
         if dtype is None:
             return self._run_step(backend, layer, cell_step, tensors)
