@@ -29,7 +29,11 @@ Left to torch.nn besides:
 The `gpu` suite times our kernels forced and records this choice next to them.
 """
 
+import functools
+
 import torch
+
+from gated_kernels import cpu
 
 # The measured H; a call takes the entry of the smallest one at or above its H.
 MEASURED_H = (256, 512, 1024, 2048)
@@ -124,30 +128,49 @@ def _torch_lstm_on_onednn_bf16():
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
+@functools.cache
+def _has_amx():
+    """Whether the CPU has AMX bfloat16 tiles (Linux's flags; False where unreadable), on which
+    our bfloat16 products at a few rows hold their own against oneDNN's fused LSTM. Read once:
+    reading /proc/cpuinfo takes longer than a step."""
+    return "amx_bf16" in cpu.isa_flags()
+
+
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
                 training=False):
     """"cpp" or "torch" for an `auto` call on the CPU. Where torch.nn's bfloat16 LSTM runs
-    oneDNN's fused LSTM, a one-layer, one-direction bfloat16 LSTM in inference at B >= 64 runs
-    torch.nn's code: its oneDNN primitive does each step in one fused call where ours runs a
-    product and a pass.
-    - One step (T=1) at 128 < H <= 256. On an AMD EPYC Zen 4, 2 threads, 2026-12-01, a step
-      with the state passed, medians of 40 interleaved runs: at H=256, B in {8, 32, 64}, ours
-      173-364 us against torch.nn's 166-323 (0.89x-0.96x). Since products by such weights may
-      run on brgemm (csrc/cell.cpp, bf16_weight_matmul), on an AMD EPYC Zen 5 (2 threads,
+    oneDNN's fused LSTM, a one-layer, one-direction bfloat16 LSTM in inference runs torch.nn's
+    code at the shapes below: its oneDNN primitive does each step in one fused call where ours
+    runs a product and a pass. Through our module torch.nn's code then reads 1.00x-1.02x.
+    - One step (T=1) at B >= 64, 128 < H <= 256. On an AMD EPYC Zen 4, 2 threads, 2026-12-01, a
+      step with the state passed, medians of 40 interleaved runs: at H=256, B in {8, 32, 64},
+      ours 173-364 us against torch.nn's 166-323 (0.89x-0.96x). Since products by such weights
+      may run on brgemm (csrc/cell.cpp, bf16_weight_matmul), on an AMD EPYC Zen 5 (2 threads,
       2026-12-02, the step suite's runner) ours read 1.21x-1.37x at B in {8, 16, 24, 32} and
       1.05x at B=48, where torch.nn's code read 0.96x-1.00x through our module, and both
       0.98x-1.00x at B=64. At H <= 128 our products run on brgemm (csrc/cell.cpp,
       kPairsMaxWeight) and ours wins: 57-140 us against 92-225 (1.2x-2.2x).
-    - A sequence at 128 < H <= 512. The cpu suite at B=64, T in {100, 500}, H in {256, 512}
-      (2 threads) read ours 0.84x-0.93x on an AMD EPYC Zen 5 (2026-12-02), 0.86x-0.95x on an
-      Intel Xeon with AMX (2026-12-01) and 0.93x-0.99x on an AMD EPYC Zen 4 (2026-11-30); at H=128
-      the Xeon read 1.06x-1.07x, and at B=16 all three 0.91x-1.19x.
+    - A sequence on a CPU with AMX (an Intel Xeon) at B >= 64, 128 < H <= 512: its cpu suite
+      (2026-12-01) read ours 0.86x-0.95x at B=64, H in {256, 512}, T in {100, 500}, but
+      1.06x-1.07x at H=128 and 1.00x-1.27x at B=16.
+    - A sequence on a CPU without AMX at B >= 8, 128 < H <= 1024, and at B >= 64, H <= 128. On
+      an AMD EPYC Zen 5 (2 threads, 2026-12-02, the runner at T=100 unless noted) ours read
+      0.83x-0.93x at B in {8, 16, 32}, H in {256, 512} (T=500 too), 0.66x-0.88x at H=1024, B in
+      {8, 16, 64}, and 0.87x-0.92x at B in {64, 128}, H in {64, 128} (T=500 too), against
+      1.02x-1.33x at B <= 4 and 1.07x-1.12x at B in {8, 32}, H=128; its cpu suite (98b7ee7) read
+      0.84x-0.93x at B=64, H in {256, 512}. An AMD EPYC Zen 4's (2026-11-30) read 0.89x-0.99x
+      at B=64 and 0.93x-1.01x at B=16, H in {256, 512}.
     Everything else measured at parity or faster on our kernels."""
     if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj or num_layers != 1
-            or bidirectional or B < 64 or not _torch_lstm_on_onednn_bf16()):
+            or bidirectional or not _torch_lstm_on_onednn_bf16()):
         return "cpp"
-    top = 256 if T == 1 else 512
-    return "torch" if 128 < H <= top else "cpp"
+    if T == 1:
+        fused = B >= 64 and 128 < H <= 256
+    elif _has_amx():
+        fused = B >= 64 and 128 < H <= 512
+    else:
+        fused = (B >= 8 and 128 < H <= 1024) or (B >= 64 and H <= 128)
+    return "torch" if fused else "cpp"
 
 
 def exporting_onnx():
