@@ -121,10 +121,10 @@ def test_one_layer_functions_refuse_the_torch_backend():
 
 
 def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypatch):
-    """cpu_backend: a one-layer, one-direction bfloat16 LSTM in inference runs torch.nn's fused
-    oneDNN LSTM where torch.nn has it and ours measured slower: one step at B >= 64, 128 < H <=
-    256; a sequence with AMX at B >= 64, 128 < H <= 512, without AMX at B >= 8, 128 < H <= 1024
-    and at B >= 64, H <= 128; everything else our C++."""
+    """cpu_backend: a bfloat16 LSTM in inference runs torch.nn's fused oneDNN LSTM where torch.nn
+    has it and ours measured slower: with one layer and direction one step at B >= 64, 128 < H
+    <= 256 and a sequence with AMX at B >= 64, 128 < H <= 512; without AMX a sequence at B >= 8,
+    128 < H <= 1024 (any layers) and at B >= 64, H <= 128 (one layer); else our C++."""
     monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: True)
     cpu = dispatch.cpu_backend
     for amx in (True, False):
@@ -141,8 +141,8 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
         assert cpu("LSTM", BF16, 100, 32, 128) == "cpp"  # H <= 128 at B < 64
         assert cpu("LSTM", BF16, 1, 64, 256, training=True) == "cpp"
         assert cpu("LSTM", BF16, 100, 64, 256, training=True) == "cpp"
-        assert cpu("LSTM", BF16, 100, 64, 256, num_layers=2) == "cpp"
-        assert cpu("LSTM", BF16, 100, 64, 256, bidirectional=True) == "cpp"
+        assert cpu("LSTM", BF16, 1, 64, 256, num_layers=2) == "cpp"
+        assert cpu("LSTM", BF16, 1, 64, 256, bidirectional=True) == "cpp"
         assert cpu("LSTM", BF16, 100, 64, 256, proj=True) == "cpp"
         assert cpu("LSTM", FP32, 1, 64, 256) == "cpp"
         assert cpu("LSTM", FP32, 100, 64, 256) == "cpp"
@@ -154,7 +154,12 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
     assert cpu("LSTM", BF16, 100, 63, 512) == "cpp"
     assert cpu("LSTM", BF16, 100, 64, 128) == "cpp"
     assert cpu("LSTM", BF16, 100, 64, 1024) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 256, num_layers=2) == "cpp"
+    assert cpu("LSTM", BF16, 100, 64, 256, bidirectional=True) == "cpp"
     monkeypatch.setattr(dispatch, "_has_amx", lambda: False)
+    assert cpu("LSTM", BF16, 100, 8, 512, num_layers=2, bidirectional=True) == "torch"
+    assert cpu("LSTM", BF16, 100, 64, 256, bidirectional=True) == "torch"
+    assert cpu("LSTM", BF16, 100, 64, 128, num_layers=2) == "cpp"  # H <= 128: one layer only
     assert cpu("LSTM", BF16, 100, 8, 129) == "torch"
     assert cpu("LSTM", BF16, 100, 8, 1024) == "torch"
     assert cpu("LSTM", BF16, 100, 64, 128) == "torch"
