@@ -140,8 +140,9 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
                 training=False):
     """"cpp" or "torch" for an `auto` call on the CPU. Where torch.nn's bfloat16 LSTM runs
     oneDNN's fused LSTM, a bfloat16 LSTM in inference without projection runs torch.nn's code
-    at the shapes below (one layer and direction unless said): its oneDNN primitive does each step in one fused call where ours
-    runs a product and a pass. Through our module torch.nn's code then reads 1.00x-1.02x.
+    at the shapes below (one layer and direction unless said): its oneDNN primitive does each
+    step in one fused call where ours runs a product and a pass. Through our module torch.nn's
+    code then reads 1.00x-1.02x.
     - One step (T=1) at B >= 64, 128 < H <= 256. On an AMD EPYC Zen 4, 2 threads, 2026-12-01, a
       step with the state passed, medians of 40 interleaved runs: at H=256, B in {8, 32, 64},
       ours 173-364 us against torch.nn's 166-323 (0.89x-0.96x). Since products by such weights
@@ -154,16 +155,16 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
       (2026-12-01) read ours 0.86x-0.95x at B=64, H in {256, 512}, T in {100, 500}, but
       1.06x-1.07x at H=128 and 1.00x-1.27x at B=16.
     - A sequence on a CPU without AMX at B >= 8, 128 < H <= 1024 (any layers and directions),
-      and at B >= 64, H <= 128 (one layer, one direction). On
-      an AMD EPYC Zen 5 (2 threads, 2026-12-02, the runner at T=100 unless noted) ours read
-      0.83x-0.93x at B in {8, 16, 32}, H in {256, 512} (T=500 too), 0.66x-0.88x at H=1024, B in
-      {8, 16, 64}, and 0.87x-0.92x at B in {64, 128}, H in {64, 128} (T=500 too), against
-      1.02x-1.33x at B <= 4 and 1.07x-1.12x at B in {8, 32}, H=128; its cpu suite (98b7ee7) read
-      0.84x-0.93x at B=64, H in {256, 512}. An AMD EPYC Zen 4's (2026-11-30) read 0.89x-0.99x
-      at B=64 and 0.93x-1.01x at B=16, H in {256, 512}. Bidirectional on the Zen 5: ours
-      0.93x at B=16, H=256 and 0.84x at B=64, H=512; with two layers 0.83x at B=8, H=512,
-      0.96x at B=64, H=256 and 0.94x-1.11x in two runs at B=16, H=256, but 1.01x at B=64,
-      H=128 (torch.nn's code 0.95x) and 1.21x at B=4.
+      and at B >= 64, H <= 128 (one layer, one direction). On an AMD EPYC Zen 5 (2 threads,
+      2026-12-02, the runner at T=100 unless noted) ours read 0.83x-0.93x at B in {8, 16, 32},
+      H in {256, 512} (T=500 too), 0.66x-0.88x at H=1024, B in {8, 16, 64}, and 0.87x-0.92x at
+      B in {64, 128}, H in {64, 128} (T=500 too), against 1.02x-1.33x at B <= 4 and
+      1.07x-1.12x at B in {8, 32}, H=128; its cpu suite (98b7ee7) read 0.84x-0.93x at B=64, H
+      in {256, 512}. An AMD EPYC Zen 4's (2026-11-30) read 0.89x-0.99x at B=64 and 0.93x-1.01x
+      at B=16, H in {256, 512}. Bidirectional on the Zen 5: ours 0.93x at B=16, H=256 and 0.84x
+      at B=64, H=512; with two layers 0.83x at B=8, H=512, 0.96x at B=64, H=256 and 0.94x-1.11x
+      in two runs at B=16, H=256, but 1.01x at B=64, H=128 (torch.nn's code 0.95x) and 1.21x at
+      B=4.
     Everything else measured at parity or faster on our kernels."""
     if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj
             or not _torch_lstm_on_onednn_bf16()):
