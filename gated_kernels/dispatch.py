@@ -137,12 +137,15 @@ def _has_amx():
 
 
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
-                training=False):
+                training=False, packed=False):
     """"cpp" or "torch" for an `auto` call on the CPU. Where torch.nn's bfloat16 LSTM runs
-    oneDNN's fused LSTM, a bfloat16 LSTM in inference without projection runs torch.nn's code
-    at the shapes below (one layer and direction unless said): its oneDNN primitive does each
-    step in one fused call where ours runs a product and a pass. Through our module torch.nn's
-    code then reads 1.00x-1.02x.
+    oneDNN's fused LSTM, a bfloat16 LSTM in inference without projection on padded (not
+    packed) input runs torch.nn's code at the shapes below (one layer and direction unless
+    said): its oneDNN primitive does each step in one fused call where ours runs a product and
+    a pass. Through our module torch.nn's code then reads 1.00x-1.02x. A PackedSequence stays
+    ours: torch.nn runs it outside oneDNN, one step at a time, and our rows stop at their
+    lengths (the packed suite's bfloat16 LSTM inference, bidirectional, B 16-64, H 256-512:
+    ours 1.39x-3.68x on an AMD EPYC Zen 4, 0db74cb).
     - One step (T=1) at B >= 64, 128 < H <= 256. On an AMD EPYC Zen 4, 2 threads, 2026-12-01, a
       step with the state passed, medians of 40 interleaved runs: at H=256, B in {8, 32, 64},
       ours 173-364 us against torch.nn's 166-323 (0.89x-0.96x). Since products by such weights
@@ -166,7 +169,7 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
       in two runs at B=16, H=256, but 1.01x at B=64, H=128 (torch.nn's code 0.95x) and 1.21x at
       B=4.
     Everything else measured at parity or faster on our kernels."""
-    if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj
+    if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj or packed
             or not _torch_lstm_on_onednn_bf16()):
         return "cpp"
     one_layer = num_layers == 1 and not bidirectional

@@ -155,7 +155,8 @@ class _RecurrentBase(nn.RNNBase):
         proj = getattr(self, "proj_size", 0) > 0
         if backend == "cpp":
             return dispatch.cpu_backend(self.mode, data.dtype, T, B, self.hidden_size,
-                                        self.num_layers, self.bidirectional, proj, training)
+                                        self.num_layers, self.bidirectional, proj, training,
+                                        packed)
         dtype = autocast.compute_dtype(type(self).__name__, data) or data.dtype
         return dispatch.cuda_backend(torch.cuda.get_device_properties(data.device), self.mode,
                                      dtype, T, B, self.input_size, self.hidden_size,

@@ -8,6 +8,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from torch.nn.utils.rnn import pack_padded_sequence
 
 import gated_kernels as gk
 from gated_kernels import dispatch
@@ -148,6 +149,7 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
         assert cpu("LSTM", FP32, 100, 64, 256) == "cpp"
         assert cpu("GRU", BF16, 1, 64, 256) == "cpp"
         assert cpu("GRU", BF16, 100, 64, 256) == "cpp"
+        assert cpu("LSTM", BF16, 100, 64, 256, packed=True) == "cpp"  # ours stops rows early
     # With AMX (an Intel Xeon) ours held its own at B < 64, at H <= 128 and at H=1024 (where
     # it was not measured); without, from B=8 and at B >= 64 for H <= 128.
     monkeypatch.setattr(dispatch, "_has_amx", lambda: True)
@@ -174,5 +176,8 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
     x, state = torch.randn(1, 64, 16, dtype=BF16), torch.zeros(1, 64, 256, dtype=BF16)
     with torch.no_grad():
         assert module._call_backend(x, (state, state)) == "torch"
+        packed = pack_padded_sequence(torch.randn(100, 64, 16, dtype=BF16),
+                                      torch.full((64,), 100), enforce_sorted=False)
+        assert module._call_backend(packed, None) == "cpp"
     assert module._call_backend(x, (state, state)) == "cpp"  # parameters require grad
     assert module.float()._call_backend(x.float(), None) == "cpp"
