@@ -185,9 +185,8 @@ bool own_takes(const at::Tensor& out, const at::Tensor& a, const at::Tensor& b) 
 
 // Whether brgemm takes a float a b (where it runs for float): a with contiguous rows; b any (its
 // columns are packed for the call where brgemm cannot read it in place).
-bool float_brgemm_takes(const at::Tensor& a, const at::Tensor& b) {
-  return b.scalar_type() == at::kFloat && (a.size(1) <= 1 || a.stride(1) == 1) &&
-         brgemm_available(at::kFloat);
+bool float_brgemm_takes(const at::Tensor& a) {
+  return (a.size(1) <= 1 || a.stride(1) == 1) && brgemm_available(at::kFloat);
 }
 
 // out = beta * out + a b in float: the fastest here of ours (our kernels where own_takes, else
@@ -209,7 +208,7 @@ void float_matmul(at::Tensor& out, const at::Tensor& a, const at::Tensor& b, flo
     }
   };
   const bool onednn = a.size(1) >= 16 && onednn_takes(at::kFloat, a, b);
-  const bool ours = own || float_brgemm_takes(a, b);
+  const bool ours = own || float_brgemm_takes(a);
   product(fastest_matmul(/*tag=*/0, out, a, b, beta, {ours, onednn, true, false}, product), out);
 }
 

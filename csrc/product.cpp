@@ -215,7 +215,7 @@ void brgemm_product(at::Tensor& out, const at::Tensor& a, const at::Tensor& w, b
   }
   const int64_t lda = M == 1 ? K2 : rows.stride(0);
   // A float w whose rows brgemm reads in place (dG W, W as torch.nn stores it): no copy.
-  const int64_t w_ld = N == 1 ? 1 : w.stride(0);
+  const int64_t w_ld = w.stride(0);
   const bool in_place = !pairs && (N == 1 || w.stride(1) == 1) && w_ld >= N &&
                         brgemm_ld(w_ld) == w_ld;
   // Columns in units of 64, a thread for every kBrgemmWork multiply-adds (2^18; AMD EPYC Zen 5,

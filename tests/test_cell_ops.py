@@ -183,9 +183,11 @@ def check_cell_matmul():
     for M, K, N in MATMUL_SHAPES:
         a = torch.randn(M, K, generator=g)
         w = torch.randn(N, K, generator=g)
+        # "a w[:, :1]": one column of a wider weight, its rows N apart.
         for name, (left, right) in {"a w^T": (a, w.t()), "a w": (a, w.t().contiguous()),
-                                    "a^T x": (a.t().contiguous().t(), w.t().contiguous())}.items():
-            for c in (None, torch.randn(M, N, generator=g)):
+                                    "a^T x": (a.t().contiguous().t(), w.t().contiguous()),
+                                    "a w[:, :1]": (a, w.t().contiguous()[:, :1])}.items():
+            for c in (None, torch.randn(M, right.shape[1], generator=g)):
                 expected = left.double() @ right.double()
                 if c is not None:
                     expected += c.double()
