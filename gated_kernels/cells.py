@@ -81,11 +81,20 @@ class _CellBase:
     def _shape_backend(self, input):
         """_call_backend's choice for a call without regularizers."""
         backend = resolve_backend(self.backend, input.device)
-        if backend != "triton" or self.backend != "auto" or backend_forced():
+        if backend not in ("cpp", "triton") or self.backend != "auto" or backend_forced():
             return backend
-        cell = type(self).__name__.removesuffix("Cell")
-        dtype = autocast.compute_dtype(type(self).__name__, input) or input.dtype
+        name = type(self).__name__
+        amp = autocast.compute_dtype(name, input)  # None: autocast is off
         B = input.size(0) if input.dim() == 2 else 1
+        if backend == "cpp":
+            if amp != torch.float32 or not autocast.cpu_bfloat16():
+                return backend
+            training = torch.is_grad_enabled() and any(
+                t is not None and t.requires_grad
+                for t in (input, *current_parameters(self, _CELL_PARAMETERS)))
+            return dispatch.cpu_autocast_backend(name, 1, B, self.hidden_size, training)
+        cell = name.removesuffix("Cell")
+        dtype = amp or input.dtype
         return dispatch.cuda_backend(torch.cuda.get_device_properties(input.device), cell, dtype,
                                      1, B, self.input_size, self.hidden_size)
 

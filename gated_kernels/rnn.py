@@ -138,8 +138,11 @@ class _RecurrentBase(nn.RNNBase):
         backend = resolve_backend(self.backend, data.device)
         if self.backend != "auto":
             return backend
-        # The CPU rule concerns bfloat16 only: float32 calls pay nothing more here.
-        if backend == "cpp" and data.dtype != torch.bfloat16:
+        # The CPU rules concern bfloat16 (under autocast, the dtype the call computes in) and
+        # autocast: other float32 calls pay nothing more here.
+        amp = autocast.compute_dtype(type(self).__name__, data)  # None: autocast is off
+        dtype = amp or data.dtype
+        if backend == "cpp" and dtype != torch.bfloat16 and amp is None:
             return backend
         if backend not in ("cpp", "triton") or backend_forced():
             return backend
@@ -153,11 +156,12 @@ class _RecurrentBase(nn.RNNBase):
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in (data, *states, *self._flat_weights))
         proj = getattr(self, "proj_size", 0) > 0
+        if backend == "cpp" and dtype == torch.float32 and autocast.cpu_bfloat16():
+            return dispatch.cpu_autocast_backend(self.mode, T, B, self.hidden_size, training)
         if backend == "cpp":
-            return dispatch.cpu_backend(self.mode, data.dtype, T, B, self.hidden_size,
+            return dispatch.cpu_backend(self.mode, dtype, T, B, self.hidden_size,
                                         self.num_layers, self.bidirectional, proj, training,
                                         packed)
-        dtype = autocast.compute_dtype(type(self).__name__, data) or data.dtype
         return dispatch.cuda_backend(torch.cuda.get_device_properties(data.device), self.mode,
                                      dtype, T, B, self.input_size, self.hidden_size,
                                      self.num_layers, self.bidirectional, proj, packed, training)

@@ -10,6 +10,7 @@ import torch
 
 from gated_kernels.bench import cli, measure, report
 from gated_kernels.bench.suites import Case, draw_lengths
+from gated_kernels.tolerance import allowed_error
 
 TINY = ["--shape", "6,3,5,4", "--min-seconds", "0.01"]
 
@@ -288,3 +289,19 @@ def test_packed_bound_measures_the_suite_s_long_tailed_lengths():
     lengths = draw_lengths(case, torch.Generator().manual_seed(1))
     assert fill == pytest.approx(float(lengths.sum()) / (12 * 4))
     assert min(full, packed, steps) > 0
+
+
+@pytest.mark.parametrize("cell, dtype", [("LSTM", torch.bfloat16), ("GRU", torch.float32),
+                                         ("LSTMCell", torch.float32)])
+def test_an_amp_case_runs_float32_modules_under_autocast(cell, dtype):
+    """amp_bf16: float32 weights and input, calls under CPU autocast. The gate's tolerance is
+    that of torch.nn's output dtype there: bfloat16 for its LSTM, float32 for the rest."""
+    case = Case(cell, "fwdbwd", T=6 if "Cell" not in cell else 1, B=3, I=5, H=4,
+                dtype="amp_bf16")
+    assert next(measure.torch_module(case).parameters()).dtype == torch.float32
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0
+    assert record["allowed_out_error"] == allowed_error(dtype, "out", record["torch_out_error"])
+    # Autocast was on: torch.nn's products ran in bfloat16 (its GRU's and cells' too, whose
+    # gates and outputs stay float32), so its error is bfloat16's size.
+    assert record["torch_out_error"] > 1e-4

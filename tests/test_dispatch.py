@@ -181,3 +181,41 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
         assert module._call_backend(packed, None) == "cpp"
     assert module._call_backend(x, (state, state)) == "cpp"  # parameters require grad
     assert module.float()._call_backend(x.float(), None) == "cpp"
+    # Under CPU autocast a float32 LSTM computes in bfloat16 and takes the bfloat16 rule; the
+    # GRU computes in float32 there (gated_kernels.autocast) and stays ours.
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        assert module._call_backend(x.float(), None) == "torch"
+        assert gk.GRU(16, 256)._call_backend(x.float(), None) == "cpp"
+
+
+def test_auto_under_cpu_autocast_leaves_large_float32_gru_and_cell_products_to_torch():
+    """cpu_autocast_backend: under bfloat16 autocast torch.nn's float32 GRU and cells run their
+    products in bfloat16 (ours in float32), and torch.nn's code runs where that measured faster.
+    The module then returns exactly torch.nn's output."""
+    rule = dispatch.cpu_autocast_backend
+    for cell in ("GRU", "LSTMCell", "GRUCell"):
+        T = 100 if cell == "GRU" else 1
+        assert rule(cell, T, 32, 512, training=True) == "torch"
+        assert rule(cell, T, 64, 512, training=False) == "torch"
+        assert rule(cell, T, 32, 512, training=False) == "cpp"  # ours 0.99x-1.12x
+        assert rule(cell, T, 8, 512, training=True) == "cpp"
+        assert rule(cell, T, 128, 256, training=True) == "cpp"
+        assert rule(cell, T, 1, 1024, training=True) == "cpp"
+    assert rule("GRU", 1, 8, 1024, training=True) == "torch"  # one step: ours 0.69x-0.93x
+    assert rule("GRU", 100, 8, 1024, training=True) == "cpp"  # a sequence: ours 1.38x
+    assert rule("GRU", 100, 16, 1024, training=False) == "torch"
+    assert rule("GRU", 1, 16, 1024, training=False) == "cpp"
+    assert rule("LSTM", 100, 64, 1024, training=True) == "cpp"  # in bfloat16: cpu_backend's
+    torch.manual_seed(0)
+    x = torch.randn(64, 512)
+    for theirs, args in ((torch.nn.GRU(512, 512), (x[None], None)),
+                         (torch.nn.GRUCell(512, 512), (x,)), (torch.nn.LSTMCell(512, 512), (x,))):
+        ours = getattr(gk, type(theirs).__name__).from_torch(theirs)
+        one_row = (args[0][..., :1, :], *args[1:])
+        with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+            assert ours._call_backend(*args) == "torch"
+            assert ours._call_backend(*one_row) == "cpp"
+            expected, actual = theirs(*args), ours(*args)
+        torch.testing.assert_close(actual, expected, rtol=0, atol=0)
+        with torch.no_grad():
+            assert ours._call_backend(*args) == "cpp"  # autocast off

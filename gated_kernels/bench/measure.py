@@ -9,8 +9,9 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
 import gated_kernels
+from gated_kernels.autocast import compute_dtype
 from gated_kernels.bench import loops
-from gated_kernels.bench.suites import DTYPES, draw_lengths
+from gated_kernels.bench.suites import AUTOCAST, DTYPES, draw_lengths
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 
@@ -79,21 +80,28 @@ def make_input(case, seed=1):
     return (x, (draw(*shape), draw(*shape)) if case.cell == "LSTM" else draw(*shape))
 
 
+def autocast(case):
+    """The torch.autocast context a case's forward calls run in: off but for the amp dtypes."""
+    dtype = AUTOCAST.get(case.dtype)
+    return torch.autocast(case.device, dtype=dtype, enabled=dtype is not None)
+
+
 def backend_of(case, module, args):
     """The backend a timed call of our `module` runs (auto resolved as in that call), and on
     the Triton backend its forward and backward paths, e.g. "triton:persistent/per_step"."""
     x, hx = args[0], (args[1] if len(args) > 1 else None)
-    with torch.set_grad_enabled(case.mode == "fwdbwd"):
+    with torch.set_grad_enabled(case.mode == "fwdbwd"), autocast(case):
         if case.mode == "fwdbwd":
             x = _with_grad(x)
         backend = module._call_backend(x) if case.is_cell else module._call_backend(x, hx)
+        dtype = compute_dtype(case.cell, _leaves(x)[0]) or _leaves(x)[0].dtype
     if backend != "triton" or not x.is_cuda:
         return backend
     from gated_kernels import dispatch
 
     cell = case.cell.removesuffix("Cell")
-    paths = dispatch.triton_paths(torch.cuda.get_device_properties(x.device), cell,
-                                  DTYPES[case.dtype], case.B, case.H)
+    paths = dispatch.triton_paths(torch.cuda.get_device_properties(x.device), cell, dtype,
+                                  case.B, case.H)
     return f"triton:{paths[0]}/{paths[1]}"
 
 
@@ -148,7 +156,8 @@ def _run_with_grads(case, module, args, seed=2):
     float32 whatever the dtype) come out the same in every implementation."""
     args = _with_grad(args)
     torch.manual_seed(seed)
-    outs = _outputs(case, module(*args))
+    with autocast(case):
+        outs = _outputs(case, module(*args))
     g = torch.Generator(device=outs[0].device).manual_seed(seed)
     # Drawn in float64 and cast, so every dtype gets the same upstream gradient.
     weights = [torch.randn(o.shape, generator=g, device=o.device, dtype=torch.float64).to(o.dtype)
@@ -168,7 +177,9 @@ def gate(case, theirs, ours, args):
         outs, grads = _run_with_grads(case, module, args)
         result[f"{name}_out_error"] = max(map(max_rel_error, outs, ref_outs))
         result[f"{name}_grad_error"] = max(map(max_rel_error, grads, ref_grads))
-    dtype = DTYPES[case.dtype]
+    # torch.nn's output dtype (outs is the loop's last): under autocast, the dtype it computes
+    # in, which for some cells stays float32.
+    dtype = outs[0].dtype
     result["allowed_out_error"] = allowed_error(dtype, "out", result["torch_out_error"])
     result["allowed_grad_error"] = allowed_error(dtype, "grad", result["torch_grad_error"])
     return result
@@ -187,15 +198,17 @@ def step_fn(case, module, args):
     training step the input and state require grad, as in a loop over steps."""
     if case.mode == "fwd":
         def step():
-            with torch.no_grad():
+            with torch.no_grad(), autocast(case):
                 module(*args)
         return step
     args = _with_grad(args)
     leaves = _leaves(args)
-    dy = torch.randn_like(_outputs(case, module(*args))[0])
+    with autocast(case):
+        dy = torch.randn_like(_outputs(case, module(*args))[0])
 
     def step():
-        y = _outputs(case, module(*args))[0]
+        with autocast(case):
+            y = _outputs(case, module(*args))[0]
         y.backward(dy)
         module.zero_grad(set_to_none=True)
         for t in leaves:

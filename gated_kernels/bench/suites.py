@@ -5,8 +5,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+# The dtype of the weights and inputs. amp_bf16 / amp_fp16: float32 weights and inputs, every
+# call under torch.autocast in AUTOCAST's dtype, as a mixed-precision training loop runs them.
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-          "fp64": torch.float64}
+          "fp64": torch.float64, "amp_bf16": torch.float32, "amp_fp16": torch.float32}
+AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
 MODES = ("fwd", "fwdbwd")  # inference under no_grad; a training step (forward + backward)
 CELLS = ("LSTM", "GRU")
 CELL_MODULES = ("LSTMCell", "GRUCell")  # one step a call: the `cells` suite
