@@ -84,17 +84,17 @@ class _CellBase:
         if backend not in ("cpp", "triton") or self.backend != "auto" or backend_forced():
             return backend
         name = type(self).__name__
-        amp = autocast.compute_dtype(name, input)  # None: autocast is off
         B = input.size(0) if input.dim() == 2 else 1
         if backend == "cpp":
-            if amp != torch.float32 or not autocast.cpu_bfloat16():
+            if not torch.is_autocast_enabled("cpu") or input.dtype != torch.float32:
                 return backend
             training = torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad
                 for t in (input, *current_parameters(self, _CELL_PARAMETERS)))
-            return dispatch.cpu_autocast_backend(name, 1, B, self.hidden_size, training)
+            return dispatch.cpu_autocast_backend(name, torch.get_autocast_dtype("cpu"), 1, B,
+                                                 self.hidden_size, training)
         cell = name.removesuffix("Cell")
-        dtype = amp or input.dtype
+        dtype = autocast.compute_dtype(name, input) or input.dtype
         return dispatch.cuda_backend(torch.cuda.get_device_properties(input.device), cell, dtype,
                                      1, B, self.input_size, self.hidden_size)
 

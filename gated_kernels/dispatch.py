@@ -182,27 +182,22 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
     return "torch" if fused else "cpp"
 
 
-def cpu_autocast_backend(cell, T, B, H, training):
-    """"cpp" or "torch" for an `auto` call on the CPU of a float32 GRU, LSTMCell or GRUCell under
-    bfloat16 autocast. torch.nn then runs their products in bfloat16 (linear is in autocast's
-    lower-precision list) and their gates and states in float32; ours computes all of it in
-    float32 (gated_kernels.autocast), so where the products dominate torch.nn's code is faster.
-    On an AMD EPYC Zen 5 (2 threads, 2026-12-02, the runner's amp_bf16 cases, ours against
-    torch.nn):
-    - Sequences (GRU, T=100): 0.60x-0.76x at B in {64, 128}, H in {512, 1024}; 0.86x / 0.93x
-      (inference / training) at B=16, H=1024; 0.92x training but 1.10x inference at B=32,
-      H=512; 1.03x-1.38x at B=8, H=1024, 1.08x-1.17x at H <= 384 up to B=128.
-    - One step (the cells suite, and the step suite's GRU): 0.69x-0.93x training at B=8,
-      H=1024 (inference 1.12x-1.39x); 0.84x-0.99x at B in {32, 64}, H in {512, 1024}, except
-      inference at B=32 (0.99x-1.12x); 0.95x-1.10x training at B=8, H=512; from 1.02x at
-      H <= 256 but for the LSTMCell's training at B=64, H=256 (0.94x)."""
-    if cell not in ("GRU", "LSTMCell", "GRUCell"):
+def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
+    """"cpp" or "torch" for an `auto` call on the CPU of a float32 LSTMCell, GRUCell or one-step
+    GRU under CPU autocast, where ours computes in float32 (gated_kernels.autocast) and torch.nn
+    runs the products in the autocast dtype (linear is in autocast's lower-precision list): where
+    the products dominate, torch.nn's code is faster. Measured under bfloat16 autocast only, on
+    an AMD EPYC Zen 5 (2 threads, 2026-12-02, the runner's cells and step suites, amp_bf16,
+    ours against torch.nn): training 0.69x-0.93x at B=8, H=1024 (inference 1.12x-1.39x) and
+    0.78x-0.98x at B in {32, 64}, H in {512, 1024}; inference 0.84x-0.99x at B=64, H in {512,
+    1024} but 0.99x-1.12x at B=32; 0.95x-1.10x training at B=8, H=512; from 0.94x (the
+    LSTMCell's training at B=64, H=256) at H <= 256. Routed, those read 0.97x-0.99x."""
+    if autocast_dtype != torch.bfloat16 or T != 1 or cell not in ("GRU", "LSTMCell", "GRUCell"):
         return "cpp"
     if training:
-        small_batch = 8 if T == 1 else 16
-        products_win = (H >= 512 and B >= 32) or (H >= 1024 and B >= small_batch)
+        products_win = (H >= 512 and B >= 32) or (H >= 1024 and B >= 8)
     else:
-        products_win = (H >= 512 and B >= 64) or (H >= 1024 and B >= 16 and T > 1)
+        products_win = H >= 512 and B >= 64
     return "torch" if products_win else "cpp"
 
 

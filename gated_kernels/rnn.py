@@ -138,11 +138,9 @@ class _RecurrentBase(nn.RNNBase):
         backend = resolve_backend(self.backend, data.device)
         if self.backend != "auto":
             return backend
-        # The CPU rules concern bfloat16 (under autocast, the dtype the call computes in) and
-        # autocast: other float32 calls pay nothing more here.
-        amp = autocast.compute_dtype(type(self).__name__, data)  # None: autocast is off
-        dtype = amp or data.dtype
-        if backend == "cpp" and dtype != torch.bfloat16 and amp is None:
+        # The CPU rules concern bfloat16 and autocast: other float32 calls pay nothing more here.
+        if (backend == "cpp" and data.dtype != torch.bfloat16
+                and not torch.is_autocast_enabled("cpu")):
             return backend
         if backend not in ("cpp", "triton") or backend_forced():
             return backend
@@ -152,12 +150,14 @@ class _RecurrentBase(nn.RNNBase):
             T, B = data.size(0), 1
         else:
             T, B = (data.size(1), data.size(0)) if self.batch_first else data.shape[:2]
+        dtype = autocast.compute_dtype(type(self).__name__, data, T) or data.dtype
         states = [] if hx is None else [hx] if isinstance(hx, torch.Tensor) else list(hx)
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in (data, *states, *self._flat_weights))
         proj = getattr(self, "proj_size", 0) > 0
-        if backend == "cpp" and dtype == torch.float32 and autocast.cpu_bfloat16():
-            return dispatch.cpu_autocast_backend(self.mode, T, B, self.hidden_size, training)
+        if backend == "cpp" and dtype == data.dtype == torch.float32:  # under CPU autocast
+            return dispatch.cpu_autocast_backend(self.mode, torch.get_autocast_dtype("cpu"), T,
+                                                 B, self.hidden_size, training)
         if backend == "cpp":
             return dispatch.cpu_backend(self.mode, dtype, T, B, self.hidden_size,
                                         self.num_layers, self.bidirectional, proj, training,
@@ -211,12 +211,14 @@ class _RecurrentBase(nn.RNNBase):
                 raise RuntimeError("Expected sequence length to be larger than 0 in RNN")
         # Nothing is written back to the module.
         weights = current_parameters(self, self._flat_weights_names)
-        dtype = autocast.compute_dtype(type(self).__name__, x)
+        dtype = autocast.compute_dtype(name, x, x.size(0))
         if dtype is not None:
+            out_dtype = autocast.output_dtype(name, x, dtype)
             with torch.autocast(x.device.type, enabled=False):
                 x, *cast_states = autocast.cast([x, *states], dtype)
                 weights = autocast.cast(weights, dtype)
                 y, *final = run(x, cast_states, lengths, weights)
+                y, *final = autocast.cast([y, *final], out_dtype)
             final = self._autocast_states(final, states)
         else:
             y, *final = run(x, states, lengths, weights)

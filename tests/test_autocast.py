@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import gated_kernels as gk
+from gated_kernels import autocast
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 FP32, BF16 = torch.float32, torch.bfloat16
@@ -72,6 +73,33 @@ def test_cpu_autocast_bf16_dtypes_match_torch_nn(make, shape, input_dtype):
     for a, e, r in zip(_flat(actual), _flat(expected), _flat(reference(x.double()))):
         allowed = allowed_error(a.dtype, "out", max_rel_error(e, r))
         assert max_rel_error(a, r) <= allowed
+
+
+def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
+    """A float32 GRU of more than one step returns float32 as torch.nn's does but computes in
+    bfloat16 (as torch.nn's products do); one step, the cells, float16 CPU autocast, float64
+    input and the LayerNorm modules keep the input's dtype. The LSTM computes and returns
+    bfloat16."""
+    x = torch.randn(3, 4)
+    with torch.autocast("cpu", dtype=BF16):
+        assert autocast.compute_dtype("GRU", x, T=2) == BF16
+        assert autocast.compute_dtype("LSTM", x, T=1) == BF16
+        for cell, T in (("GRU", 1), ("LSTMCell", 1), ("GRUCell", 1), ("LayerNormGRU", 5)):
+            assert autocast.compute_dtype(cell, x, T) == FP32
+        assert autocast.compute_dtype("GRU", x.double(), T=2) == torch.float64
+        assert autocast.output_dtype("GRU", x, BF16) == FP32
+        assert autocast.output_dtype("LSTM", x, BF16) == BF16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert autocast.compute_dtype("GRU", x, T=2) == FP32
+    assert autocast.compute_dtype("GRU", x, T=2) is None
+    # The module's outputs: the bfloat16 module's, in float32.
+    gru, x = gk.GRU(4, 6, num_layers=2, backend="cpp"), torch.randn(5, 3, 4)
+    with torch.autocast("cpu", dtype=BF16):
+        actual = gru(x)
+    expected = copy.deepcopy(gru).bfloat16()(x.bfloat16())
+    for a, e in zip(actual, expected):
+        assert a.dtype == FP32
+        torch.testing.assert_close(a, e.float(), rtol=0, atol=0)
 
 
 def test_autocast_gradients_reach_float32_parameters():
