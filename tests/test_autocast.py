@@ -4,6 +4,7 @@ import copy
 
 import pytest
 import torch
+from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gated_kernels as gk
 from gated_kernels import autocast
@@ -100,6 +101,43 @@ def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
     for a, e in zip(actual, expected):
         assert a.dtype == FP32
         torch.testing.assert_close(a, e.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
+def test_cpu_bf16_autocast_gru_outputs_and_gradients_within_torch_nns_error(layout):
+    """The bfloat16 GRU sequence (batch_first, 2 layers, bidirectional, h0 given) against
+    float64: outputs and parameter gradients within the error rule given torch.nn's own under
+    the same autocast."""
+    torch.manual_seed(0)
+    theirs = torch.nn.GRU(8, 16, num_layers=2, bidirectional=True, batch_first=True)
+    ours = gk.GRU.from_torch(theirs, backend="cpp")
+    reference = copy.deepcopy(theirs).double()
+    x, h0 = torch.randn(5, 9, 8), torch.randn(4, 5, 16)
+    if layout == "packed":
+        x = pack_padded_sequence(x, torch.tensor([9, 3, 7, 1, 5]), batch_first=True,
+                                 enforce_sorted=False)
+    elif layout == "unbatched":
+        x, h0 = x[0], h0[:, 0]
+
+    def outputs(module, dtype):
+        y, h_n = module(_map_data(x, dtype), h0.to(dtype))
+        return [y.data if isinstance(y, PackedSequence) else y, h_n]
+
+    with torch.autocast("cpu", dtype=BF16):
+        actual, expected = outputs(ours, FP32), outputs(theirs, FP32)
+    exact = outputs(reference, torch.float64)
+    for a, e, r in zip(actual, expected, exact):
+        assert a.dtype == e.dtype == FP32
+        assert max_rel_error(a, r) <= allowed_error(FP32, "out", max_rel_error(e, r))
+    grads = [torch.autograd.grad(sum(o.sum() for o in outs), list(m.parameters()))
+             for outs, m in ((actual, ours), (expected, theirs), (exact, reference))]
+    for a, e, r in zip(*grads):
+        assert a.dtype == FP32
+        assert max_rel_error(a, r) <= allowed_error(FP32, "grad", max_rel_error(e, r))
+
+
+def _map_data(x, dtype):
+    return x._replace(data=x.data.to(dtype)) if isinstance(x, PackedSequence) else x.to(dtype)
 
 
 def test_autocast_gradients_reach_float32_parameters():
