@@ -34,6 +34,8 @@ def compute_dtype(cell, input, T=1):
     device = input.device.type
     if device not in ("cpu", "cuda") or not torch.is_autocast_enabled(device):
         return None
+    if input.dtype == torch.float64:  # autocast casts no float64 tensor: torch.nn's stay float64
+        return None
     if device == "cuda" and cell in ("LSTM", "GRU"):
         return torch.float16
     dtype = torch.get_autocast_dtype(device)

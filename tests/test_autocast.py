@@ -87,7 +87,8 @@ def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
         assert autocast.compute_dtype("LSTM", x, T=1) == BF16
         for cell, T in (("GRU", 1), ("LSTMCell", 1), ("GRUCell", 1), ("LayerNormGRU", 5)):
             assert autocast.compute_dtype(cell, x, T) == FP32
-        assert autocast.compute_dtype("GRU", x.double(), T=2) == torch.float64
+        for cell in ("LSTM", "GRU", "LSTMCell", "GRUCell"):  # autocast leaves float64 alone
+            assert autocast.compute_dtype(cell, x.double(), T=2) is None
         assert autocast.output_dtype("GRU", x, BF16) == FP32
         assert autocast.output_dtype("LSTM", x, BF16) == BF16
     with torch.autocast("cpu", dtype=torch.float16):
@@ -138,6 +139,22 @@ def test_cpu_bf16_autocast_gru_outputs_and_gradients_within_torch_nns_error(layo
 
 def _map_data(x, dtype):
     return x._replace(data=x.data.to(dtype)) if isinstance(x, PackedSequence) else x.to(dtype)
+
+
+@pytest.mark.parametrize("cell", ["LSTM", "GRU", "LSTMCell", "GRUCell"])
+def test_cpu_autocast_leaves_float64_modules_in_float64(cell):
+    """torch.nn's float64 modules compute and return float64 under autocast (it casts no
+    float64 tensor); ours did the LSTM in bfloat16 before."""
+    torch.manual_seed(0)
+    theirs = getattr(torch.nn, cell)(4, 6, dtype=torch.float64)
+    ours = getattr(gk, cell).from_torch(theirs, backend="cpp")
+    x = torch.randn((5, 3, 4) if "Cell" not in cell else (3, 4), dtype=torch.float64)
+    with torch.autocast("cpu", dtype=BF16):
+        expected, actual = theirs(x), ours(x)
+    assert _dtypes(actual) == _dtypes(expected) == [torch.float64] * len(_flat(expected))
+    expected, actual = _flat(expected), _flat(actual)
+    for a, e in zip(actual, expected):
+        assert max_rel_error(a, e) <= allowed_error(torch.float64, "out")
 
 
 def test_autocast_gradients_reach_float32_parameters():
