@@ -181,12 +181,11 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
         assert module._call_backend(packed, None) == "cpp"
     assert module._call_backend(x, (state, state)) == "cpp"  # parameters require grad
     assert module.float()._call_backend(x.float(), None) == "cpp"
-    # Under CPU autocast a float32 LSTM computes in bfloat16 and takes the bfloat16 rule; the
-    # GRU computes in float32 there (gated_kernels.autocast) and stays ours.
+    # Under CPU autocast a float32 LSTM computes in bfloat16 and takes the bfloat16 rule; a
+    # one-step GRU computes in float32 there (gated_kernels.autocast) and at H=256 stays ours.
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         assert module._call_backend(x.float(), None) == "torch"
         assert gk.GRU(16, 256)._call_backend(x.float(), None) == "cpp"
-
 
 
 def test_auto_under_cpu_autocast_leaves_large_float32_steps_to_torch():
