@@ -186,18 +186,30 @@ def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
     """"cpp" or "torch" for an `auto` call on the CPU of a float32 LSTMCell, GRUCell or one-step
     GRU under CPU autocast, where ours computes in float32 (gated_kernels.autocast) and torch.nn
     runs the products in the autocast dtype (linear is in autocast's lower-precision list): where
-    the products dominate, torch.nn's code is faster. Measured under bfloat16 autocast only, on
-    an AMD EPYC Zen 5 (2 threads, 2026-12-02, the runner's cells and step suites, amp_bf16,
-    ours against torch.nn): training 0.69x-0.93x at B=8, H=1024 (inference 1.12x-1.39x) and
-    0.78x-0.98x at B in {32, 64}, H in {512, 1024}; inference 0.84x-0.99x at B=64, H in {512,
-    1024} but 0.99x-1.12x at B=32; 0.95x-1.10x training at B=8, H=512; from 0.94x (the
-    LSTMCell's training at B=64, H=256) at H <= 256. Routed, those read 0.97x-0.99x."""
+    the products dominate, torch.nn's code is faster. The bounds are in the gate width N = G H
+    (4H for the LSTM, 3H for the GRU), the products' output columns. Measured under bfloat16
+    autocast only, 2 threads, the runner's cells and step suites (amp_bf16), ours against
+    torch.nn:
+    - AMD EPYC Zen 5 (2026-12-02): training 0.69x-0.93x at B=8, H=1024 and 0.78x-0.98x at B in
+      {32, 64}, H in {512, 1024}; 0.94x-1.11x at B=8, H=512 and 0.94x for the LSTMCell at B=64,
+      H=256 (the GRU's 1.08x-1.10x). Inference 0.84x-0.99x at B=64, H in {512, 1024}, 0.94x-1.04x
+      at B=32, H=512, 0.98x for the LSTMCell at B=64, H=256 (the GRU's 1.18x-1.19x).
+    - AMD EPYC Zen 4 (2026-12-02), whose float32 products run at about a third of its bfloat16
+      ones (a [512, 1024] x [1024, 1024] product: 74 against 251 GFLOP/s): training 0.71x-0.95x
+      at B=8, H=512 and 0.83x-0.89x for the LSTMCell at B=64, H=256 (the GRU's 0.85x-0.99x);
+      inference 0.85x-0.95x at B=32, H=512 and 0.75x-0.95x for the LSTMCell at B=64, H=256 (the
+      GRU's 0.87x-1.01x).
+    Routed, those read 0.97x-1.00x (torch.nn's code through our module). Elsewhere ours read
+    1.0x-2.8x, but for the one-step GRU at B=64, H=256 on the Zen 4 (0.85x-0.99x in four runs,
+    against 1.10x-1.18x on the Zen 5, so left to ours) and the LSTMCell at B=32, H=256 on the
+    Zen 4 (0.86x-1.09x in four runs)."""
     if autocast_dtype != torch.bfloat16 or T != 1 or cell not in ("GRU", "LSTMCell", "GRUCell"):
         return "cpp"
+    N = (4 if cell == "LSTMCell" else 3) * H
     if training:
-        products_win = (H >= 512 and B >= 32) or (H >= 1024 and B >= 8)
+        products_win = (B >= 8 and N >= 1536) or (B >= 64 and N >= 1024)
     else:
-        products_win = H >= 512 and B >= 64
+        products_win = (B >= 32 and N >= 1536) or (B >= 64 and N >= 1024)
     return "torch" if products_win else "cpp"
 
 
