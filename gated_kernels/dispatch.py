@@ -195,10 +195,10 @@ def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
       H=256 (the GRU's 1.08x-1.10x). Inference 0.84x-0.99x at B=64, H in {512, 1024}, 0.94x-1.04x
       at B=32, H=512, 0.98x for the LSTMCell at B=64, H=256 (the GRU's 1.18x-1.19x).
     - AMD EPYC Zen 4 (2026-12-02), whose float32 products run at about a third of its bfloat16
-      ones (a [512, 1024] x [1024, 1024] product: 74 against 251 GFLOP/s): training 0.71x-0.95x
-      at B=8, H=512 and 0.83x-0.89x for the LSTMCell at B=64, H=256 (the GRU's 0.85x-0.99x);
-      inference 0.85x-0.95x at B=32, H=512 and 0.75x-0.95x for the LSTMCell at B=64, H=256 (the
-      GRU's 0.87x-1.01x).
+      ones (a [512, 1024] x [1024, 1024] product: 74 against 251 GFLOP/s): training at B=8,
+      H=512 the LSTMCell 0.71x-0.87x, the GRUCell 0.83x-1.02x, the one-step GRU 0.78x-0.95x, and
+      the LSTMCell at B=64, H=256 0.83x-0.89x (the GRU's 0.85x-0.99x); inference 0.85x-1.00x at
+      B=32, H=512 and 0.75x-0.95x for the LSTMCell at B=64, H=256 (the GRU's 0.87x-1.01x).
     Routed, those read 0.97x-1.00x (torch.nn's code through our module). Elsewhere ours read
     1.0x-2.8x, but for the one-step GRU at B=64, H=256 on the Zen 4 (0.85x-0.99x in four runs,
     against 1.10x-1.18x on the Zen 5, so left to ours) and the LSTMCell at B=32, H=256 on the
