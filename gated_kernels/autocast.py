@@ -16,15 +16,20 @@ input's dtype, as torch.nn does. Its error against float64 is then about torch.n
 EPYC Zen 5, 2026-12-02, torch 2.13, y and h_n: T=100-500, B=1-64, H=64-512, 1-2 layers, ours
 4.9e-3-6.9e-3 against torch.nn's 5.8e-3-7.5e-3; T=1-32, B=8, H=64-512 with a random h0, ours
 0.43-0.83 of the allowed 2x torch.nn's error), and the runner's cpu suite under autocast read
-1.35x-32.9x against 0.74x-26.1x in float32. One step (a GRU with T=1, the cells) stays in
-float32: there the rounding of the state passed in and out is most of the error and ours
-exceeded the allowed error at B=8, H=128 (5.1e-3 against torch.nn's 2.5e-3), and the cells
-suite read 1.18x / 1.15x geomean in bfloat16 against 1.49x / 1.38x in float32 (where
-dispatch.cpu_autocast_backend leaves large products to torch.nn's code). Under float16 CPU
-autocast (no float16 CPU kernel here) they stay in the input's dtype.
+1.35x-32.9x against 0.74x-26.1x in float32. One step (a GRU with T=1, the cells) keeps its
+state in float32: rounded to bfloat16 on the way in and out, that rounding was most of the
+error and ours exceeded the allowed error at B=8, H=128 (5.1e-3 against torch.nn's 2.5e-3), and
+the cells suite read 1.18x / 1.15x geomean in bfloat16 against 1.49x / 1.38x in float32. Its
+products run in bfloat16 where they are large (cpu_products: inference from B=32, the weights
+cast for the call, x and h rounded for the products as torch.nn's linear rounds them), else in
+float32; one LSTM step for inference computes the same way and rounds its outputs to bfloat16
+(rnn.LSTM._autocast_dtypes). Under float16 CPU autocast (no float16 CPU kernel here) they stay
+in the input's dtype.
 """
 
 import torch
+
+from gated_kernels import dispatch
 
 
 def compute_dtype(cell, input, T=1):
@@ -55,3 +60,16 @@ def output_dtype(cell, input, computed):
 def cast(tensors, dtype):
     """Floating tensors in `dtype` (through autograd, so gradients reach the originals)."""
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
+
+
+def cpu_products(cell, backend, dtype, B, H, training):
+    """The dtype of the products of one step of `cell` ("LSTMCell", "GRUCell", or "LSTM" /
+    "GRU" with T=1) that computes in `dtype` on `backend`, asked with autocast on: bfloat16 for
+    a float32 step on the C++ backend under CPU bfloat16 autocast where
+    dispatch.cpu_autocast_products finds bfloat16 products faster (the weights cast for the
+    call; the cell operators round x and h for the products as torch.nn's linear does and keep
+    the sums, the gates and the state in float32), else `dtype`."""
+    if (backend == "cpp" and dtype == torch.float32 and torch.is_autocast_enabled("cpu")
+            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
+        return dispatch.cpu_autocast_products(cell, B, H, training)
+    return dtype

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gated_kernels import autocast, dispatch, functional
-from gated_kernels.autograd import gru_cell, lstm_cell
+from gated_kernels.autograd import gru_cell, lstm_cell, needs_grad
 from gated_kernels.backends import backend_forced, resolve_backend
 from gated_kernels.functional import gru_layer, lstm_layer
 from gated_kernels.rnn import check_backend_name, check_regularizers, current_parameters
@@ -137,11 +137,16 @@ class _CellBase:
                         layer_norm=layer_norm, keep=keep)
             return out[1:]
         tensors = [input, *states, w_ih, w_hh, b_ih, b_hh]
-        dtype = autocast.compute_dtype(type(self).__name__, input)
+        name = type(self).__name__
+        dtype = autocast.compute_dtype(name, input)
         if dtype is None:
             return self._run_step(backend, layer, cell_step, tensors)
+        products = autocast.cpu_products(name, backend, dtype, input.size(0), self.hidden_size,
+                                         needs_grad(*tensors))
         with torch.autocast(input.device.type, enabled=False):
-            return self._run_step(backend, layer, cell_step, autocast.cast(tensors, dtype))
+            tensors = autocast.cast(tensors, dtype)
+            tensors[-4:-2] = autocast.cast(tensors[-4:-2], products)  # w_ih, w_hh
+            return self._run_step(backend, layer, cell_step, tensors)
 
     @staticmethod
     def _run_step(backend, layer, cell_step, tensors):

@@ -138,10 +138,13 @@ def check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, gates, c=None):
     """Validates a cell operator's arguments (x [B,I], h [B,H], w_ih [G,I], w_hh [G,H], biases
     [G] or None, G = gates * H; the LSTM's c [B,H]); returns (B, H)."""
     _check_tensor("x", x, (None, None), x.dtype, x.device)
-    _check_tensor("w_hh", w_hh, (None, None), x.dtype, x.device)
+    # The weights have x's dtype, or bfloat16 under a float32 x (products in bfloat16, the
+    # state and the pass in float32: the cells under CPU autocast).
+    w_dtype = w_hh.dtype if (x.dtype, w_hh.dtype) == (torch.float32, torch.bfloat16) else x.dtype
+    _check_tensor("w_hh", w_hh, (None, None), w_dtype, x.device)
     B, H = x.shape[0], w_hh.shape[1]
-    _check_tensor("w_hh", w_hh, (gates * H, H), x.dtype, x.device)
-    _check_tensor("w_ih", w_ih, (gates * H, x.shape[1]), x.dtype, x.device)
+    _check_tensor("w_hh", w_hh, (gates * H, H), w_dtype, x.device)
+    _check_tensor("w_ih", w_ih, (gates * H, x.shape[1]), w_dtype, x.device)
     _check_tensor("h", h, (B, H), x.dtype, x.device)
     _expect((b_ih is None) == (b_hh is None), ValueError,
             "b_ih and b_hh must be given together or both be None")

@@ -186,10 +186,11 @@ def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
     """"cpp" or "torch" for an `auto` call on the CPU of a float32 LSTMCell, GRUCell or one-step
     GRU under CPU autocast, where ours computes in float32 (gated_kernels.autocast) and torch.nn
     runs the products in the autocast dtype (linear is in autocast's lower-precision list): where
-    the products dominate, torch.nn's code is faster. The bounds are in the gate width N = G H
-    (4H for the LSTM, 3H for the GRU), the products' output columns. Measured under bfloat16
-    autocast only, 2 threads, the runner's cells and step suites (amp_bf16), ours against
-    torch.nn:
+    the products dominate in training, torch.nn's code is faster. Inference stays ours, its large
+    products in bfloat16 (cpu_autocast_products); the readings below for inference are of our
+    float32 products, before that. The bounds are in the gate width N = G H (4H for the LSTM, 3H
+    for the GRU), the products' output columns. Measured under bfloat16 autocast only, 2
+    threads, the runner's cells and step suites (amp_bf16), ours against torch.nn:
     - AMD EPYC Zen 5 (2026-12-02): training 0.69x-0.93x at B=8, H=1024 and 0.78x-0.98x at B in
       {32, 64}, H in {512, 1024}; 0.94x-1.11x at B=8, H=512 and 0.94x for the LSTMCell at B=64,
       H=256 (the GRU's 1.08x-1.10x). Inference 0.84x-0.99x at B=64, H in {512, 1024}, 0.94x-1.04x
@@ -200,18 +201,38 @@ def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
       the LSTMCell at B=64, H=256 0.83x-0.89x (the GRU's 0.85x-0.99x); inference 0.85x-1.00x at
       B=32, H=512 and 0.75x-0.95x for the LSTMCell at B=64, H=256 (the GRU's 0.87x-1.01x).
     Routed, those read 0.97x-1.00x on the Zen 5 and 0.92x-0.99x on the noisier Zen 4 (torch.nn's
-    code through our module). Elsewhere ours read 1.0x-2.8x, but for the one-step GRU at B=64,
+    code through our module); training still does. Elsewhere ours read 1.0x-2.8x, but for the one-step GRU at B=64,
     H=256 on the Zen 4 (0.85x-0.99x in four runs, against 1.10x-1.18x on the Zen 5, so left to
     ours) and the LSTMCell at B=32, H=256 on the Zen 4 (0.86x-1.09x in four runs). Not measured
     on an Intel Xeon (AMX)."""
-    if autocast_dtype != torch.bfloat16 or T != 1 or cell not in ("GRU", "LSTMCell", "GRUCell"):
+    if (autocast_dtype != torch.bfloat16 or T != 1 or not training
+            or cell not in ("GRU", "LSTMCell", "GRUCell")):
         return "cpp"
     N = (4 if cell == "LSTMCell" else 3) * H
-    if training:
-        products_win = (B >= 8 and N >= 1536) or (B >= 64 and N >= 1024)
-    else:
-        products_win = (B >= 32 and N >= 1536) or (B >= 64 and N >= 1024)
-    return "torch" if products_win else "cpp"
+    return "torch" if (B >= 8 and N >= 1536) or (B >= 64 and N >= 1024) else "cpp"
+
+
+def cpu_autocast_products(cell, B, H, training):
+    """The dtype of the products of one float32 step (`cell`: "LSTMCell", "GRUCell", or "LSTM" /
+    "GRU" with T=1) on the C++ backend under CPU bfloat16 autocast: torch.bfloat16 (the weights
+    cast for the call, x and h rounded for the products as torch.nn's linear rounds them; sums,
+    gates and state in float32) for inference at B >= 32 and gate width N = G H >= 512, else
+    torch.float32. There the products dominate, and they run about 3x faster in bfloat16 on an
+    AMD EPYC Zen 4 (a [512, 1024] x [1024, 1024] product: 251 against 74 GFLOP/s, 2 threads);
+    below, the weights' cast (each weight read once more) costs more than it saves. Ours against
+    torch.nn under autocast (AMD EPYC Zen 4, 2026-12-02, 2 threads, inference, medians of 9
+    interleaved rounds; float32 products, then bfloat16):
+    - B >= 32: LSTMCell H=64 2.66x / 2.11x, H=128 1.46x / 1.71x, H=256 1.03x / 1.39x, H=1024
+      0.86x / 1.05x; GRUCell H=128 1.90x / 2.05x, H=256 0.97x / 1.25x, H=512 0.97x / 1.06x,
+      H=1024 0.89x / 1.06x; the one-step GRU at H=512 0.86x / 1.07x, at H=256 1.02x / 1.03x;
+    - B=16: LSTMCell H=256 1.34x / 1.22x, H=1024 1.05x / 1.02x; GRUCell H=512 1.05x / 1.09x;
+    - B <= 8: LSTMCell B=1, H=256 2.31x / 1.55x, B=8, H=256 1.55x / 1.19x, B=8, H=1024
+      3.89x / 1.03x.
+    Training stays in float32, its large products handed to torch.nn (cpu_autocast_backend):
+    with bfloat16 products the LSTMCell and GRUCell read 0.90x-1.06x torch.nn there (B=8-64,
+    H=256-512; both pay the weights' casts each call), no better than torch.nn's code."""
+    N = (4 if cell.startswith("LSTM") else 3) * H
+    return torch.bfloat16 if not training and B >= 32 and N >= 512 else torch.float32
 
 
 def exporting_onnx():

@@ -53,6 +53,9 @@ products and one fused pass, without the sequence operators' thread team and pac
   gru_cell_forward(same) -> h1, gates [B,4H] (r, z, n, h W_hn^T + b_hn; saved_dtype)
   gru_cell_backward(dh1, x, h, w_ih, w_hh, gates, bias: bool, output_mask: bool[4])
       -> dx, dh, dw_ih, dw_hh, db_ih [3H] (or [0]), db_hh [3H] (or [0])
+  Every argument has x's dtype but w_ih and w_hh, which may be bfloat16 under a float32 x (the
+  cells under CPU autocast: products in bfloat16, the state and the pass in float32); each
+  gradient has its input's dtype.
 
 The LayerNorm cells' recurrence (CPU, float32 / float64 / bfloat16, what is saved in
 saved_dtype; csrc/layernorm.cpp and

@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence
 
 import gated_kernels as gk
-from gated_kernels import autocast
+from gated_kernels import autocast, autograd
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 FP32, BF16 = torch.float32, torch.bfloat16
@@ -22,6 +22,13 @@ CPU_CASES = {
     "GRU-bf16-in": (lambda lib: lib.GRU(4, 6, bidirectional=True), (5, 3, 4), BF16),
     "LSTMCell-fp32-in": (lambda lib: lib.LSTMCell(4, 6), (3, 4), FP32),
     "GRUCell-fp32-in": (lambda lib: lib.GRUCell(4, 6), (3, 4), FP32),
+    # One step at B=32 with a gate width of 512 or more: inference takes bfloat16 products.
+    "LSTM-T1-fp32-in": (lambda lib: lib.LSTM(16, 128, num_layers=2, bidirectional=True),
+                        (1, 32, 16), FP32),
+    "GRU-T1-fp32-in": (lambda lib: lib.GRU(16, 192, num_layers=2, bidirectional=True),
+                       (1, 32, 16), FP32),
+    "LSTMCell-B32-fp32-in": (lambda lib: lib.LSTMCell(16, 128), (32, 16), FP32),
+    "GRUCell-B32-fp32-in": (lambda lib: lib.GRUCell(16, 192), (32, 16), FP32),
 }
 
 
@@ -58,13 +65,14 @@ def _torch_nn_under_autocast(module, x):
         return copy.deepcopy(module).bfloat16()(x.bfloat16())
 
 
+@pytest.mark.parametrize("grad", [True, False], ids=["grad", "no_grad"])
 @pytest.mark.parametrize("make,shape,input_dtype", CPU_CASES.values(), ids=CPU_CASES.keys())
-def test_cpu_autocast_bf16_dtypes_match_torch_nn(make, shape, input_dtype):
+def test_cpu_autocast_bf16_dtypes_match_torch_nn(make, shape, input_dtype, grad):
     torch.manual_seed(0)
     theirs = make(torch.nn)
     ours = type(make(gk)).from_torch(theirs, backend="cpp")
     x = torch.randn(shape).to(input_dtype)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=torch.bfloat16), torch.set_grad_enabled(grad):
         expected, actual = _torch_nn_under_autocast(theirs, x), ours(x)
     assert _dtypes(actual) == _dtypes(expected)
     # The values: against torch.nn in float64 without autocast, ours within the error rule of
@@ -102,6 +110,46 @@ def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
     for a, e in zip(actual, expected):
         assert a.dtype == FP32
         torch.testing.assert_close(a, e.float(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
+def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
+    """One float32 step under bfloat16 autocast (dispatch.cpu_autocast_products): for inference
+    at B=32 and a gate width of 512 the cell operator runs with W_ih and W_hh in bfloat16 and
+    the state in float32; in training, and at B=31, with the float32 weights. The LSTM's and
+    GRU's one step is their cell's, the LSTM's outputs then rounded to bfloat16 (torch.nn's);
+    the LSTM trains in bfloat16 (gated_kernels.autocast)."""
+    torch.manual_seed(0)
+    H = 128 if cell.startswith("LSTM") else 171
+    module = getattr(gk, cell)(16, H, backend="cpp")
+    step = autograd.lstm_cell if cell.startswith("LSTM") else autograd.gru_cell
+    cases = [(32, False, BF16, FP32), (31, False, FP32, FP32), (32, True, FP32, FP32)]
+    if cell == "LSTM":
+        cases[2] = (32, True, BF16, BF16)
+    for B, grad, products, compute in cases:
+        x = torch.randn(B, 16)
+        states = [torch.randn(B, H) for _ in range(2 if cell.startswith("LSTM") else 1)]
+        if "Cell" in cell:
+            args = (x, tuple(states) if len(states) == 2 else states[0])
+        else:
+            args = (x[None], tuple(s[None] for s in states) if len(states) == 2 else states[0][None])
+        with torch.autocast("cpu", dtype=BF16), torch.set_grad_enabled(grad):
+            out = module(*args)
+        w_ih, w_hh, b_ih, b_hh = (p.detach() for p in module.parameters())
+        with torch.no_grad():
+            inputs = autocast.cast([x, *states, b_ih, b_hh], compute)
+            expected = step(*inputs[:-2], w_ih.to(products), w_hh.to(products), *inputs[-2:])
+        expected = expected if isinstance(expected, tuple) else (expected,)
+        if cell == "LSTMCell":
+            actual = out
+        elif cell == "GRUCell":
+            actual = (out,)
+        else:  # (y, h_n) or (y, (h_n, c_n)): h_n and c_n, their one layer's step
+            actual = [s[0] for s in (out[1] if cell == "LSTM" else (out[1],))]
+        dtype = BF16 if cell == "LSTM" else FP32  # torch.nn's LSTM under autocast: bfloat16
+        for a, e in zip(actual, expected):
+            assert a.dtype == dtype
+            torch.testing.assert_close(a, e.to(dtype), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])

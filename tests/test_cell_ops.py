@@ -10,10 +10,11 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-
 from common import assert_close, bf16_brgemm_expected, max_rel_error
-from gated_kernels import autograd, reference
 from test_product import capabilities
+
+from gated_kernels import autograd, reference
+from gated_kernels.tolerance import allowed_error
 
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
 # (B, I, H): one unit in one row and in 17; odd sizes against 8- and 16-float vectors; a pass split
@@ -104,6 +105,44 @@ def test_cell_outputs_and_gradients_match_reference(cell, dtype, size, bias, mon
         assert_close(a, e, dtype, "grad", f"grad of {names[k]}", low_grad and low_grad[k])
 
 
+@pytest.mark.parametrize("size", [s for s in SIZES if s[0] * s[2] > 1],
+                         ids=[f"B{B}-I{I}-H{H}" for B, I, H in SIZES if B * H > 1])
+@pytest.mark.parametrize("cell", ["LSTM", "GRU"])
+def test_cell_with_bfloat16_weights_matches_reference(cell, size, monkeypatch):
+    """A float32 x and state with bfloat16 weights (the cells under CPU bfloat16 autocast):
+    outputs and the gradients of x, the state and the biases in float32, the weights' in
+    bfloat16, against float64 with the weights as rounded, within the error rule given
+    PyTorch's own error for the same step under bfloat16 autocast (its products in bfloat16)."""
+    monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
+    args64 = _inputs(cell, *size, True)
+    args64[-4:-2] = [w.bfloat16().double() for w in args64[-4:-2]]
+    args = [a.float() for a in args64]
+    g = torch.Generator().manual_seed(1)
+    weights = [torch.randn(size[0], size[2], generator=g, dtype=torch.float64)
+               for _ in range(2 if cell == "LSTM" else 1)]
+    expected, expected_grads = _outputs_and_grads(lambda *a: _reference(cell, *a), args64,
+                                                  weights)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        low_outs, low_grads = _outputs_and_grads(lambda *a: _reference(cell, *a), args,
+                                                 [w.float() for w in weights])
+    args[-4:-2] = [w.bfloat16() for w in args[-4:-2]]
+    with torch.no_grad():
+        inference = _ours(cell, *args)
+    actual, grads = _outputs_and_grads(lambda *a: _ours(cell, *a), args,
+                                       [w.float() for w in weights])
+    for k, e in enumerate(expected):
+        tolerance = allowed_error(torch.float32, "out", max_rel_error(low_outs[k], e))
+        for name, a in (("inference", inference[k]), ("forward", actual[k])):
+            assert a.dtype == torch.float32
+            assert torch.isfinite(a).all(), f"{name} output {k}"
+            assert max_rel_error(a, e) <= tolerance, f"{name} output {k}"
+    names = ["x", *(["h", "c"] if cell == "LSTM" else ["h"]), "w_ih", "w_hh", "b_ih", "b_hh"]
+    for name, a, e, low, arg in zip(names, grads, expected_grads, low_grads, args):
+        assert a.dtype == arg.dtype, name
+        tolerance = allowed_error(torch.float32, "grad", max_rel_error(low, e))
+        assert max_rel_error(a, e) <= tolerance, f"grad of {name}"
+
+
 def test_cell_bias_gradients_are_separate_tensors():
     args = [a.float().requires_grad_() for a in _inputs("LSTM", 2, 3, 4, True)]
     h1, c1 = autograd.lstm_cell(*args)
@@ -117,9 +156,11 @@ def test_cell_bias_gradients_are_separate_tensors():
 MASKS = ([True] * 4, [True, False, True, True], [False, False, True, True])
 
 
+@pytest.mark.parametrize("weights", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-weights"])
 @pytest.mark.parametrize("cell", ["LSTM", "GRU"])
-def test_cell_opcheck(cell):
+def test_cell_opcheck(cell, weights):
     args = [None if a is None else a.float() for a in _inputs(cell, 3, 5, 6, True)]
+    args[-4:-2] = [w.to(weights) for w in args[-4:-2]]
     ops = torch.ops.gated_kernels
     if cell == "LSTM":
         torch.library.opcheck(ops.lstm_cell_inference.default, args)
@@ -155,6 +196,10 @@ ERRORS = {
     "h-batch": (dict(h=torch.randn(2, 6)), r"h.size\(0\) must be B"),
     "c-hidden": (dict(c=torch.randn(3, 5)), r"c.size\(1\) must be H"),
     "c-dtype": (dict(c=torch.randn(3, 6, dtype=torch.float64)), "c must have dtype Float"),
+    "w_hh-dtype": (dict(w_hh=torch.randn(24, 6, dtype=torch.float64)),
+                   r"w_hh must have dtype Float \(the dtype of x\) or BFloat16, got Double"),
+    "w_ih-mixed": (dict(w_ih=torch.randn(24, 5, dtype=torch.bfloat16)),
+                   r"w_ih must have dtype Float \(the dtype of w_hh\), got BFloat16"),
     "b_hh-size": (dict(b_hh=torch.randn(23)), r"b_hh.size\(0\) must be"),
     "bias-alone": (dict(b_hh=None), "b_ih and b_hh must be given together"),
 }

@@ -188,11 +188,12 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
         assert gk.GRU(16, 256)._call_backend(x.float(), None) == "cpp"
 
 
-def test_auto_under_cpu_autocast_leaves_large_float32_steps_to_torch():
+def test_auto_under_cpu_autocast_leaves_large_float32_training_steps_to_torch():
     """cpu_autocast_backend: under bfloat16 autocast torch.nn's float32 cells and one-step GRU
-    run their products in bfloat16 (ours in float32), and torch.nn's code runs where that
-    measured faster. The module then returns exactly torch.nn's output. A GRU sequence computes
-    in bfloat16 there (gated_kernels.autocast) and stays ours."""
+    run their products in bfloat16, and torch.nn's code trains where that measured faster than
+    ours (the module then returns exactly torch.nn's output). Inference stays ours, with
+    bfloat16 products where they are large (cpu_autocast_products). A GRU sequence computes in
+    bfloat16 there (gated_kernels.autocast) and stays ours."""
     def rule(cell, B, H, training, T=1, dtype=BF16):
         return dispatch.cpu_autocast_backend(cell, dtype, T, B, H, training)
 
@@ -200,31 +201,47 @@ def test_auto_under_cpu_autocast_leaves_large_float32_steps_to_torch():
         assert rule(cell, 32, 512, training=True) == "torch"
         assert rule(cell, 8, 1024, training=True) == "torch"  # ours 0.69x-0.93x on the Zen 5
         assert rule(cell, 8, 512, training=True) == "torch"  # 0.71x-1.02x on the Zen 4
-        assert rule(cell, 64, 512, training=False) == "torch"
-        assert rule(cell, 32, 512, training=False) == "torch"  # 0.85x-1.00x on the Zen 4
-        assert rule(cell, 8, 1024, training=False) == "cpp"
         assert rule(cell, 32, 256, training=True) == "cpp"
         assert rule(cell, 4, 1024, training=True) == "cpp"
         assert rule(cell, 64, 512, training=True, dtype=FP16) == "cpp"  # not measured
+        for B, H in ((64, 512), (32, 512), (64, 1024), (8, 1024)):
+            assert rule(cell, B, H, training=False) == "cpp"
     # At H=256 the LSTMCell's products (N = 4H = 1024) are a third larger than the GRU's.
-    for training in (True, False):
-        assert rule("LSTMCell", 64, 256, training) == "torch"
-        assert rule("GRUCell", 64, 256, training) == "cpp"
-        assert rule("GRU", 64, 256, training) == "cpp"
+    assert rule("LSTMCell", 64, 256, training=True) == "torch"
+    assert rule("GRUCell", 64, 256, training=True) == "cpp"
+    assert rule("GRU", 64, 256, training=True) == "cpp"
     assert rule("GRU", 64, 512, training=True, T=100) == "cpp"
     torch.manual_seed(0)
-    x = torch.randn(64, 512)
+    x = torch.randn(64, 512, requires_grad=True)
     for theirs, args in ((torch.nn.GRU(512, 512), (x[None], None)),
                          (torch.nn.GRUCell(512, 512), (x,)), (torch.nn.LSTMCell(512, 512), (x,))):
         ours = getattr(gk, type(theirs).__name__).from_torch(theirs)
         one_row = (args[0][..., :1, :], *args[1:])
-        with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        with torch.autocast("cpu", dtype=BF16):
             assert ours._call_backend(*args) == "torch"
             assert ours._call_backend(*one_row) == "cpp"
             expected, actual = theirs(*args), ours(*args)
+            with torch.no_grad():
+                assert ours._call_backend(*args) == "cpp"  # inference
         torch.testing.assert_close(actual, expected, rtol=0, atol=0)
-        with torch.no_grad():
-            assert ours._call_backend(*args) == "cpp"  # autocast off
+        assert ours._call_backend(*args) == "cpp"  # autocast off
     gru = gk.GRU.from_torch(torch.nn.GRU(512, 512))
-    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+    with torch.autocast("cpu", dtype=BF16):
         assert gru._call_backend(x.expand(3, 64, 512), None) == "cpp"
+
+
+def test_cpu_autocast_products_in_bfloat16_for_large_inference_steps():
+    """cpu_autocast_products: a float32 step's products in bfloat16 for inference from B=32 and
+    a gate width N = G H of 512 (H=128 for the LSTM, 171 for the GRU); float32 for training and
+    below (the weights' cast then costs more than it saves)."""
+    def rule(cell, B, H, training=False):
+        return dispatch.cpu_autocast_products(cell, B, H, training)
+
+    for cell in ("LSTM", "LSTMCell"):
+        assert rule(cell, 32, 128) == rule(cell, 64, 1024) == BF16
+        assert rule(cell, 31, 128) == rule(cell, 32, 127) == torch.float32
+        assert rule(cell, 64, 1024, training=True) == torch.float32
+    for cell in ("GRU", "GRUCell"):
+        assert rule(cell, 32, 171) == rule(cell, 64, 1024) == BF16
+        assert rule(cell, 32, 170) == rule(cell, 8, 1024) == torch.float32
+        assert rule(cell, 64, 1024, training=True) == torch.float32
