@@ -20,7 +20,7 @@ EPYC Zen 5, 2026-12-02, torch 2.13, y and h_n: T=100-500, B=1-64, H=64-512, 1-2 
 state in float32: rounded to bfloat16 on the way in and out, that rounding was most of the
 error and ours exceeded the allowed error at B=8, H=128 (5.1e-3 against torch.nn's 2.5e-3), and
 the cells suite read 1.18x / 1.15x geomean in bfloat16 against 1.49x / 1.38x in float32. Its
-products run in bfloat16 where they are large (cpu_products: inference from B=32, the weights
+products run in bfloat16 where they are large (cpu_products: inference at B >= 32, the weights
 cast for the call, x and h rounded for the products as torch.nn's linear rounds them), else in
 float32; one LSTM step for inference computes the same way and rounds its outputs to bfloat16
 (rnn.LSTM._autocast_dtypes). Under float16 CPU autocast (no float16 CPU kernel here) they stay

@@ -216,15 +216,19 @@ def cpu_autocast_products(cell, B, H, training):
     """The dtype of the products of one float32 step (`cell`: "LSTMCell", "GRUCell", or "LSTM" /
     "GRU" with T=1) on the C++ backend under CPU bfloat16 autocast: torch.bfloat16 (the weights
     cast for the call, x and h rounded for the products as torch.nn's linear rounds them; sums,
-    gates and state in float32) for inference at B >= 32 and gate width N = G H >= 512, else
-    torch.float32. There the products dominate, and they run about 3x faster in bfloat16 on an
-    AMD EPYC Zen 4 (a [512, 1024] x [1024, 1024] product: 251 against 74 GFLOP/s, 2 threads);
-    below, the weights' cast (each weight read once more) costs more than it saves. Ours against
-    torch.nn under autocast (AMD EPYC Zen 4, 2026-12-02, 2 threads, inference, medians of 9
-    interleaved rounds; float32 products, then bfloat16):
-    - B >= 32: LSTMCell H=64 2.66x / 2.11x, H=128 1.46x / 1.71x, H=256 1.03x / 1.39x, H=1024
-      0.86x / 1.05x; GRUCell H=128 1.90x / 2.05x, H=256 0.97x / 1.25x, H=512 0.97x / 1.06x,
-      H=1024 0.89x / 1.06x; the one-step GRU at H=512 0.86x / 1.07x, at H=256 1.02x / 1.03x;
+    gates and state in float32) for inference with B N >= 32768 from B=32 (gate width N = G H:
+    B=32, N >= 1024 or B >= 64, N >= 512), else torch.float32. There the products dominate, and
+    they run about 3x faster in bfloat16 on an AMD EPYC Zen 4 (a [512, 1024] x [1024, 1024]
+    product: 251 against 74 GFLOP/s, 2 threads); below, the weights' cast (each weight read once
+    more) costs more than it saves. Ours against torch.nn under autocast (AMD EPYC Zen 4,
+    2026-12-02, 2 threads, inference, medians of 9-15 interleaved rounds; float32 products, then
+    bfloat16):
+    - B=64: LSTMCell H=64 3.14x / 2.44x, H=128 1.46x-1.52x / 1.65x-1.71x, H=1024 0.86x / 1.05x;
+      one-step LSTM H=128 0.80x / 1.02x; GRUCell H=192 1.33x / 1.53x, H=256 0.97x / 1.25x;
+      one-step GRU H=512 0.86x / 1.07x;
+    - B=32: LSTMCell H=64 2.66x / 2.11x, H=128 1.62x / 1.58x, H=192 1.41x / 1.40x, H=256 1.03x
+      / 1.39x; GRUCell H=128 1.90x / 2.05x, H=256 1.33x / 1.18x, H=512 0.97x / 1.06x, H=1024
+      0.89x / 1.06x; one-step GRU H=256 1.22x / 1.10x;
     - B=16: LSTMCell H=256 1.34x / 1.22x, H=1024 1.05x / 1.02x; GRUCell H=512 1.05x / 1.09x;
     - B <= 8: LSTMCell B=1, H=256 2.31x / 1.55x, B=8, H=256 1.55x / 1.19x, B=8, H=1024
       3.89x / 1.03x.
@@ -232,7 +236,8 @@ def cpu_autocast_products(cell, B, H, training):
     with bfloat16 products the LSTMCell and GRUCell read 0.90x-1.06x torch.nn there (B=8-64,
     H=256-512; both pay the weights' casts each call), no better than torch.nn's code."""
     N = (4 if cell.startswith("LSTM") else 3) * H
-    return torch.bfloat16 if not training and B >= 32 and N >= 512 else torch.float32
+    large = (B >= 32 and N >= 1024) or (B >= 64 and N >= 512)
+    return torch.bfloat16 if large and not training else torch.float32
 
 
 def exporting_onnx():

@@ -22,13 +22,13 @@ CPU_CASES = {
     "GRU-bf16-in": (lambda lib: lib.GRU(4, 6, bidirectional=True), (5, 3, 4), BF16),
     "LSTMCell-fp32-in": (lambda lib: lib.LSTMCell(4, 6), (3, 4), FP32),
     "GRUCell-fp32-in": (lambda lib: lib.GRUCell(4, 6), (3, 4), FP32),
-    # One step at B=32 with a gate width of 512 or more: inference takes bfloat16 products.
+    # One step at B=64 with a gate width of 512 or more: inference takes bfloat16 products.
     "LSTM-T1-fp32-in": (lambda lib: lib.LSTM(16, 128, num_layers=2, bidirectional=True),
-                        (1, 32, 16), FP32),
+                        (1, 64, 16), FP32),
     "GRU-T1-fp32-in": (lambda lib: lib.GRU(16, 192, num_layers=2, bidirectional=True),
-                       (1, 32, 16), FP32),
-    "LSTMCell-B32-fp32-in": (lambda lib: lib.LSTMCell(16, 128), (32, 16), FP32),
-    "GRUCell-B32-fp32-in": (lambda lib: lib.GRUCell(16, 192), (32, 16), FP32),
+                       (1, 64, 16), FP32),
+    "LSTMCell-B64-fp32-in": (lambda lib: lib.LSTMCell(16, 128), (64, 16), FP32),
+    "GRUCell-B64-fp32-in": (lambda lib: lib.GRUCell(16, 192), (64, 16), FP32),
 }
 
 
@@ -115,17 +115,17 @@ def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
 def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
     """One float32 step under bfloat16 autocast (dispatch.cpu_autocast_products): for inference
-    at B=32 and a gate width of 512 the cell operator runs with W_ih and W_hh in bfloat16 and
-    the state in float32; in training, and at B=31, with the float32 weights. The LSTM's and
+    at B=64 and a gate width of 512 the cell operator runs with W_ih and W_hh in bfloat16 and
+    the state in float32; in training, and at B=63, with the float32 weights. The LSTM's and
     GRU's one step is their cell's, the LSTM's outputs then rounded to bfloat16 (torch.nn's);
     the LSTM trains in bfloat16 (gated_kernels.autocast)."""
     torch.manual_seed(0)
     H = 128 if cell.startswith("LSTM") else 171
     module = getattr(gk, cell)(16, H, backend="cpp")
     step = autograd.lstm_cell if cell.startswith("LSTM") else autograd.gru_cell
-    cases = [(32, False, BF16, FP32), (31, False, FP32, FP32), (32, True, FP32, FP32)]
+    cases = [(64, False, BF16, FP32), (63, False, FP32, FP32), (64, True, FP32, FP32)]
     if cell == "LSTM":
-        cases[2] = (32, True, BF16, BF16)
+        cases[2] = (64, True, BF16, BF16)
     for B, grad, products, compute in cases:
         x = torch.randn(B, 16)
         states = [torch.randn(B, H) for _ in range(2 if cell.startswith("LSTM") else 1)]

@@ -231,17 +231,18 @@ def test_auto_under_cpu_autocast_leaves_large_float32_training_steps_to_torch():
 
 
 def test_cpu_autocast_products_in_bfloat16_for_large_inference_steps():
-    """cpu_autocast_products: a float32 step's products in bfloat16 for inference from B=32 and
-    a gate width N = G H of 512 (H=128 for the LSTM, 171 for the GRU); float32 for training and
-    below (the weights' cast then costs more than it saves)."""
+    """cpu_autocast_products: a float32 step's products in bfloat16 for inference at B=32 from a
+    gate width N = G H of 1024 and from B=64 at N=512; float32 for training and below (the
+    weights' cast then costs more than it saves)."""
     def rule(cell, B, H, training=False):
         return dispatch.cpu_autocast_products(cell, B, H, training)
 
     for cell in ("LSTM", "LSTMCell"):
-        assert rule(cell, 32, 128) == rule(cell, 64, 1024) == BF16
-        assert rule(cell, 31, 128) == rule(cell, 32, 127) == torch.float32
-        assert rule(cell, 64, 1024, training=True) == torch.float32
+        assert rule(cell, 32, 256) == rule(cell, 64, 128) == rule(cell, 64, 1024) == BF16
+        assert rule(cell, 32, 255) == rule(cell, 63, 128) == rule(cell, 64, 127) == FP32
+        assert rule(cell, 16, 1024) == rule(cell, 8, 1024) == FP32
+        assert rule(cell, 64, 1024, training=True) == FP32
     for cell in ("GRU", "GRUCell"):
-        assert rule(cell, 32, 171) == rule(cell, 64, 1024) == BF16
-        assert rule(cell, 32, 170) == rule(cell, 8, 1024) == torch.float32
-        assert rule(cell, 64, 1024, training=True) == torch.float32
+        assert rule(cell, 32, 342) == rule(cell, 64, 171) == BF16
+        assert rule(cell, 32, 341) == rule(cell, 64, 170) == rule(cell, 8, 1024) == FP32
+        assert rule(cell, 64, 1024, training=True) == FP32
