@@ -200,11 +200,11 @@ def cpu_autocast_backend(cell, autocast_dtype, T, B, H, training):
       H=512 the LSTMCell 0.71x-0.87x, the GRUCell 0.83x-1.02x, the one-step GRU 0.78x-0.95x, and
       the LSTMCell at B=64, H=256 0.83x-0.89x (the GRU's 0.85x-0.99x); inference 0.85x-1.00x at
       B=32, H=512 and 0.75x-0.95x for the LSTMCell at B=64, H=256 (the GRU's 0.87x-1.01x).
-    Routed, those read 0.97x-1.00x on the Zen 5 and 0.92x-0.99x on the noisier Zen 4 (torch.nn's
-    code through our module); training still does. Elsewhere ours read 1.0x-2.8x, but for the one-step GRU at B=64,
-    H=256 on the Zen 4 (0.85x-0.99x in four runs, against 1.10x-1.18x on the Zen 5, so left to
-    ours) and the LSTMCell at B=32, H=256 on the Zen 4 (0.86x-1.09x in four runs). Not measured
-    on an Intel Xeon (AMX)."""
+    Routed (as training still is), those read 0.97x-1.00x on the Zen 5 and 0.92x-0.99x on the
+    noisier Zen 4 (torch.nn's code through our module). Elsewhere ours read 1.0x-2.8x, but for the
+    one-step GRU at B=64, H=256 on the Zen 4 (0.85x-0.99x in four runs, against 1.10x-1.18x on the
+    Zen 5, so left to ours) and the LSTMCell at B=32, H=256 on the Zen 4 (0.86x-1.09x in four runs).
+    Not measured on an Intel Xeon (AMX)."""
     if (autocast_dtype != torch.bfloat16 or T != 1 or not training
             or cell not in ("GRU", "LSTMCell", "GRUCell")):
         return "cpp"

@@ -299,9 +299,9 @@ class LSTM(_RecurrentBase):
         # products per autocast.cpu_products, and rounds its outputs to bfloat16, torch.nn's
         # dtype. In bfloat16 it cast all four weights and the state each call: against torch.nn
         # (AMD EPYC Zen 4, 2 threads, 9 interleaved rounds) 0.79x at B=8, H=256, 1.67x at B=8,
-        # H=512, now 1.17x and 1.85x; from B=32 the two read alike (0.74x-1.31x, the same
-        # within 0.1x at each point). Training stays in bfloat16, whose products are the
-        # faster there.
+        # H=512, now 1.17x and 1.85x; from B=32 the two read alike (B=32-64, H=64-1024, two
+        # runs: now ahead by 0.11x-0.18x at three points, behind by 0.12x at one, within 0.06x
+        # elsewhere). Training stays in bfloat16, whose products are the faster there.
         if (not self._cell_step(backend, x.size(0), lengths is not None, x.dtype)
                 or needs_grad(x, *states, *weights)):
             return dtype, dtype

@@ -132,7 +132,8 @@ def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
         if "Cell" in cell:
             args = (x, tuple(states) if len(states) == 2 else states[0])
         else:
-            args = (x[None], tuple(s[None] for s in states) if len(states) == 2 else states[0][None])
+            hx = tuple(s[None] for s in states)
+            args = (x[None], hx if len(hx) == 2 else hx[0])
         with torch.autocast("cpu", dtype=BF16), torch.set_grad_enabled(grad):
             out = module(*args)
         w_ih, w_hh, b_ih, b_hh = (p.detach() for p in module.parameters())
