@@ -23,13 +23,17 @@ the cells suite read 1.18x / 1.15x geomean in bfloat16 against 1.49x / 1.38x in 
 products run in bfloat16 where they are large (cpu_products: inference at B >= 32, the weights
 cast for the call, x and h rounded for the products as torch.nn's linear rounds them), else in
 float32; one LSTM step for inference computes the same way and rounds its outputs to bfloat16
-(rnn.LSTM._autocast_dtypes). Under float16 CPU autocast (no float16 CPU kernel here) they stay
+(rnn.LSTM._autocast_dtypes). In a loop of steps inside one autocast region (a decoder) the
+weights are cast once a region, through autocast's own cache as torch.nn's are (cast_parameters),
+and inference takes bfloat16 products at every size from the second step on. Under float16 CPU
+autocast (no float16 CPU kernel here) they stay
 in the input's dtype.
 """
 
 import torch
 
 from gated_kernels import dispatch
+from gated_kernels.backends import cpp_available
 
 
 def compute_dtype(cell, input, T=1):
@@ -62,14 +66,59 @@ def cast(tensors, dtype):
     return [t if t is None or t.dtype == dtype else t.to(dtype) for t in tensors]
 
 
-def cpu_products(cell, backend, dtype, B, H, training):
-    """The dtype of the products of one step of `cell` ("LSTMCell", "GRUCell", or "LSTM" /
-    "GRU" with T=1) that computes in `dtype` on `backend`, asked with autocast on: bfloat16 for
-    a float32 step on the C++ backend under CPU bfloat16 autocast where
-    dispatch.cpu_autocast_products finds bfloat16 products faster (the weights cast for the
-    call; the cell operators round x and h for the products as torch.nn's linear does and keep
-    the sums, the gates and the state in float32), else `dtype`."""
-    if (backend == "cpp" and dtype == torch.float32 and torch.is_autocast_enabled("cpu")
-            and torch.get_autocast_dtype("cpu") == torch.bfloat16):
-        return dispatch.cpu_autocast_products(cell, B, H, training)
-    return dtype
+def cast_parameters(parameters, dtype):
+    """Parameters in `dtype`, as cast() casts them, but through autocast's cache of weight casts
+    where the C++ extension is built (csrc/autocast_weight.cpp): inside one autocast region a
+    float32 leaf that requires grad is then cast once however many calls read it, and torch.nn's
+    products read the same cache. Called inside the caller's torch.autocast(enabled=False) block,
+    whose exit clears the cache when no autocast region encloses it (as the outermost region's
+    exit does). Compiled code casts as cast() does: the cache holds real tensors only."""
+    if not cpp_available() or torch.compiler.is_compiling():
+        return cast(parameters, dtype)
+    cached_cast = torch.ops.gated_kernels._autocast_weight
+    return [p if p is None or p.dtype == dtype else cached_cast(p, dtype) for p in parameters]
+
+
+def cpu_products(module, cell, backend, dtype, B, training, weights):
+    """The dtype of the products of one step of `module` (`cell`: "LSTMCell", "GRUCell", or
+    "LSTM" / "GRU" with T=1) that computes in `dtype` on `backend`, asked with autocast on:
+    bfloat16 for a float32 step on the C++ backend under CPU bfloat16 autocast where
+    dispatch.cpu_autocast_products finds bfloat16 products faster, or, for inference, where
+    `weights` (W_ih and W_hh) are cast once a region and the module's previous call ran in the
+    region still open (a loop over steps: the casts are then cached, same_region); else `dtype`.
+    The cell operators round x and h for bfloat16 products as torch.nn's linear does and keep
+    the sums, the gates and the state in float32."""
+    if (backend != "cpp" or dtype != torch.float32 or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16):
+        return dtype
+    products = dispatch.cpu_autocast_products(cell, B, module.hidden_size, training)
+    # In a loop under one region torch.nn's products read weights cast on its first step, and
+    # so do ours: float32 products then lose where the weights outweigh the rows (LSTMCell
+    # inference, 16 steps a region, B=8, H=1024: 0.55x torch.nn in float32, 0.99x in bfloat16;
+    # one call a region: 3.89x against 1.03x, the cast paid each call; AMD EPYC Zen 4).
+    if (products != torch.bfloat16 and not training and all(map(_cached_cast, weights))
+            and same_region(module)):
+        products = torch.bfloat16
+    return products
+
+
+def _cached_cast(weight):
+    """Whether autocast's cache keeps `weight`'s cast for the region (ATen's cached_cast: a
+    float32 leaf that requires grad)."""
+    return weight.dtype == torch.float32 and weight.is_leaf and weight.requires_grad
+
+
+def same_region(module):
+    """Whether `module`'s previous call ran in the autocast region still open. Each call casts a
+    one-element float32 leaf of the module through autocast's cache: within a region the cast
+    returned is the previous call's, after the region's exit (which clears the cache) a new one.
+    Compiled code answers False (the cache holds real tensors only)."""
+    if torch.compiler.is_compiling():
+        return False
+    state = module.__dict__
+    sentinel = state.get("_autocast_sentinel")
+    if sentinel is None:
+        sentinel = state["_autocast_sentinel"] = torch.zeros(1, requires_grad=True)
+    cast = torch.ops.gated_kernels._autocast_weight(sentinel, torch.bfloat16)
+    previous, state["_autocast_sentinel_cast"] = state.get("_autocast_sentinel_cast"), cast
+    return cast is previous

@@ -141,11 +141,12 @@ class _CellBase:
         dtype = autocast.compute_dtype(name, input)
         if dtype is None:
             return self._run_step(backend, layer, cell_step, tensors)
-        products = autocast.cpu_products(name, backend, dtype, input.size(0), self.hidden_size,
-                                         needs_grad(*tensors))
+        products = autocast.cpu_products(self, name, backend, dtype, input.size(0),
+                                         needs_grad(*tensors), tensors[-4:-2])
         with torch.autocast(input.device.type, enabled=False):
-            tensors = autocast.cast(tensors, dtype)
-            tensors[-4:-2] = autocast.cast(tensors[-4:-2], products)  # w_ih, w_hh
+            tensors[:-4] = autocast.cast(tensors[:-4], dtype)  # input and states
+            tensors[-4:-2] = autocast.cast_parameters(tensors[-4:-2], products)  # w_ih, w_hh
+            tensors[-2:] = autocast.cast_parameters(tensors[-2:], dtype)  # b_ih, b_hh
             return self._run_step(backend, layer, cell_step, tensors)
 
     @staticmethod

@@ -229,6 +229,11 @@ LIBRARY.define("_product(Tensor a, Tensor w, Tensor? bias, int calls=1) -> Tenso
 LIBRARY.impl("_product", torch.library.fallthrough_kernel, "Autograd")
 LIBRARY.define("_product_kernel(int M, int K, ScalarType dtype) -> str")
 LIBRARY.define("_l2_cache() -> (int bytes, str source)")
+# A weight in `dtype` through autocast's cache of weight casts (csrc/autocast_weight.cpp): under
+# torch.autocast a leaf float32 weight that requires grad is cast once a region, as torch.nn's
+# products cast theirs. Implemented by the C++ extension; gated_kernels.autocast.cast_parameters
+# calls it.
+LIBRARY.define("_autocast_weight(Tensor weight, ScalarType dtype) -> Tensor")
 LIBRARY.define(
     "_product_bench(int M, int K, int N, ScalarType dtype, int threads, int calls) -> float"
 )

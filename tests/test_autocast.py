@@ -112,6 +112,25 @@ def test_cpu_bf16_autocast_computes_float32_gru_sequences_in_bfloat16():
         torch.testing.assert_close(a, e.float(), rtol=0, atol=0)
 
 
+def _one_step_args(cell, B, H):
+    """(module args for one step of `cell` at batch B, the states [B, H])."""
+    x = torch.randn(B, 16)
+    states = [torch.randn(B, H) for _ in range(2 if cell.startswith("LSTM") else 1)]
+    if "Cell" in cell:
+        return (x, tuple(states) if len(states) == 2 else states[0]), x, states
+    hx = tuple(s[None] for s in states)
+    return (x[None], hx if len(hx) == 2 else hx[0]), x, states
+
+
+def _one_step_outputs(cell, out):
+    """The states a one-step call returned: (h1, c1) of a cell, h_n (and c_n) of a layer."""
+    if cell == "LSTMCell":
+        return out
+    if cell == "GRUCell":
+        return (out,)
+    return [s[0] for s in (out[1] if cell == "LSTM" else (out[1],))]
+
+
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
 def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
     """One float32 step under bfloat16 autocast (dispatch.cpu_autocast_products): for inference
@@ -127,30 +146,110 @@ def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
     if cell == "LSTM":
         cases[2] = (64, True, BF16, BF16)
     for B, grad, products, compute in cases:
-        x = torch.randn(B, 16)
-        states = [torch.randn(B, H) for _ in range(2 if cell.startswith("LSTM") else 1)]
-        if "Cell" in cell:
-            args = (x, tuple(states) if len(states) == 2 else states[0])
-        else:
-            hx = tuple(s[None] for s in states)
-            args = (x[None], hx if len(hx) == 2 else hx[0])
+        args, x, states = _one_step_args(cell, B, H)
         with torch.autocast("cpu", dtype=BF16), torch.set_grad_enabled(grad):
-            out = module(*args)
+            actual = _one_step_outputs(cell, module(*args))
         w_ih, w_hh, b_ih, b_hh = (p.detach() for p in module.parameters())
         with torch.no_grad():
             inputs = autocast.cast([x, *states, b_ih, b_hh], compute)
             expected = step(*inputs[:-2], w_ih.to(products), w_hh.to(products), *inputs[-2:])
         expected = expected if isinstance(expected, tuple) else (expected,)
-        if cell == "LSTMCell":
-            actual = out
-        elif cell == "GRUCell":
-            actual = (out,)
-        else:  # (y, h_n) or (y, (h_n, c_n)): h_n and c_n, their one layer's step
-            actual = [s[0] for s in (out[1] if cell == "LSTM" else (out[1],))]
         dtype = BF16 if cell == "LSTM" else FP32  # torch.nn's LSTM under autocast: bfloat16
         for a, e in zip(actual, expected):
             assert a.dtype == dtype
             torch.testing.assert_close(a, e.to(dtype), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
+def test_cpu_bf16_autocast_steps_in_one_region_take_bfloat16_products(cell):
+    """Inference at B=8, where one call a region runs float32 products: within one region the
+    second call finds its weights' casts cached (autocast.same_region) and runs the cell
+    operator with W_ih and W_hh in bfloat16, exactly; the first call of each region, and every
+    call when the weights require no grad (autocast caches no cast of them), stays float32."""
+    torch.manual_seed(0)
+    H = 128 if cell.startswith("LSTM") else 171
+    module = getattr(gk, cell)(16, H, backend="cpp")
+    step = autograd.lstm_cell if cell.startswith("LSTM") else autograd.gru_cell
+    args, x, states = _one_step_args(cell, 8, H)
+    dtype = BF16 if cell == "LSTM" else FP32  # torch.nn's LSTM under autocast: bfloat16
+
+    def expected(products):
+        w_ih, w_hh, b_ih, b_hh = (p.detach() for p in module.parameters())
+        out = step(x, *states, w_ih.to(products), w_hh.to(products), b_ih, b_hh)
+        return [e.to(dtype) for e in (out if isinstance(out, tuple) else (out,))]
+
+    def calls(regions):
+        outs = []
+        with torch.no_grad():
+            if regions == 1:
+                with torch.autocast("cpu", dtype=BF16):
+                    outs = [module(*args) for _ in range(3)]
+            else:
+                for _ in range(regions):
+                    with torch.autocast("cpu", dtype=BF16):
+                        outs.append(module(*args))
+        return [_one_step_outputs(cell, out) for out in outs]
+
+    with torch.no_grad():
+        fp32, bf16 = expected(FP32), expected(BF16)
+    for actual, products in zip(calls(regions=1), (fp32, bf16, bf16)):
+        for a, e in zip(actual, products):
+            assert a.dtype == dtype
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+    for actual in calls(regions=2):
+        for a, e in zip(actual, fp32):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+    module.requires_grad_(False)
+    for actual in calls(regions=1):
+        for a, e in zip(actual, fp32):
+            torch.testing.assert_close(a, e, rtol=0, atol=0)
+
+
+def test_autocast_weight_casts_once_a_region():
+    """gated_kernels::_autocast_weight is autocast's cached cast: within a region the same
+    tensor for a float32 leaf that requires grad, a new one after the region's exit, none cached
+    for a weight that requires no grad; gradients of every use reach the weight."""
+    weight = torch.nn.Parameter(torch.randn(5, 3))
+    cast = torch.ops.gated_kernels._autocast_weight
+    with torch.autocast("cpu", dtype=BF16):
+        first, second = cast(weight, BF16), cast(weight, BF16)
+        assert first is second and first.dtype == BF16
+        (first.float() * 2).sum().backward()
+        (second.float() * 3).sum().backward()
+    torch.testing.assert_close(weight.grad, torch.full((5, 3), 5.0))
+    with torch.autocast("cpu", dtype=BF16):
+        assert cast(weight, BF16) is not first
+    frozen = weight.detach()
+    with torch.autocast("cpu", dtype=BF16):
+        assert cast(frozen, BF16) is not cast(frozen, BF16)
+
+
+def test_cpu_bf16_autocast_gru_called_twice_in_one_region_trains_within_torch_nns_error():
+    """A bfloat16 GRU sequence called twice in one region (its weights cast once, both calls'
+    weight gradients summed through that cast, as torch.nn's are), one backward: outputs and
+    parameter gradients against float64 within the error rule given torch.nn's own."""
+    torch.manual_seed(0)
+    theirs = torch.nn.GRU(8, 16, num_layers=2)
+    ours = gk.GRU.from_torch(theirs, backend="cpp")
+    reference = copy.deepcopy(theirs).double()
+    xs = [torch.randn(6, 4, 8) for _ in range(2)]
+
+    def outputs(module, dtype, region):
+        with torch.autocast("cpu", dtype=BF16, enabled=region):
+            first, h = module(xs[0].to(dtype))
+            second, _ = module(xs[1].to(dtype), h)
+        return [first, second]
+
+    actual, expected = outputs(ours, FP32, True), outputs(theirs, FP32, True)
+    exact = outputs(reference, torch.float64, False)
+    for a, e, r in zip(actual, expected, exact):
+        assert a.dtype == e.dtype == FP32
+        assert max_rel_error(a, r) <= allowed_error(FP32, "out", max_rel_error(e, r))
+    grads = [torch.autograd.grad(sum(o.sum() for o in outs), list(m.parameters()))
+             for outs, m in ((actual, ours), (expected, theirs), (exact, reference))]
+    for a, e, r in zip(*grads):
+        assert a.dtype == FP32
+        assert max_rel_error(a, r) <= allowed_error(FP32, "grad", max_rel_error(e, r))
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
