@@ -305,3 +305,17 @@ def test_an_amp_case_runs_float32_modules_under_autocast(cell, dtype):
     # Autocast was on: torch.nn's products ran in bfloat16 (its GRU's and cells' too, whose
     # gates and outputs stay float32), so its error is bfloat16's size.
     assert record["torch_out_error"] > 1e-4
+
+
+@pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
+def test_a_loop_region_case_gates_the_bfloat16_products_it_times(cell):
+    """amp_bf16_loop: the timed inference calls share one autocast region, where ours take
+    bfloat16 products from the second call on (cpu_products). The gate checks that path: an
+    earlier call in the same region, then the gated one under no_grad, so ours' error is
+    bfloat16's size, not float32's (about 1e-7)."""
+    case = Case(cell, "fwd", T=1, B=3, I=5, H=4, dtype="amp_bf16_loop")
+    record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
+    assert record["gate"] == "PASS" and record["speedup"] > 0
+    assert record["allowed_out_error"] == allowed_error(torch.float32, "out",
+                                                        record["torch_out_error"])
+    assert record["torch_out_error"] > 1e-4 and record["ours_out_error"] > 1e-4

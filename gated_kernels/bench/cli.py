@@ -134,37 +134,38 @@ def run_case(case, prov, gates, backend="auto", ours_factory=None, min_seconds=1
         record["gate"] = "PASS" if measure.gate_passed(case, gates[key]) else "FAIL"
         if record["gate"] == "FAIL":
             return record
-        steps = {"ours": measure.step_fn(case, ours, args),
-                 "torch": measure.step_fn(case, theirs, args)}
-        if auto is not None:
-            steps["auto"] = measure.step_fn(case, auto, args)
-        if case.lengths:  # ours on the same batch with every row of length T
-            record["fill"] = measure.fill_ratio(args)
-            steps["full"] = measure.step_fn(case, ours, measure.full_length_args(case, args))
-        record["peers"], record["peer_errors"] = {}, {}
-        for name, factory in peers.available(case).items():
-            try:
-                steps[name] = measure.step_fn(case, factory(case), args)
-            except Exception as error:  # noqa: BLE001 - a peer that cannot run this case
-                record["peer_errors"][name] = f"{type(error).__name__}: {error}"
-        timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
-        if backend != "auto":
-            record["auto_median_s"] = timing.pop("auto", timing["ours"])["median"]
-            record["auto_speedup"] = timing["torch"]["median"] / record["auto_median_s"]
-        if case.lengths:
-            record["ours_full_median_s"] = timing.pop("full")["median"]
-            # 1.0: time in proportion to the real lengths; above: what the padded batch costs
-            # beyond the running rows' share.
-            record["proportionality"] = timing["ours"]["median"] / (
-                record["fill"] * record["ours_full_median_s"])
-        for name in set(steps) - {"ours", "torch", "auto", "full"}:
-            record["peers"][name] = timing.pop(name)["median"]
-        for name, t in timing.items():
-            record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
-                           f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
-                           f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name],
-                                                                           case.device)})
-            record[f"{name}_gpu_median_s"] = t.get("gpu_median")
+        with measure.loop_region(case):
+            steps = {"ours": measure.step_fn(case, ours, args),
+                     "torch": measure.step_fn(case, theirs, args)}
+            if auto is not None:
+                steps["auto"] = measure.step_fn(case, auto, args)
+            if case.lengths:  # ours on the same batch with every row of length T
+                record["fill"] = measure.fill_ratio(args)
+                steps["full"] = measure.step_fn(case, ours, measure.full_length_args(case, args))
+            record["peers"], record["peer_errors"] = {}, {}
+            for name, factory in peers.available(case).items():
+                try:
+                    steps[name] = measure.step_fn(case, factory(case), args)
+                except Exception as error:  # noqa: BLE001 - a peer that cannot run this case
+                    record["peer_errors"][name] = f"{type(error).__name__}: {error}"
+            timing = measure.time_interleaved(steps, case.device, min_seconds=min_seconds)
+            if backend != "auto":
+                record["auto_median_s"] = timing.pop("auto", timing["ours"])["median"]
+                record["auto_speedup"] = timing["torch"]["median"] / record["auto_median_s"]
+            if case.lengths:
+                record["ours_full_median_s"] = timing.pop("full")["median"]
+                # 1.0: time in proportion to the real lengths; above: what the padded batch costs
+                # beyond the running rows' share.
+                record["proportionality"] = timing["ours"]["median"] / (
+                    record["fill"] * record["ours_full_median_s"])
+            for name in set(steps) - {"ours", "torch", "auto", "full"}:
+                record["peers"][name] = timing.pop(name)["median"]
+            for name, t in timing.items():
+                record.update({f"{name}_median_s": t["median"], f"{name}_p20_s": t["p20"],
+                               f"{name}_p80_s": t["p80"], f"{name}_runs": t["runs"],
+                               f"{name}_peak_bytes": measure.peak_memory_bytes(steps[name],
+                                                                               case.device)})
+                record[f"{name}_gpu_median_s"] = t.get("gpu_median")
         record["speedup"] = timing["torch"]["median"] / timing["ours"]["median"]
         if "gpu_median" in timing["ours"]:
             record["gpu_speedup"] = timing["torch"]["gpu_median"] / timing["ours"]["gpu_median"]

@@ -11,7 +11,7 @@ from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_
 import gated_kernels
 from gated_kernels.autocast import compute_dtype
 from gated_kernels.bench import loops
-from gated_kernels.bench.suites import AUTOCAST, DTYPES, draw_lengths
+from gated_kernels.bench.suites import AUTOCAST, DTYPES, LOOP_REGION, draw_lengths
 from gated_kernels.tolerance import allowed_error, max_rel_error
 
 
@@ -86,6 +86,15 @@ def autocast(case):
     return torch.autocast(case.device, dtype=dtype, enabled=dtype is not None)
 
 
+def loop_region(case):
+    """The autocast region a case's timed calls all run in: one held open across them for the
+    LOOP_REGION dtypes (each call's own region then nests in it, and its exit keeps autocast's
+    cache of weight casts), else none."""
+    if case.dtype not in LOOP_REGION:
+        return contextlib.nullcontext()
+    return torch.autocast(case.device, dtype=AUTOCAST[case.dtype])
+
+
 def backend_of(case, module, args):
     """The backend a timed call of our `module` runs (auto resolved as in that call), and on
     the Triton backend its forward and backward paths, e.g. "triton:persistent/per_step"."""
@@ -150,20 +159,41 @@ def _with_grad(args):
     return _map(lambda t: t.detach().requires_grad_(), args)
 
 
+def _earlier_step(case, module, args):
+    """For the LOOP_REGION dtypes, one call whose result is dropped, in the region held open
+    (loop_region): the gated call that follows then runs as the timed loop's later steps do,
+    with the weight casts cached and the module's previous call in the same region."""
+    if case.dtype in LOOP_REGION:
+        with autocast(case):
+            module(*args)
+
+
 def _run_with_grads(case, module, args, seed=2):
     """Outputs and the gradients (inputs and states, then every parameter) of
     sum(outputs * fixed random weights). torch's RNG seeded first: zoneout's masks (drawn in
     float32 whatever the dtype) come out the same in every implementation."""
     args = _with_grad(args)
-    torch.manual_seed(seed)
-    with autocast(case):
-        outs = _outputs(case, module(*args))
-    g = torch.Generator(device=outs[0].device).manual_seed(seed)
-    # Drawn in float64 and cast, so every dtype gets the same upstream gradient.
-    weights = [torch.randn(o.shape, generator=g, device=o.device, dtype=torch.float64).to(o.dtype)
-               for o in outs]
-    grads = torch.autograd.grad(outs, [*_leaves(args), *module.parameters()], weights)
+    with loop_region(case):
+        _earlier_step(case, module, args)
+        torch.manual_seed(seed)
+        with autocast(case):
+            outs = _outputs(case, module(*args))
+        g = torch.Generator(device=outs[0].device).manual_seed(seed)
+        # Drawn in float64 and cast, so every dtype gets the same upstream gradient.
+        weights = [torch.randn(o.shape, generator=g, device=o.device,
+                               dtype=torch.float64).to(o.dtype) for o in outs]
+        grads = torch.autograd.grad(outs, [*_leaves(args), *module.parameters()], weights)
     return [o.detach() for o in outs], grads
+
+
+def _run_inference(case, module, args, seed=2):
+    """Outputs of the call a timed inference step makes: under no_grad, where the CPU paths
+    differ from training (e.g. bfloat16 products under autocast, cpu_products)."""
+    with torch.no_grad(), loop_region(case):
+        _earlier_step(case, module, args)
+        torch.manual_seed(seed)
+        with autocast(case):
+            return _outputs(case, module(*args))
 
 
 def gate(case, theirs, ours, args):
@@ -175,6 +205,8 @@ def gate(case, theirs, ours, args):
     result = {}
     for name, module in (("ours", ours), ("torch", theirs)):
         outs, grads = _run_with_grads(case, module, args)
+        if case.mode == "fwd":  # the outputs gated are those of the timed call
+            outs = _run_inference(case, module, args)
         result[f"{name}_out_error"] = max(map(max_rel_error, outs, ref_outs))
         result[f"{name}_grad_error"] = max(map(max_rel_error, grads, ref_grads))
         if name == "torch":

@@ -6,10 +6,17 @@ from dataclasses import asdict, dataclass
 import torch
 
 # The dtype of the weights and inputs. amp_bf16 / amp_fp16: float32 weights and inputs, every
-# call under torch.autocast in AUTOCAST's dtype, as a mixed-precision training loop runs them.
+# call under torch.autocast in AUTOCAST's dtype, as a mixed-precision training loop runs them,
+# each call entering its own autocast region (a model called once a region, an RL policy once an
+# environment step). amp_bf16_loop: the same calls inside one region held open across all of a
+# case's timed calls, as a decoder's loop over steps holds it: autocast casts a float32 weight
+# once a region, so both sides' weight casts are then cached (LOOP_REGION).
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16,
-          "fp64": torch.float64, "amp_bf16": torch.float32, "amp_fp16": torch.float32}
-AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16}
+          "fp64": torch.float64, "amp_bf16": torch.float32, "amp_fp16": torch.float32,
+          "amp_bf16_loop": torch.float32}
+AUTOCAST = {"amp_bf16": torch.bfloat16, "amp_fp16": torch.float16,
+            "amp_bf16_loop": torch.bfloat16}
+LOOP_REGION = ("amp_bf16_loop",)
 MODES = ("fwd", "fwdbwd")  # inference under no_grad; a training step (forward + backward)
 CELLS = ("LSTM", "GRU")
 CELL_MODULES = ("LSTMCell", "GRUCell")  # one step a call: the `cells` suite
