@@ -30,6 +30,8 @@ autocast (no float16 CPU kernel here) they stay
 in the input's dtype.
 """
 
+import functools
+
 import torch
 
 from gated_kernels import dispatch
@@ -96,10 +98,26 @@ def cpu_products(module, cell, backend, dtype, B, training, weights):
     # so do ours: float32 products then lose where the weights outweigh the rows (LSTMCell
     # inference, 16 steps a region, B=8, H=1024: 0.55x torch.nn in float32, 0.99x in bfloat16;
     # one call a region: 3.89x against 1.03x, the cast paid each call; AMD EPYC Zen 4).
-    if (products != torch.bfloat16 and not training and all(map(_cached_cast, weights))
-            and same_region(module)):
+    # Asking same_region costs a cast each region (15-20 us a call one call a region, LSTMCell
+    # B=8, H=64: 1.51x torch.nn against 2.53x without it), so only large weights ask:
+    # _outgrow_l2.
+    if (products != torch.bfloat16 and not training and _outgrow_l2(weights)
+            and all(map(_cached_cast, weights)) and same_region(module)):
         products = torch.bfloat16
     return products
+
+
+@functools.cache
+def _l2_bytes():
+    return torch.ops.gated_kernels._l2_cache()[0]
+
+
+def _outgrow_l2(weights):
+    """Whether the float32 weights take more than twice a core's L2 cache, where bfloat16
+    products from cached casts beat float32 products in a loop of steps (AMD EPYC Zen 4, 1 MB
+    L2, 32 steps a region, inference: 6-8 MB of weights, B=8, H=512, 0.81x-0.88x torch.nn
+    against 0.72x-0.76x; 1.5-2 MB, H=256, 0.85x-1.26x against 0.83x-1.12x, worse at B <= 8)."""
+    return sum(w.numel() for w in weights) * 4 > 2 * _l2_bytes()
 
 
 def _cached_cast(weight):

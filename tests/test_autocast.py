@@ -161,11 +161,15 @@ def test_cpu_bf16_autocast_one_step_inference_takes_bfloat16_products(cell):
 
 
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell", "LSTM", "GRU"])
-def test_cpu_bf16_autocast_steps_in_one_region_take_bfloat16_products(cell):
+@pytest.mark.parametrize("large", [True, False])
+def test_cpu_bf16_autocast_steps_in_one_region_take_bfloat16_products(cell, large, monkeypatch):
     """Inference at B=8, where one call a region runs float32 products: within one region the
     second call finds its weights' casts cached (autocast.same_region) and runs the cell
-    operator with W_ih and W_hh in bfloat16, exactly; the first call of each region, and every
-    call when the weights require no grad (autocast caches no cast of them), stays float32."""
+    operator with W_ih and W_hh in bfloat16, exactly, where the weights outgrow the L2 cache
+    (here made 1 KB); the first call of each region, every call when the weights require no
+    grad (autocast caches no cast of them), and every call where the weights fit (L2 made
+    1 GB), stays float32."""
+    monkeypatch.setattr(autocast, "_l2_bytes", lambda: 1024 if large else 1 << 30)
     torch.manual_seed(0)
     H = 128 if cell.startswith("LSTM") else 171
     module = getattr(gk, cell)(16, H, backend="cpp")
@@ -192,7 +196,8 @@ def test_cpu_bf16_autocast_steps_in_one_region_take_bfloat16_products(cell):
 
     with torch.no_grad():
         fp32, bf16 = expected(FP32), expected(BF16)
-    for actual, products in zip(calls(regions=1), (fp32, bf16, bf16)):
+    loop = bf16 if large else fp32
+    for actual, products in zip(calls(regions=1), (fp32, loop, loop)):
         for a, e in zip(actual, products):
             assert a.dtype == dtype
             torch.testing.assert_close(a, e, rtol=0, atol=0)

@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import gated_kernels
 from gated_kernels.bench import cli, measure, report
 from gated_kernels.bench.suites import Case, draw_lengths
 from gated_kernels.tolerance import allowed_error
@@ -308,11 +309,13 @@ def test_an_amp_case_runs_float32_modules_under_autocast(cell, dtype):
 
 
 @pytest.mark.parametrize("cell", ["LSTMCell", "GRUCell"])
-def test_a_loop_region_case_gates_the_bfloat16_products_it_times(cell):
+def test_a_loop_region_case_gates_the_bfloat16_products_it_times(cell, monkeypatch):
     """amp_bf16_loop: the timed inference calls share one autocast region, where ours take
-    bfloat16 products from the second call on (cpu_products). The gate checks that path: an
-    earlier call in the same region, then the gated one under no_grad, so ours' error is
-    bfloat16's size, not float32's (about 1e-7)."""
+    bfloat16 products from the second call on (cpu_products; weights larger than twice the L2
+    cache, here made 64 bytes). The gate checks that path: an earlier call in the same region,
+    then the gated one under no_grad, so ours' error is bfloat16's size, not float32's (about
+    1e-7)."""
+    monkeypatch.setattr(gated_kernels.autocast, "_l2_bytes", lambda: 64)
     case = Case(cell, "fwd", T=1, B=3, I=5, H=4, dtype="amp_bf16_loop")
     record = cli.run_case(case, report.provenance("cpu"), {}, min_seconds=0.01)
     assert record["gate"] == "PASS" and record["speedup"] > 0
