@@ -25,7 +25,8 @@ cast for the call, x and h rounded for the products as torch.nn's linear rounds 
 float32; one LSTM step for inference computes the same way and rounds its outputs to bfloat16
 (rnn.LSTM._autocast_dtypes). In a loop of steps inside one autocast region (a decoder) the
 weights are cast once a region, through autocast's own cache as torch.nn's are (cast_parameters),
-and inference takes bfloat16 products at every size from the second step on. Under float16 CPU
+and inference takes bfloat16 products from the second step on where the weights outgrow the
+L2 cache (_outgrow_l2). Under float16 CPU
 autocast (no float16 CPU kernel here) they stay
 in the input's dtype.
 """
