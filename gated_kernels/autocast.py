@@ -26,9 +26,8 @@ float32; one LSTM step for inference computes the same way and rounds its output
 (rnn.LSTM._autocast_dtypes). In a loop of steps inside one autocast region (a decoder) the
 weights are cast once a region, through autocast's own cache as torch.nn's are (cast_parameters),
 and inference takes bfloat16 products from the second step on where the weights outgrow the
-L2 cache (_outgrow_l2). Under float16 CPU
-autocast (no float16 CPU kernel here) they stay
-in the input's dtype.
+L2 cache (_outgrow_l2). Under float16 CPU autocast (no float16 CPU kernel here) they stay in
+the input's dtype.
 """
 
 import functools
