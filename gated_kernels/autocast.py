@@ -69,16 +69,22 @@ def cast(tensors, dtype):
 
 
 def cast_parameters(parameters, dtype):
-    """Parameters in `dtype`, as cast() casts them, but through autocast's cache of weight casts
+    """Parameters in `dtype`, each as cast_parameter casts it."""
+    return [cast_parameter(p, dtype) for p in parameters]
+
+
+def cast_parameter(parameter, dtype):
+    """A parameter in `dtype`, as cast() casts it, but through autocast's cache of weight casts
     where the C++ extension is built (csrc/autocast_weight.cpp): inside one autocast region a
     float32 leaf that requires grad is then cast once however many calls read it, and torch.nn's
     products read the same cache. Called inside the caller's torch.autocast(enabled=False) block,
     whose exit clears the cache when no autocast region encloses it (as the outermost region's
     exit does). Compiled code casts as cast() does: the cache holds real tensors only."""
+    if parameter is None or parameter.dtype == dtype:
+        return parameter
     if not cpp_available() or torch.compiler.is_compiling():
-        return cast(parameters, dtype)
-    cached_cast = torch.ops.gated_kernels._autocast_weight
-    return [p if p is None or p.dtype == dtype else cached_cast(p, dtype) for p in parameters]
+        return parameter.to(dtype)
+    return torch.ops.gated_kernels._autocast_weight(parameter, dtype)
 
 
 def cpu_products(module, cell, backend, dtype, B, training, weights):
@@ -86,8 +92,9 @@ def cpu_products(module, cell, backend, dtype, B, training, weights):
     "LSTM" / "GRU" with T=1) that computes in `dtype` on `backend`, asked with autocast on:
     bfloat16 for a float32 step on the C++ backend under CPU bfloat16 autocast where
     dispatch.cpu_autocast_products finds bfloat16 products faster, or, for inference, where
-    `weights` (W_ih and W_hh) are cast once a region and the module's previous call ran in the
-    region still open (a loop over steps: the casts are then cached, same_region); else `dtype`.
+    `weights` (the step's parameters: W_ih and W_hh, and any biases) are cast once a region,
+    outgrow the L2 cache (_outgrow_l2) and the module's previous call ran in the region still
+    open (a loop over steps: the casts are then cached, same_region); else `dtype`.
     The cell operators round x and h for bfloat16 products as torch.nn's linear does and keep
     the sums, the gates and the state in float32."""
     if (backend != "cpp" or dtype != torch.float32 or not torch.is_autocast_enabled("cpu")

@@ -219,8 +219,8 @@ class _RecurrentBase(nn.RNNBase):
             dtype, products = self._autocast_dtypes(backend, dtype, x, states, lengths, weights)
             with torch.autocast(x.device.type, enabled=False):
                 x, *cast_states = autocast.cast([x, *states], dtype)
-                weights = [autocast.cast_parameters([w], products if n.startswith("weight_")
-                                                    else dtype)[0]
+                weights = [autocast.cast_parameter(w, products if n.startswith("weight_")
+                                                   else dtype)
                            for n, w in zip(self._flat_weights_names, weights)]
                 y, *final = run(x, cast_states, lengths, weights)
                 y, *final = autocast.cast([y, *final], out_dtype)
@@ -244,10 +244,6 @@ class _RecurrentBase(nn.RNNBase):
         given compute_dtype's `dtype` (x: time-major, lengths: None unless packed): `dtype` for
         both but for one float32 step on the C++ backend (the subclasses)."""
         return dtype, dtype
-
-    def _product_weights(self, weights):
-        """The weights of `weights` (in _flat_weights_names' order) that the products read."""
-        return [w for n, w in zip(self._flat_weights_names, weights) if n.startswith("weight_")]
 
     def _cell_step(self, backend, T, packed, input_dtype):
         """Whether a call under CPU bfloat16 autocast is one step of a float32 input on the cell
@@ -311,7 +307,7 @@ class LSTM(_RecurrentBase):
                 or needs_grad(x, *states, *weights)):
             return dtype, dtype
         products = autocast.cpu_products(self, "LSTM", backend, torch.float32, x.size(1), False,
-                                         self._product_weights(weights))
+                                         weights)
         return torch.float32, products
 
     def _autocast_states(self, final, initial):
@@ -376,8 +372,7 @@ class GRU(_RecurrentBase):
         if not self._cell_step(backend, x.size(0), lengths is not None, x.dtype):
             return dtype, dtype
         return dtype, autocast.cpu_products(self, "GRU", backend, dtype, x.size(1),
-                                            needs_grad(x, *states, *weights),
-                                            self._product_weights(weights))
+                                            needs_grad(x, *states, *weights), weights)
 
     def forward(self, input, hx=None):
         backend = self._call_backend(input, hx)

@@ -2,7 +2,6 @@
 but no tests, and it installs and runs its C++ backend in a virtual environment that has only
 torch and no compiler on the PATH. Also an sdist."""
 
-import os
 import subprocess
 import sys
 import venv
