@@ -247,14 +247,7 @@ def test_cpu_bf16_autocast_gru_called_twice_in_one_region_trains_within_torch_nn
 
     actual, expected = outputs(ours, FP32, True), outputs(theirs, FP32, True)
     exact = outputs(reference, torch.float64, False)
-    for a, e, r in zip(actual, expected, exact):
-        assert a.dtype == e.dtype == FP32
-        assert max_rel_error(a, r) <= allowed_error(FP32, "out", max_rel_error(e, r))
-    grads = [torch.autograd.grad(sum(o.sum() for o in outs), list(m.parameters()))
-             for outs, m in ((actual, ours), (expected, theirs), (exact, reference))]
-    for a, e, r in zip(*grads):
-        assert a.dtype == FP32
-        assert max_rel_error(a, r) <= allowed_error(FP32, "grad", max_rel_error(e, r))
+    _assert_within_torch_nns_error((actual, ours), (expected, theirs), (exact, reference))
 
 
 @pytest.mark.parametrize("layout", ["padded", "packed", "unbatched"])
@@ -280,11 +273,17 @@ def test_cpu_bf16_autocast_gru_outputs_and_gradients_within_torch_nns_error(layo
     with torch.autocast("cpu", dtype=BF16):
         actual, expected = outputs(ours, FP32), outputs(theirs, FP32)
     exact = outputs(reference, torch.float64)
-    for a, e, r in zip(actual, expected, exact):
+    _assert_within_torch_nns_error((actual, ours), (expected, theirs), (exact, reference))
+
+
+def _assert_within_torch_nns_error(ours, theirs, reference):
+    """Each (outputs, module): ours' float32 outputs and parameter gradients (of the outputs'
+    sum) against the float64 reference's, within the error rule given torch.nn's own."""
+    for a, e, r in zip(ours[0], theirs[0], reference[0]):
         assert a.dtype == e.dtype == FP32
         assert max_rel_error(a, r) <= allowed_error(FP32, "out", max_rel_error(e, r))
     grads = [torch.autograd.grad(sum(o.sum() for o in outs), list(m.parameters()))
-             for outs, m in ((actual, ours), (expected, theirs), (exact, reference))]
+             for outs, m in (ours, theirs, reference)]
     for a, e, r in zip(*grads):
         assert a.dtype == FP32
         assert max_rel_error(a, r) <= allowed_error(FP32, "grad", max_rel_error(e, r))
