@@ -1,12 +1,13 @@
-"""The autograd layer: one torch.autograd.Function per cell over the recurrence operators.
+"""The autograd layer: torch.autograd.Functions over the recurrence operators, the sequence
+ones made from each cell's description (spec.py).
 
 LSTMFunction / GRUFunction take the precomputed input gates `xg`; the input projection and its
-gradients stay in ordinary PyTorch above them (`lstm_recurrence` / `gru_recurrence` make it).
-On the C++ backend the training path takes the layer input instead (lstm_from_input /
-gru_from_input): its forward operator makes the input gates a chunk of steps at a time and never
-the [T, B, G] xg, and the xg gradient becomes dx, dW_ih and the bias gradient with one product
-each (input_projection_backward) in a node of its own (InputGates). Without gradients the
-inference operators take the input itself. Gradients are first order only
+gradients stay in ordinary PyTorch above them (`recurrence` makes it). On the C++ backend the
+training path takes the layer input instead (`from_input`: LSTMFromInput, GRUFromInput): its
+forward operator makes the input gates a chunk of steps at a time and never the [T, B, G] xg,
+and the xg gradient becomes dx, dW_ih and the bias gradient with one product each
+(input_projection_backward) in a node of its own (InputGates). Without gradients the inference
+operators take the input itself. Gradients are first order only
 (`once_differentiable`): the backward operators are not themselves differentiated.
 
 The operators dispatch by device (C++ for CPU tensors, Triton for CUDA tensors). The one
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from gated_kernels import ops  # noqa: F401  (declares the torch.ops.gated_kernels operators)
+from gated_kernels.spec import CELLS
 
 
 def operator(name, backend, device):
@@ -31,26 +33,52 @@ def operator(name, backend, device):
     return getattr(torch.ops.gated_kernels, name)
 
 
-class LSTMFunction(torch.autograd.Function):
-    """(xg, w_hh, w_hr or None, h0, c0, lengths or None, reverse, backend) -> (y, h_n, c_n)"""
+def _forward(ctx, cell, forward, inputs, args):
+    """Runs `forward` (an operator of `cell`) on `inputs` and then args (params, states,
+    lengths, reverse), saves what backward reads, and returns y and the final states."""
+    params, states, lengths, reverse = cell.split(args)
+    y, *outputs = forward(*inputs, *params, *states, lengths, reverse)
+    weights = (t for p, t in zip(cell.params, params) if p in cell.weights)
+    ctx.save_for_backward(*weights, *states, lengths, y, *outputs[len(cell.states):])
+    ctx.reverse, ctx.absent = reverse, [t is None for t in params]
+    return y, *outputs[:len(cell.states)]
 
-    @staticmethod
-    def forward(ctx, xg, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
-        y, h_n, c_n, gates, c_all = operator("lstm_forward", backend, xg.device)(
-            xg, w_hh, w_hr, h0, c0, lengths, reverse
-        )
-        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
-        ctx.reverse, ctx.backend = reverse, backend
-        return y, h_n, c_n
 
-    @staticmethod
+def _backward(ctx, cell, backward, grads):
+    """Runs `backward` (an operator of `cell`) on the outputs' gradients and what _forward
+    saved; returns dxg, the parameters' gradients (None for an absent one) and the initial
+    states'."""
+    m = len(cell.weights) + len(cell.states)
+    saved = ctx.saved_tensors
+    dxg, *rest = backward(*grads, *saved[:m], saved[m], ctx.reverse, *saved[m + 1:])
+    k = len(cell.params)
+    return dxg, [None if absent else g for g, absent in zip(rest[:k], ctx.absent)], rest[k:]
+
+
+def _sequence_function(cell):
+    """The autograd Function of `cell`'s sequence operators (LSTMFunction, GRUFunction):
+    (xg, params, states, lengths or None, reverse, backend="cpp") -> (y, final states), the
+    parameters and states in the cell's order (spec.py)."""
+    n = len(cell.params) + len(cell.states) + 2
+
+    def forward(ctx, xg, *args):
+        ctx.backend = args[n] if len(args) > n else "cpp"
+        return _forward(ctx, cell, operator(f"{cell.stem}_forward", ctx.backend, xg.device),
+                        (xg,), args[:n])
+
     @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n):
-        w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
-        dxg, dw_hh, dw_hr, dh0, dc0 = operator("lstm_backward", ctx.backend, dy.device)(
-            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all
-        )
-        return dxg, dw_hh, (dw_hr if w_hr is not None else None), dh0, dc0, None, None, None
+    def backward(ctx, *grads):
+        op = operator(f"{cell.stem}_backward", ctx.backend, grads[0].device)
+        dxg, dparams, dstates = _backward(ctx, cell, op, grads)
+        return dxg, *dparams, *dstates, None, None, None
+
+    return type(f"{cell.name}Function", (torch.autograd.Function,), {
+        "__doc__": _sequence_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
+FUNCTIONS = {cell.name: _sequence_function(cell) for cell in CELLS.values()}
+LSTMFunction, GRUFunction = FUNCTIONS["LSTM"], FUNCTIONS["GRU"]
 
 
 class InputGates(torch.autograd.Function):
@@ -78,35 +106,34 @@ class InputGates(torch.autograd.Function):
         return dx, dw_ih, dbias if ctx.bias else None, None
 
 
-class LSTMFromInput(torch.autograd.Function):
-    """The C++ backend's training path: (xg from InputGates, x, w_ih, bias or None, w_hh, w_hr or
-    None, h0, c0, lengths or None, reverse) -> (y, h_n, c_n), bias being b_ih + b_hh. The forward
-    computes from x; the gradient of x, w_ih and bias goes through xg (InputGates)."""
+def _from_input_function(cell):
+    """The C++ backend's training path of `cell` (LSTMFromInput, GRUFromInput): (xg from
+    InputGates, x, w_ih, the input bias or None, params, states, lengths or None, reverse) ->
+    (y, final states), the input bias being spec.Cell.input_bias. The forward computes from x;
+    the gradient of x, w_ih and the bias goes through xg (InputGates)."""
 
-    @staticmethod
-    def forward(ctx, xg, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
-        y, h_n, c_n, gates, c_all = torch.ops.gated_kernels.lstm_forward_from_input(
-            x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
-        )
-        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
-        ctx.reverse = reverse
-        return y, h_n, c_n
+    def forward(ctx, xg, x, w_ih, bias, *args):
+        op = getattr(torch.ops.gated_kernels, f"{cell.stem}_forward_from_input")
+        return _forward(ctx, cell, op, (x, w_ih, bias), args)
 
-    @staticmethod
     @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n):
-        w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
-        dxg, dw_hh, dw_hr, dh0, dc0 = torch.ops.gated_kernels.lstm_backward(
-            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all
-        )
-        return (dxg, None, None, None, dw_hh, dw_hr if w_hr is not None else None, dh0, dc0,
-                None, None)
+    def backward(ctx, *grads):
+        op = getattr(torch.ops.gated_kernels, f"{cell.stem}_backward")
+        dxg, dparams, dstates = _backward(ctx, cell, op, grads)
+        return dxg, None, None, None, *dparams, *dstates, None, None
+
+    return type(f"{cell.name}FromInput", (torch.autograd.Function,), {
+        "__doc__": _from_input_function.__doc__.replace("`cell`", f"the {cell.name}"),
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-def lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
-    """(y, h_n, c_n) of one layer-direction on the C++ backend's training path."""
+FROM_INPUT = {cell.name: _from_input_function(cell) for cell in CELLS.values()}
+
+
+def from_input(cell, x, w_ih, bias, params, states, lengths, reverse):
+    """(y, final states) of one layer-direction on the C++ backend's training path."""
     xg = InputGates.apply(x, w_ih, bias, lengths)
-    return LSTMFromInput.apply(xg, x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
+    return FROM_INPUT[cell.name].apply(xg, x, w_ih, bias, *params, *states, lengths, reverse)
 
 
 def needs_grad(*tensors):
@@ -114,95 +141,26 @@ def needs_grad(*tensors):
     return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
-def lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend="cpp"):
-    """(y, h_n, c_n) of one layer-direction from its input x [T, B, I]: the input projection
-    xg = x w_ih^T + bias, then LSTMFunction where a gradient may be asked for; else the
-    lstm_inference operator, which returns the same values without computing and storing the
-    tensors that backward reads (gates [T, B, 4H] and c_all [T, B, H]) and, on the CPU, without
-    making xg at all."""
-    if needs_grad(x, w_ih, bias, w_hh, w_hr, h0, c0):
+def recurrence(cell, x, w_ih, bias, params, states, lengths, reverse, backend="cpp"):
+    """(y, final states) of one layer-direction of `cell` (spec.LSTM, spec.GRU) from its input
+    x [T, B, I]: where a gradient may be asked for, the input projection xg = x w_ih^T + bias
+    and the cell's Function (on the C++ backend from_input, which never makes xg); else the
+    inference operator, which returns the same values without computing and storing the
+    tensors that backward reads (cell.saved: the gates [T, B, 4H], the LSTM's c_all [T, B, H])
+    and, on the CPU, without making xg at all. `bias` is cell.input_bias."""
+    if needs_grad(x, w_ih, bias, *params, *states):
         if backend == "cpp":
-            return lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse)
+            return from_input(cell, x, w_ih, bias, params, states, lengths, reverse)
         xg = F.linear(x, w_ih, bias)
-        return LSTMFunction.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+        return FUNCTIONS[cell.name].apply(xg, *params, *states, lengths, reverse, backend)
     if backend == "triton" and x.device.type == "cpu":
         # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
-        xg = F.linear(x, w_ih, bias)
-        forward = operator("lstm_forward", backend, x.device)
-        return forward(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=False)[:3]
-    return torch.ops.gated_kernels.lstm_inference(
-        x.contiguous(), w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse
-    )
-
-
-class GRUFunction(torch.autograd.Function):
-    """(xg, w_hh, b_hh, h0, lengths or None, reverse, backend) -> (y, h_n)"""
-
-    @staticmethod
-    def forward(ctx, xg, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
-        y, h_n, gates = operator("gru_forward", backend, xg.device)(
-            xg, w_hh, b_hh, h0, lengths, reverse
-        )
-        ctx.save_for_backward(w_hh, h0, lengths, y, gates)
-        ctx.reverse, ctx.backend = reverse, backend
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n):
-        w_hh, h0, lengths, y, gates = ctx.saved_tensors
-        dxg, dw_hh, db_hh, dh0 = operator("gru_backward", ctx.backend, dy.device)(
-            dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
-        )
-        return dxg, dw_hh, db_hh, dh0, None, None, None
-
-
-class GRUFromInput(torch.autograd.Function):
-    """The C++ backend's training path: (xg from InputGates, x, w_ih, b_ih or None, w_hh, b_hh,
-    h0, lengths or None, reverse) -> (y, h_n), as LSTMFromInput."""
-
-    @staticmethod
-    def forward(ctx, xg, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
-        y, h_n, gates = torch.ops.gated_kernels.gru_forward_from_input(
-            x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
-        )
-        ctx.save_for_backward(w_hh, h0, lengths, y, gates)
-        ctx.reverse = reverse
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n):
-        w_hh, h0, lengths, y, gates = ctx.saved_tensors
-        dxg, dw_hh, db_hh, dh0 = torch.ops.gated_kernels.gru_backward(
-            dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates
-        )
-        return dxg, None, None, None, dw_hh, db_hh, dh0, None, None
-
-
-def gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
-    """(y, h_n) of one layer-direction on the C++ backend's training path."""
-    xg = InputGates.apply(x, w_ih, b_ih, lengths)
-    return GRUFromInput.apply(xg, x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
-
-
-def gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend="cpp"):
-    """(y, h_n) of one layer-direction from its input x [T, B, I]: GRUFunction on
-    xg = x w_ih^T + b_ih where a gradient may be asked for; else the gru_inference operator, the
-    same values without the gates [T, B, 4H] that backward reads (and, on the CPU, without xg)."""
-    if needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0):
-        if backend == "cpp":
-            return gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse)
-        xg = F.linear(x, w_ih, b_ih)
-        return GRUFunction.apply(xg, w_hh, b_hh, h0, lengths, reverse, backend)
-    if backend == "triton" and x.device.type == "cpu":
-        # Triton's interpreter: the launcher itself, as the CUDA inference operator calls it.
-        xg = F.linear(x, w_ih, b_ih)
-        forward = operator("gru_forward", backend, x.device)
-        return forward(xg, w_hh, b_hh, h0, lengths, reverse, save=False)[:2]
-    return torch.ops.gated_kernels.gru_inference(
-        x.contiguous(), w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse
-    )
+        forward = operator(f"{cell.stem}_forward", backend, x.device)
+        outputs = forward(F.linear(x, w_ih, bias), *params, *states, lengths, reverse,
+                          save=False)
+        return outputs[:1 + len(cell.states)]
+    inference = getattr(torch.ops.gated_kernels, f"{cell.stem}_inference")
+    return inference(x.contiguous(), w_ih, bias, *params, *states, lengths, reverse)
 
 
 class InputProjection(torch.autograd.Function):

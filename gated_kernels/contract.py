@@ -1,10 +1,12 @@
-"""The operators' contract in code: the argument checks, the gate counts and the dtypes of the
-saved tensors. A leaf (it imports torch alone): ops.py, which declares the operators and their
-fake implementations, and the Triton launchers both import it, so imports run one way (ops.py
-imports the launchers, on first use, and nothing below imports ops.py).
+"""The operators' contract in code: the argument checks. It imports torch and the cells'
+descriptions (spec.py) alone: ops.py, which declares the operators and their fake
+implementations, and the Triton launchers both import it, so imports run one way (ops.py imports
+the launchers, on first use, and nothing below imports ops.py).
 """
 
 import torch
+
+from gated_kernels.spec import CELLS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -74,49 +76,23 @@ def _check_lengths(lengths, T, B, device):
     _check_tensor("lengths", lengths, (B,), torch.int64, device)
 
 
-def check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths):
-    """Validates lstm_forward's arguments; returns (T, B, H, P)."""
-    T, B, H = _check_xg(xg, "LSTM", 4)
-    P = H
-    if w_hr is not None:
-        _check_tensor("w_hr", w_hr, (None, H), xg.dtype, xg.device)
-        P = w_hr.shape[0]
-    _check_tensor("w_hh", w_hh, (4 * H, P), xg.dtype, xg.device)
-    _check_tensor("h0", h0, (B, P), xg.dtype, xg.device)
-    _check_tensor("c0", c0, (B, H), xg.dtype, xg.device)
+def check_args(cell, xg, params, states, lengths):
+    """Validates the arguments of `cell`'s forward operator (spec.Cell: xg [T,B,G], its params
+    and states in its order, lengths [B] or None); returns (T, B, H, P). The projection first,
+    since its size P shapes the rest."""
+    T, B, H = _check_xg(xg, cell.name, cell.gates)
+    dims = {"T": T, "B": B, "H": H, "G": cell.gates * H, "P": H}
+    given = dict(zip((p.name for p in cell.params), params))
+    if given.get(cell.projection) is not None:
+        _check_tensor(cell.projection, given[cell.projection], (None, H), xg.dtype, xg.device)
+        dims["P"] = given[cell.projection].shape[0]
+    for p, t in zip(cell.params, params):
+        if p.name != cell.projection:
+            _check_tensor(p.name, t, tuple(dims[d] for d in p.shape), xg.dtype, xg.device)
+    for s, t in zip(cell.states, states):
+        _check_tensor(f"{s.name}0", t, tuple(dims[d] for d in s.shape), xg.dtype, xg.device)
     _check_lengths(lengths, T, B, xg.device)
-    return T, B, H, P
-
-
-def check_gru_args(xg, w_hh, b_hh, h0, lengths):
-    """Validates gru_forward's arguments; returns (T, B, H)."""
-    T, B, H = _check_xg(xg, "GRU", 3)
-    _check_tensor("w_hh", w_hh, (3 * H, H), xg.dtype, xg.device)
-    _check_tensor("b_hh", b_hh, (3 * H,), xg.dtype, xg.device)
-    _check_tensor("h0", h0, (B, H), xg.dtype, xg.device)
-    _check_lengths(lengths, T, B, xg.device)
-    return T, B, H
-
-
-def saved_dtype(dtype):
-    """dtype of the saved gates and cell states: float32 for half types, else the input dtype."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
-# The LSTM's saved gates on CUDA (the Triton kernels): the gates (i, f, g, o: in [0, 1] or
-# [-1, 1]) of a 16-bit model are float16, 11 significant bits where bfloat16 has 8, at half
-# float32's memory (bf16 T=256 B=256 H=1024: 0.5 GB instead of 1.1). The cell states stay
-# float32 (unbounded).
-CUDA_GATES_DTYPE = {torch.float32: torch.float32, torch.float16: torch.float16,
-                    torch.bfloat16: torch.float16}
-
-
-def lstm_gates_dtype(xg):
-    """dtype of the LSTM's saved gates: CUDA_GATES_DTYPE on CUDA, saved_dtype on the CPU
-    (csrc/lstm.cpp)."""
-    if xg.device.type == "cuda" and xg.dtype in CUDA_GATES_DTYPE:
-        return CUDA_GATES_DTYPE[xg.dtype]
-    return saved_dtype(xg.dtype)
+    return T, B, H, dims["P"]
 
 
 def input_gates_like(x, w_ih, bias, cell, gates):
@@ -179,7 +155,7 @@ def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None,
     four given or all None, see check_normalised; keep: zoneout's (keep_h, keep_c) or
     (keep_h,), each [T, B, H] or None), and the inference operators' past their input side;
     returns (T, B, H)."""
-    gates = 4 if cell == "LSTM" else 3
+    gates = CELLS[cell].gates
     T, B, H = _check_xg(xn, cell, gates)
     _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)
     _check_tensor("h0", h0, (B, H), xn.dtype, xn.device)

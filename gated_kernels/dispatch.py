@@ -33,7 +33,7 @@ import functools
 
 import torch
 
-from gated_kernels import cpu
+from gated_kernels import cpu, spec
 
 # The measured H; a call takes the entry of the smallest one at or above its H.
 MEASURED_H = (256, 512, 1024, 2048)
@@ -235,7 +235,7 @@ def cpu_autocast_products(cell, B, H, training):
     Training stays in float32, its large products handed to torch.nn (cpu_autocast_backend):
     with bfloat16 products the LSTMCell and GRUCell read 0.90x-1.06x torch.nn there (B=8-64,
     H=256-512; both pay the weights' casts each call), no better than torch.nn's code."""
-    N = (4 if cell.startswith("LSTM") else 3) * H
+    N = spec.gate_width(cell, H)
     large = (B >= 32 and N >= 1024) or (B >= 64 and N >= 512)
     return torch.bfloat16 if large and not training else torch.float32
 

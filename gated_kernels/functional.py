@@ -15,13 +15,13 @@ from gated_kernels.autograd import (
     LayerNormGRUFunction,
     LayerNormLSTMFunction,
     gru_cell,
-    gru_recurrence,
     lstm_cell,
-    lstm_recurrence,
     needs_grad,
     operator,
+    recurrence,
 )
 from gated_kernels.backends import resolve_backend
+from gated_kernels.spec import GRU, LSTM
 
 
 def _layer_backend(name, device):
@@ -123,7 +123,7 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
         # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
         # refuses an autograd.Function that gets the same tensor as two inputs.
         c0 = c0.clone()
-    return lstm_recurrence(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse, backend)
+    return recurrence(LSTM, x, w_ih, bias, (w_hh, w_hr), (h0, c0), lengths, reverse, backend)
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
@@ -160,7 +160,7 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
         (keep_h,) = keep or (None,)
         return reference.gru_recurrence(_input_gates(x, w_ih, b_ih, ln_ih), w_hh, b_hh, h0,
                                         lengths, reverse, ln_hh=ln_hh, keep_h=keep_h)
-    return gru_recurrence(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse, backend)
+    return recurrence(GRU, x, w_ih, b_ih, (w_hh, b_hh), (h0,), lengths, reverse, backend)
 
 
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):

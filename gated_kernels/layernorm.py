@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence
 
-from gated_kernels import functional
+from gated_kernels import functional, spec
 from gated_kernels.cells import GRUCell, LSTMCell
 from gated_kernels.rnn import GRU, LSTM
 
@@ -98,7 +98,7 @@ class LayerNormLSTM(_LayerNormBase, LSTM):
     ((5, 3, 20), (20,))
     """
 
-    _NORMS = (("ih", 4), ("hh", 4), ("c", 1))
+    _NORMS = spec.LSTM.norms
 
     def __init__(self, *args, backend="auto", **kwargs):
         self._check_backend(backend)
@@ -132,7 +132,7 @@ class LayerNormGRU(_LayerNormBase, GRU):
     ((5, 3, 40), (60,))
     """
 
-    _NORMS = (("ih", 3), ("hh", 3))
+    _NORMS = spec.GRU.norms
 
     def __init__(self, *args, backend="auto", **kwargs):
         self._check_backend(backend)
@@ -181,7 +181,7 @@ class LayerNormLSTMCell(_LayerNormCellBase, LSTMCell):
     ((3, 20), (80,))
     """
 
-    _NORMS = (("ih", 4), ("hh", 4), ("c", 1))
+    _NORMS = spec.LSTM.norms
 
 
 class LayerNormGRUCell(_LayerNormCellBase, GRUCell):
@@ -193,4 +193,4 @@ class LayerNormGRUCell(_LayerNormCellBase, GRUCell):
     (3, 20)
     """
 
-    _NORMS = (("ih", 3), ("hh", 3))
+    _NORMS = spec.GRU.norms

@@ -82,60 +82,54 @@ themselves a step at a time (their ln_ih_bias holding those biases too).
 import torch
 
 from gated_kernels.contract import (
+    check_args,
     check_cell_args,
-    check_gru_args,
     check_layernorm_args,
-    check_lstm_args,
     check_normalised,
     check_vectors_like,
     input_gates_like,
-    lstm_gates_dtype,
-    saved_dtype,
 )
+from gated_kernels.spec import CELLS, saved_dtype
 
 LIBRARY = torch.library.Library("gated_kernels", "DEF")
-LIBRARY.define(
-    "lstm_forward(Tensor xg, Tensor w_hh, Tensor? w_hr, Tensor h0, Tensor c0, Tensor? lengths, "
-    "bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
-)
-LIBRARY.define(
-    "lstm_inference(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, Tensor h0, "
-    "Tensor c0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor c_n)"
-)
-LIBRARY.define(
-    "lstm_forward_from_input(Tensor x, Tensor w_ih, Tensor? bias, Tensor w_hh, Tensor? w_hr, "
-    "Tensor h0, Tensor c0, Tensor? lengths, bool reverse) "
-    "-> (Tensor y, Tensor h_n, Tensor c_n, Tensor gates, Tensor c_all)"
-)
-LIBRARY.define(
-    "lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, Tensor? w_hr, Tensor h0, "
-    "Tensor c0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor c_all) "
-    "-> (Tensor dxg, Tensor dw_hh, Tensor dw_hr, Tensor dh0, Tensor dc0)"
-)
-LIBRARY.define(
-    "gru_forward(Tensor xg, Tensor w_hh, Tensor b_hh, Tensor h0, Tensor? lengths, bool reverse) "
-    "-> (Tensor y, Tensor h_n, Tensor gates)"
-)
-LIBRARY.define(
-    "gru_inference(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor b_hh, Tensor h0, "
-    "Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n)"
-)
-LIBRARY.define(
-    "gru_forward_from_input(Tensor x, Tensor w_ih, Tensor? b_ih, Tensor w_hh, Tensor b_hh, "
-    "Tensor h0, Tensor? lengths, bool reverse) -> (Tensor y, Tensor h_n, Tensor gates)"
-)
-LIBRARY.define(
-    "gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor h0, Tensor? lengths, bool reverse, "
-    "Tensor y, Tensor gates) -> (Tensor dxg, Tensor dw_hh, Tensor db_hh, Tensor dh0)"
-)
+
+
+def _args(tensors, prefix="", suffix=""):
+    """Schema arguments for spec.Tensor descriptions, `Tensor?` where optional, or for names
+    (always given: an operator's outputs)."""
+    return ", ".join(f"Tensor{'?' if getattr(t, 'optional', False) else ''} "
+                     f"{prefix}{getattr(t, 'name', t)}{suffix}" for t in tensors)
+
+
+def sequence_schemas(cell):
+    """The four sequence operators of `cell` (a spec.Cell), name -> schema: forward from xg,
+    inference and forward_from_input from the layer input x, and backward, as the module
+    docstring lists them for the LSTM and the GRU."""
+    params, states0 = _args(cell.params), _args(cell.states, suffix="0")
+    tail = "Tensor? lengths, bool reverse"
+    finals, saved = _args(cell.states, suffix="_n"), _args(cell.saved)
+    from_x = f"Tensor x, Tensor w_ih, Tensor? {cell.input_bias}, {params}, {states0}, {tail}"
+    forward_outputs = f"(Tensor y, {finals}, {saved})"
+    s, dparams = cell.stem, _args([p.name for p in cell.params], "d")
+    return {
+        f"{s}_forward": f"(Tensor xg, {params}, {states0}, {tail}) -> {forward_outputs}",
+        f"{s}_inference": f"({from_x}) -> (Tensor y, {finals})",
+        f"{s}_forward_from_input": f"({from_x}) -> {forward_outputs}",
+        f"{s}_backward": (f"(Tensor dy, {_args(cell.states, 'd', '_n')}, {_args(cell.weights)}, "
+                          f"{states0}, {tail}, Tensor y, {saved}) -> (Tensor dxg, "
+                          f"{dparams}, {_args(cell.states, 'd', '0')})"),
+    }
+
 
 # The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
 # which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
 # so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-OPERATORS = ("lstm_forward", "lstm_forward_from_input", "lstm_inference", "lstm_backward",
-             "gru_forward", "gru_forward_from_input", "gru_inference", "gru_backward")
-for _name in OPERATORS:
-    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+OPERATORS = []
+for _cell in CELLS.values():
+    for _name, _schema in sequence_schemas(_cell).items():
+        LIBRARY.define(_name + _schema)
+        LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+        OPERATORS.append(_name)
 
 LIBRARY.define(
     "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias, "
@@ -268,86 +262,69 @@ def _triton_from_input(name, outputs, save):
     return kernel
 
 
-for _name in ("lstm_forward", "lstm_backward", "gru_forward", "gru_backward"):
-    LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
-LIBRARY.impl("lstm_inference", _triton_from_input("lstm_forward", 3, False), "CUDA")
-LIBRARY.impl("gru_inference", _triton_from_input("gru_forward", 2, False), "CUDA")
-LIBRARY.impl("lstm_forward_from_input", _triton_from_input("lstm_forward", 5, True), "CUDA")
-LIBRARY.impl("gru_forward_from_input", _triton_from_input("gru_forward", 3, True), "CUDA")
+for _cell in CELLS.values():
+    _forward, _outputs = f"{_cell.stem}_forward", 1 + len(_cell.states)
+    LIBRARY.impl(_forward, _triton_kernel(_forward), "CUDA")
+    LIBRARY.impl(f"{_cell.stem}_backward", _triton_kernel(f"{_cell.stem}_backward"), "CUDA")
+    LIBRARY.impl(f"{_cell.stem}_inference", _triton_from_input(_forward, _outputs, False), "CUDA")
+    LIBRARY.impl(f"{_cell.stem}_forward_from_input",
+                 _triton_from_input(_forward, _outputs + len(_cell.saved), True), "CUDA")
 for _name in LAYERNORM_OPERATORS:  # triton_kernels/layernorm.py
     LIBRARY.impl(_name, _triton_kernel(_name), "CUDA")
 
-@torch.library.register_fake("gated_kernels::lstm_forward")
-def _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse):
-    T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
-    return (
-        xg.new_empty(T, B, P),
-        xg.new_empty(B, P),
-        xg.new_empty(B, H),
-        xg.new_empty(T, B, 4 * H, dtype=lstm_gates_dtype(xg)),
-        xg.new_empty(T, B, H, dtype=saved_dtype(xg.dtype)),
-    )
+def _forward_fake(cell):
+    """The fake forward operator of `cell`: (xg, params, states, lengths, reverse) -> y [T,B,P],
+    the final states, and the saved tensors ([T,B,width H], each its dtype)."""
+
+    def fake(xg, *args):
+        params, states, lengths, _ = cell.split(args)
+        T, B, H, P = check_args(cell, xg, params, states, lengths)
+        dims = {"B": B, "H": H, "P": P}
+        return (xg.new_empty(T, B, P),
+                *(xg.new_empty(tuple(dims[d] for d in s.shape)) for s in cell.states),
+                *(xg.new_empty(T, B, k.width * H, dtype=k.dtype(xg)) for k in cell.saved))
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::lstm_inference")
-def _lstm_inference_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
-    xg = input_gates_like(x, w_ih, bias, "LSTM", 4)
-    T, B, H, P = check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
-    return x.new_empty(T, B, P), x.new_empty(B, P), x.new_empty(B, H)
+def _from_input_fake(cell, outputs):
+    """The fake operator that takes the layer input (x, w_ih, bias, ...): the input side
+    checked, then the forward's first `outputs` outputs."""
+    forward = _forward_fake(cell)
+
+    def fake(x, w_ih, bias, *args):
+        return forward(input_gates_like(x, w_ih, bias, cell.name, cell.gates), *args)[:outputs]
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::lstm_forward_from_input")
-def _lstm_forward_from_input_fake(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
-    xg = input_gates_like(x, w_ih, bias, "LSTM", 4)
-    return _lstm_forward_fake(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+def _backward_fake(cell):
+    """The fake backward operator of `cell`: (dy, d final states, weights, states, lengths,
+    reverse, y, saved) -> dxg [T,B,G], each parameter's gradient ([0] for an absent one), each
+    initial state's, in h0's dtype."""
+    n_s, n_w = len(cell.states), len(cell.weights)
+
+    def fake(dy, *args):
+        weights = dict(zip((w.name for w in cell.weights), args[n_s:n_s + n_w]))
+        states = args[n_s + n_w:2 * n_s + n_w]
+        y, h0 = args[2 * n_s + n_w + 2], states[0]
+        G = weights[cell.weights[0].name].shape[0]
+        dims = {"G": G, "H": G // cell.gates, "P": h0.shape[1]}
+        dparams = (h0.new_empty(0) if p.name in weights and weights[p.name] is None
+                   else h0.new_empty(tuple(dims[d] for d in p.shape)) for p in cell.params)
+        return (h0.new_empty(*y.shape[:2], G), *dparams, *(s.new_empty(s.shape) for s in states))
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::lstm_backward")
-def _lstm_backward_fake(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y, gates, c_all):
-    T, B, G = gates.shape
-    H, P = G // 4, h0.shape[1]
-    dw_hr = h0.new_empty(P, H) if w_hr is not None else h0.new_empty(0)
-    return (
-        h0.new_empty(T, B, G),
-        h0.new_empty(G, P),
-        dw_hr,
-        h0.new_empty(B, P),
-        h0.new_empty(B, H),
-    )
-
-
-@torch.library.register_fake("gated_kernels::gru_forward")
-def _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse):
-    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
-    return (
-        xg.new_empty(T, B, H),
-        xg.new_empty(B, H),
-        xg.new_empty(T, B, 4 * H, dtype=xg.dtype),
-    )
-
-
-@torch.library.register_fake("gated_kernels::gru_inference")
-def _gru_inference_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
-    xg = input_gates_like(x, w_ih, b_ih, "GRU", 3)
-    T, B, H = check_gru_args(xg, w_hh, b_hh, h0, lengths)
-    return x.new_empty(T, B, H), x.new_empty(B, H)
-
-
-@torch.library.register_fake("gated_kernels::gru_forward_from_input")
-def _gru_forward_from_input_fake(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
-    xg = input_gates_like(x, w_ih, b_ih, "GRU", 3)
-    return _gru_forward_fake(xg, w_hh, b_hh, h0, lengths, reverse)
-
-
-@torch.library.register_fake("gated_kernels::gru_backward")
-def _gru_backward_fake(dy, dh_n, w_hh, h0, lengths, reverse, y, gates):
-    T, B, H = y.shape
-    return (
-        h0.new_empty(T, B, 3 * H),
-        h0.new_empty(3 * H, H),
-        h0.new_empty(3 * H),
-        h0.new_empty(B, H),
-    )
+for _cell in CELLS.values():
+    _outputs = 1 + len(_cell.states)
+    for _suffix, _fake in (("forward", _forward_fake(_cell)),
+                           ("inference", _from_input_fake(_cell, _outputs)),
+                           ("forward_from_input",
+                            _from_input_fake(_cell, _outputs + len(_cell.saved))),
+                           ("backward", _backward_fake(_cell))):
+        torch.library.register_fake(f"gated_kernels::{_cell.stem}_{_suffix}")(_fake)
 
 
 @torch.library.register_fake("gated_kernels::input_projection")
@@ -409,7 +386,7 @@ def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias, output_mask):
 
 def _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, cell):
     """Checks an inference operator's input side; returns an empty tensor shaped like its xn."""
-    xn = input_gates_like(x, w_ih, None, cell, 4 if cell == "LSTM" else 3)
+    xn = input_gates_like(x, w_ih, None, cell, CELLS[cell].gates)
     check_vectors_like(xn, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
     return xn
 

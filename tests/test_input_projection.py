@@ -1,7 +1,7 @@
 """The C++ backend's training path from the layer input: lstm_forward_from_input /
-gru_forward_from_input under lstm_from_input / gru_from_input, and the input projection and its
-gradients (input_projection, input_projection_backward, csrc/input_projection.cpp), against the float64 reference on every
-output and gradient, on oneDNN's matmul and on ATen's (oneDNN disabled)."""
+gru_forward_from_input under autograd.from_input, and the input projection and its gradients
+(input_projection, input_projection_backward, csrc/input_projection.cpp), against the float64
+reference on every output and gradient, on oneDNN's matmul and on ATen's (oneDNN disabled)."""
 
 import pytest
 import torch
@@ -9,11 +9,22 @@ import torch
 from common import (assert_close, check_against_reference, gru_inputs, input_projection, leaves,
                     lstm_inputs)
 from gated_kernels import reference
-from gated_kernels.autograd import gru_from_input, lstm_from_input
+from gated_kernels.autograd import from_input
+from gated_kernels.spec import GRU, LSTM
 from gated_kernels.tolerance import max_rel_error
 
 ops = torch.ops.gated_kernels
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def lstm_from_input(x, w_ih, bias, w_hh, w_hr, h0, c0, lengths, reverse):
+    return from_input(LSTM, x, w_ih, bias, (w_hh, w_hr), (h0, c0), lengths, reverse)
+
+
+def gru_from_input(x, w_ih, b_ih, w_hh, b_hh, h0, lengths, reverse):
+    return from_input(GRU, x, w_ih, b_ih, (w_hh, b_hh), (h0,), lengths, reverse)
+
+
 # (T, B, I, H, P, lengths, reverse): chunks of input gates (T=300 at B=1: three, the last one
 # short), lengths with reverse, a projection, H=1.
 CASES = {

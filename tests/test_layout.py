@@ -1,5 +1,6 @@
-"""Imports run one way: contract.py is a leaf (torch alone) and the kernels below ops.py (the
-Triton launchers, which ops.py imports on first use) never import ops.py."""
+"""Imports run one way: spec.py is a leaf (torch alone), contract.py imports torch and spec.py
+alone, and the kernels below ops.py (the Triton launchers, which ops.py imports on first use)
+never import ops.py."""
 
 import ast
 import pathlib
@@ -19,8 +20,10 @@ def _imports(path):
     return names
 
 
-def test_contract_is_a_leaf():
-    assert _imports(PACKAGE / "contract.py") == {"torch"}
+def test_spec_and_contract_are_leaves():
+    assert {m for m in _imports(PACKAGE / "spec.py") if m.startswith("gated_kernels")} == set()
+    package = {m for m in _imports(PACKAGE / "contract.py") if m.startswith("gated_kernels")}
+    assert package <= {"gated_kernels.spec", "gated_kernels.spec.CELLS"}, package
 
 
 def test_the_kernels_do_not_import_ops():

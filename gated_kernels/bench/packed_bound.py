@@ -17,7 +17,7 @@ import time
 
 import torch
 
-from gated_kernels import ops  # noqa: F401  (declares the operators)
+from gated_kernels import ops, spec  # noqa: F401  (ops declares the operators)
 from gated_kernels.bench.suites import Case, draw_lengths
 
 SHAPES = ((300, 16, 384), (200, 32, 256), (100, 64, 512))  # the suite's long-tailed (T, B, H)
@@ -36,7 +36,7 @@ def _median_ms(fn, runs=7):
 def _inference(cell, T, B, H, dtype, lengths=None):
     """One layer-direction's inference call on random weights."""
     g = torch.Generator().manual_seed(0)
-    G = (4 if cell == "LSTM" else 3) * H
+    G = spec.gate_width(cell, H)
     x = torch.randn(T, B, H, generator=g).to(dtype)
     w_ih = (torch.randn(G, H, generator=g) * H**-0.5).to(dtype)
     w_hh = (torch.randn(G, H, generator=g) * H**-0.5).to(dtype)

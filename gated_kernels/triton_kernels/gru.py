@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gated_kernels import contract
+from gated_kernels import contract, spec
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.common import BLOCK_B, NO_SPECIALIZE, grid_barrier, sigmoid, tanh
 
@@ -389,7 +389,7 @@ def gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse, save=True):
 
         y, h_n, gates = gru_forward_triton(xg, w_hh, b_hh, h0, None, False)
     """
-    T, B, H = contract.check_gru_args(xg, w_hh, b_hh, h0, lengths)
+    T, B, H, _ = contract.check_args(spec.GRU, xg, (w_hh, b_hh), (h0,), lengths)
     _check_dtype(xg.dtype)
     y = common.new_output((T, B, H), xg.dtype, xg.device)
     gates = common.new_output((T, B, 4 * H), xg.dtype, xg.device) if save else None

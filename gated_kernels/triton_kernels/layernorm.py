@@ -26,7 +26,7 @@ sums come out the same on every run). dW_hh is one product after the launch, ove
 for all steps and h_{t-1} rebuilt from y.
 
 Running state, saved tensors and every LayerNorm in float32 (the saved ones in
-contract.saved_dtype, as the C++ operators save them); products on tensor cores in the model's
+spec.saved_dtype, as the C++ operators save them); products on tensor cores in the model's
 dtype (fp32 per torch.backends.cuda.matmul.allow_tf32, as the loop of torch ops these modules
 replace multiplies).
 """
@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gated_kernels import contract
+from gated_kernels import contract, spec
 from gated_kernels.reference import LN_EPS
 from gated_kernels.triton_kernels import common
 
@@ -746,7 +746,7 @@ def _inference(forward, cell):
     the forward without saving."""
 
     def inference(x, w_ih, ln_ih_weight, ln_ih_bias, *args):
-        like = contract.input_gates_like(x, w_ih, None, cell, 4 if cell == "LSTM" else 3)
+        like = contract.input_gates_like(x, w_ih, None, cell, spec.CELLS[cell].gates)
         contract.check_vectors_like(like, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
         ln_hh_weight = args[1] if cell == "LSTM" else args[2]  # after w_hh (and b_hh)
         contract.check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)

@@ -24,8 +24,8 @@ import torch
 import triton
 import triton.language as tl
 
-from gated_kernels import contract
-from gated_kernels.contract import CUDA_GATES_DTYPE
+from gated_kernels import contract, spec
+from gated_kernels.spec import CUDA_GATES_DTYPE
 from gated_kernels.triton_kernels import common
 
 DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -431,7 +431,7 @@ def lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse, save=True):
     xg [T,B,4H], w_hh [4H,P], w_hr [P,H] or None, h0 [B,P], c0 [B,H], lengths [B] int64 or
     None -> y [T,B,P], h_n [B,P], c_n [B,H] in xg's dtype, gates [T,B,4H] (CUDA_GATES_DTYPE) and
     c_all [T,B,H] (float32); those two are None with save=False (inference)."""
-    T, B, H, P = contract.check_lstm_args(xg, w_hh, w_hr, h0, c0, lengths)
+    T, B, H, P = contract.check_args(spec.LSTM, xg, (w_hh, w_hr), (h0, c0), lengths)
     _check_device_and_dtype(xg)
     dtype, device = xg.dtype, xg.device
     path = common.choose_path(H, B, dtype, common.sm_count(device), common.shared_memory(device),
@@ -486,7 +486,7 @@ def lstm_backward_triton(dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, reverse, y
     T, B, G = gates.shape
     H = G // 4
     xg_shape = h0.new_empty(1, 1, 1).expand(T, B, G)  # the checks read only shape and dtype
-    _, _, _, P = contract.check_lstm_args(xg_shape, w_hh, w_hr, h0, c0, lengths)
+    _, _, _, P = contract.check_args(spec.LSTM, xg_shape, (w_hh, w_hr), (h0, c0), lengths)
     _check_device_and_dtype(h0)
     dtype, device = h0.dtype, h0.device
     _check_saved("dy", dy, (T, B, P), dtype)

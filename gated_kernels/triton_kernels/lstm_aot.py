@@ -6,7 +6,7 @@ import itertools
 
 import torch
 
-from gated_kernels.contract import CUDA_GATES_DTYPE
+from gated_kernels.spec import CUDA_GATES_DTYPE
 from gated_kernels.triton_kernels import common
 from gated_kernels.triton_kernels.lstm import (
     DTYPES,
