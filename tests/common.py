@@ -3,6 +3,7 @@ and input builders for the ops."""
 
 import torch
 
+from gated_kernels.spec import GRU, LSTM
 from gated_kernels.tolerance import FP64_TOLERANCE, allowed_error, max_abs_error, max_rel_error
 
 FP64_ATOL = FP64_TOLERANCE
@@ -24,39 +25,101 @@ def assert_close(actual, expected, dtype, kind, name, low_precision_error=None):
     assert err <= tol, f"{name}: error {err:.3e} > tolerance {tol:.3e} ({dtype})"
 
 
-def lstm_inputs(T, B, H, P=None, lengths=None, dtype=torch.float64, seed=0):
-    """Op arguments (xg, w_hh, w_hr, h0, c0, lengths) with nn.LSTM-like scales: weights
-    U(-1/sqrt(H), 1/sqrt(H)), pre-activations of order one."""
+def sequence_inputs(cell, T, B, H, P=None, lengths=None, dtype=torch.float64, seed=0):
+    """A sequence operator's arguments for `cell` (a gated_kernels.spec.Cell): xg [T, B, G],
+    then its parameters and initial states in its order, then lengths [B] or None. torch.nn-like
+    scales: parameters U(-1/sqrt(H), 1/sqrt(H)), pre-activations of order one, states N(0, 1/4).
+    The projection (w_hr) only with P."""
     g = torch.Generator().manual_seed(seed)
-    P_ = P or H
-    bound = H**-0.5
+    dims = {"B": B, "H": H, "G": cell.gates * H, "P": P or H}
 
-    def uniform(*shape):
-        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
+    def shape(t):
+        return tuple(dims[d] for d in t.shape)
 
-    xg = torch.randn(T, B, 4 * H, generator=g, dtype=torch.float64).to(dtype)
-    w_hh = uniform(4 * H, P_)
-    w_hr = uniform(P_, H) if P else None
-    h0 = torch.randn(B, P_, generator=g, dtype=torch.float64).to(dtype) * 0.5
-    c0 = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype) * 0.5
+    def uniform(t):
+        u = torch.rand(shape(t), generator=g, dtype=torch.float64) * 2 - 1
+        return (u * H**-0.5).to(dtype)
+
+    xg = torch.randn(T, B, dims["G"], generator=g, dtype=torch.float64).to(dtype)
+    params = [None if p.name == cell.projection and not P else uniform(p) for p in cell.params]
+    states = [torch.randn(shape(s), generator=g, dtype=torch.float64).to(dtype) * 0.5
+              for s in cell.states]
     lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
-    return xg, w_hh, w_hr, h0, c0, lens
+    return xg, *params, *states, lens
+
+
+# (T, B, H, P, lengths, reverse) for the C++ kernels: T=1, an odd T with B=1 and a
+# non-power-of-two H, B=1 with H above one 16-unit block (the backward splits the units over
+# the threads), a wide H (rows of W_hh beyond 1 MB a thread), lengths including 1 and T,
+# reverse, a projection.
+SEQUENCE_CASES = {
+    "T1-B3-H8": (1, 3, 8, None, None, False),
+    "T63-B4-H100": (63, 4, 100, None, None, False),
+    "T9-B1-H16": (9, 1, 16, None, None, False),
+    "T9-B1-H40-lengths-reverse": (9, 1, 40, None, [5], True),
+    "T5-B1-H520": (5, 1, 520, None, None, False),
+    "T6-B3-H10-reverse": (6, 3, 10, None, None, True),
+    "T11-B5-H12-lengths": (11, 5, 12, None, [11, 1, 6, 11, 3], False),
+    "T11-B5-H12-lengths-reverse": (11, 5, 12, None, [11, 1, 6, 11, 3], True),
+    "T10-B3-H20-P7": (10, 3, 20, 7, None, False),
+    "T10-B4-H20-P7-lengths-reverse": (10, 4, 20, 7, [10, 1, 4, 7], True),
+    "T33-B16-H64-P16-lengths": (33, 16, 64, 16, list(range(33, 17, -1)), False),
+}
+# The inference operators compute each thread's input gates about 128 rows of x at a time:
+# T=300 at B=1 is three chunks (the last one short), T=37 at B=5 two. At H=520 on two threads
+# each thread's rows of W_hh exceed 1 MB (the mkl kernel's blocked one-row product; for the
+# panel kernel, rows streamed from L3).
+INFERENCE_CASES = {
+    **SEQUENCE_CASES,
+    "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, None, True),
+    "T300-B1-H20-chunks": (300, 1, 20, None, None, False),
+    "T37-B5-H40-P8-lengths-reverse-chunks": (37, 5, 40, 8, [37, 9, 1, 30, 2], True),
+}
+
+# For the Triton kernels, shapes the interpreter affords: T=1, odd T with B=1 and a
+# non-power-of-two H, two batch tiles (B=17, B=18) with rows of lengths 1 and T (a tile whose
+# rows have all ended skips its dots from then on, in reverse too), a projection with lengths.
+TRITON_CASES = {
+    "T1-B3-H8": (1, 3, 8, None, None, False),
+    "T7-B1-H20": (7, 1, 20, None, None, False),
+    "T5-B1-H20-reverse": (5, 1, 20, None, None, True),
+    "T5-B17-H12-lengths": (5, 17, 12, None, [5, 1, 3, 5, 2] * 3 + [4, 1], False),
+    "T6-B18-H12-lengths-reverse": (6, 18, 12, None, [6, 1, 4] + [3, 6] * 6 + [5, 2, 1], True),
+    "T6-B4-H16-lengths-reverse": (6, 4, 16, None, [6, 1, 4, 2], True),
+    "T4-B2-H24-reverse": (4, 2, 24, None, None, True),
+    "T5-B4-H24-P9-lengths": (5, 4, 24, 9, [5, 1, 3, 5], False),
+    "T4-B3-H16-P5-lengths-reverse": (4, 3, 16, 5, [4, 1, 2], True),
+}
+
+
+def cases_of(cell, cases):
+    """`cases` as `cell` runs them: where the cell has no projection, a case with one runs
+    without it, under its id without "-P{P}", unless that id is already a case."""
+    out = {}
+    for case_id, (T, B, H, P, lengths, reverse) in cases.items():
+        if P is not None and cell.projection is None:
+            case_id, P = case_id.replace(f"-P{P}", ""), None
+        out.setdefault(case_id, (T, B, H, P, lengths, reverse))
+    return out
+
+
+def inference_args(cell, case, dtype, bias=True, I=7):
+    """((x [T,B,I], w_ih [G,I], the input bias [G] or None, params, states), lengths, reverse)
+    for `cell`'s inference operator."""
+    T, B, H, P, lengths, reverse = case
+    _, *rest, lens = sequence_inputs(cell, T, B, H, P, lengths, dtype)
+    x, w_ih, b = input_projection(T, B, I, cell.gates * H, dtype, bias)
+    return (x, w_ih, b, *rest), lens, reverse
+
+
+def lstm_inputs(T, B, H, P=None, lengths=None, dtype=torch.float64, seed=0):
+    """(xg, w_hh, w_hr, h0, c0, lengths): sequence_inputs of the LSTM."""
+    return sequence_inputs(LSTM, T, B, H, P, lengths, dtype, seed)
 
 
 def gru_inputs(T, B, H, lengths=None, dtype=torch.float64, seed=0):
-    """Op arguments (xg, w_hh, b_hh, h0, lengths) with nn.GRU-like scales."""
-    g = torch.Generator().manual_seed(seed)
-    bound = H**-0.5
-
-    def uniform(*shape):
-        return ((torch.rand(*shape, generator=g, dtype=torch.float64) * 2 - 1) * bound).to(dtype)
-
-    xg = torch.randn(T, B, 3 * H, generator=g, dtype=torch.float64).to(dtype)
-    w_hh = uniform(3 * H, H)
-    b_hh = uniform(3 * H)
-    h0 = torch.randn(B, H, generator=g, dtype=torch.float64).to(dtype) * 0.5
-    lens = None if lengths is None else torch.tensor(lengths, dtype=torch.int64)
-    return xg, w_hh, b_hh, h0, lens
+    """(xg, w_hh, b_hh, h0, lengths): sequence_inputs of the GRU."""
+    return sequence_inputs(GRU, T, B, H, None, lengths, dtype, seed)
 
 
 def input_projection(T, B, I, G, dtype=torch.float64, bias=True, seed=2):

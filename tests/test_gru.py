@@ -1,40 +1,22 @@
-"""The C++ GRU recurrence (gated_kernels::gru_forward / gru_backward) against the reference."""
+"""The C++ GRU recurrence (gated_kernels::gru_forward / gru_backward / gru_inference): each
+product kernel, gradcheck, opcheck, poisoned outputs, layouts and argument errors. Every case
+against the reference, on every backend, is test_sequence_ops.py."""
 
 import re
 
 import pytest
 import torch
 
-from common import (assert_close, bf16_brgemm_expected, check_against_reference,
-                    check_inference_against_reference, check_layout_independent, grads, gru_inputs,
-                    input_projection, leaves)
+from common import (INFERENCE_CASES, assert_close, bf16_brgemm_expected, cases_of,
+                    check_against_reference, check_inference_against_reference,
+                    check_layout_independent, grads, gru_inputs, inference_args, leaves)
 from gated_kernels import GRUFunction, reference
+from gated_kernels.spec import GRU
 
-# (T, B, H, lengths, reverse)
-CASES = {
-    "T1-B3-H8": (1, 3, 8, None, False),
-    "T63-B4-H100": (63, 4, 100, None, False),
-    "T9-B1-H16": (9, 1, 16, None, False),
-    # B=1 with H above one 16-unit block, and a wide H (rows of W_hh beyond 1 MB a thread).
-    "T9-B1-H40-lengths-reverse": (9, 1, 40, [5], True),
-    "T5-B1-H520": (5, 1, 520, None, False),
-    "T6-B3-H10-reverse": (6, 3, 10, None, True),
-    "T11-B5-H12-lengths": (11, 5, 12, [11, 1, 6, 11, 3], False),
-    "T11-B5-H12-lengths-reverse": (11, 5, 12, [11, 1, 6, 11, 3], True),
-    "T33-B16-H64-lengths": (33, 16, 64, list(range(33, 17, -1)), False),
-}
+CASES = cases_of(GRU, INFERENCE_CASES)
 OUTPUTS = ("y", "h_n")
 INPUTS = ("xg", "w_hh", "b_hh", "h0")
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_gru_cpp_matches_reference(case, dtype):
-    T, B, H, lengths, reverse = case
-    *args, lens = gru_inputs(T, B, H, lengths)
-    check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens, reverse,
-                            dtype, OUTPUTS, INPUTS)
 
 
 # Cases for each product kernel: B=1, rows split over the threads, lengths, a wide H.
@@ -49,16 +31,16 @@ def test_gru_cpp_matches_reference_on_every_product_kernel(kernel, dtype, monkey
     # and the inference operator's input gates (the other tests run `auto`).
     monkeypatch.setenv("GATED_KERNELS_CPU_GEMM", kernel)
     if kernel == "brgemm" and dtype == torch.bfloat16 and not bf16_brgemm_expected():
-        args, lens, reverse = inference_args(CASES[KERNEL_CASES[0]], dtype)
+        args, lens, reverse = inference_args(GRU, CASES[KERNEL_CASES[0]], dtype)
         with pytest.raises(RuntimeError, match="brgemm does not run here for BFloat16"):
             torch.ops.gated_kernels.gru_inference(*args, lens, reverse)
         return
     for name in KERNEL_CASES:
-        T, B, H, lengths, reverse = CASES[name]
+        T, B, H, _, lengths, reverse = CASES[name]
         *args, lens = gru_inputs(T, B, H, lengths)
         check_against_reference(GRUFunction.apply, reference.gru_recurrence, args, lens,
                                 reverse, dtype, OUTPUTS, INPUTS)
-        args, lens, reverse = inference_args(CASES[name], dtype)
+        args, lens, reverse = inference_args(GRU, CASES[name], dtype)
         check_inference_against_reference(torch.ops.gated_kernels.gru_inference,
                                           reference.gru_recurrence, args, lens, reverse, dtype,
                                           OUTPUTS)
@@ -150,36 +132,8 @@ def test_gru_forward_rejects_tensors_on_another_device(name):
 
 # ---- gru_inference: from the input x, without xg or the gates saved for backward ----
 
-# Chunks of about 128 rows of x per input product: three at T=300, B=1; two at T=37, B=5.
-INFERENCE_CASES = {
-    **CASES,
-    # On two threads each thread's rows of W_hh exceed 1 MB (the mkl kernel's blocked one-row
-    # product; for the panel kernel, rows streamed from L3).
-    "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, True),
-    "T300-B1-H20-chunks": (300, 1, 20, None, False),
-    "T37-B5-H40-lengths-reverse-chunks": (37, 5, 40, [37, 9, 1, 30, 2], True),
-}
-
-
-def inference_args(case, dtype, bias=True):
-    """(x, w_ih, b_ih, w_hh, b_hh, h0), lengths, reverse for gru_inference (I=7)."""
-    T, B, H, lengths, reverse = case
-    _, w_hh, b_hh, h0, lens = gru_inputs(T, B, H, lengths, dtype=dtype)
-    x, w_ih, b_ih = input_projection(T, B, 7, 3 * H, dtype, bias)
-    return (x, w_ih, b_ih, w_hh, b_hh, h0), lens, reverse
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", INFERENCE_CASES.values(), ids=INFERENCE_CASES.keys())
-def test_gru_inference_matches_reference(case, dtype):
-    args, lens, reverse = inference_args(case, dtype)
-    check_inference_against_reference(torch.ops.gated_kernels.gru_inference,
-                                      reference.gru_recurrence, args, lens, reverse, dtype,
-                                      OUTPUTS)
-
-
 def test_gru_inference_without_input_bias_matches_reference():
-    args, lens, reverse = inference_args(INFERENCE_CASES["T37-B5-H40-lengths-reverse-chunks"],
+    args, lens, reverse = inference_args(GRU, CASES["T37-B5-H40-lengths-reverse-chunks"],
                                          torch.float64, bias=False)
     check_inference_against_reference(torch.ops.gated_kernels.gru_inference,
                                       reference.gru_recurrence, args, lens, reverse,
@@ -188,7 +142,7 @@ def test_gru_inference_without_input_bias_matches_reference():
 
 def test_gru_inference_poisoned_outputs_are_all_written(monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
-    args, lens, _ = inference_args((7, 4, 9, [7, 1, 3, 5], False), torch.float64)
+    args, lens, _ = inference_args(GRU, (7, 4, 9, None, [7, 1, 3, 5], False), torch.float64)
     for reverse in (False, True):
         outs = torch.ops.gated_kernels.gru_inference(*args, lens, reverse)
         for name, t in zip(OUTPUTS, outs):
@@ -196,14 +150,14 @@ def test_gru_inference_poisoned_outputs_are_all_written(monkeypatch):
 
 
 def test_gru_inference_opcheck():
-    args, lens, _ = inference_args((4, 3, 5, [4, 2, 1], True), torch.float64)
+    args, lens, _ = inference_args(GRU, (4, 3, 5, None, [4, 2, 1], True), torch.float64)
     torch.library.opcheck(torch.ops.gated_kernels.gru_inference.default, (*args, lens, True))
 
 
 def _bad_inference(**changes):
     """Valid gru_inference arguments (T=5, B=3, I=7, H=4) with some replaced."""
-    (x, w_ih, b_ih, w_hh, b_hh, h0), lens, _ = inference_args((5, 3, 4, [5, 2, 1], False),
-                                                             torch.float64)
+    case = (5, 3, 4, None, [5, 2, 1], False)
+    (x, w_ih, b_ih, w_hh, b_hh, h0), lens, _ = inference_args(GRU, case, torch.float64)
     args = dict(x=x, w_ih=w_ih, b_ih=b_ih, w_hh=w_hh, b_hh=b_hh, h0=h0, lengths=lens,
                 reverse=False)
     args.update(changes)

@@ -1,44 +1,22 @@
-"""The C++ LSTM recurrence (gated_kernels::lstm_forward / lstm_backward) against the reference."""
+"""The C++ LSTM recurrence (gated_kernels::lstm_forward / lstm_backward / lstm_inference):
+each product kernel, thread counts, gradcheck, opcheck, poisoned and large outputs, layouts and
+argument errors. Every case against the reference, on every backend, is test_sequence_ops.py."""
 
 import re
 
 import pytest
 import torch
 
-from common import (assert_close, bf16_brgemm_expected, check_against_reference,
-                    check_inference_against_reference, check_layout_independent, grads,
-                    input_projection, leaves, lstm_inputs)
+from common import (INFERENCE_CASES, assert_close, bf16_brgemm_expected, cases_of,
+                    check_against_reference, check_inference_against_reference,
+                    check_layout_independent, grads, inference_args, leaves, lstm_inputs)
 from gated_kernels import LSTMFunction, reference
+from gated_kernels.spec import LSTM
 
-# (T, B, H, P, lengths, reverse)
-CASES = {
-    "T1-B3-H8": (1, 3, 8, None, None, False),
-    "T63-B4-H100": (63, 4, 100, None, None, False),
-    "T9-B1-H16": (9, 1, 16, None, None, False),
-    # B=1 with H above one 16-unit block: the backward splits the units over the threads.
-    "T9-B1-H40-lengths-reverse": (9, 1, 40, None, [5], True),
-    "T5-B1-H520": (5, 1, 520, None, None, False),
-    "T6-B3-H10-reverse": (6, 3, 10, None, None, True),
-    "T11-B5-H12-lengths": (11, 5, 12, None, [11, 1, 6, 11, 3], False),
-    "T11-B5-H12-lengths-reverse": (11, 5, 12, None, [11, 1, 6, 11, 3], True),
-    "T10-B3-H20-P7": (10, 3, 20, 7, None, False),
-    "T10-B4-H20-P7-lengths-reverse": (10, 4, 20, 7, [10, 1, 4, 7], True),
-    "T33-B16-H64-P16-lengths": (33, 16, 64, 16, list(range(33, 17, -1)), False),
-}
+CASES = cases_of(LSTM, INFERENCE_CASES)
 OUTPUTS = ("y", "h_n", "c_n")
 INPUTS = ("xg", "w_hh", "w_hr", "h0", "c0")
-
-
 DTYPES = {"fp64": torch.float64, "fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_lstm_cpp_matches_reference(case, dtype):
-    T, B, H, P, lengths, reverse = case
-    *args, lens = lstm_inputs(T, B, H, P, lengths)
-    check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens, reverse,
-                            dtype, OUTPUTS, INPUTS)
 
 
 @pytest.mark.parametrize("threads", [1, 3], ids=["threads1", "threads3"])
@@ -72,7 +50,7 @@ def test_lstm_cpp_matches_reference_on_every_product_kernel(kernel, dtype, monke
     # and the inference operator's input gates (the other tests run `auto`).
     monkeypatch.setenv("GATED_KERNELS_CPU_GEMM", kernel)
     if kernel == "brgemm" and dtype == torch.bfloat16 and not bf16_brgemm_expected():
-        args, lens, reverse = inference_args(CASES[KERNEL_CASES[0]], dtype)
+        args, lens, reverse = inference_args(LSTM, CASES[KERNEL_CASES[0]], dtype)
         with pytest.raises(RuntimeError, match="brgemm does not run here for BFloat16"):
             torch.ops.gated_kernels.lstm_inference(*args, lens, reverse)
         return
@@ -81,7 +59,7 @@ def test_lstm_cpp_matches_reference_on_every_product_kernel(kernel, dtype, monke
         *args, lens = lstm_inputs(T, B, H, P, lengths)
         check_against_reference(LSTMFunction.apply, reference.lstm_recurrence, args, lens,
                                 reverse, dtype, OUTPUTS, INPUTS)
-        args, lens, reverse = inference_args(CASES[name], dtype)
+        args, lens, reverse = inference_args(LSTM, CASES[name], dtype)
         check_inference_against_reference(torch.ops.gated_kernels.lstm_inference,
                                           reference.lstm_recurrence, args, lens, reverse, dtype,
                                           OUTPUTS)
@@ -180,37 +158,8 @@ def test_lstm_forward_rejects_tensors_on_another_device(name):
 
 # ---- lstm_inference: from the input x, without xg or the tensors saved for backward ----
 
-# Each thread computes its units' input gates about 128 rows of x at a time: T=300 at B=1 is
-# three chunks (the last one short), T=37 at B=5 two.
-INFERENCE_CASES = {
-    **CASES,
-    # On two threads each thread's rows of W_hh exceed 1 MB (the mkl kernel's blocked one-row
-    # product; for the panel kernel, rows streamed from L3).
-    "T9-B1-H520-reverse-gemv-blocks": (9, 1, 520, None, None, True),
-    "T300-B1-H20-chunks": (300, 1, 20, None, None, False),
-    "T37-B5-H40-P8-lengths-reverse-chunks": (37, 5, 40, 8, [37, 9, 1, 30, 2], True),
-}
-
-
-def inference_args(case, dtype, bias=True):
-    """(x, w_ih, bias, w_hh, w_hr, h0, c0), lengths, reverse for lstm_inference (I=7)."""
-    T, B, H, P, lengths, reverse = case
-    _, w_hh, w_hr, h0, c0, lens = lstm_inputs(T, B, H, P, lengths, dtype=dtype)
-    x, w_ih, b = input_projection(T, B, 7, 4 * H, dtype, bias)
-    return (x, w_ih, b, w_hh, w_hr, h0, c0), lens, reverse
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", INFERENCE_CASES.values(), ids=INFERENCE_CASES.keys())
-def test_lstm_inference_matches_reference(case, dtype):
-    args, lens, reverse = inference_args(case, dtype)
-    check_inference_against_reference(torch.ops.gated_kernels.lstm_inference,
-                                      reference.lstm_recurrence, args, lens, reverse, dtype,
-                                      OUTPUTS)
-
-
 def test_lstm_inference_without_bias_matches_reference():
-    args, lens, reverse = inference_args(INFERENCE_CASES["T37-B5-H40-P8-lengths-reverse-chunks"],
+    args, lens, reverse = inference_args(LSTM, CASES["T37-B5-H40-P8-lengths-reverse-chunks"],
                                          torch.float64, bias=False)
     check_inference_against_reference(torch.ops.gated_kernels.lstm_inference,
                                       reference.lstm_recurrence, args, lens, reverse,
@@ -220,7 +169,7 @@ def test_lstm_inference_without_bias_matches_reference():
 def test_lstm_inference_poisoned_outputs_are_all_written(monkeypatch):
     monkeypatch.setenv("GATED_KERNELS_POISON_OUTPUTS", "1")
     for P in (None, 5):
-        args, lens, _ = inference_args((7, 4, 9, P, [7, 1, 3, 5], False), torch.float64)
+        args, lens, _ = inference_args(LSTM, (7, 4, 9, P, [7, 1, 3, 5], False), torch.float64)
         for reverse in (False, True):
             outs = torch.ops.gated_kernels.lstm_inference(*args, lens, reverse)
             for name, t in zip(OUTPUTS, outs):
@@ -229,14 +178,14 @@ def test_lstm_inference_poisoned_outputs_are_all_written(monkeypatch):
 
 @pytest.mark.parametrize("P", [None, 3], ids=["H5", "H5-P3"])
 def test_lstm_inference_opcheck(P):
-    args, lens, _ = inference_args((4, 3, 5, P, [4, 2, 1], True), torch.float64)
+    args, lens, _ = inference_args(LSTM, (4, 3, 5, P, [4, 2, 1], True), torch.float64)
     torch.library.opcheck(torch.ops.gated_kernels.lstm_inference.default, (*args, lens, True))
 
 
 def _bad_inference(**changes):
     """Valid lstm_inference arguments (T=5, B=3, I=7, H=4, P=2) with some replaced."""
-    (x, w_ih, bias, w_hh, w_hr, h0, c0), lens, _ = inference_args((5, 3, 4, 2, [5, 2, 1], False),
-                                                                  torch.float64)
+    case = (5, 3, 4, 2, [5, 2, 1], False)
+    (x, w_ih, bias, w_hh, w_hr, h0, c0), lens, _ = inference_args(LSTM, case, torch.float64)
     args = dict(x=x, w_ih=w_ih, bias=bias, w_hh=w_hh, w_hr=w_hr, h0=h0, c0=c0, lengths=lens,
                 reverse=False)
     args.update(changes)

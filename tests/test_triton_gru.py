@@ -1,29 +1,22 @@
-"""The Triton GRU recurrence (gru_forward_triton / gru_backward_triton) against the reference, on
-each of its three paths. Without a GPU the test session sets TRITON_INTERPRET=1 and the kernels
-run in Triton's interpreter on CPU tensors; with one they run on CUDA tensors."""
+"""The Triton GRU recurrence (gru_forward_triton / gru_backward_triton) on each of its three
+paths: inference, batch tiles, streamed W_hh, ieee products. Without a GPU the test session sets
+TRITON_INTERPRET=1 and the kernels run in Triton's interpreter on CPU tensors; with one they run
+on CUDA tensors. Every case against the reference, on each path, is test_sequence_ops.py."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from common import check_against_reference, gru_inputs, leaves  # noqa: E402
+from common import TRITON_CASES, cases_of, check_against_reference, gru_inputs, leaves  # noqa: E402
 
-from gated_kernels import reference  # noqa: E402
+from gated_kernels import GRUFunction, reference  # noqa: E402
+from gated_kernels.spec import GRU  # noqa: E402
 from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
 from gated_kernels.triton_kernels import gru  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-# (T, B, H, lengths, reverse): T=1, odd T with B=1 and a non-power-of-two H, two batch tiles
-# (B=17) with lengths 1 and T (the second tile's one row ends after a step: its dots are
-# skipped from then on), reverse with lengths.
-CASES = {
-    "T1-B3-H8": (1, 3, 8, None, False),
-    "T7-B1-H20": (7, 1, 20, None, False),
-    "T5-B17-H12-lengths": (5, 17, 12, [5, 1, 3, 5, 2] * 3 + [4, 1], False),
-    "T6-B4-H16-lengths-reverse": (6, 4, 16, [6, 1, 4, 2], True),
-    "T4-B2-H24-reverse": (4, 2, 24, None, True),
-}
+CASES = cases_of(GRU, TRITON_CASES)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 OUTPUTS = ("y", "h_n")
 INPUTS = ("xg", "w_hh", "b_hh", "h0")
@@ -37,23 +30,6 @@ def path(request, monkeypatch):
     monkeypatch.setattr(gru, "PER_STEP_BLOCK_H", 8)
     monkeypatch.setattr(gru, "STREAM_BLOCK_K", 16)
     return request.param
-
-
-class _TritonGRU(torch.autograd.Function):
-    """The two launchers composed for autograd, as the integrated GRUFunction will do."""
-
-    @staticmethod
-    def forward(ctx, xg, w_hh, b_hh, h0, lengths, reverse):
-        y, h_n, gates = gru.gru_forward_triton(xg, w_hh, b_hh, h0, lengths, reverse)
-        ctx.save_for_backward(w_hh, h0, lengths, y, gates)
-        ctx.reverse = reverse
-        return y, h_n
-
-    @staticmethod
-    def backward(ctx, dy, dh_n):
-        w_hh, h0, lengths, y, gates = ctx.saved_tensors
-        grads = gru.gru_backward_triton(dy, dh_n, w_hh, h0, lengths, ctx.reverse, y, gates)
-        return (*grads, None, None)
 
 
 def _on_device(t):
@@ -79,17 +55,9 @@ def test_gru_triton_inference_saves_nothing_and_matches_training(path, reverse, 
 
 
 def triton_gru(xg, w_hh, b_hh, h0, lengths, reverse):
+    """GRUFunction on the Triton backend (the launchers composed for autograd), on DEVICE."""
     args = [_on_device(t) for t in (xg, w_hh, b_hh, h0, lengths)]
-    return tuple(out.cpu() for out in _TritonGRU.apply(*args, reverse))
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_gru_triton_matches_reference(path, case, dtype):
-    T, B, H, lengths, reverse = case
-    *args, lens = gru_inputs(T, B, H, lengths)
-    check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse, dtype,
-                            OUTPUTS, INPUTS)
+    return tuple(out.cpu() for out in GRUFunction.apply(*args, reverse, "triton"))
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
@@ -119,7 +87,7 @@ def test_gru_triton_persistent_streams_w_above_the_on_chip_limit(monkeypatch, dt
     for kind in ("fwd", "bwd"):
         meta, _ = gru._config(kind, "persistent", 24, dtype, "tf32", interpreted=True)
         assert not meta["RESIDENT"], kind
-    T, B, H, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
+    T, B, H, _, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
     *args, lens = gru_inputs(T, B, 24, lengths)
     check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse, dtype,
                             OUTPUTS, INPUTS)
@@ -128,7 +96,7 @@ def test_gru_triton_persistent_streams_w_above_the_on_chip_limit(monkeypatch, dt
 def test_gru_triton_ieee_streams_w_hh(path, monkeypatch):
     """With TF32 off the dots run in ieee fp32 and every path streams W_hh in K chunks."""
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    T, B, H, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
+    T, B, H, _, lengths, reverse = CASES["T6-B4-H16-lengths-reverse"]
     *args, lens = gru_inputs(T, B, 2 * H, lengths)
     check_against_reference(triton_gru, reference.gru_recurrence, args, lens, reverse,
                             torch.float32, OUTPUTS, INPUTS)

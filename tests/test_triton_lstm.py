@@ -1,15 +1,16 @@
-"""The Triton LSTM launchers (lstm_forward_triton / lstm_backward_triton) against the reference,
-on each of the three paths. Without a GPU they run under TRITON_INTERPRET=1 (set by the test
-session before Triton is imported), on CPU tensors and tiny shapes."""
+"""The Triton LSTM launchers (lstm_forward_triton / lstm_backward_triton): batch tiles, streamed
+W_hh, the grid, inference, strided gradients, the AOT table. Without a GPU they run under
+TRITON_INTERPRET=1 (set by the test session before Triton is imported), on CPU tensors and tiny
+shapes. Every case against the reference, on each path, is test_sequence_ops.py."""
 
 import pytest
 import torch
 
 pytest.importorskip("triton")
 
-from common import check_against_reference, grads, leaves, lstm_inputs  # noqa: E402
+from common import TRITON_CASES, check_against_reference, grads, leaves, lstm_inputs  # noqa: E402
 
-from gated_kernels import reference  # noqa: E402
+from gated_kernels import LSTMFunction, reference  # noqa: E402
 from gated_kernels.triton_kernels import common as triton_common  # noqa: E402
 from gated_kernels.triton_kernels.lstm import (  # noqa: E402
     aot_configs,
@@ -26,26 +27,9 @@ else:
     pytest.skip("needs a CUDA GPU or TRITON_INTERPRET=1", allow_module_level=True)
 
 
-class TritonLSTM(torch.autograd.Function):
-    """The two launchers composed for autograd, as LSTMFunction does with the operators."""
-
-    @staticmethod
-    def forward(ctx, xg, w_hh, w_hr, h0, c0, lengths, reverse):
-        y, h_n, c_n, gates, c_all = lstm_forward_triton(xg, w_hh, w_hr, h0, c0, lengths, reverse)
-        ctx.save_for_backward(w_hh, w_hr, h0, c0, lengths, y, gates, c_all)
-        ctx.reverse = reverse
-        return y, h_n, c_n
-
-    @staticmethod
-    def backward(ctx, dy, dh_n, dc_n):
-        w_hh, w_hr, h0, c0, lengths, y, gates, c_all = ctx.saved_tensors
-        dxg, dw_hh, dw_hr, dh0, dc0 = lstm_backward_triton(
-            dy, dh_n, dc_n, w_hh, w_hr, h0, c0, lengths, ctx.reverse, y, gates, c_all)
-        return dxg, dw_hh, dw_hr if w_hr is not None else None, dh0, dc0, None, None
-
-
-def triton_lstm(xg, w_hh, w_hr, h0, c0, lengths, reverse):
-    return TritonLSTM.apply(xg, w_hh, w_hr, h0, c0, lengths, reverse)
+def triton_lstm(*args):
+    """LSTMFunction on the Triton backend: the launchers, composed for autograd."""
+    return LSTMFunction.apply(*args, "triton")
 
 
 def on_device(args, lengths):
@@ -60,31 +44,10 @@ def _fp32_without_tf32(monkeypatch):
 
 
 PATHS = ("small", "persistent", "per_step")
-# (T, B, H, P, lengths, reverse): T=1, odd T, non-power-of-two H, B=1, two batch tiles (B=18,
-# the second of rows of lengths 2 and 1: it skips its dot until it starts, in reverse), lengths
-# including 1 and T, reverse, projection.
-CASES = {
-    "T1-B3-H8": (1, 3, 8, None, None, False),
-    "T5-B1-H20-reverse": (5, 1, 20, None, None, True),
-    "T6-B18-H12-lengths-reverse": (6, 18, 12, None, [6, 1, 4] + [3, 6] * 6 + [5, 2, 1], True),
-    "T5-B4-H24-P9-lengths": (5, 4, 24, 9, [5, 1, 3, 5], False),
-    "T4-B3-H16-P5-lengths-reverse": (4, 3, 16, 5, [4, 1, 2], True),
-}
+CASES = TRITON_CASES
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 OUTPUTS = ("y", "h_n", "c_n")
 INPUTS = ("xg", "w_hh", "w_hr", "h0", "c0")
-
-
-@pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
-@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-@pytest.mark.parametrize("path", PATHS)
-def test_triton_lstm_matches_reference(monkeypatch, path, case, dtype):
-    monkeypatch.setenv("GATED_KERNELS_TRITON_PATH", path)
-    T, B, H, P, lengths, reverse = case
-    *args, lens = lstm_inputs(T, B, H, P, lengths)
-    args, lens = on_device(args, lens)
-    check_against_reference(triton_lstm, reference.lstm_recurrence, args, lens, reverse, dtype,
-                            OUTPUTS, INPUTS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES.values(), ids=DTYPES.keys())
