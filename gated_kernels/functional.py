@@ -163,6 +163,11 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     return recurrence(GRU, x, w_ih, b_ih, (w_hh, b_hh), (h0,), lengths, reverse, backend)
 
 
+# Each cell's layer, in the convention _layers calls it by: x, the initial states, w_ih, w_hh,
+# b_ih, b_hh, the projection where the cell has one (spec.Cell.projection), then keywords.
+LAYERS = {"LSTM": lstm_layer, "GRU": gru_layer}
+
+
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
     """x W_ih^T + bias, or LN(x W_ih^T; ln_ih) + bias, for all steps at once: the product on
     the input projection operators on the C++ backend (which pick the kernel by size), ATen's on
@@ -231,6 +236,31 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
     return (layer_input, *(torch.stack(f) for f in finals))
 
 
+def _layers(cell, x, states, weights, num_layers, bidirectional, dropout, training, has_bias,
+            has_proj, lengths, backend, layer_norms, zoneout, dropconnect):
+    """A stack of `cell`'s layers (lstm_layer, gru_layer: x, the initial states, w_ih, w_hh,
+    b_ih, b_hh, then the projection where the cell has one), each with its DropConnect mask and
+    zoneout's masks drawn in that order, the masks in the order of the states."""
+    n = len(weights) // (num_layers * (2 if bidirectional else 1))
+    layer = LAYERS[cell.name]
+
+    def run_layer(layer_input, k, reverse):
+        w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights[k * n:(k + 1) * n], has_bias,
+                                                      has_proj)
+        w_hh = drop_connect(w_hh, dropconnect, training)
+        keep = None
+        if zoneout > 0.0:
+            T, B = layer_input.shape[:2]
+            keep = tuple(zoneout_keep(zoneout, training, (T, B, s.shape[-1]), layer_input)
+                         for s in states)
+        projection = (w_hr,) if cell.projection else ()
+        return layer(layer_input, *(s[k] for s in states), w_ih, w_hh, b_ih, b_hh, *projection,
+                     lengths=lengths, reverse=reverse, backend=backend,
+                     layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
+
+    return _stack(run_layer, x, states, num_layers, bidirectional, dropout, training)
+
+
 def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
          has_bias=True, has_proj=False, lengths=None, backend="auto", *, layer_norms=None,
          zoneout=0.0, dropconnect=0.0):
@@ -242,22 +272,8 @@ def lstm(x, h0, c0, weights, num_layers=1, bidirectional=False, dropout=0.0, tra
     (lstm_layer's keep, drop_connect). Random draws per layer-direction, in order: the
     DropConnect mask, zoneout's h masks, its c masks.
     """
-    n = len(weights) // (num_layers * (2 if bidirectional else 1))
-
-    def run_layer(layer_input, k, reverse):
-        w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights[k * n:(k + 1) * n], has_bias,
-                                                      has_proj)
-        w_hh = drop_connect(w_hh, dropconnect, training)
-        keep = None
-        if zoneout > 0.0:
-            T, B = layer_input.shape[:2]
-            keep = tuple(zoneout_keep(zoneout, training, (T, B, s.shape[-1]), layer_input)
-                         for s in (h0, c0))
-        return lstm_layer(layer_input, h0[k], c0[k], w_ih, w_hh, b_ih, b_hh, w_hr,
-                          lengths=lengths, reverse=reverse, backend=backend,
-                          layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
-
-    return _stack(run_layer, x, (h0, c0), num_layers, bidirectional, dropout, training)
+    return _layers(LSTM, x, (h0, c0), weights, num_layers, bidirectional, dropout, training,
+                   has_bias, has_proj, lengths, backend, layer_norms, zoneout, dropconnect)
 
 
 def gru(x, h0, weights, num_layers=1, bidirectional=False, dropout=0.0, training=False,
@@ -268,17 +284,5 @@ def gru(x, h0, weights, num_layers=1, bidirectional=False, dropout=0.0, training
     x [T, B, I]; h0 [L*D, B, H]; weights: the flat parameter list in torch.nn order.
     Returns y [T, B, D*H], h_n [L*D, B, H]. layer_norms, zoneout, dropconnect: as lstm's.
     """
-    n = len(weights) // (num_layers * (2 if bidirectional else 1))
-
-    def run_layer(layer_input, k, reverse):
-        w_ih, w_hh, b_ih, b_hh, _ = _split_weights(weights[k * n:(k + 1) * n], has_bias, False)
-        w_hh = drop_connect(w_hh, dropconnect, training)
-        keep = None
-        if zoneout > 0.0:
-            keep = (zoneout_keep(zoneout, training, (*layer_input.shape[:2], h0.shape[-1]),
-                                 layer_input),)
-        return gru_layer(layer_input, h0[k], w_ih, w_hh, b_ih, b_hh, lengths=lengths,
-                         reverse=reverse, backend=backend,
-                         layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
-
-    return _stack(run_layer, x, (h0,), num_layers, bidirectional, dropout, training)
+    return _layers(GRU, x, (h0,), weights, num_layers, bidirectional, dropout, training,
+                   has_bias, False, lengths, backend, layer_norms, zoneout, dropconnect)
