@@ -183,69 +183,50 @@ class InputProjection(torch.autograd.Function):
         return dx, dw_ih
 
 
-class LayerNormLSTMFunction(torch.autograd.Function):
-    """A LayerNorm LSTM layer-direction on the operators (csrc/layernorm.cpp on the CPU,
-    triton_kernels/layernorm.py on CUDA): (xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-    ln_c_bias, h0, c0, lengths or None, reverse, keep_h or None, keep_c or None, backend) ->
-    (y, h_n, c_n). xn = LN(x W_ih^T; ln_ih) + b_ih + b_hh stays ordinary PyTorch above it;
-    keep_h / keep_c are zoneout's weights of the old state (reference.py), not differentiated.
-    The four ln_* None: the plain LSTM (with zoneout), xn = x W_ih^T + b_ih + b_hh."""
+def _layernorm_function(cell):
+    """The autograd Function of `cell`'s LayerNorm operators (csrc/layernorm.cpp on the CPU,
+    triton_kernels/layernorm.py on CUDA): (xn, cell.ln_params, states, lengths or None, reverse,
+    zoneout's keep per state or None, backend="cpp") -> (y, final states). xn, LN(x W_ih^T;
+    ln_ih) plus the biases that add to it, stays ordinary PyTorch above it; keep (reference.py)
+    is not differentiated. Every ln_* None: the plain cell with zoneout."""
+    names = [p.name for p in cell.ln_params]
+    reads = [k for k, name in enumerate(names) if name in cell.ln_reads]
+    shared, ns = dict(cell.ln_shared), len(cell.states)
+    n = len(names) + 2 * ns + 2
 
-    @staticmethod
-    def forward(ctx, xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths,
-                reverse, keep_h=None, keep_c=None, backend="cpp"):
-        y, h_n, c_n, *saved = operator("layernorm_lstm_forward", backend, xn.device)(
-            xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
-            keep_h, keep_c
-        )
-        ctx.save_for_backward(w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
-                              keep_h, keep_c, y, *saved)
-        ctx.reverse, ctx.backend = reverse, backend
-        ctx.normalised = ln_hh_weight is not None
-        return y, h_n, c_n
+    def forward(ctx, xn, *args):
+        ctx.backend = args[n] if len(args) > n else "cpp"
+        params, states, lengths, reverse, keep = cell.ln_split(args[:n])
+        y, *outputs = operator(f"layernorm_{cell.stem}_forward", ctx.backend, xn.device)(
+            xn, *params, *states, lengths, reverse, *keep)
+        ctx.save_for_backward(*(params[k] for k in reads), *states, lengths, *keep, y,
+                              *outputs[ns:])
+        ctx.reverse = reverse
+        ctx.normalised = params[names.index("ln_hh_weight")] is not None
+        return y, *outputs[:ns]
 
-    @staticmethod
     @once_differentiable
-    def backward(ctx, dy, dh_n, dc_n):
-        (w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths, keep_h, keep_c,
-         *saved) = ctx.saved_tensors
-        grads = operator("layernorm_lstm_backward", ctx.backend, dy.device)(
-            dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias, h0, c0, lengths,
-            ctx.reverse, *saved, keep_h, keep_c
-        )
-        dxn, dw_hh, *ln, dh0, dc0 = grads
-        if not ctx.normalised:  # no LayerNorm parameters to differentiate
-            ln = [None] * 4
-        return (dxn, dw_hh, *ln, dh0, dc0, None, None, None, None, None)
+    def backward(ctx, dy, *dfinals):
+        saved, r = ctx.saved_tensors, len(reads)
+        states, lengths, keep = saved[r:r + ns], saved[r + ns], saved[r + ns + 1:r + 2 * ns + 1]
+        op = operator(f"layernorm_{cell.stem}_backward", ctx.backend, dy.device)
+        dxn, *grads = op(dy, *dfinals, *saved[:r], *states, lengths, ctx.reverse,
+                         *saved[r + 2 * ns + 1:], *keep)
+        by_name = dict(zip(cell.ln_grads, grads))
+        dparams = [None if name.startswith("ln_") and not ctx.normalised
+                   else by_name[name] if name in by_name
+                   else by_name[shared[name]].clone()  # its own tensor, as accumulation keeps
+                   for name in names]
+        return (dxn, *dparams, *grads[len(cell.ln_grads):], None, None, *(None,) * ns, None)
+
+    return type(f"LayerNorm{cell.name}Function", (torch.autograd.Function,), {
+        "__doc__": _layernorm_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-class LayerNormGRUFunction(torch.autograd.Function):
-    """A LayerNorm GRU layer-direction on the operators: (xn, w_hh, b_hh, ln_hh_weight,
-    ln_hh_bias, h0, lengths or None, reverse, keep_h or None, backend) -> (y, h_n),
-    xn = LN(x W_ih^T; ln_ih) + b_ih; ln_hh None: the plain GRU (with zoneout)."""
-
-    @staticmethod
-    def forward(ctx, xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h=None,
-                backend="cpp"):
-        y, h_n, *saved = operator("layernorm_gru_forward", backend, xn.device)(
-            xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse, keep_h
-        )
-        ctx.save_for_backward(w_hh, ln_hh_weight, h0, lengths, keep_h, y, *saved)
-        ctx.reverse, ctx.backend = reverse, backend
-        ctx.normalised = ln_hh_weight is not None
-        return y, h_n
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dy, dh_n):
-        w_hh, ln_hh_weight, h0, lengths, keep_h, *saved = ctx.saved_tensors
-        dxn, dw_hh, db_hh, dln_hh_weight, dh0 = operator(
-            "layernorm_gru_backward", ctx.backend, dy.device)(
-            dy, dh_n, w_hh, ln_hh_weight, h0, lengths, ctx.reverse, *saved, keep_h
-        )
-        # b_hh and ln_hh's bias add to the same R: one gradient, each its own tensor.
-        ln = (dln_hh_weight, db_hh.clone()) if ctx.normalised else (None, None)
-        return dxn, dw_hh, db_hh, *ln, dh0, None, None, None, None
+LAYERNORM_FUNCTIONS = {cell.name: _layernorm_function(cell) for cell in CELLS.values()}
+LayerNormLSTMFunction = LAYERNORM_FUNCTIONS["LSTM"]
+LayerNormGRUFunction = LAYERNORM_FUNCTIONS["GRU"]
 
 
 def _product_grads_mask(ctx, *inputs):

@@ -1,12 +1,11 @@
-"""The operators' contract in code: the argument checks. It imports torch and the cells'
-descriptions (spec.py) alone: ops.py, which declares the operators and their fake
-implementations, and the Triton launchers both import it, so imports run one way (ops.py imports
-the launchers, on first use, and nothing below imports ops.py).
+"""The operators' contract in code: the argument checks, over the cells' descriptions
+(spec.Cell, passed in). A leaf (it imports torch alone): ops.py, which declares the operators
+and their fake implementations, and the Triton launchers both import it, so imports run one way
+(ops.py imports the launchers, on first use, and nothing below imports ops.py).
 """
 
 import torch
 
-from gated_kernels.spec import CELLS
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -149,29 +148,27 @@ def check_normalised(**layer_norms):
     return given.pop()
 
 
-def check_layernorm_args(xn, w_hh, ln_hh, h0, lengths, cell, c0=None, ln_c=None, b_hh=None,
-                         keep=()):
-    """Validates layernorm_{lstm,gru}_forward's arguments (ln_hh, ln_c: (weight, bias), all
-    four given or all None, see check_normalised; keep: zoneout's (keep_h, keep_c) or
-    (keep_h,), each [T, B, H] or None), and the inference operators' past their input side;
-    returns (T, B, H)."""
-    gates = CELLS[cell].gates
-    T, B, H = _check_xg(xn, cell, gates)
-    _check_tensor("w_hh", w_hh, (gates * H, H), xn.dtype, xn.device)
-    _check_tensor("h0", h0, (B, H), xn.dtype, xn.device)
-    norms = dict(zip(("ln_hh_weight", "ln_hh_bias"), ln_hh))
-    if cell == "LSTM":
-        norms.update(zip(("ln_c_weight", "ln_c_bias"), ln_c))
+def check_layernorm_args(cell, xn, params, states, lengths, keep=()):
+    """Validates the arguments of `cell`'s LayerNorm forward (spec.Cell: xn [T,B,G], then
+    cell.ln_params, their LayerNorms all given or all None, see check_normalised; the states;
+    lengths; keep: zoneout's keep_h (and keep_c), each [T, B, H] or None), and those of its
+    inference operator past their input side; returns (T, B, H)."""
+    T, B, H = _check_xg(xn, cell.name, cell.gates)
+    dims = {"B": B, "H": H, "G": cell.gates * H, "P": H}
+    norms = {}
+    for p, t in zip(cell.ln_params, params):
+        if p.name.startswith("ln_"):
+            norms[p.name] = t
+        else:
+            _check_tensor(p.name, t, tuple(dims[d] for d in p.shape), xn.dtype, xn.device)
+    for s, t in zip(cell.states, states):
+        _check_tensor(f"{s.name}0", t, (B, H), xn.dtype, xn.device)
     check_normalised(**norms)
-    for name, t in norms.items():
-        if t is not None:
-            _check_tensor(name, t, ((gates if "_hh_" in name else 1) * H,), xn.dtype, xn.device)
-    if cell == "LSTM":
-        _check_tensor("c0", c0, (B, H), xn.dtype, xn.device)
-    else:
-        _check_tensor("b_hh", b_hh, (gates * H,), xn.dtype, xn.device)
+    for p, t in zip(cell.ln_params, params):
+        if p.name in norms and t is not None:
+            _check_tensor(p.name, t, tuple(dims[d] for d in p.shape), xn.dtype, xn.device)
     _check_lengths(lengths, T, B, xn.device)
-    for name, k in zip(("keep_h", "keep_c"), keep):
+    for s, k in zip(cell.states, keep):
         if k is not None:
-            _check_tensor(name, k, (T, B, H), xn.dtype, xn.device)
+            _check_tensor(f"keep_{s.name}", k, (T, B, H), xn.dtype, xn.device)
     return T, B, H

@@ -121,15 +121,19 @@ def sequence_schemas(cell):
     }
 
 
-# The operators themselves are not differentiable: gradients come from LSTMFunction / GRUFunction,
-# which call the backward operators. A fallthrough at the Autograd key says so to the dispatcher,
-# so a direct call returns tensors that do not require grad instead of a silently wrong graph.
-OPERATORS = []
-for _cell in CELLS.values():
-    for _name, _schema in sequence_schemas(_cell).items():
-        LIBRARY.define(_name + _schema)
-        LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
-        OPERATORS.append(_name)
+def _define(schemas):
+    """Declares the operators `schemas` names (name -> schema); returns their names. The
+    operators themselves are not differentiable: gradients come from the autograd Functions
+    (autograd.py), which call the backward operators. A fallthrough at the Autograd key says so
+    to the dispatcher, so a direct call returns tensors that do not require grad instead of a
+    silently wrong graph."""
+    for name, schema in schemas.items():
+        LIBRARY.define(name + schema)
+        LIBRARY.impl(name, torch.library.fallthrough_kernel, "Autograd")
+    return list(schemas)
+
+
+OPERATORS = [name for cell in CELLS.values() for name in _define(sequence_schemas(cell))]
 
 LIBRARY.define(
     "input_projection_backward(Tensor dxg, Tensor x, Tensor w_ih, bool bias, "
@@ -168,51 +172,32 @@ CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backwar
 for _name in CELL_OPERATORS:
     LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
 
+
 # The LayerNorm cells' operators. Every ln_* argument None: the same cell without LayerNorm (the
 # plain LSTM / GRU with zoneout), ln_ih_bias then the bias that adds to x W_ih^T, if any.
-_LN_INPUT_ARGS = "Tensor x, Tensor w_ih, Tensor? ln_ih_weight, Tensor? ln_ih_bias"
-LIBRARY.define(
-    f"layernorm_lstm_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor? ln_hh_weight, "
-    "Tensor? ln_hh_bias, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, "
-    "Tensor? lengths, bool reverse, Tensor? keep_h=None, Tensor? keep_c=None) "
-    "-> (Tensor y, Tensor h_n, Tensor c_n)"
-)
-LIBRARY.define(
-    f"layernorm_gru_inference({_LN_INPUT_ARGS}, Tensor w_hh, Tensor b_hh, Tensor? ln_hh_weight, "
-    "Tensor? ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
-    "-> (Tensor y, Tensor h_n)"
-)
-_LN_LSTM_ARGS = ("Tensor xn, Tensor w_hh, Tensor? ln_hh_weight, Tensor? ln_hh_bias, "
-                 "Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, Tensor? lengths, "
-                 "bool reverse, Tensor? keep_h=None, Tensor? keep_c=None")
-LIBRARY.define(
-    f"layernorm_lstm_forward({_LN_LSTM_ARGS}) -> (Tensor y, Tensor h_n, Tensor c_n, "
-    "Tensor gates, Tensor norm_hh, Tensor c_all, Tensor norm_c, Tensor rstd)"
-)
-LIBRARY.define(
-    "layernorm_lstm_backward(Tensor dy, Tensor dh_n, Tensor dc_n, Tensor w_hh, "
-    "Tensor? ln_hh_weight, Tensor? ln_c_weight, Tensor? ln_c_bias, Tensor h0, Tensor c0, "
-    "Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, Tensor c_all, "
-    "Tensor norm_c, Tensor rstd, Tensor? keep_h=None, Tensor? keep_c=None) "
-    "-> (Tensor dxn, Tensor dw_hh, Tensor dln_hh_weight, "
-    "Tensor dln_hh_bias, Tensor dln_c_weight, Tensor dln_c_bias, Tensor dh0, Tensor dc0)"
-)
-LIBRARY.define(
-    "layernorm_gru_forward(Tensor xn, Tensor w_hh, Tensor b_hh, Tensor? ln_hh_weight, "
-    "Tensor? ln_hh_bias, Tensor h0, Tensor? lengths, bool reverse, Tensor? keep_h=None) "
-    "-> (Tensor y, Tensor h_n, Tensor gates, Tensor norm_hh, Tensor rstd)"
-)
-LIBRARY.define(
-    "layernorm_gru_backward(Tensor dy, Tensor dh_n, Tensor w_hh, Tensor? ln_hh_weight, "
-    "Tensor h0, Tensor? lengths, bool reverse, Tensor y, Tensor gates, Tensor norm_hh, "
-    "Tensor rstd, Tensor? keep_h=None) -> (Tensor dxn, Tensor dw_hh, Tensor db_hh, "
-    "Tensor dln_hh_weight, Tensor dh0)"
-)
-LAYERNORM_OPERATORS = ("layernorm_lstm_inference", "layernorm_lstm_forward",
-                       "layernorm_lstm_backward", "layernorm_gru_inference",
-                       "layernorm_gru_forward", "layernorm_gru_backward")
-for _name in LAYERNORM_OPERATORS:
-    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+def layernorm_schemas(cell):
+    """The three LayerNorm operators of `cell` (a spec.Cell), name -> schema, as the module
+    docstring lists them for the LSTM and the GRU: forward from xn, inference from x, backward;
+    zoneout's weights `keep_{state}` last, None by default."""
+    params, states0 = _args(cell.ln_params), _args(cell.states, suffix="0")
+    tail = "Tensor? lengths, bool reverse"
+    keeps = ", ".join(f"Tensor? keep_{state.name}=None" for state in cell.states)
+    finals, saved = _args(cell.states, suffix="_n"), _args(cell.ln_saved)
+    after_xn = f"{params}, {states0}, {tail}, {keeps}"
+    reads = _args(p for p in cell.ln_params if p.name in cell.ln_reads)
+    s = f"layernorm_{cell.stem}"
+    return {
+        f"{s}_inference": (f"(Tensor x, Tensor w_ih, Tensor? ln_ih_weight, Tensor? ln_ih_bias, "
+                           f"{after_xn}) -> (Tensor y, {finals})"),
+        f"{s}_forward": f"(Tensor xn, {after_xn}) -> (Tensor y, {finals}, {saved})",
+        f"{s}_backward": (f"(Tensor dy, {_args(cell.states, 'd', '_n')}, {reads}, {states0}, "
+                          f"{tail}, Tensor y, {saved}, {keeps}) -> (Tensor dxn, "
+                          f"{_args(cell.ln_grads, 'd')}, {_args(cell.states, 'd', '0')})"),
+    }
+
+
+LAYERNORM_OPERATORS = [name for cell in CELLS.values()
+                       for name in _define(layernorm_schemas(cell))]
 
 # One thread's per-step product of the CPU kernels (csrc/product.h, csrc/product_ops.cpp), for
 # the tests, the product benchmark and gated_kernels.cpu: out = a w (+ bias) on the kernel
@@ -384,71 +369,57 @@ def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias, output_mask):
     return (*_cell_grads_like(output_mask, x, h, w_ih, w_hh), db, x.new_empty(db.shape))
 
 
-def _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, cell):
-    """Checks an inference operator's input side; returns an empty tensor shaped like its xn."""
-    xn = input_gates_like(x, w_ih, None, cell, CELLS[cell].gates)
-    check_vectors_like(xn, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
-    return xn
+def _layernorm_forward_fake(cell):
+    """The fake LayerNorm forward of `cell`: y [T,B,H], the final states, and what it saves
+    (cell.ln_saved, saved_dtype)."""
+
+    def fake(xn, *args):
+        params, states, lengths, _, keep = cell.ln_split(args)
+        T, B, H = check_layernorm_args(cell, xn, params, states, lengths, keep)
+        acc = saved_dtype(xn.dtype)
+        return (xn.new_empty(T, B, H), *(xn.new_empty(B, H) for _ in cell.states),
+                *(xn.new_empty(T, B, k.width * H if k.per_unit else k.width, dtype=acc)
+                  for k in cell.ln_saved))
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::layernorm_lstm_inference")
-def _layernorm_lstm_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, ln_hh_weight,
-                                   ln_hh_bias, ln_c_weight, ln_c_bias, h0, c0, lengths, reverse,
-                                   keep_h=None, keep_c=None):
-    xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "LSTM")
-    check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
-    return _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight,
-                                        ln_c_bias, h0, c0, lengths, reverse, keep_h, keep_c)[:3]
+def _layernorm_inference_fake(cell):
+    """The fake LayerNorm inference of `cell`: its input side checked (x, w_ih, ln_ih), then the
+    forward's y and final states."""
+    forward = _layernorm_forward_fake(cell)
+
+    def fake(x, w_ih, ln_ih_weight, ln_ih_bias, *args):
+        xn = input_gates_like(x, w_ih, None, cell.name, cell.gates)
+        check_vectors_like(xn, ln_ih_weight=ln_ih_weight, ln_ih_bias=ln_ih_bias)
+        ln_hh_weight = args[[p.name for p in cell.ln_params].index("ln_hh_weight")]
+        check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
+        return forward(xn, *args)[:1 + len(cell.states)]
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::layernorm_gru_inference")
-def _layernorm_gru_inference_fake(x, w_ih, ln_ih_weight, ln_ih_bias, w_hh, b_hh, ln_hh_weight,
-                                  ln_hh_bias, h0, lengths, reverse, keep_h=None):
-    xn = _layernorm_input_like(x, w_ih, ln_ih_weight, ln_ih_bias, "GRU")
-    check_normalised(ln_ih_weight=ln_ih_weight, ln_hh_weight=ln_hh_weight)
-    return _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
-                                       reverse, keep_h)[:2]
+def _layernorm_backward_fake(cell):
+    """The fake LayerNorm backward of `cell`: dxn [T,B,G], the gradients of cell.ln_grads (a
+    LayerNorm's [0] without LayerNorm), each initial state's, in h0's dtype."""
+    n_s, reads = len(cell.states), [p for p in cell.ln_params if p.name in cell.ln_reads]
+
+    def fake(dy, *args):
+        read = dict(zip((p.name for p in reads), args[n_s:n_s + len(reads)]))
+        states = args[n_s + len(reads):2 * n_s + len(reads)]
+        y, h0 = args[2 * n_s + len(reads) + 2], states[0]
+        (T, B, H), G = y.shape, read["w_hh"].shape[0]
+        dims, normalised = {"G": G, "H": H, "P": H}, read["ln_hh_weight"] is not None
+        shapes = {p.name: tuple(dims[d] for d in p.shape) for p in cell.ln_params}
+        grads = (h0.new_empty(0 if name.startswith("ln_") and not normalised else shapes[name])
+                 for name in cell.ln_grads)
+        return (h0.new_empty(T, B, G), *grads, *(s.new_empty(s.shape) for s in states))
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::layernorm_lstm_forward")
-def _layernorm_lstm_forward_fake(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias, h0,
-                                 c0, lengths, reverse, keep_h=None, keep_c=None):
-    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "LSTM",
-                                   c0=c0, ln_c=(ln_c_weight, ln_c_bias), keep=(keep_h, keep_c))
-    G, acc = 4 * H, saved_dtype(xn.dtype)
-    return (xn.new_empty(T, B, H), xn.new_empty(B, H), xn.new_empty(B, H),
-            *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, G), (T, B, G), (T, B, H),
-                                                           (T, B, H), (T, B, 2))))
-
-
-@torch.library.register_fake("gated_kernels::layernorm_lstm_backward")
-def _layernorm_lstm_backward_fake(dy, dh_n, dc_n, w_hh, ln_hh_weight, ln_c_weight, ln_c_bias,
-                                  h0, c0, lengths, reverse, y, gates, norm_hh, c_all, norm_c,
-                                  rstd, keep_h=None, keep_c=None):
-    return (h0.new_empty(gates.shape), w_hh.new_empty(w_hh.shape),
-            *_layer_norm_gradients_like(h0, ln_hh_weight, ln_hh_weight, ln_c_weight, ln_c_bias),
-            h0.new_empty(h0.shape), c0.new_empty(c0.shape))
-
-
-def _layer_norm_gradients_like(h0, *layer_norms):
-    """Empty gradients of LayerNorm parameters: each like its parameter, or [0] where None (an
-    operator without LayerNorm)."""
-    return tuple(h0.new_empty(0) if t is None else t.new_empty(t.shape) for t in layer_norms)
-
-
-@torch.library.register_fake("gated_kernels::layernorm_gru_forward")
-def _layernorm_gru_forward_fake(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths, reverse,
-                                keep_h=None):
-    T, B, H = check_layernorm_args(xn, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths, "GRU",
-                                   b_hh=b_hh, keep=(keep_h,))
-    acc = saved_dtype(xn.dtype)
-    return (xn.new_empty(T, B, H), xn.new_empty(B, H),
-            *(xn.new_empty(shape, dtype=acc) for shape in ((T, B, 4 * H), xn.shape, (T, B, 1))))
-
-
-@torch.library.register_fake("gated_kernels::layernorm_gru_backward")
-def _layernorm_gru_backward_fake(dy, dh_n, w_hh, ln_hh_weight, h0, lengths, reverse, y, gates,
-                                 norm_hh, rstd, keep_h=None):
-    return (h0.new_empty(norm_hh.shape), w_hh.new_empty(w_hh.shape),
-            h0.new_empty(norm_hh.shape[2]), *_layer_norm_gradients_like(h0, ln_hh_weight),
-            h0.new_empty(h0.shape))
+for _cell in CELLS.values():
+    for _suffix, _fake in (("forward", _layernorm_forward_fake(_cell)),
+                           ("inference", _layernorm_inference_fake(_cell)),
+                           ("backward", _layernorm_backward_fake(_cell))):
+        torch.library.register_fake(f"gated_kernels::layernorm_{_cell.stem}_{_suffix}")(_fake)

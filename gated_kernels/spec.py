@@ -1,10 +1,13 @@
 """One description per cell: what the layers above the kernels know of the LSTM and the GRU.
 
-A leaf (it imports torch alone). From a `Cell` follow the sequence operators' schemas and fake
-implementations (ops.py), their argument checks (contract.check_args), the autograd Functions
-and the one-layer recurrence (autograd.py), the LayerNorm parameters (layernorm.py) and the
-gate width the dispatch rules and the benchmark read. What a description cannot hold is the
-math: the reference step (reference.py) and the kernels (csrc/, triton_kernels/).
+A leaf (it imports torch alone). From a `Cell` follow the schemas and fake implementations of
+the sequence operators and of the LayerNorm operators (ops.py), their argument checks
+(contract.check_args, check_layernorm_args), their autograd Functions and the one-layer
+recurrence (autograd.py), the stack of layers (functional.py), the LayerNorm modules'
+parameters (layernorm.py), the gate width the dispatch rules and the benchmark read, and the
+operator tests' inputs and cases (tests/). What a description cannot hold is the math: the
+reference step (reference.py) and the kernels (csrc/, triton_kernels/). The one-step cell
+operators (ops.py's *_cell_*, csrc/cell.cpp) are still declared per cell.
 
 Shapes are written in the fixed letters (T, B, H, P, G = gates * H); P is the projection's
 size where the cell has one and it is given, else H.
@@ -27,11 +30,13 @@ class Tensor:
 
 @dataclass(frozen=True)
 class Saved:
-    """One tensor forward saves for backward: [T, B, width * H] in dtype(xg)."""
+    """One tensor forward saves for backward: [T, B, width * H] in dtype(xg), or [T, B, width]
+    where not per_unit."""
 
     name: str
     width: int
     dtype: object
+    per_unit: bool = True
 
 
 def saved_dtype(dtype):
@@ -76,8 +81,15 @@ class Cell:
     input_bias  the inference operators' bias after w_ih: `bias` = b_ih + b_hh, folded because
                 both add to the same pre-activation (LSTM), or `b_ih` where b_hh sits inside
                 the recurrence (the GRU's r * (h W_hn^T + b_hn))
-    saved       what forward saves for backward, after y
-    norms       the LayerNorms of a LayerNorm layer (layernorm.py): name and size in units of H
+    saved       what forward saves for backward, after y and the final states
+    norms       the LayerNorms of a LayerNorm layer (layernorm.py): name and size in units of H;
+                `ih` normalises the input side, the others sit in the recurrence
+    The LayerNorm operators (layernorm_{stem}_*: the cell with its LayerNorms, and with
+    zoneout's weights `keep_{state}`; ln_params below):
+    ln_saved    what their forward saves for backward, after y and the final states
+    ln_reads    the parameters their backward reads again, by name
+    ln_grads    the parameters whose gradients their backward returns, in order; each other
+                parameter shares the gradient of the one ln_shared names for it
     """
 
     name: str
@@ -88,6 +100,10 @@ class Cell:
     input_bias: str
     saved: tuple
     norms: tuple
+    ln_saved: tuple
+    ln_reads: tuple
+    ln_grads: tuple
+    ln_shared: tuple = ()
 
     @property
     def stem(self):
@@ -97,6 +113,24 @@ class Cell:
     def weights(self):
         """The parameters backward reads: the 2-D ones."""
         return tuple(p for p in self.params if len(p.shape) == 2)
+
+    @property
+    def ln_params(self):
+        """The LayerNorm operators' parameters after xn: the cell's, without a projection, then
+        a weight and a bias for each LayerNorm in the recurrence, None all where the layer has
+        no LayerNorm (the plain cell with zoneout)."""
+        norms = tuple(Tensor(f"ln_{norm}_{part}", ("G" if units == self.gates else "H",),
+                             optional=True)
+                      for norm, units in self.norms if norm != "ih" for part in ("weight", "bias"))
+        return tuple(p for p in self.params if p.name != self.projection) + norms
+
+    def ln_split(self, args):
+        """A LayerNorm operator's arguments after xn (or x, w_ih and ln_ih) -> (params, states,
+        lengths, reverse, keep): zoneout's weights, absent where left at their default, None."""
+        n, m = len(self.ln_params), len(self.ln_params) + len(self.states)
+        keep = tuple(args[m + 2:m + 2 + len(self.states)])
+        return (args[:n], args[n:m], args[m], args[m + 1],
+                keep + (None,) * (len(self.states) - len(keep)))
 
     def split(self, args):
         """A sequence operator's arguments after its input side (xg, or x, w_ih and the input
@@ -114,6 +148,13 @@ LSTM = Cell(
     input_bias="bias",
     saved=(Saved("gates", 4, lstm_gates_dtype), Saved("c_all", 1, _accumulated)),
     norms=(("ih", 4), ("hh", 4), ("c", 1)),
+    # The gates, LN(h W_hh^T)'s normalised input, the cell states, LN(c)'s normalised input,
+    # and the two LayerNorms' 1 / sqrt(var + eps) per row and step.
+    ln_saved=(Saved("gates", 4, _accumulated), Saved("norm_hh", 4, _accumulated),
+              Saved("c_all", 1, _accumulated), Saved("norm_c", 1, _accumulated),
+              Saved("rstd", 2, _accumulated, per_unit=False)),
+    ln_reads=("w_hh", "ln_hh_weight", "ln_c_weight", "ln_c_bias"),
+    ln_grads=("w_hh", "ln_hh_weight", "ln_hh_bias", "ln_c_weight", "ln_c_bias"),
 )
 
 GRU = Cell(
@@ -127,6 +168,12 @@ GRU = Cell(
     # memory).
     saved=(Saved("gates", 4, _as_input),),
     norms=(("ih", 3), ("hh", 3)),
+    ln_saved=(Saved("gates", 4, _accumulated), Saved("norm_hh", 3, _accumulated),
+              Saved("rstd", 1, _accumulated, per_unit=False)),
+    ln_reads=("w_hh", "ln_hh_weight"),
+    # b_hh and ln_hh's bias add to the same R: one gradient.
+    ln_grads=("w_hh", "b_hh", "ln_hh_weight"),
+    ln_shared=(("ln_hh_bias", "b_hh"),),
 )
 
 CELLS = {cell.name: cell for cell in (LSTM, GRU)}

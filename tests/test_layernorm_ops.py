@@ -14,6 +14,7 @@ from torch.nn.utils.rnn import PackedSequence
 from common import assert_close, max_rel_error
 from gated_kernels import LayerNormGRU, LayerNormLSTM, contract, reference
 from gated_kernels.autograd import LayerNormGRUFunction, LayerNormLSTMFunction, operator
+from gated_kernels.spec import LSTM
 
 # (T, B, H, lengths, reverse): B=1, odd H, two threads' worth of rows with lengths 1 and T.
 CASES = {
@@ -662,8 +663,8 @@ def test_the_layer_norm_arguments_come_all_or_none():
     # The fake implementations' and the Triton launchers' check.
     with pytest.raises(ValueError, match="ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias must "
                                          "all be given"):
-        contract.check_layernorm_args(a["xn"], a["w_hh"], (None, a["ln_hh"][1]), a["h0"], None,
-                                      "LSTM", c0=a["c0"], ln_c=a["ln_c"])
+        contract.check_layernorm_args(LSTM, a["xn"], (a["w_hh"], None, a["ln_hh"][1], *a["ln_c"]),
+                                      (a["h0"], a["c0"]), None)
 
 
 @pytest.mark.cuda

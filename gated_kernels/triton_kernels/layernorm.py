@@ -595,9 +595,9 @@ def layernorm_lstm_forward(xn, w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c
     norm_hh, c_all, norm_c, rstd (float32), as csrc/layernorm.cpp returns them. like: an xn
     of the model's dtype for the checks, where xn itself is float32 (_inference)."""
     like = xn if like is None else like
-    T, B, H = contract.check_layernorm_args(like, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths,
-                                            "LSTM", c0=c0, ln_c=(ln_c_weight, ln_c_bias),
-                                            keep=(keep_h, keep_c))
+    T, B, H = contract.check_layernorm_args(
+        spec.LSTM, like, (w_hh, ln_hh_weight, ln_hh_bias, ln_c_weight, ln_c_bias), (h0, c0),
+        lengths, (keep_h, keep_c))
     dtype, device, f32 = like.dtype, xn.device, torch.float32
     _check_dtype(dtype)
     slots = T if save else 1
@@ -622,8 +622,8 @@ def layernorm_gru_forward(xn, w_hh, b_hh, ln_hh_weight, ln_hh_bias, h0, lengths,
     """gated_kernels::layernorm_gru_forward on Triton: y, h_n and, with save, gates (r, z, n,
     R_n), norm_hh, rstd (float32), as csrc/layernorm.cpp returns them. like: as the LSTM's."""
     like = xn if like is None else like
-    T, B, H = contract.check_layernorm_args(like, w_hh, (ln_hh_weight, ln_hh_bias), h0, lengths,
-                                            "GRU", b_hh=b_hh, keep=(keep_h,))
+    T, B, H = contract.check_layernorm_args(spec.GRU, like, (w_hh, b_hh, ln_hh_weight, ln_hh_bias),
+                                            (h0,), lengths, (keep_h,))
     dtype, device, f32 = like.dtype, xn.device, torch.float32
     _check_dtype(dtype)
     y = common.new_output((T, B, H), dtype, device)
