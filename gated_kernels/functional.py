@@ -11,9 +11,8 @@ import torch.nn.functional as F
 
 from gated_kernels import dispatch, reference
 from gated_kernels.autograd import (
+    LAYERNORM_FUNCTIONS,
     InputProjection,
-    LayerNormGRUFunction,
-    LayerNormLSTMFunction,
     gru_cell,
     lstm_cell,
     needs_grad,
@@ -87,43 +86,8 @@ def lstm_layer(x, h0, c0, w_ih, w_hh, b_ih=None, b_hh=None, w_hr=None, lengths=N
     >>> tuple(y.shape)
     (7, 2, 4)
     """
-    backend = _layer_backend(backend, x.device)
-    _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, w_hr, h0, c0))
-    if (backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None
-            and layer_norm is None and keep is None):
-        # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp).
-        h, c = lstm_cell(x[0], h0, c0, w_ih, w_hh, b_ih, b_hh)
-        return h.unsqueeze(0), h.clone(), c
-    # Both biases act on the same pre-activation, so they fold into the input projection.
-    bias = b_ih + b_hh if b_ih is not None else None
-    if backend in LAYERNORM_DTYPES and (layer_norm is not None or keep is not None):
-        if w_hr is not None:
-            raise ValueError(f"LSTM layers with LayerNorm or zoneout have no projection (w_hr) "
-                             f"on backend {backend!r}; the 'reference' backend runs it")
-        ln_ih, ln_hh, ln_c = layer_norm or _no_layer_norm(3)
-        keep_h, keep_c = keep or (None, None)
-        if not needs_grad(x, w_ih, bias, w_hh, h0, c0, *ln_ih, *ln_hh, *ln_c):
-            # On the CPU the input side is made inside the operator, a step at a time: no xn
-            # [T, B, 4H].
-            return operator("layernorm_lstm_inference", backend, x.device)(
-                x, w_ih, *_folded(ln_ih, bias), w_hh, *ln_hh, *ln_c, h0, c0, lengths, reverse,
-                keep_h, keep_c)
-        if c0 is h0:  # Dynamo refuses one tensor as two inputs of a Function
-            c0 = c0.clone()
-        return LayerNormLSTMFunction.apply(_input_gates(x, w_ih, bias, ln_ih, backend), w_hh,
-                                           *ln_hh, *ln_c, h0, c0, lengths, reverse, keep_h,
-                                           keep_c, backend)
-    if backend == "reference":
-        ln_ih, ln_hh, ln_c = layer_norm or (None, None, None)
-        xg = _input_gates(x, w_ih, bias, ln_ih)
-        keep_h, keep_c = keep or (None, None)
-        return reference.lstm_recurrence(xg, w_hh, w_hr, h0, c0, lengths, reverse, ln_hh=ln_hh,
-                                         ln_c=ln_c, keep_h=keep_h, keep_c=keep_c)
-    if c0 is h0:
-        # One tensor for both states (torch.nn's cells pass one zeros tensor twice): Dynamo
-        # refuses an autograd.Function that gets the same tensor as two inputs.
-        c0 = c0.clone()
-    return recurrence(LSTM, x, w_ih, bias, (w_hh, w_hr), (h0, c0), lengths, reverse, backend)
+    return _layer(LSTM, x, (h0, c0), w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend,
+                  layer_norm, keep)
 
 
 def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=False,
@@ -138,34 +102,67 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
     >>> tuple(h.shape)
     (2, 4)
     """
+    return _layer(GRU, x, (h0,), w_ih, w_hh, b_ih, b_hh, None, lengths, reverse, backend,
+                  layer_norm, keep)
+
+
+# One step of each cell on the C++ backend: the cell operators (a T=1 call is a cell call; see
+# csrc/cell.cpp), x, the states, w_ih, w_hh, b_ih, b_hh -> the new state(s). A cell without
+# them runs its one step on the sequence operators.
+STEPS = {"LSTM": lstm_cell, "GRU": gru_cell}
+
+
+def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend, layer_norm,
+           keep):
+    """One layer-direction of `cell` (spec.Cell), lstm_layer's and gru_layer's body: (y, the
+    final states)."""
     backend = _layer_backend(backend, x.device)
-    _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, h0))
-    if (backend == "cpp" and x.size(0) == 1 and lengths is None and layer_norm is None
-            and keep is None):
-        h = gru_cell(x[0], h0, w_ih, w_hh, b_ih, b_hh)  # one step: the cell operator
-        return h.unsqueeze(0), h.clone()
-    # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without bias.
-    if b_hh is None:
-        b_hh = w_hh.new_zeros(w_hh.shape[0])
-    if backend in LAYERNORM_DTYPES and (layer_norm is not None or keep is not None):
-        ln_ih, ln_hh = layer_norm or _no_layer_norm(2)
-        (keep_h,) = keep or (None,)
-        if not needs_grad(x, w_ih, b_ih, w_hh, b_hh, h0, *ln_ih, *ln_hh):
-            return operator("layernorm_gru_inference", backend, x.device)(
-                x, w_ih, *_folded(ln_ih, b_ih), w_hh, b_hh, *ln_hh, h0, lengths, reverse, keep_h)
-        return LayerNormGRUFunction.apply(_input_gates(x, w_ih, b_ih, ln_ih, backend), w_hh,
-                                          b_hh, *ln_hh, h0, lengths, reverse, keep_h, backend)
+    _check_options(backend, layer_norm, keep, (x, w_ih, w_hh, b_ih, b_hh, w_hr, *states))
+    options = layer_norm is not None or keep is not None
+    if (backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None and not options
+            and cell.name in STEPS):
+        final = STEPS[cell.name](x[0], *states, w_ih, w_hh, b_ih, b_hh)
+        h, *rest = (final,) if isinstance(final, torch.Tensor) else final
+        return h.unsqueeze(0), h.clone(), *rest
+    if cell.input_bias == "bias":
+        # Both biases act on the same pre-activation, so they fold into the input projection.
+        bias = b_ih + b_hh if b_ih is not None else None
+    else:
+        # b_hn sits inside r * (W_hn h + b_hn), so b_hh goes to the recurrence; zeros without
+        # bias.
+        bias, b_hh = b_ih, w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
+    given = {"w_hh": w_hh, "b_hh": b_hh, "w_hr": w_hr}
+    params = tuple(given[p.name] for p in cell.params)
+    keep = keep or (None,) * len(cell.states)
+    ln_ih, *norms = layer_norm or _no_layer_norm(len(cell.norms))
+    if backend in LAYERNORM_DTYPES and options:
+        if w_hr is not None:
+            raise ValueError(f"{cell.name} layers with LayerNorm or zoneout have no projection "
+                             f"(w_hr) on backend {backend!r}; the 'reference' backend runs it")
+        ln_params = (*(given[p.name] for p in cell.ln_params if not p.name.startswith("ln_")),
+                     *(t for norm in norms for t in norm))
+        if not needs_grad(x, w_ih, bias, *ln_params, *states, *ln_ih):
+            # On the CPU the input side is made inside the operator, a step at a time: no xn
+            # [T, B, G].
+            return operator(f"layernorm_{cell.stem}_inference", backend, x.device)(
+                x, w_ih, *_folded(ln_ih, bias), *ln_params, *states, lengths, reverse, *keep)
+        return LAYERNORM_FUNCTIONS[cell.name].apply(
+            _input_gates(x, w_ih, bias, ln_ih, backend), *ln_params, *_distinct(states), lengths,
+            reverse, *keep, backend)
     if backend == "reference":
-        ln_ih, ln_hh = layer_norm or (None, None)
-        (keep_h,) = keep or (None,)
-        return reference.gru_recurrence(_input_gates(x, w_ih, b_ih, ln_ih), w_hh, b_hh, h0,
-                                        lengths, reverse, ln_hh=ln_hh, keep_h=keep_h)
-    return recurrence(GRU, x, w_ih, b_ih, (w_hh, b_hh), (h0,), lengths, reverse, backend)
+        names = (f"ln_{name}" for name, _ in cell.norms if name != "ih")
+        recurrent_norms = dict(zip(names, norms)) if layer_norm is not None else {}
+        return getattr(reference, f"{cell.stem}_recurrence")(
+            _input_gates(x, w_ih, bias, ln_ih), *params, *states, lengths, reverse,
+            **recurrent_norms, **{f"keep_{s.name}": k for s, k in zip(cell.states, keep)})
+    return recurrence(cell, x, w_ih, bias, params, _distinct(states), lengths, reverse, backend)
 
 
-# Each cell's layer, in the convention _layers calls it by: x, the initial states, w_ih, w_hh,
-# b_ih, b_hh, the projection where the cell has one (spec.Cell.projection), then keywords.
-LAYERS = {"LSTM": lstm_layer, "GRU": gru_layer}
+def _distinct(states):
+    """The states, each its own tensor: torch.nn's cells pass one zeros tensor for both of the
+    LSTM's, and Dynamo refuses an autograd.Function that gets one tensor as two inputs."""
+    return tuple(s.clone() if any(s is t for t in states[:k]) else s
+                 for k, s in enumerate(states))
 
 
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
@@ -238,11 +235,9 @@ def _stack(run_layer, x, states, num_layers, bidirectional, dropout, training):
 
 def _layers(cell, x, states, weights, num_layers, bidirectional, dropout, training, has_bias,
             has_proj, lengths, backend, layer_norms, zoneout, dropconnect):
-    """A stack of `cell`'s layers (lstm_layer, gru_layer: x, the initial states, w_ih, w_hh,
-    b_ih, b_hh, then the projection where the cell has one), each with its DropConnect mask and
-    zoneout's masks drawn in that order, the masks in the order of the states."""
+    """A stack of `cell`'s layers (_layer), each with its DropConnect mask and zoneout's masks
+    drawn in that order, the masks in the order of the states."""
     n = len(weights) // (num_layers * (2 if bidirectional else 1))
-    layer = LAYERS[cell.name]
 
     def run_layer(layer_input, k, reverse):
         w_ih, w_hh, b_ih, b_hh, w_hr = _split_weights(weights[k * n:(k + 1) * n], has_bias,
@@ -253,10 +248,9 @@ def _layers(cell, x, states, weights, num_layers, bidirectional, dropout, traini
             T, B = layer_input.shape[:2]
             keep = tuple(zoneout_keep(zoneout, training, (T, B, s.shape[-1]), layer_input)
                          for s in states)
-        projection = (w_hr,) if cell.projection else ()
-        return layer(layer_input, *(s[k] for s in states), w_ih, w_hh, b_ih, b_hh, *projection,
-                     lengths=lengths, reverse=reverse, backend=backend,
-                     layer_norm=None if layer_norms is None else layer_norms[k], keep=keep)
+        return _layer(cell, layer_input, tuple(s[k] for s in states), w_ih, w_hh, b_ih, b_hh,
+                      w_hr, lengths, reverse, backend,
+                      None if layer_norms is None else layer_norms[k], keep)
 
     return _stack(run_layer, x, states, num_layers, bidirectional, dropout, training)
 
