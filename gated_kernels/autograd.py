@@ -38,7 +38,7 @@ def _forward(ctx, cell, forward, inputs, args):
     lengths, reverse), saves what backward reads, and returns y and the final states."""
     params, states, lengths, reverse = cell.split(args)
     y, *outputs = forward(*inputs, *params, *states, lengths, reverse)
-    weights = (t for p, t in zip(cell.params, params) if p in cell.weights)
+    weights = [t for p, t in zip(cell.params, params) if len(p.shape) == 2]  # cell.weights
     ctx.save_for_backward(*weights, *states, lengths, y, *outputs[len(cell.states):])
     ctx.reverse, ctx.absent = reverse, [t is None for t in params]
     return y, *outputs[:len(cell.states)]
@@ -199,7 +199,7 @@ def _layernorm_function(cell):
         params, states, lengths, reverse, keep = cell.ln_split(args[:n])
         y, *outputs = operator(f"layernorm_{cell.stem}_forward", ctx.backend, xn.device)(
             xn, *params, *states, lengths, reverse, *keep)
-        ctx.save_for_backward(*(params[k] for k in reads), *states, lengths, *keep, y,
+        ctx.save_for_backward(*[params[k] for k in reads], *states, lengths, *keep, y,
                               *outputs[ns:])
         ctx.reverse = reverse
         ctx.normalised = params[names.index("ln_hh_weight")] is not None

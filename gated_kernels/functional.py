@@ -132,10 +132,13 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, back
         # bias.
         bias, b_hh = b_ih, w_hh.new_zeros(w_hh.shape[0]) if b_hh is None else b_hh
     given = {"w_hh": w_hh, "b_hh": b_hh, "w_hr": w_hr}
-    params = tuple(given[p.name] for p in cell.params)
+    params = [given[p.name] for p in cell.params]
+    if backend != "reference" and not options:  # the cell's own sequence operators
+        return recurrence(cell, x, w_ih, bias, params, _distinct(states), lengths, reverse,
+                          backend)
     keep = keep or (None,) * len(cell.states)
     ln_ih, *norms = layer_norm or _no_layer_norm(len(cell.norms))
-    if backend in LAYERNORM_DTYPES and options:
+    if backend != "reference":  # LayerNorm or zoneout: the layernorm_* operators
         if w_hr is not None:
             raise ValueError(f"{cell.name} layers with LayerNorm or zoneout have no projection "
                              f"(w_hr) on backend {backend!r}; the 'reference' backend runs it")
@@ -149,20 +152,20 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, back
         return LAYERNORM_FUNCTIONS[cell.name].apply(
             _input_gates(x, w_ih, bias, ln_ih, backend), *ln_params, *_distinct(states), lengths,
             reverse, *keep, backend)
-    if backend == "reference":
-        names = (f"ln_{name}" for name, _ in cell.norms if name != "ih")
-        recurrent_norms = dict(zip(names, norms)) if layer_norm is not None else {}
-        return getattr(reference, f"{cell.stem}_recurrence")(
-            _input_gates(x, w_ih, bias, ln_ih), *params, *states, lengths, reverse,
-            **recurrent_norms, **{f"keep_{s.name}": k for s, k in zip(cell.states, keep)})
-    return recurrence(cell, x, w_ih, bias, params, _distinct(states), lengths, reverse, backend)
+    names = (f"ln_{name}" for name, _ in cell.norms if name != "ih")
+    recurrent_norms = dict(zip(names, norms)) if layer_norm is not None else {}
+    return getattr(reference, f"{cell.stem}_recurrence")(
+        _input_gates(x, w_ih, bias, ln_ih), *params, *states, lengths, reverse,
+        **recurrent_norms, **{f"keep_{s.name}": k for s, k in zip(cell.states, keep)})
 
 
 def _distinct(states):
     """The states, each its own tensor: torch.nn's cells pass one zeros tensor for both of the
-    LSTM's, and Dynamo refuses an autograd.Function that gets one tensor as two inputs."""
-    return tuple(s.clone() if any(s is t for t in states[:k]) else s
-                 for k, s in enumerate(states))
+    LSTM's (a cell has at most two states), and Dynamo refuses an autograd.Function that gets
+    one tensor as two inputs."""
+    if len(states) == 2 and states[1] is states[0]:
+        return [states[0], states[1].clone()]
+    return states
 
 
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):
@@ -248,7 +251,7 @@ def _layers(cell, x, states, weights, num_layers, bidirectional, dropout, traini
             T, B = layer_input.shape[:2]
             keep = tuple(zoneout_keep(zoneout, training, (T, B, s.shape[-1]), layer_input)
                          for s in states)
-        return _layer(cell, layer_input, tuple(s[k] for s in states), w_ih, w_hh, b_ih, b_hh,
+        return _layer(cell, layer_input, [s[k] for s in states], w_ih, w_hh, b_ih, b_hh,
                       w_hr, lengths, reverse, backend,
                       None if layer_norms is None else layer_norms[k], keep)
 

@@ -14,6 +14,7 @@ size where the cell has one and it is given, else H.
 """
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
@@ -105,16 +106,16 @@ class Cell:
     ln_grads: tuple
     ln_shared: tuple = ()
 
-    @property
+    @cached_property
     def stem(self):
         return self.name.lower()
 
-    @property
+    @cached_property
     def weights(self):
         """The parameters backward reads: the 2-D ones."""
         return tuple(p for p in self.params if len(p.shape) == 2)
 
-    @property
+    @cached_property
     def ln_params(self):
         """The LayerNorm operators' parameters after xn: the cell's, without a projection, then
         a weight and a bias for each LayerNorm in the recurrence, None all where the layer has
