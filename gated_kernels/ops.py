@@ -1,10 +1,12 @@
 """The recurrence operators: schemas and fake (meta) implementations, over the argument checks
-and saved dtypes of contract.py.
+of contract.py and the cells' descriptions of spec.py.
 
 One forward and one backward operator per cell, each over one layer, one direction and the whole
 sequence (DESIGN.md: the op boundary). The schemas are declared here, once, so that the operators
 exist wherever the package imports; device kernels register against them: the C++ extension
-`gated_kernels._C` for CPU tensors, the Triton launchers for CUDA tensors.
+`gated_kernels._C` for CPU tensors, the Triton launchers for CUDA tensors. The sequence and the
+LayerNorm operators' schemas and fakes are made from each cell's description (spec.Cell); the
+lists below give them written out.
 
 Shapes (T steps, B batch, H hidden, P projected size or H, G gate width):
   lstm_forward(xg [T,B,4H], w_hh [4H,P], w_hr [P,H]?, h0 [B,P], c0 [B,H], lengths [B]?, reverse)
