@@ -229,80 +229,72 @@ LayerNormLSTMFunction = LAYERNORM_FUNCTIONS["LSTM"]
 LayerNormGRUFunction = LAYERNORM_FUNCTIONS["GRU"]
 
 
-def _product_grads_mask(ctx, *inputs):
-    """A cell backward's output_mask: whether x, h, w_ih and w_hh (these inputs of its Function)
-    need a gradient; the products of the others are skipped, as torch.nn's cell skips them."""
-    return [ctx.needs_input_grad[k] for k in inputs]
+def _step_function(cell):
+    """The autograd Function of `cell`'s one-step operators on the C++ backend (LSTMCellFunction,
+    GRUCellFunction): (x [B,I], states, w_ih, w_hh, b_ih or None, b_hh or None) -> the new
+    states (a Tensor for a cell of one state), over the cell operators (two products and one
+    fused pass each way)."""
+    ns = len(cell.states)
+    forward_op = getattr(torch.ops.gated_kernels, f"{cell.stem}_cell_forward")
+    backward_op = getattr(torch.ops.gated_kernels, f"{cell.stem}_cell_backward")
 
+    def forward(ctx, x, *args):
+        new = forward_op(x, *args)
+        ctx.save_for_backward(x, *args[:ns + 2], *new[ns:])  # x, states, w_ih, w_hh, saved
+        ctx.bias = args[ns + 2] is not None
+        return new[0] if ns == 1 else tuple(new[:ns])
 
-def _wanted(mask, *grads):
-    """The gradients the mask asked for; None for the rest (returned empty by the operator)."""
-    return tuple(g if wanted else None for g, wanted in zip(grads, mask))
-
-
-class LSTMCellFunction(torch.autograd.Function):
-    """One LSTM step on the C++ backend: (x [B,I], h, c, w_ih, w_hh, b_ih or None, b_hh or None)
-    -> (h1, c1), over the cell operators (two products and one fused pass each way)."""
-
-    @staticmethod
-    def forward(ctx, x, h, c, w_ih, w_hh, b_ih, b_hh):
-        h1, c1, gates, c_saved = torch.ops.gated_kernels.lstm_cell_forward(
-            x, h, c, w_ih, w_hh, b_ih, b_hh
-        )
-        ctx.save_for_backward(x, h, c, w_ih, w_hh, gates, c_saved)
-        ctx.bias = b_ih is not None
-        return h1, c1
-
-    @staticmethod
     @once_differentiable
-    def backward(ctx, dh1, dc1):
-        x, h, c, w_ih, w_hh, gates, c_saved = ctx.saved_tensors
-        mask = _product_grads_mask(ctx, 0, 1, 3, 4)
-        dx, dh, dc, dw_ih, dw_hh, db = torch.ops.gated_kernels.lstm_cell_backward(
-            dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, ctx.bias, mask
-        )
-        # Both biases get the same gradient; each its own tensor, as accumulation may keep it.
-        db_ih, db_hh = (db, db.clone()) if ctx.bias else (None, None)
-        dx, dh, dw_ih, dw_hh = _wanted(mask, dx, dh, dw_ih, dw_hh)
-        return dx, dh, dc, dw_ih, dw_hh, db_ih, db_hh
-
-
-class GRUCellFunction(torch.autograd.Function):
-    """One GRU step on the C++ backend: (x [B,I], h, w_ih, w_hh, b_ih or None, b_hh or None)
-    -> h1."""
-
-    @staticmethod
-    def forward(ctx, x, h, w_ih, w_hh, b_ih, b_hh):
-        h1, gates = torch.ops.gated_kernels.gru_cell_forward(x, h, w_ih, w_hh, b_ih, b_hh)
-        ctx.save_for_backward(x, h, w_ih, w_hh, gates)
-        ctx.bias = b_ih is not None
-        return h1
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, dh1):
-        x, h, w_ih, w_hh, gates = ctx.saved_tensors
-        mask = _product_grads_mask(ctx, 0, 1, 2, 3)
-        dx, dh, dw_ih, dw_hh, db_ih, db_hh = torch.ops.gated_kernels.gru_cell_backward(
-            dh1, x, h, w_ih, w_hh, gates, ctx.bias, mask
-        )
+    def backward(ctx, *grads):
+        # Whether x, h, w_ih and w_hh need a gradient: the products of the others are skipped,
+        # as torch.nn's cell skips them (a detached state, frozen weights).
+        mask = [ctx.needs_input_grad[k] for k in (0, 1, ns + 1, ns + 2)]
+        dx, dh, *rest = backward_op(*grads, *ctx.saved_tensors, ctx.bias, mask)
+        dothers, (dw_ih, dw_hh), db = rest[:ns - 1], rest[ns - 1:ns + 1], rest[ns + 1:]
         if not ctx.bias:
             db_ih = db_hh = None
-        return (*_wanted(mask, dx, dh, dw_ih, dw_hh), db_ih, db_hh)
+        elif len(db) == 1:  # both biases folded: the same gradient, each its own tensor
+            db_ih, db_hh = db[0], db[0].clone()
+        else:
+            db_ih, db_hh = db
+        dx, dh, dw_ih, dw_hh = (g if wanted else None
+                                for g, wanted in zip((dx, dh, dw_ih, dw_hh), mask))
+        return dx, dh, *dothers, dw_ih, dw_hh, db_ih, db_hh
+
+    return type(f"{cell.name}CellFunction", (torch.autograd.Function,), {
+        "__doc__": _step_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
+        "forward": staticmethod(forward), "backward": staticmethod(backward)})
 
 
-def lstm_cell(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    """(h1, c1) of one LSTM step on the C++ backend: the inference operator when no gradient can
-    be asked for (nothing saved), else LSTMCellFunction."""
-    if needs_grad(x, h, c, w_ih, w_hh, b_ih, b_hh):
-        if c is h:  # one zeros tensor for both states: Dynamo refuses it as two inputs
-            c = c.clone()
-        return LSTMCellFunction.apply(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    return torch.ops.gated_kernels.lstm_cell_inference.default(x, h, c, w_ih, w_hh, b_ih, b_hh)
+STEP_FUNCTIONS = {cell.name: _step_function(cell) for cell in CELLS.values() if cell.step_saved}
+LSTMCellFunction, GRUCellFunction = STEP_FUNCTIONS["LSTM"], STEP_FUNCTIONS["GRU"]
 
 
-def gru_cell(x, h, w_ih, w_hh, b_ih, b_hh):
-    """h1 of one GRU step on the C++ backend, as lstm_cell."""
-    if needs_grad(x, h, w_ih, w_hh, b_ih, b_hh):
-        return GRUCellFunction.apply(x, h, w_ih, w_hh, b_ih, b_hh)
-    return torch.ops.gated_kernels.gru_cell_inference.default(x, h, w_ih, w_hh, b_ih, b_hh)
+def distinct(states):
+    """The states, each its own tensor: torch.nn's cells pass one zeros tensor for both of the
+    LSTM's (a cell has at most two states), and Dynamo refuses an autograd.Function that gets
+    one tensor as two inputs."""
+    if len(states) == 2 and states[1] is states[0]:
+        return [states[0], states[1].clone()]
+    return states
+
+
+def _step(cell):
+    """One step of `cell` on the C++ backend (lstm_cell, gru_cell): (x, states, w_ih, w_hh,
+    b_ih, b_hh) -> the new states (a Tensor for a cell of one state): the inference operator
+    when no gradient can be asked for (nothing saved), else the cell's step Function."""
+    ns, function = len(cell.states), STEP_FUNCTIONS[cell.name]
+    inference = getattr(torch.ops.gated_kernels, f"{cell.stem}_cell_inference").default
+
+    def step(x, *args):
+        if needs_grad(x, *args):
+            return function.apply(x, *distinct(args[:ns]), *args[ns:])
+        return inference(x, *args)
+
+    step.__doc__ = _step.__doc__.replace("`cell`", f"the {cell.name}")
+    return step
+
+
+# The cells with one-step operators (spec.Cell.step_saved).
+STEPS = {cell.name: _step(cell) for cell in CELLS.values() if cell.step_saved}
+lstm_cell, gru_cell = STEPS["LSTM"], STEPS["GRU"]

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from gated_kernels import dispatch, reference
 from gated_kernels.autograd import (
     LAYERNORM_FUNCTIONS,
+    STEPS,
     InputProjection,
-    gru_cell,
-    lstm_cell,
+    distinct,
     needs_grad,
     operator,
     recurrence,
@@ -106,12 +106,6 @@ def gru_layer(x, h0, w_ih, w_hh, b_ih=None, b_hh=None, lengths=None, reverse=Fal
                   layer_norm, keep)
 
 
-# One step of each cell on the C++ backend: the cell operators (a T=1 call is a cell call; see
-# csrc/cell.cpp), x, the states, w_ih, w_hh, b_ih, b_hh -> the new state(s). A cell without
-# them runs its one step on the sequence operators.
-STEPS = {"LSTM": lstm_cell, "GRU": gru_cell}
-
-
 def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, backend, layer_norm,
            keep):
     """One layer-direction of `cell` (spec.Cell), lstm_layer's and gru_layer's body: (y, the
@@ -121,6 +115,8 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, back
     options = layer_norm is not None or keep is not None
     if (backend == "cpp" and x.size(0) == 1 and w_hr is None and lengths is None and not options
             and cell.name in STEPS):
+        # One step: the cell operators (a T=1 call is a cell call; see csrc/cell.cpp). A cell
+        # without them (spec.Cell.step_saved) runs its step on the sequence operators.
         final = STEPS[cell.name](x[0], *states, w_ih, w_hh, b_ih, b_hh)
         h, *rest = (final,) if isinstance(final, torch.Tensor) else final
         return h.unsqueeze(0), h.clone(), *rest
@@ -134,7 +130,7 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, back
     given = {"w_hh": w_hh, "b_hh": b_hh, "w_hr": w_hr}
     params = [given[p.name] for p in cell.params]
     if backend != "reference" and not options:  # the cell's own sequence operators
-        return recurrence(cell, x, w_ih, bias, params, _distinct(states), lengths, reverse,
+        return recurrence(cell, x, w_ih, bias, params, distinct(states), lengths, reverse,
                           backend)
     keep = keep or (None,) * len(cell.states)
     ln_ih, *norms = layer_norm or _no_layer_norm(len(cell.norms))
@@ -150,22 +146,13 @@ def _layer(cell, x, states, w_ih, w_hh, b_ih, b_hh, w_hr, lengths, reverse, back
             return operator(f"layernorm_{cell.stem}_inference", backend, x.device)(
                 x, w_ih, *_folded(ln_ih, bias), *ln_params, *states, lengths, reverse, *keep)
         return LAYERNORM_FUNCTIONS[cell.name].apply(
-            _input_gates(x, w_ih, bias, ln_ih, backend), *ln_params, *_distinct(states), lengths,
+            _input_gates(x, w_ih, bias, ln_ih, backend), *ln_params, *distinct(states), lengths,
             reverse, *keep, backend)
     names = (f"ln_{name}" for name, _ in cell.norms if name != "ih")
     recurrent_norms = dict(zip(names, norms)) if layer_norm is not None else {}
     return getattr(reference, f"{cell.stem}_recurrence")(
         _input_gates(x, w_ih, bias, ln_ih), *params, *states, lengths, reverse,
         **recurrent_norms, **{f"keep_{s.name}": k for s, k in zip(cell.states, keep)})
-
-
-def _distinct(states):
-    """The states, each its own tensor: torch.nn's cells pass one zeros tensor for both of the
-    LSTM's (a cell has at most two states), and Dynamo refuses an autograd.Function that gets
-    one tensor as two inputs."""
-    if len(states) == 2 and states[1] is states[0]:
-        return [states[0], states[1].clone()]
-    return states
 
 
 def _input_gates(x, w_ih, bias, ln_ih, backend="reference"):

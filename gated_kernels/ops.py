@@ -146,33 +146,32 @@ LIBRARY.impl("input_projection_backward", torch.library.fallthrough_kernel, "Aut
 LIBRARY.define("input_projection(Tensor x, Tensor w_ih) -> Tensor xg")
 LIBRARY.impl("input_projection", torch.library.fallthrough_kernel, "Autograd")
 
-_CELL_ARGS = "Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh"
-LIBRARY.define(f"lstm_cell_inference(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
-               "-> (Tensor h1, Tensor c1)")
-LIBRARY.define(f"lstm_cell_forward(Tensor x, Tensor h, Tensor c, {_CELL_ARGS}) "
-               "-> (Tensor h1, Tensor c1, Tensor gates, Tensor c_saved)")
-LIBRARY.define(
-    "lstm_cell_backward(Tensor dh1, Tensor dc1, Tensor x, Tensor h, Tensor c, Tensor w_ih, "
-    "Tensor w_hh, Tensor gates, Tensor c_saved, bool bias, bool[4] output_mask) "
-    "-> (Tensor dx, Tensor dh, Tensor dc, Tensor dw_ih, Tensor dw_hh, Tensor db)"
-)
-LIBRARY.define(f"gru_cell_inference(Tensor x, Tensor h, {_CELL_ARGS}) -> Tensor h1")
-LIBRARY.define(f"gru_cell_forward(Tensor x, Tensor h, {_CELL_ARGS}) -> (Tensor h1, Tensor gates)")
-LIBRARY.define(
-    "gru_cell_backward(Tensor dh1, Tensor x, Tensor h, Tensor w_ih, Tensor w_hh, Tensor gates, "
-    "bool bias, bool[4] output_mask) -> (Tensor dx, Tensor dh, Tensor dw_ih, Tensor dw_hh, Tensor db_ih, "
-    "Tensor db_hh)"
-)
+def cell_schemas(cell):
+    """The three one-step operators of `cell` (a spec.Cell), name -> schema, as the module
+    docstring lists them for the LSTM and the GRU; a cell of one state returns it as a Tensor."""
+    states, saved = _args(cell.states), _args(cell.step_saved)
+    args = f"Tensor x, {states}, Tensor w_ih, Tensor w_hh, Tensor? b_ih, Tensor? b_hh"
+    new = _args(cell.states, suffix="1")
+    returned = new if len(cell.states) == 1 else f"({new})"
+    s = f"{cell.stem}_cell"
+    return {
+        f"{s}_inference": f"({args}) -> {returned}",
+        f"{s}_forward": f"({args}) -> ({new}, {saved})",
+        f"{s}_backward": (f"({_args(cell.states, 'd', '1')}, Tensor x, {states}, Tensor w_ih, "
+                          f"Tensor w_hh, {saved}, bool bias, bool[4] output_mask) -> (Tensor dx, "
+                          f"{_args(cell.states, 'd')}, Tensor dw_ih, Tensor dw_hh, "
+                          f"{_args(cell.bias_grads)})"),
+    }
+
+
 # The cell operators' product choice on its own (cell_matmul in csrc/cell.cpp): c + a b in
 # out_dtype (a's by default), for the tests and the product benchmark.
 LIBRARY.define(
     "_cell_matmul(Tensor a, Tensor b, Tensor? c=None, ScalarType? out_dtype=None) -> Tensor"
 )
 LIBRARY.impl("_cell_matmul", torch.library.fallthrough_kernel, "Autograd")
-CELL_OPERATORS = ("lstm_cell_inference", "lstm_cell_forward", "lstm_cell_backward",
-                  "gru_cell_inference", "gru_cell_forward", "gru_cell_backward")
-for _name in CELL_OPERATORS:
-    LIBRARY.impl(_name, torch.library.fallthrough_kernel, "Autograd")
+CELL_OPERATORS = [name for cell in CELLS.values() if cell.step_saved
+                  for name in _define(cell_schemas(cell))]
 
 
 # The LayerNorm cells' operators. Every ln_* argument None: the same cell without LayerNorm (the
@@ -326,49 +325,56 @@ def _input_projection_backward_fake(dxg, x, w_ih, bias, lengths=None):
     return x.new_empty(x.shape), w_ih.new_empty(w_ih.shape), dbias
 
 
-@torch.library.register_fake("gated_kernels::lstm_cell_inference")
-def _lstm_cell_inference_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    B, H = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 4, c)
-    return x.new_empty(B, H), x.new_empty(B, H)
+def _cell_inference_fake(cell):
+    """The fake one-step inference of `cell`: its arguments checked; the new states [B, H] (a
+    Tensor for a cell of one state)."""
+
+    def fake(x, *args):
+        states, (w_ih, w_hh, b_ih, b_hh) = args[:len(cell.states)], args[len(cell.states):]
+        B, H = check_cell_args(x, states[0], w_ih, w_hh, b_ih, b_hh, cell.gates, *states[1:])
+        new = tuple(x.new_empty(B, H) for _ in cell.states)
+        return new[0] if len(new) == 1 else new
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::lstm_cell_forward")
-def _lstm_cell_forward_fake(x, h, c, w_ih, w_hh, b_ih, b_hh):
-    h1, c1 = _lstm_cell_inference_fake(x, h, c, w_ih, w_hh, b_ih, b_hh)
-    B, H = h1.shape
-    acc = saved_dtype(x.dtype)
-    return h1, c1, x.new_empty(B, 4 * H, dtype=acc), x.new_empty(B, H, dtype=acc)
+def _cell_forward_fake(cell):
+    """The fake one-step forward of `cell`: the new states, then what it saves (cell.step_saved,
+    saved_dtype)."""
+    inference = _cell_inference_fake(cell)
+
+    def fake(x, *args):
+        new = inference(x, *args)
+        h1 = new if len(cell.states) == 1 else new[0]
+        B, H = h1.shape
+        saved = (x.new_empty(B, k.width * H, dtype=saved_dtype(x.dtype)) for k in cell.step_saved)
+        return (*((h1,) if len(cell.states) == 1 else new), *saved)
+
+    return fake
 
 
-@torch.library.register_fake("gated_kernels::lstm_cell_backward")
-def _lstm_cell_backward_fake(dh1, dc1, x, h, c, w_ih, w_hh, gates, c_saved, bias, output_mask):
-    dx, dh, dw_ih, dw_hh = _cell_grads_like(output_mask, x, h, w_ih, w_hh)
-    db = x.new_empty(w_hh.shape[0] if bias else 0)
-    return dx, dh, c.new_empty(c.shape), dw_ih, dw_hh, db
+def _cell_backward_fake(cell):
+    """The fake one-step backward of `cell`: dx, dh like their inputs where output_mask asks for
+    them, else [0]; the other states' gradients; dw_ih, dw_hh as dx; the bias gradients [G], or
+    [0] without biases."""
+    ns = len(cell.states)
+
+    def fake(*args):
+        x, states, (w_ih, w_hh) = args[ns], args[ns + 1:2 * ns + 1], args[2 * ns + 1:2 * ns + 3]
+        bias, mask = args[-2:]
+        dx, dh, dw_ih, dw_hh = (t.new_empty(t.shape if wanted else 0)
+                                for t, wanted in zip((x, states[0], w_ih, w_hh), mask))
+        db = (x.new_empty(w_hh.shape[0] if bias else 0) for _ in cell.bias_grads)
+        return (dx, dh, *(s.new_empty(s.shape) for s in states[1:]), dw_ih, dw_hh, *db)
+
+    return fake
 
 
-def _cell_grads_like(output_mask, *inputs):
-    """Empty gradients of a cell's x, h, w_ih, w_hh: each like its input where output_mask asks
-    for it, else [0]."""
-    return tuple(t.new_empty(t.shape if wanted else 0) for t, wanted in zip(inputs, output_mask))
-
-
-@torch.library.register_fake("gated_kernels::gru_cell_inference")
-def _gru_cell_inference_fake(x, h, w_ih, w_hh, b_ih, b_hh):
-    B, H = check_cell_args(x, h, w_ih, w_hh, b_ih, b_hh, 3)
-    return x.new_empty(B, H)
-
-
-@torch.library.register_fake("gated_kernels::gru_cell_forward")
-def _gru_cell_forward_fake(x, h, w_ih, w_hh, b_ih, b_hh):
-    h1 = _gru_cell_inference_fake(x, h, w_ih, w_hh, b_ih, b_hh)
-    return h1, x.new_empty(h1.shape[0], 4 * h1.shape[1], dtype=saved_dtype(x.dtype))
-
-
-@torch.library.register_fake("gated_kernels::gru_cell_backward")
-def _gru_cell_backward_fake(dh1, x, h, w_ih, w_hh, gates, bias, output_mask):
-    db = x.new_empty(w_hh.shape[0] if bias else 0)
-    return (*_cell_grads_like(output_mask, x, h, w_ih, w_hh), db, x.new_empty(db.shape))
+for _cell in (cell for cell in CELLS.values() if cell.step_saved):
+    for _suffix, _fake in (("inference", _cell_inference_fake(_cell)),
+                           ("forward", _cell_forward_fake(_cell)),
+                           ("backward", _cell_backward_fake(_cell))):
+        torch.library.register_fake(f"gated_kernels::{_cell.stem}_cell_{_suffix}")(_fake)
 
 
 def _layernorm_forward_fake(cell):

@@ -1,13 +1,12 @@
 """One description per cell: what the layers above the kernels know of the LSTM and the GRU.
 
 A leaf (it imports torch alone). From a `Cell` follow the schemas and fake implementations of
-the sequence operators and of the LayerNorm operators (ops.py), their argument checks
-(contract.check_args, check_layernorm_args), their autograd Functions and the one-layer
-recurrence (autograd.py), the stack of layers (functional.py), the LayerNorm modules'
-parameters (layernorm.py), the gate width the dispatch rules and the benchmark read, and the
-operator tests' inputs and cases (tests/). What a description cannot hold is the math: the
-reference step (reference.py) and the kernels (csrc/, triton_kernels/). The one-step cell
-operators (ops.py's *_cell_*, csrc/cell.cpp) are still declared per cell.
+the sequence, LayerNorm and one-step operators (ops.py), their argument checks
+(contract.check_args, check_layernorm_args), their autograd Functions, the one-layer recurrence
+and the one step (autograd.py), the layer and the stack of layers (functional.py), the
+LayerNorm modules' parameters (layernorm.py), the gate width the dispatch rules and the
+benchmark read, and the operator tests' inputs and cases (tests/). What a description cannot
+hold is the math: the reference step (reference.py) and the kernels (csrc/, triton_kernels/).
 
 Shapes are written in the fixed letters (T, B, H, P, G = gates * H); P is the projection's
 size where the cell has one and it is given, else H.
@@ -85,6 +84,9 @@ class Cell:
     saved       what forward saves for backward, after y and the final states
     norms       the LayerNorms of a LayerNorm layer (layernorm.py): name and size in units of H;
                 `ih` normalises the input side, the others sit in the recurrence
+    step_saved  what the one-step cell operators' forward ({stem}_cell_forward, csrc/cell.cpp)
+                saves for backward, [B, width * H], after the new states; empty for a cell
+                without them (its one step runs on the sequence operators)
     The LayerNorm operators (layernorm_{stem}_*: the cell with its LayerNorms, and with
     zoneout's weights `keep_{state}`; ln_params below):
     ln_saved    what their forward saves for backward, after y and the final states
@@ -101,6 +103,7 @@ class Cell:
     input_bias: str
     saved: tuple
     norms: tuple
+    step_saved: tuple
     ln_saved: tuple
     ln_reads: tuple
     ln_grads: tuple
@@ -114,6 +117,12 @@ class Cell:
     def weights(self):
         """The parameters backward reads: the 2-D ones."""
         return tuple(p for p in self.params if len(p.shape) == 2)
+
+    @cached_property
+    def bias_grads(self):
+        """The bias gradients of the one-step backward: one where both biases fold into the
+        input side (db, b_ih's and b_hh's alike), else db_ih and db_hh."""
+        return ("db",) if self.input_bias == "bias" else ("db_ih", "db_hh")
 
     @cached_property
     def ln_params(self):
@@ -149,6 +158,7 @@ LSTM = Cell(
     input_bias="bias",
     saved=(Saved("gates", 4, lstm_gates_dtype), Saved("c_all", 1, _accumulated)),
     norms=(("ih", 4), ("hh", 4), ("c", 1)),
+    step_saved=(Saved("gates", 4, _accumulated), Saved("c_saved", 1, _accumulated)),
     # The gates, LN(h W_hh^T)'s normalised input, the cell states, LN(c)'s normalised input,
     # and the two LayerNorms' 1 / sqrt(var + eps) per row and step.
     ln_saved=(Saved("gates", 4, _accumulated), Saved("norm_hh", 4, _accumulated),
@@ -169,6 +179,7 @@ GRU = Cell(
     # memory).
     saved=(Saved("gates", 4, _as_input),),
     norms=(("ih", 3), ("hh", 3)),
+    step_saved=(Saved("gates", 4, _accumulated),),  # r, z, n, h W_hn^T + b_hn
     ln_saved=(Saved("gates", 4, _accumulated), Saved("norm_hh", 3, _accumulated),
               Saved("rstd", 1, _accumulated, per_unit=False)),
     ln_reads=("w_hh", "ln_hh_weight"),
