@@ -33,6 +33,15 @@ def operator(name, backend, device):
     return getattr(torch.ops.gated_kernels, name)
 
 
+def _function(name, factory, cell, forward, backward):
+    """The torch.autograd.Function class `name` (its graph nodes `{name}Backward`) that
+    `factory` makes for `cell` from forward and backward, documented by the factory's
+    docstring."""
+    doc = factory.__doc__.replace("`cell`", f"the {cell.name}")
+    return type(name, (torch.autograd.Function,), {
+        "__doc__": doc, "forward": staticmethod(forward), "backward": staticmethod(backward)})
+
+
 def _forward(ctx, cell, forward, inputs, args):
     """Runs `forward` (an operator of `cell`) on `inputs` and then args (params, states,
     lengths, reverse), saves what backward reads, and returns y and the final states."""
@@ -72,9 +81,7 @@ def _sequence_function(cell):
         dxg, dparams, dstates = _backward(ctx, cell, op, grads)
         return dxg, *dparams, *dstates, None, None, None
 
-    return type(f"{cell.name}Function", (torch.autograd.Function,), {
-        "__doc__": _sequence_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
-        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    return _function(f"{cell.name}Function", _sequence_function, cell, forward, backward)
 
 
 FUNCTIONS = {cell.name: _sequence_function(cell) for cell in CELLS.values()}
@@ -122,9 +129,7 @@ def _from_input_function(cell):
         dxg, dparams, dstates = _backward(ctx, cell, op, grads)
         return dxg, None, None, None, *dparams, *dstates, None, None
 
-    return type(f"{cell.name}FromInput", (torch.autograd.Function,), {
-        "__doc__": _from_input_function.__doc__.replace("`cell`", f"the {cell.name}"),
-        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    return _function(f"{cell.name}FromInput", _from_input_function, cell, forward, backward)
 
 
 FROM_INPUT = {cell.name: _from_input_function(cell) for cell in CELLS.values()}
@@ -219,9 +224,7 @@ def _layernorm_function(cell):
                    for name in names]
         return (dxn, *dparams, *grads[len(cell.ln_grads):], None, None, *(None,) * ns, None)
 
-    return type(f"LayerNorm{cell.name}Function", (torch.autograd.Function,), {
-        "__doc__": _layernorm_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
-        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    return _function(f"LayerNorm{cell.name}Function", _layernorm_function, cell, forward, backward)
 
 
 LAYERNORM_FUNCTIONS = {cell.name: _layernorm_function(cell) for cell in CELLS.values()}
@@ -261,9 +264,7 @@ def _step_function(cell):
                                 for g, wanted in zip((dx, dh, dw_ih, dw_hh), mask))
         return dx, dh, *dothers, dw_ih, dw_hh, db_ih, db_hh
 
-    return type(f"{cell.name}CellFunction", (torch.autograd.Function,), {
-        "__doc__": _step_function.__doc__.replace("`cell`'s", f"the {cell.name}'s"),
-        "forward": staticmethod(forward), "backward": staticmethod(backward)})
+    return _function(f"{cell.name}CellFunction", _step_function, cell, forward, backward)
 
 
 STEP_FUNCTIONS = {cell.name: _step_function(cell) for cell in CELLS.values() if cell.step_saved}

@@ -6,7 +6,6 @@ and their fake implementations, and the Triton launchers both import it, so impo
 
 import torch
 
-
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

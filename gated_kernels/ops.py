@@ -303,14 +303,19 @@ def _backward_fake(cell):
     return fake
 
 
+def _register_fakes(fakes):
+    """Registers each fake implementation of `fakes` (operator name -> function)."""
+    for name, fake in fakes.items():
+        torch.library.register_fake(f"gated_kernels::{name}")(fake)
+
+
 for _cell in CELLS.values():
     _outputs = 1 + len(_cell.states)
-    for _suffix, _fake in (("forward", _forward_fake(_cell)),
-                           ("inference", _from_input_fake(_cell, _outputs)),
-                           ("forward_from_input",
-                            _from_input_fake(_cell, _outputs + len(_cell.saved))),
-                           ("backward", _backward_fake(_cell))):
-        torch.library.register_fake(f"gated_kernels::{_cell.stem}_{_suffix}")(_fake)
+    _register_fakes({
+        f"{_cell.stem}_forward": _forward_fake(_cell),
+        f"{_cell.stem}_inference": _from_input_fake(_cell, _outputs),
+        f"{_cell.stem}_forward_from_input": _from_input_fake(_cell, _outputs + len(_cell.saved)),
+        f"{_cell.stem}_backward": _backward_fake(_cell)})
 
 
 @torch.library.register_fake("gated_kernels::input_projection")
@@ -371,10 +376,9 @@ def _cell_backward_fake(cell):
 
 
 for _cell in (cell for cell in CELLS.values() if cell.step_saved):
-    for _suffix, _fake in (("inference", _cell_inference_fake(_cell)),
-                           ("forward", _cell_forward_fake(_cell)),
-                           ("backward", _cell_backward_fake(_cell))):
-        torch.library.register_fake(f"gated_kernels::{_cell.stem}_cell_{_suffix}")(_fake)
+    _register_fakes({f"{_cell.stem}_cell_inference": _cell_inference_fake(_cell),
+                     f"{_cell.stem}_cell_forward": _cell_forward_fake(_cell),
+                     f"{_cell.stem}_cell_backward": _cell_backward_fake(_cell)})
 
 
 def _layernorm_forward_fake(cell):
@@ -427,7 +431,6 @@ def _layernorm_backward_fake(cell):
 
 
 for _cell in CELLS.values():
-    for _suffix, _fake in (("forward", _layernorm_forward_fake(_cell)),
-                           ("inference", _layernorm_inference_fake(_cell)),
-                           ("backward", _layernorm_backward_fake(_cell))):
-        torch.library.register_fake(f"gated_kernels::layernorm_{_cell.stem}_{_suffix}")(_fake)
+    _register_fakes({f"layernorm_{_cell.stem}_forward": _layernorm_forward_fake(_cell),
+                     f"layernorm_{_cell.stem}_inference": _layernorm_inference_fake(_cell),
+                     f"layernorm_{_cell.stem}_backward": _layernorm_backward_fake(_cell)})
