@@ -185,7 +185,7 @@ def markdown(suite, records, prov):
              "Times are medians (20th-80th percentile in the JSON) of interleaved runs in one "
              "process; speedup = torch.nn time / gated_kernels time; errors are the largest "
              "relative error against a float64 reference (gradients for fwdbwd, outputs for "
-             "fwd); MB is peak memory allocated during one call."
+             "fwd), the median over three inputs; MB is peak memory allocated during one call."
              + (" With a backend forced, `backend` is what was timed as ours (and its Triton "
                 "forward/backward paths), `auto` what backend='auto' runs, timed in the same "
                 "interleaved runs where it differs." if has_auto(records) else "")
