@@ -136,6 +136,35 @@ def _has_amx():
     return "amx_bf16" in cpu.isa_flags()
 
 
+_NO_AVX512 = []  # the answer, once read
+
+
+@torch.compiler.assume_constant_result  # compiled code takes the answer, not /proc/cpuinfo
+def _no_avx512():
+    """Whether the CPU lacks AVX-512 (our products then run on AVX2). Read once: this is asked
+    on every float32 LSTM call."""
+    if not _NO_AVX512:
+        _NO_AVX512.append("avx512f" not in cpu.isa_flags())
+    return _NO_AVX512[0]
+
+
+def cpu_float32_backend(cell, T, B, H, proj=False, training=False, packed=False):
+    """"cpp" or "torch" for an `auto` float32 call on the CPU. On a CPU without AVX-512, a
+    float32 LSTM sequence in inference without projection on padded input runs torch.nn's code
+    (oneDNN's LSTM) at B >= 16 with H >= 256, and at H >= 512. On an AMD EPYC Zen 3 (AVX2, 2
+    threads, 2026-12-03, the cpu suite's LSTM inference, 0186ed9) ours read 0.67x-0.72x at H=512,
+    B in {16, 64} and 0.83x-0.92x at B=1, H=512; 0.80x-0.98x at B in {16, 64}, H=256 (0.94x at
+    B=32 in CI's quick suite; 0.79x for two bidirectional layers at B=16), against 1.04x-1.32x at
+    B=1, H=256 and 0.94x-1.21x at H=128. Our GRU there read 1.15x-1.80x (H 256-512, B 16-64):
+    torch.nn's GRU has no oneDNN path. Training was measured at two points only (0.80x at B=16,
+    H=512, 0.93x at B=16, H=256, and 1.15x at B=32, H=256 in CI), so it stays ours; so do one
+    step, projections and packed input (torch.nn runs those outside oneDNN)."""
+    if (cell != "LSTM" or T == 1 or training or proj or packed or not _no_avx512()
+            or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
+        return "cpp"
+    return "torch" if (B >= 16 and H >= 256) or H >= 512 else "cpp"
+
+
 def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=False,
                 training=False, packed=False):
     """"cpp" or "torch" for an `auto` call on the CPU. Where torch.nn's bfloat16 LSTM runs
@@ -169,6 +198,8 @@ def cpu_backend(cell, dtype, T, B, H, num_layers=1, bidirectional=False, proj=Fa
       in two runs at B=16, H=256, but 1.01x at B=64, H=128 (torch.nn's code 0.95x) and 1.21x at
       B=4.
     Everything else measured at parity or faster on our kernels."""
+    if dtype == torch.float32:
+        return cpu_float32_backend(cell, T, B, H, proj, training, packed)
     if (cell != "LSTM" or dtype != torch.bfloat16 or training or proj or packed
             or not _torch_lstm_on_onednn_bf16()):
         return "cpp"

@@ -139,9 +139,11 @@ class _RecurrentBase(nn.RNNBase):
         backend = resolve_backend(self.backend, data.device)
         if self.backend != "auto":
             return backend
-        # The CPU rules concern bfloat16 and autocast: other float32 calls pay nothing more here.
+        # The CPU rules concern bfloat16, autocast and the float32 LSTM without AVX-512: other
+        # float32 calls pay nothing more here.
         if (backend == "cpp" and data.dtype != torch.bfloat16
-                and not torch.is_autocast_enabled("cpu")):
+                and not torch.is_autocast_enabled("cpu")
+                and not (self.mode == "LSTM" and dispatch._no_avx512())):
             return backend
         if backend not in ("cpp", "triton") or backend_forced():
             return backend
@@ -156,7 +158,8 @@ class _RecurrentBase(nn.RNNBase):
         training = torch.is_grad_enabled() and any(
             t.requires_grad for t in (data, *states, *self._flat_weights))
         proj = getattr(self, "proj_size", 0) > 0
-        if backend == "cpp" and dtype == data.dtype == torch.float32:  # under CPU autocast
+        if (backend == "cpp" and dtype == data.dtype == torch.float32
+                and torch.is_autocast_enabled("cpu")):
             return dispatch.cpu_autocast_backend(self.mode, torch.get_autocast_dtype("cpu"), T,
                                                  B, self.hidden_size, training)
         if backend == "cpp":

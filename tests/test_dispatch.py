@@ -127,6 +127,7 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
     <= 256 and a sequence with AMX at B >= 64, 128 < H <= 512; without AMX a sequence at B >= 8,
     128 < H <= 1024 (any layers) and at B >= 64, H <= 128 (one layer); else our C++."""
     monkeypatch.setattr(dispatch, "_torch_lstm_on_onednn_bf16", lambda: True)
+    monkeypatch.setattr(dispatch, "_no_avx512", lambda: False)
     cpu = dispatch.cpu_backend
     for amx in (True, False):
         monkeypatch.setattr(dispatch, "_has_amx", lambda amx=amx: amx)
@@ -186,6 +187,39 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
         assert module._call_backend(x.float(), None) == "torch"
         assert gk.GRU(16, 256)._call_backend(x.float(), None) == "cpp"
+
+
+def test_auto_on_a_cpu_without_avx512_leaves_float32_lstm_inference_to_torch(monkeypatch):
+    """cpu_float32_backend: without AVX-512, where torch.nn's LSTM runs oneDNN's, a float32 LSTM
+    sequence in inference (no projection, padded) runs torch.nn's code at B >= 16 with H >= 256
+    and at H >= 512; training, one step, the GRU, projections and packed input stay ours, and
+    with AVX-512 everything does."""
+    monkeypatch.setattr(dispatch, "_no_avx512", lambda: True)
+    cpu = dispatch.cpu_backend
+    assert cpu("LSTM", FP32, 100, 16, 256) == "torch"
+    assert cpu("LSTM", FP32, 500, 64, 256, num_layers=2, bidirectional=True) == "torch"
+    assert cpu("LSTM", FP32, 100, 1, 512) == "torch"
+    assert cpu("LSTM", FP32, 100, 15, 256) == "cpp"  # B < 16
+    assert cpu("LSTM", FP32, 100, 1, 511) == "cpp"
+    assert cpu("LSTM", FP32, 100, 64, 255) == "cpp"  # H < 256
+    assert cpu("LSTM", FP32, 100, 64, 512, training=True) == "cpp"
+    assert cpu("LSTM", FP32, 1, 64, 512) == "cpp"
+    assert cpu("LSTM", FP32, 100, 64, 512, proj=True) == "cpp"
+    assert cpu("LSTM", FP32, 100, 64, 512, packed=True) == "cpp"
+    assert cpu("GRU", FP32, 100, 64, 512) == "cpp"
+    assert cpu("LSTM", torch.float64, 100, 64, 512) == "cpp"
+    module = gk.LSTM(16, 256)
+    x = torch.randn(100, 16, 16)
+    with torch.no_grad():
+        assert module._call_backend(x, None) == "torch"
+        assert gk.GRU(16, 256)._call_backend(x, None) == "cpp"
+    assert module._call_backend(x, None) == "cpp"  # parameters require grad
+    with torch.backends.mkldnn.flags(enabled=False):  # torch.nn's LSTM then runs without oneDNN
+        assert cpu("LSTM", FP32, 100, 64, 512) == "cpp"
+    monkeypatch.setattr(dispatch, "_no_avx512", lambda: False)
+    with torch.no_grad():
+        assert module._call_backend(x, None) == "cpp"
+    assert cpu("LSTM", FP32, 100, 64, 512) == "cpp"
 
 
 def test_auto_under_cpu_autocast_leaves_large_float32_training_steps_to_torch():
