@@ -2,6 +2,7 @@
 asserted here)."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -35,6 +36,27 @@ def test_gate_fails_a_wrong_implementation_and_reports_no_speedup(mode):
     row = report.row(record)
     assert row[1] == "FAIL" and row[4] == "-"
     assert "1 failed the gate" in report.summary("custom", [record])
+
+
+class _NaNOnTimedInput(torch.nn.Module):
+    """Wraps gated_kernels' module; its output is NaN on the gate's timed input only."""
+
+    def __init__(self, ours, timed):
+        super().__init__()
+        self.ours, self.timed = ours, timed
+
+    def forward(self, x):
+        y, h = self.ours(x)
+        return (y * math.nan if torch.equal(x.detach(), self.timed) else y), h
+
+
+def test_gate_fails_a_nan_on_one_of_its_inputs():
+    """The gate's median over its inputs (measure.GATE_DRAWS) keeps a NaN on any one of them."""
+    case = Case("GRU", "fwd", T=6, B=3, I=5, H=4)
+    theirs, args = measure.torch_module(case), measure.make_input(case)
+    ours = _NaNOnTimedInput(measure.ours_module(theirs), args[0])
+    errors = measure.gate(case, theirs, ours, args)
+    assert math.isnan(errors["ours_out_error"]) and not measure.gate_passed(case, errors)
 
 
 def test_a_custom_shape_of_one_step_runs_the_cells_too():

@@ -1,6 +1,7 @@
 """Measuring one case: the correctness gate, interleaved timing, peak memory."""
 
 import contextlib
+import math
 import os
 import statistics
 import time
@@ -219,6 +220,12 @@ def _errors(case, module, args, ref_outs, ref_grads):
     return out_error, max(map(max_rel_error, grads, ref_grads)), outs[0].dtype
 
 
+def _median(errors):
+    """The median error, NaN if any is: a NaN would sort anywhere and could drop out of it."""
+    errors = list(errors)
+    return math.nan if any(math.isnan(e) for e in errors) else statistics.median(errors)
+
+
 def gate(case, theirs, ours, args):
     """Errors of ours and of torch.nn against a float64 reference, each the median over the timed
     input and GATE_DRAWS - 1 others (the reference run on each), and whether ours is within
@@ -238,8 +245,8 @@ def gate(case, theirs, ours, args):
                                    f"{type(error).__name__}: {error}") from error
     result = {}
     for name, errors in draws.items():
-        result[f"{name}_out_error"] = statistics.median(e[0] for e in errors)
-        result[f"{name}_grad_error"] = statistics.median(e[1] for e in errors)
+        result[f"{name}_out_error"] = _median(e[0] for e in errors)
+        result[f"{name}_grad_error"] = _median(e[1] for e in errors)
     # torch.nn's output dtype: under autocast, the dtype it computes in, which for the CPU GRU
     # and cells stays float32.
     dtype = draws["torch"][0][2]
