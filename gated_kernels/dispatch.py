@@ -150,18 +150,30 @@ def _no_avx512():
 
 def cpu_float32_backend(cell, T, B, H, proj=False, training=False, packed=False):
     """"cpp" or "torch" for an `auto` float32 call on the CPU. On a CPU without AVX-512, a
-    float32 LSTM sequence in inference without projection on padded input runs torch.nn's code
-    (oneDNN's LSTM) at B >= 16 with H >= 256, and at H >= 512. On an AMD EPYC Zen 3 (AVX2, 2
-    threads, 2026-12-03, the cpu suite's LSTM inference, 0186ed9) ours read 0.67x-0.72x at H=512,
-    B in {16, 64} and 0.83x-0.92x at B=1, H=512; 0.80x-0.98x at B in {16, 64}, H=256 (0.94x at
-    B=32 in CI's quick suite; 0.79x for two bidirectional layers at B=16), against 1.04x-1.32x at
-    B=1, H=256 and 0.94x-1.21x at H=128. Our GRU there read 1.15x-1.80x (H 256-512, B 16-64):
-    torch.nn's GRU has no oneDNN path. Training was measured at two points only (0.80x at B=16,
-    H=512, 0.93x at B=16, H=256, and 1.15x at B=32, H=256 in CI), so it stays ours; so do one
-    step, projections and packed input (torch.nn runs those outside oneDNN)."""
-    if (cell != "LSTM" or T == 1 or training or proj or packed or not _no_avx512()
+    float32 LSTM sequence without projection on padded input runs torch.nn's code (oneDNN's
+    LSTM), whose products there ran about 1.5x the rate of ours (70 against 105 GFLOP/s on two
+    cores at B=16, H=512), where ours measured slower on an AMD EPYC Zen 3 (AVX2, 2 threads,
+    2026-12-03, T=100 unless noted):
+    - Inference at B >= 16 with H >= 256, and at H >= 512 (the cpu suite, 0186ed9): ours read
+      0.67x-0.72x at H=512, B in {16, 64} and 0.83x-0.92x at B=1, H=512; 0.80x-0.98x at B in
+      {16, 64}, H=256 (0.94x at B=32 in CI's quick suite; 0.79x for two bidirectional layers
+      at B=16), against 1.04x-1.32x at B=1, H=256 and 0.94x-1.21x at H=128.
+    - Training at H >= 512 with B >= 4, and with B >= 2 below H=1024 (the cpu suite and the
+      runner's custom shapes, 30bd460): ours read 0.80x-0.93x at H=512, B in {4, 8, 16, 64}
+      (T=500 too; 0.84x for two bidirectional layers at B=4), 0.93x at B=2, H=512, 0.85x at
+      B=16, H=768 and 0.96x-0.97x at H=1024, B in {4, 16}, against 1.02x-1.04x at B=1, H=512
+      and 1.25x-1.34x at B in {1, 2}, H=1024. At H in {256, 384} ours read 0.87x-1.18x in
+      training (1.07x-1.10x at H=384; at H=256 0.87x at B=32 and 0.96x at B=16 beside 1.04x-1.18x
+      at B in {16, 64} at T=500 and B=64 at T=100, two bidirectional layers 0.92x and 1.11x in
+      two runs), and at H=128 1.00x-1.63x, so those stay ours.
+    Our GRU there read 1.15x-1.80x in inference (H 256-512, B 16-64): torch.nn's GRU has no
+    oneDNN path. One step, projections and packed input stay ours (torch.nn runs those outside
+    oneDNN)."""
+    if (cell != "LSTM" or T == 1 or proj or packed or not _no_avx512()
             or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
         return "cpp"
+    if training:
+        return "torch" if H >= 512 and (B >= 4 or (B >= 2 and H < 1024)) else "cpp"
     return "torch" if (B >= 16 and H >= 256) or H >= 512 else "cpp"
 
 
