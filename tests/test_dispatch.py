@@ -192,8 +192,9 @@ def test_auto_on_the_cpu_leaves_bf16_lstm_inference_at_large_b_to_torch(monkeypa
 def test_auto_on_a_cpu_without_avx512_leaves_large_float32_lstms_to_torch(monkeypatch):
     """cpu_float32_backend: without AVX-512, where torch.nn's LSTM runs oneDNN's, a float32 LSTM
     sequence (no projection, padded) runs torch.nn's code in inference at B >= 16 with H >= 256
-    and at H >= 512, and in training at H >= 512 with B >= 4, or B >= 2 below H=1024; one step,
-    the GRU, projections and packed input stay ours, and with AVX-512 everything does."""
+    and at H >= 512, and in training at H >= 512 with B >= 4 (B >= 2 below H=1024) and at
+    H >= 256 with 8 <= B <= 16; one step, the GRU, projections and packed input stay ours, and
+    with AVX-512 everything does."""
     monkeypatch.setattr(dispatch, "_no_avx512", lambda: True)
     cpu = dispatch.cpu_backend
     assert cpu("LSTM", FP32, 100, 16, 256) == "torch"
@@ -209,6 +210,11 @@ def test_auto_on_a_cpu_without_avx512_leaves_large_float32_lstms_to_torch(monkey
     assert cpu("LSTM", FP32, 100, 2, 1024, training=True) == "cpp"  # ours 1.25x
     assert cpu("LSTM", FP32, 100, 1, 512, training=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 64, 511, training=True) == "cpp"
+    assert cpu("LSTM", FP32, 100, 8, 256, training=True) == "torch"
+    assert cpu("LSTM", FP32, 100, 16, 384, training=True) == "torch"
+    assert cpu("LSTM", FP32, 100, 7, 256, training=True) == "cpp"
+    assert cpu("LSTM", FP32, 100, 17, 256, training=True) == "cpp"
+    assert cpu("LSTM", FP32, 100, 16, 255, training=True) == "cpp"
     assert cpu("LSTM", FP32, 1, 64, 512) == "cpp"
     assert cpu("LSTM", FP32, 100, 64, 512, proj=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 64, 512, packed=True) == "cpp"
@@ -219,7 +225,8 @@ def test_auto_on_a_cpu_without_avx512_leaves_large_float32_lstms_to_torch(monkey
     with torch.no_grad():
         assert module._call_backend(x, None) == "torch"
         assert gk.GRU(16, 256)._call_backend(x, None) == "cpp"
-    assert module._call_backend(x, None) == "cpp"  # training at H=256
+    assert module._call_backend(x, None) == "torch"  # training at B=16, H=256
+    assert gk.LSTM(16, 128)._call_backend(x, None) == "cpp"  # training at H=128
     assert gk.LSTM(16, 512)._call_backend(x, None) == "torch"  # training at H=512
     with torch.backends.mkldnn.flags(enabled=False):  # torch.nn's LSTM then runs without oneDNN
         assert cpu("LSTM", FP32, 100, 64, 512) == "cpp"
