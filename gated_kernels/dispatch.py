@@ -169,12 +169,20 @@ def cpu_float32_backend(cell, T, B, H, proj=False, training=False, packed=False)
       0.87x-1.11x in four runs and at B=64 1.04x-1.24x in five, which stay ours, as does
       H=128 (1.00x-1.63x). This machine's runs scatter: the same torch.nn code on both sides
       read 0.91x and 1.28x at H=512, T=500.
+    - One step (T=1) in inference at B >= 32 with H >= 256 (the step suite, 2026-12-02 at
+      49eeffa and 2026-12-03 at fc33b03, and custom shapes): ours read 0.97x-0.99x at B=32,
+      H=256, 0.86x-0.97x at B=32, H=512, 0.84x-0.96x at B=64, H=512 and 0.94x-0.99x at B=64,
+      H=1024, each in two runs, and at B=64, H=256 1.04x, 0.82x and 0.96x in three, B=32,
+      H=1024 1.03x, 1.07x and 0.76x, against 1.00x-1.18x at B in {8, 16}, H=256, 1.08x at B=8,
+      H=1024 and 1.2x-4.1x at B=1 (torch.nn's code reorders the weights on each call). At B=8,
+      H=512 ours read 1.01x, 0.90x and 0.97x; one-step training stays ours (0.98x-7.6x).
     Our GRU there read 1.15x-1.80x in inference (H 256-512, B 16-64): torch.nn's GRU has no
-    oneDNN path. One step, projections and packed input stay ours (torch.nn runs those outside
-    oneDNN)."""
-    if (cell != "LSTM" or T == 1 or proj or packed or not _no_avx512()
+    oneDNN path. Projections and packed input stay ours (torch.nn runs those outside oneDNN)."""
+    if (cell != "LSTM" or proj or packed or not _no_avx512()
             or not (torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled)):
         return "cpp"
+    if T == 1:
+        return "torch" if not training and B >= 32 and H >= 256 else "cpp"
     if training and H >= 512:
         return "torch" if B >= 4 or (B >= 2 and H < 1024) else "cpp"
     if training:

@@ -193,8 +193,8 @@ def test_auto_on_a_cpu_without_avx512_leaves_large_float32_lstms_to_torch(monkey
     """cpu_float32_backend: without AVX-512, where torch.nn's LSTM runs oneDNN's, a float32 LSTM
     sequence (no projection, padded) runs torch.nn's code in inference at B >= 16 with H >= 256
     and at H >= 512, and in training at H >= 512 with B >= 4 (B >= 2 below H=1024) and at
-    H >= 256 with 8 <= B <= 16; one step, the GRU, projections and packed input stay ours, and
-    with AVX-512 everything does."""
+    H >= 256 with 8 <= B <= 16, and one step in inference at B >= 32 with H >= 256; the GRU,
+    projections and packed input stay ours, and with AVX-512 everything does."""
     monkeypatch.setattr(dispatch, "_no_avx512", lambda: True)
     cpu = dispatch.cpu_backend
     assert cpu("LSTM", FP32, 100, 16, 256) == "torch"
@@ -215,7 +215,10 @@ def test_auto_on_a_cpu_without_avx512_leaves_large_float32_lstms_to_torch(monkey
     assert cpu("LSTM", FP32, 100, 7, 256, training=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 17, 256, training=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 16, 255, training=True) == "cpp"
-    assert cpu("LSTM", FP32, 1, 64, 512) == "cpp"
+    assert cpu("LSTM", FP32, 1, 32, 256) == "torch"
+    assert cpu("LSTM", FP32, 1, 31, 1024) == "cpp"
+    assert cpu("LSTM", FP32, 1, 64, 255) == "cpp"
+    assert cpu("LSTM", FP32, 1, 64, 512, training=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 64, 512, proj=True) == "cpp"
     assert cpu("LSTM", FP32, 100, 64, 512, packed=True) == "cpp"
     assert cpu("GRU", FP32, 100, 64, 512) == "cpp"
