@@ -370,7 +370,8 @@ ProductKernel ThreadProduct<scalar_t>::timed_kernel(const std::vector<at::Tensor
     if (!made[k].has_value()) made[k].emplace(columns, rows, slot, bias, ProductKernel(k));
     (*made[k])(0);
   };
-  const ProductKey key = product_key(/*tag=*/2 + static_cast<int64_t>(slot), M, N, K,
+  // Tags 0-3 are the cells' products (cell.cpp, matmul.cpp), whose choices index Candidate.
+  const ProductKey key = product_key(/*tag=*/8 + static_cast<int64_t>(slot), M, N, K,
                                      a.scalar_type() == dtype, bias.defined(), false,
                                      static_cast<int64_t>(dtype));
   return ProductKernel(fastest_of(key, {true, brgemm_available(dtype), true}, run));
